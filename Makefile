@@ -1,0 +1,41 @@
+# Set-up and everyday commands. `make install run` then `make test` is all a new machine needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Install torch first, pinned, so the CPU wheel is used where one is provided; on a GPU machine
+# set TORCH_SPEC to the build you want (e.g. TORCH_SPEC="torch --index-url ...").
+TORCH_SPEC ?= torch==2.13.0
+NPROC ?= 4
+MLFLOW_URI ?= sqlite:///mlflow.db
+
+.PHONY: install run test bench ui lint format clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e '.[dev]'
+
+# The main job: 4-rank all-reduce SGD on the embedded digits data, tracked in ./mlflow.db.
+run:
+	$(BIN)/suite run allreduce_sgd --nproc $(NPROC)
+
+test:
+	$(BIN)/pytest -q
+
+bench:
+	$(BIN)/pytest -q -m bench --benchmark-columns=min,mean,max,rounds tests/benchmarks
+
+ui:
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format:
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf .pytest_cache .ruff_cache .benchmarks

@@ -1,0 +1,343 @@
+"""Run configuration: frozen dataclasses, typed ``key=value`` overrides, flattening for MLflow.
+
+A :class:`RunConfig` names its components (algorithm, dataset, model) and carries each one's
+knobs in a :class:`Component`: ``name`` plus ``args``, an instance of the config dataclass the
+registry entry declares. Changing a component's name swaps in that entry's dataclass (with preset
+defaults), so keys such as ``algorithm.period`` are only valid for algorithms that have them.
+
+Overrides are strings ``key=value`` with dotted keys (``optim.lr=0.1``, ``model=cnn2``,
+``algorithm.period=4``). Values are parsed by the field's annotation (int, float, bool, str,
+Literal, tuple[int, ...], tuple[float, ...]); unknown keys, unknown names and malformed values
+raise :class:`ConfigError`, whose message lists the valid keys or choices. We wrote this (~150
+lines) rather than use Hydra/OmegaConf/tyro because the set of valid keys depends on registry
+lookups made while overrides are applied, and errors must list registry names.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, Literal
+
+from suite.registry import ALGORITHMS, DATASETS, MODELS, Registry, UnknownNameError
+
+
+class ConfigError(ValueError):
+    """Bad configuration input; the message names the problem and the valid choices."""
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registry entry chosen by name, with that entry's knobs."""
+
+    name: str
+    args: Any = None
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Local optimizer and learning-rate schedule (the same for every algorithm)."""
+
+    name: Literal["sgd"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    # constant: lr throughout; multistep: lr *= gamma at each milestone (in epochs).
+    schedule: Literal["constant", "multistep"] = "constant"
+    milestones: tuple[float, ...] = ()
+    gamma: float = 0.1
+    # Linear warm-up from lr/warmup_steps to lr over the first warmup_steps steps.
+    warmup_steps: int = 0
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Failure injection, to test that the harness ends a broken run cleanly.
+
+    kind "crash" raises at ``step`` on ``rank``; "exit" kills the process without a Python
+    traceback (os._exit); "hang" sleeps forever. "none" (the default) injects nothing.
+    """
+
+    kind: Literal["none", "crash", "exit", "hang"] = "none"
+    rank: int = 0
+    step: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a training run's result (what MLflow logs as params)."""
+
+    algorithm: Component = field(default_factory=lambda: Component("allreduce_sgd"))
+    dataset: Component = field(default_factory=lambda: Component("digits"))
+    model: Component = field(default_factory=lambda: Component("mlp"))
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    nproc: int = 4  # world size
+    steps: int = 300  # optimizer steps (ignored when epochs > 0)
+    epochs: float = 0.0  # when > 0, steps = ceil(epochs * steps_per_epoch)
+    batch_size: int = 32  # per rank and micro-batch
+    micro_batches: int = 1  # gradient accumulation: micro-batches per optimizer step
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data_dir: str = ""  # for datasets read from disk (mnist, cifar10, cifar100, imagenet)
+    num_workers: int = 0  # DataLoader workers for datasets read from files
+    eval_every: int = 50  # steps between evaluations (0: only at the end)
+    eval_per_rank: bool = True  # also evaluate every rank's own model, not just the average
+    eval_batch_size: int = 256
+    log_every: int = 10  # steps between gathering metrics to rank 0 (one small collective)
+    fault: FaultConfig = field(default_factory=FaultConfig)
+
+
+# Which registry each component field draws its names from.
+COMPONENT_REGISTRIES: dict[str, Registry[Any]] = {
+    "algorithm": ALGORITHMS,
+    "dataset": DATASETS,
+    "model": MODELS,
+}
+
+
+def make_component(kind: str, name: str) -> Component:
+    """``Component`` for registry entry ``name`` with the entry's (preset) default knobs."""
+    try:
+        entry = COMPONENT_REGISTRIES[kind].get(name)
+    except UnknownNameError as err:
+        raise ConfigError(str(err)) from None
+    return Component(name, entry.make_config())
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """Fill each component's ``args`` from its registry entry where they are missing."""
+    updates = {}
+    for kind in COMPONENT_REGISTRIES:
+        comp: Component = getattr(cfg, kind)
+        fresh = make_component(kind, comp.name)
+        if comp.args is None and fresh.args is not None:
+            updates[kind] = fresh
+    return replace(cfg, **updates) if updates else cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed parsing of override values
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def describe_type(tp: Any) -> str:
+    """Human form of a field type, for error messages and ``suite config``."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(str(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        inner = typing.get_args(tp)[0]
+        return f"comma-separated {inner.__name__}s"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe_type(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "none"
+    return getattr(tp, "__name__", str(tp))
+
+
+def parse_value(text: str, tp: Any, key: str) -> Any:
+    """Parse ``text`` as a value of type ``tp``; ConfigError names key, value and expectation."""
+    origin = typing.get_origin(tp)
+
+    def fail() -> ConfigError:
+        return ConfigError(f"bad value {text!r} for {key}: expected {describe_type(tp)}")
+
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        for choice in choices:
+            if text == str(choice):
+                return choice
+        raise ConfigError(
+            f"bad value {text!r} for {key}; valid choices: {', '.join(map(str, choices))}"
+        )
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if type(None) in args and text.lower() in {"none", "null", ""}:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return parse_value(text, arg, key)
+            except ConfigError:
+                continue
+        raise fail()
+    if origin is tuple:
+        inner = typing.get_args(tp)[0]
+        parts = [p.strip() for p in text.strip("()[] ").split(",") if p.strip()]
+        return tuple(parse_value(p, inner, key) for p in parts)
+    if tp is bool:
+        low = text.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ConfigError(f"bad value {text!r} for {key}: expected true or false")
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise fail() from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise fail() from None
+    if tp is str:
+        return text
+    raise ConfigError(f"{key} cannot be set from the command line (type {tp!r})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys, flattening and overrides
+
+
+def _leaf_fields(obj: Any, prefix: str = "") -> Iterable[tuple[str, Any, Any]]:
+    """(dotted key, type, value) for every settable leaf under dataclass ``obj``."""
+    hints = _hints(type(obj))
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if isinstance(value, Component):
+            yield key, str, value.name
+            if value.args is not None:
+                yield from _leaf_fields(value.args, key + ".")
+        elif is_dataclass(value):
+            yield from _leaf_fields(value, key + ".")
+        else:
+            yield key, hints[f.name], value
+
+
+def settable_keys(cfg: Any) -> dict[str, Any]:
+    """Every key ``--set`` accepts for ``cfg``, mapped to its type."""
+    return {key: tp for key, tp, _ in _leaf_fields(cfg)}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def flatten(cfg: Any) -> dict[str, Any]:
+    """Dotted key -> value for every leaf (component names under their own key)."""
+    return {key: _plain(value) for key, _, value in _leaf_fields(cfg)}
+
+
+def to_json(cfg: Any) -> str:
+    return json.dumps(flatten(cfg), indent=2, sort_keys=True)
+
+
+def _set_path(obj: Any, path: list[str], text: str, key: str) -> Any:
+    """Return ``obj`` with the leaf at ``path`` set from ``text`` (parsed by its type)."""
+    head, rest = path[0], path[1:]
+    names = {f.name for f in fields(obj)}
+    if head not in names:
+        raise KeyError(head)
+    value = getattr(obj, head)
+    if isinstance(value, Component):
+        if not rest:
+            if head not in COMPONENT_REGISTRIES:
+                raise KeyError(head)
+            return replace(obj, **{head: make_component(head, text)})
+        if value.args is None:
+            raise KeyError(rest[0])
+        return replace(obj, **{head: replace(value, args=_set_path(value.args, rest, text, key))})
+    if is_dataclass(value):
+        if not rest:
+            raise KeyError(head)
+        return replace(obj, **{head: _set_path(value, rest, text, key)})
+    if rest:
+        raise KeyError(rest[0])
+    parsed = parse_value(text, _hints(type(obj))[head], key)
+    try:
+        return replace(obj, **{head: parsed})
+    except (TypeError, ValueError) as err:  # a dataclass's own validation
+        raise ConfigError(f"bad value {text!r} for {key}: {err}") from None
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def split_override(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    return key.strip(), value.strip()
+
+
+def apply_overrides(cfg: RunConfig, items: Iterable[str] | Mapping[str, Any]) -> RunConfig:
+    """Apply ``key=value`` overrides; component names first, so their knobs become valid."""
+    if isinstance(items, Mapping):
+        pairs = [(k, _as_text(v)) for k, v in items.items()]
+    else:
+        pairs = [split_override(i) for i in items]
+    pairs.sort(key=lambda kv: kv[0] not in COMPONENT_REGISTRIES)  # stable: names first
+    cfg = resolve(cfg)
+    for key, text in pairs:
+        try:
+            cfg = _set_path(cfg, key.split("."), text, key)
+        except KeyError:
+            valid = ", ".join(sorted(settable_keys(cfg)))
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {valid}") from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Checks that span fields; raise ConfigError naming the field and the valid range."""
+    positive = ("nproc", "batch_size", "micro_batches", "eval_batch_size", "log_every")
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.steps < 1 and cfg.epochs <= 0:
+        raise ConfigError(f"steps must be >= 1 (or epochs > 0), got steps={cfg.steps}")
+    if cfg.eval_every < 0 or cfg.epochs < 0:
+        raise ConfigError("eval_every and epochs must be >= 0")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if cfg.fault.kind != "none" and not 0 <= cfg.fault.rank < cfg.nproc:
+        raise ConfigError(f"fault.rank must be in [0, {cfg.nproc - 1}], got {cfg.fault.rank}")
+    entry = ALGORITHMS.get(cfg.algorithm.name)
+    world = entry.meta.get("world_size")
+    if world is not None and cfg.nproc != world:
+        raise ConfigError(
+            f"algorithm {entry.name!r} runs on exactly {world} process(es); got nproc={cfg.nproc}"
+        )
+
+
+def from_flat(flat: Mapping[str, Any]) -> RunConfig:
+    """Rebuild a RunConfig from ``flatten`` output (e.g. an artifact or MLflow params)."""
+    return apply_overrides(RunConfig(), dict(flat))
+
+
+__all__ = [
+    "Component",
+    "ConfigError",
+    "FaultConfig",
+    "OptimConfig",
+    "RunConfig",
+    "apply_overrides",
+    "flatten",
+    "from_flat",
+    "make_component",
+    "parse_value",
+    "resolve",
+    "settable_keys",
+    "to_json",
+    "validate",
+]
