@@ -1,0 +1,371 @@
+"""Launcher: one process per rank, and a run that ends cleanly whatever a rank does.
+
+``launch(fn, nproc, args)`` starts ``nproc`` local workers (fork on Linux CPU runs: torch is
+imported once; spawn where CUDA is used), each with one thread, joined into one process group
+(gloo, or NCCL on CUDA) through a TCPStore the launcher owns. Each worker runs ``fn(*args)``
+and its return value comes back in a list ordered by rank.
+
+Failure handling (the guarantees ``suite run`` relies on):
+- A rank that raises writes its traceback and exits non-zero; a rank that dies without one
+  (os._exit, a signal) is seen by its exit code. The launcher then stops every other rank
+  (SIGTERM, then SIGKILL after a grace period) and raises :class:`RankFailure` with the
+  culprit's traceback, within a second or two.
+- A hang is a stall of the whole job: no rank has reported progress (:func:`heartbeat`, called
+  by the training loop each micro-batch and by the transport on entering an op) for
+  ``hang_timeout`` seconds. The culprit is a rank stuck in its own code rather than waiting in a
+  communication op (:func:`communicating` marks those), the longest-silent first; every rank
+  dumps its Python stacks (faulthandler on SIGUSR1) before it is killed. The backend's own
+  collective timeout is set beyond the launcher's, so the launcher always decides first.
+- Ctrl-C (SIGINT) reaches the launcher only (workers ignore it); it stops every rank and
+  re-raises KeyboardInterrupt. Workers die with the launcher (PR_SET_PDEATHSIG on Linux, and a
+  watchdog thread elsewhere), so no orphans are left even if the launcher is killed -9.
+
+Under torchrun the same worker code runs without this launcher (:func:`init_from_env`); there
+the collective timeout is the hang bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime
+import faulthandler
+import importlib
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import pickle
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+# Imported once in the launcher before forking, so ranks inherit them rather than each paying
+# for the import (torch.optim's first optimizer imports torch._dynamo: seconds of CPU).
+FORK_PRELOAD = ("torch._dynamo",)
+HANG_TIMEOUT = 40.0  # seconds without progress on any rank before the job is declared hung
+TERMINATE_GRACE = 3.0  # seconds between SIGTERM and SIGKILL when stopping ranks
+COLLECTIVE_MARGIN = 30.0  # backend timeout = hang_timeout + this, so the launcher decides first
+
+# Set in each worker: shared arrays (last progress time, inside-a-communication-op flag per
+# rank) and this worker's rank.
+_beats: Any = None
+_waiting: Any = None
+_rank: int = -1
+
+
+def heartbeat() -> None:
+    """Report progress to the launcher (cheap; a no-op outside a launched worker)."""
+    if _beats is not None:
+        _beats[_rank] = time.time()
+
+
+@contextlib.contextmanager
+def communicating() -> Iterator[None]:
+    """Mark this rank as waiting on its peers (in a collective or a receive) while inside."""
+    if _waiting is None:
+        yield
+        return
+    heartbeat()
+    _waiting[_rank] = 1
+    try:
+        yield
+    finally:
+        _waiting[_rank] = 0
+
+
+class RankFailure(RuntimeError):
+    """A rank crashed, died or hung; carries its traceback (or why there is none)."""
+
+    def __init__(self, rank: int, reason: str, details: str, others: dict[int, str]) -> None:
+        self.rank, self.reason, self.details, self.others = rank, reason, details, others
+        super().__init__(f"rank {rank} {reason}")
+
+    def __str__(self) -> str:
+        return self.report()
+
+    def report(self) -> str:
+        """What a user needs to see: the culprit's traceback first."""
+        text = f"error: rank {self.rank} {self.reason}\n--- rank {self.rank} ---\n"
+        text += self.details.rstrip() + "\n"
+        for rank, other in sorted(self.others.items()):
+            first = other.strip().splitlines()[-1] if other.strip() else "(no output)"
+            text += f"--- rank {rank}: {first}\n"
+        return text
+
+
+def placement(rank: int, device: str) -> torch.device:
+    """The device of ``rank``: the one place rank placement is decided."""
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        return torch.device("cuda", local % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def resolve_device(device: str) -> str:
+    """'auto' means CUDA when present, else CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but CUDA is not available")
+    return device
+
+
+def backend_for(device: str) -> str:
+    return "nccl" if device == "cuda" else "gloo"
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side
+
+
+def _die_with_parent(parent: int) -> None:
+    """Make sure this worker never outlives the launcher."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+        if os.getppid() != parent:  # the launcher died before prctl took effect
+            os._exit(1)
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+@dataclass(frozen=True)
+class _Job:
+    nproc: int
+    port: int
+    backend: str
+    jobdir: str
+    hang_timeout: float
+    parent: int
+
+
+def _worker(
+    rank: int, job: _Job, beats: Any, waiting: Any, fn: Callable[..., Any], args: tuple
+) -> None:
+    global _beats, _waiting, _rank
+    _die_with_parent(job.parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    _beats, _waiting, _rank = beats, waiting, rank
+    errpath = os.path.join(job.jobdir, f"rank{rank}.err")
+    errfile = open(errpath, "w")  # noqa: SIM115  (kept open for faulthandler)
+    faulthandler.enable(file=errfile, all_threads=True)
+    faulthandler.register(signal.SIGUSR1, file=errfile, all_threads=True)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    code = 0
+    try:
+        timeout = datetime.timedelta(seconds=job.hang_timeout + COLLECTIVE_MARGIN)
+        store = dist.TCPStore("127.0.0.1", job.port, job.nproc, is_master=False, timeout=timeout)
+        dist.init_process_group(
+            job.backend, store=store, rank=rank, world_size=job.nproc, timeout=timeout
+        )
+        result = fn(*args)
+        tmp = os.path.join(job.jobdir, f"result{rank}.tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump(result, f)
+        os.replace(tmp, os.path.join(job.jobdir, f"result{rank}.pkl"))
+        heartbeat()
+        dist.destroy_process_group()
+    except BaseException as err:  # every way out must leave a traceback
+        code = err.code if isinstance(err, SystemExit) and isinstance(err.code, int) else 1
+        code = code or 1
+        errfile.write(f"@{time.time():.6f}\n")
+        traceback.print_exc(file=errfile)
+    finally:
+        errfile.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def init_from_env(hang_timeout: float = HANG_TIMEOUT) -> None:
+    """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, ...)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    else:
+        torch.cuda.set_device(placement(int(os.environ["RANK"]), "cuda"))
+    dist.init_process_group(backend_for(device), timeout=datetime.timedelta(seconds=hang_timeout))
+
+
+def under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or (
+        "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Launcher side
+
+
+def _read_error(jobdir: str, rank: int) -> tuple[float | None, str]:
+    """(time the rank raised, its traceback text) from its error file."""
+    try:
+        with open(os.path.join(jobdir, f"rank{rank}.err")) as f:
+            text = f.read()
+    except OSError:
+        return None, ""
+    when = None
+    if text.startswith("@"):
+        first, _, text = text.partition("\n")
+        try:
+            when = float(first[1:])
+        except ValueError:
+            when = None
+    return when, text
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "was still running"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _stop(procs: list[Any], grace: float = TERMINATE_GRACE) -> None:
+    """SIGTERM every live rank, then SIGKILL whatever is left after ``grace`` seconds."""
+    for p in procs:
+        if p.exitcode is None:
+            p.terminate()
+    deadline = time.monotonic() + grace
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.exitcode is None:
+            p.kill()
+    for p in procs:
+        p.join(5.0)
+
+
+def _start_method(device: str) -> str:
+    if device == "cuda" or not sys.platform.startswith("linux"):
+        return "spawn"  # CUDA cannot be forked into; fork is Linux-only
+    return "fork"
+
+
+def launch(
+    fn: Callable[..., Any],
+    nproc: int,
+    args: tuple = (),
+    *,
+    device: str = "cpu",
+    hang_timeout: float = HANG_TIMEOUT,
+    poll: float = 0.2,
+) -> list[Any]:
+    """Run ``fn(*args)`` on ``nproc`` local ranks and return their results in rank order.
+
+    Raises :class:`RankFailure` if a rank fails or the job hangs, KeyboardInterrupt on Ctrl-C;
+    in every case all ranks are stopped before this returns.
+    """
+    if nproc < 1:
+        raise ValueError(f"nproc must be >= 1, got {nproc}")
+    method = _start_method(device)
+    if method == "fork":
+        for module in FORK_PRELOAD:
+            importlib.import_module(module)
+    ctx = mp.get_context(method)
+    jobdir = tempfile.mkdtemp(prefix="suite-job-")
+    store = dist.TCPStore("127.0.0.1", 0, nproc, is_master=True, wait_for_workers=False)
+    job = _Job(nproc, store.port, backend_for(device), jobdir, hang_timeout, os.getpid())
+    beats = ctx.Array("d", [time.time()] * nproc, lock=False)
+    waiting = ctx.Array("b", nproc, lock=False)
+    procs = [
+        ctx.Process(target=_worker, args=(r, job, beats, waiting, fn, args), name=f"rank{r}")
+        for r in range(nproc)
+    ]
+    try:
+        for p in procs:
+            p.start()
+        _monitor(procs, beats, waiting, job, poll)
+        return [_load_result(jobdir, r) for r in range(nproc)]
+    finally:
+        _stop(procs)
+        del store
+        shutil.rmtree(jobdir, ignore_errors=True)
+
+
+def _load_result(jobdir: str, rank: int) -> Any:
+    with open(os.path.join(jobdir, f"result{rank}.pkl"), "rb") as f:
+        return pickle.load(f)
+
+
+def _monitor(procs: list[Any], beats: Any, waiting: Any, job: _Job, poll: float) -> None:
+    while any(p.exitcode is None for p in procs):
+        live = [p for p in procs if p.exitcode is None]
+        mp.connection.wait([p.sentinel for p in live], timeout=poll)
+        if any(p.exitcode not in (None, 0) for p in procs):
+            time.sleep(0.2)  # let peers of a dead rank record their errors too
+            codes = [p.exitcode for p in procs]  # before we stop anyone: only real failures
+            _stop(procs)
+            raise _failure(codes, job)
+        if time.time() - max(beats) > job.hang_timeout:
+            raise _hang(procs, beats, waiting, job)
+
+
+def _failure(codes: list[int | None], job: _Job) -> RankFailure:
+    """Blame the rank that failed first: one that died without raising (a signal, os._exit)
+    before any rank that raised, then the earliest raise."""
+    errors = {r: _read_error(job.jobdir, r) for r in range(len(codes))}
+    bad = [r for r, code in enumerate(codes) if code not in (None, 0)]
+    hard = [r for r in bad if errors[r][0] is None]
+
+    def raised_at(r: int) -> float:
+        when = errors[r][0]
+        return when if when is not None else float("inf")
+
+    culprit = hard[0] if hard else min(bad, key=raised_at)
+    code = codes[culprit] or 0
+    details = errors[culprit][1] or (
+        "(no Python traceback: the process ended without raising, "
+        f"{'by a signal' if code < 0 else 'through os._exit'})"
+    )
+    others = {r: errors[r][1] for r in bad if r != culprit}
+    return RankFailure(culprit, _describe_exit(code), details, others)
+
+
+def _hang(procs: list[Any], beats: Any, waiting: Any, job: _Job) -> RankFailure:
+    # Stuck in its own code beats waiting on peers; then the longest silent.
+    stale = min(range(len(procs)), key=lambda r: (waiting[r], beats[r]))
+    idle = time.time() - beats[stale]
+    for p in procs:
+        if p.exitcode is None and p.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGUSR1)  # faulthandler dumps every thread's stack
+    time.sleep(1.0)
+    _stop(procs)
+    errors = {r: _read_error(job.jobdir, r)[1] for r in range(len(procs))}
+    details = errors[stale] or "(no stack dump: the process did not answer SIGUSR1)"
+    others = {r: text for r, text in errors.items() if r != stale}
+    reason = (
+        f"hung: no progress for {idle:.0f} s (limit --hang-timeout {job.hang_timeout:g} s); "
+        "its stack when stopped"
+    )
+    return RankFailure(stale, reason, details, others)

@@ -1,0 +1,153 @@
+"""A dead or hung rank ends the whole run, with its traceback, in bounded time, no orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from suite.launcher import RankFailure, heartbeat, launch
+from suite.transport import Transport
+
+
+def _work(fault: str, victim: int) -> int:
+    t = Transport()
+    x = torch.ones(3)
+    for step in range(5):
+        heartbeat()
+        if step == 2 and t.rank == victim:
+            if fault == "raise":
+                raise ValueError("injected failure in _work")
+            if fault == "exit":
+                os._exit(7)
+            if fault == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if fault == "hang":
+                time.sleep(3600)
+        t.all_reduce(x)
+    return t.rank * 10
+
+
+def _pids() -> int:
+    return os.getpid()
+
+
+def test_results_come_back_in_rank_order() -> None:
+    assert launch(_work, 3, ("none", -1)) == [0, 10, 20]
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason", "detail"),
+    [
+        ("raise", "exited with code 1", "ValueError: injected failure in _work"),
+        ("exit", "exited with code 7", "through os._exit"),
+        ("kill", "was killed by SIGKILL", "by a signal"),
+    ],
+)
+def test_a_dead_rank_is_blamed_with_its_traceback(fault: str, reason: str, detail: str) -> None:
+    start = time.monotonic()
+    with pytest.raises(RankFailure) as info:
+        launch(_work, 3, (fault, 1))
+    elapsed = time.monotonic() - start
+    failure = info.value
+    assert failure.rank == 1
+    assert reason in failure.reason
+    assert detail in failure.details
+    assert elapsed < 15, f"took {elapsed:.1f} s to notice a dead rank"
+
+
+def test_a_hung_rank_is_found_and_its_stack_dumped() -> None:
+    start = time.monotonic()
+    with pytest.raises(RankFailure) as info:
+        launch(_work, 3, ("hang", 2), hang_timeout=3)
+    elapsed = time.monotonic() - start
+    failure = info.value
+    assert failure.rank == 2
+    assert "hung" in failure.reason
+    assert "in _work" in failure.details  # the hung rank's own stack, where it sleeps
+    assert elapsed < 3 + 10
+
+
+def _spin_forever() -> None:
+    Transport()
+    while True:
+        heartbeat()
+        time.sleep(0.05)
+
+
+LAUNCHER_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from suite.launcher import launch
+    sys.path.insert(0, {here!r})
+    from test_launcher import _spin_forever
+    print(os.getpid(), flush=True)
+    launch(_spin_forever, 2)
+    """
+)
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill 0; it is dead for our purpose
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
+
+
+def _start_launcher() -> tuple[subprocess.Popen, list[int]]:
+    here = os.path.dirname(__file__)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER_SCRIPT.format(here=here)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    kids: list[int] = []
+    while time.monotonic() < deadline:
+        kids = [k for k in _children(proc.pid) if _alive(k)]
+        if len(kids) >= 2:
+            break
+        time.sleep(0.2)
+    assert len(kids) >= 2, "workers did not start"
+    return proc, kids
+
+
+def _wait_gone(pids: list[int], limit: float) -> list[int]:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        left = [p for p in pids if _alive(p)]
+        if not left:
+            return []
+        time.sleep(0.1)
+    return [p for p in pids if _alive(p)]
+
+
+def test_ctrl_c_stops_every_rank() -> None:
+    proc, kids = _start_launcher()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt" in proc.stderr.read()
+    assert _wait_gone(kids, 10) == []
+
+
+def test_workers_die_with_a_killed_launcher() -> None:
+    proc, kids = _start_launcher()
+    proc.kill()
+    proc.wait(timeout=10)
+    assert _wait_gone(kids, 10) == [], "orphaned workers outlived the launcher"
