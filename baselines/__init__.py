@@ -1,0 +1,3 @@
+"""Reference algorithms the papers compare against, in the same registry as the rest."""
+
+from baselines import allreduce_sgd, local_sgd, single  # noqa: F401  (registration)

@@ -1,0 +1,1 @@
+"""Reproduction recipes, one folder per paper."""

@@ -1,0 +1,1 @@
+"""Algorithms the papers propose, registered in suite.registry.ALGORITHMS."""

@@ -1,0 +1,72 @@
+"""What an algorithm is to the training loop.
+
+An algorithm is a frozen config dataclass (its knobs: what MLflow logs and Optuna varies) turned
+into a runtime object bound to a transport. It plugs into the loop at two hook points, which are
+enough for almost every method (epfml/powersgd's ``aggregate``, PyTorch's ModelAverager):
+
+- :meth:`Algorithm.reduce_gradients` after backward, before ``optimizer.step()``;
+- :meth:`Algorithm.mix_parameters` after ``optimizer.step()``.
+
+Event triggers, K controllers or straggler clocks are small policy objects an algorithm holds,
+not new hook points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from suite.transport import Transport
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the loop hands an algorithm when it builds it."""
+
+    transport: Transport
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    total_steps: int
+    steps_per_epoch: int
+    seed: int
+
+
+class Algorithm:
+    """Base class; both hooks default to doing nothing (which is exactly ``single``)."""
+
+    def __init__(self, config: Any, ctx: Context) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.transport = ctx.transport
+        self.model = ctx.model
+        self.optimizer = ctx.optimizer
+
+    @property
+    def rank(self) -> int:
+        return self.transport.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.transport.world_size
+
+    def reduce_gradients(self, step: int) -> None:
+        """Hook 1: gradients are in ``p.grad``; combine them before the optimizer step."""
+
+    def mix_parameters(self, step: int) -> None:
+        """Hook 2: parameters were just updated locally; mix them with other ranks'."""
+
+    def eval_model(self) -> nn.Module:
+        """The model this rank would deploy (SGP, say, evaluates a de-biased copy)."""
+        return self.model
+
+    def step_metrics(self) -> dict[str, float]:
+        """Per-step numbers of this rank to log (same keys every step); averaged over ranks."""
+        return {}
+
+    def artifacts(self) -> dict[str, str]:
+        """Files (name -> text) rank 0 stores with the run at the end."""
+        return {}

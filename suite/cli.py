@@ -1,0 +1,381 @@
+"""The ``suite`` command line.
+
+Exit codes: 0 success; 1 the run failed (a rank crashed or hung: its traceback is printed);
+2 bad input (unknown name or key, bad value, missing data: the message lists the valid choices);
+130 interrupted (Ctrl-C or SIGTERM). Every failure path ends the MLflow run as FAILED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from suite.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    describe_type,
+    flatten,
+    make_component,
+    settable_keys,
+)
+from suite.registry import ALGORITHMS, RECIPES, REGISTRIES, UnknownNameError
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+# Keys every `--json` line carries (issue contract); more follow.
+JSON_KEYS = (
+    "target",
+    "algorithm",
+    "world_size",
+    "steps",
+    "num_params",
+    "test_accuracy",
+    "train_loss",
+    "bytes_sent",
+    "messages",
+    "wall_seconds",
+    "run_id",
+)
+
+
+class UsageError(Exception):
+    """Bad input found by the CLI itself."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+
+
+def resolve_target(target: str) -> tuple[RunConfig, str]:
+    """(base config, paper) of a recipe name or an algorithm (or preset) name."""
+    if target in RECIPES:
+        recipe = RECIPES.get(target).obj
+        return recipe.config, recipe.paper
+    if target in ALGORITHMS:
+        entry = ALGORITHMS.get(target)
+        cfg = RunConfig(algorithm=make_component("algorithm", target))
+        world = entry.meta.get("world_size")
+        if world is not None:
+            cfg = apply_overrides(cfg, {"nproc": world})
+        return cfg, entry.paper or "baseline"
+    recipes, algorithms = RECIPES.names(), ALGORITHMS.names()
+    raise ConfigError(
+        f"unknown target {target!r}; valid choices: "
+        f"recipes: {', '.join(recipes) or '(none yet)'}; algorithms: {', '.join(algorithms)}"
+    )
+
+
+def build_config(args: argparse.Namespace) -> tuple[RunConfig, str]:
+    cfg, paper = resolve_target(args.target)
+    overrides = list(args.set or [])
+    for flag in ("nproc", "seed", "steps", "epochs", "data_dir", "device"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{flag}={value}")
+    if args.steps is not None and args.epochs is None:
+        overrides.append("epochs=0")  # an explicit step count beats a recipe's epochs
+    return apply_overrides(cfg, overrides), paper
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Find input errors before any rank starts: missing data, a model that does not fit the
+    data, CUDA asked for but absent. Loads the dataset here, so forked ranks inherit it."""
+    import torch
+
+    from suite.loop import build_dataset, initial_model
+    from suite.registry import DATASETS
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but CUDA is not available; valid choices: auto, cpu")
+    check = DATASETS.get(cfg.dataset.name).meta.get("check")
+    if check is not None:
+        check(cfg.data_dir)
+    torch.set_num_threads(1)  # nothing heavy runs here; keep thread pools out of forked ranks
+    data = build_dataset(cfg)
+    try:
+        with torch.device("meta"):
+            initial_model(cfg, data)(torch.empty(2, *data.input_shape))
+    except (ValueError, RuntimeError) as err:
+        raise ConfigError(
+            f"model {cfg.model.name!r} does not fit dataset {cfg.dataset.name!r} "
+            f"(input shape {data.input_shape}): {err}"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# suite run
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} TB"
+
+
+def format_summary(summary: dict[str, Any], uri: str | None, experiment: str) -> str:
+    acc = summary.get("test_accuracy")
+    lines = [
+        f"{summary['target']}: {summary['algorithm']} on {summary['dataset']}/{summary['model']},"
+        f" {summary['world_size']} ranks, {summary['steps']} steps ({summary['epochs']:.2f}"
+        f" epochs), {summary['num_params']:,} parameters",
+        f"test accuracy (averaged model) {acc:.4f}, train loss {summary['train_loss']:.4f}"
+        if acc is not None
+        else f"train loss {summary['train_loss']:.4f}",
+        "communication, algorithm traffic (harness bookkeeping excluded):",
+        f"  {'rank':>4}  {'bytes sent':>14}  {'bytes recv':>14}  {'messages':>9}  {'comm s':>8}",
+    ]
+    for r in summary["per_rank"]:
+        lines.append(
+            f"  {r['rank']:>4}  {r['bytes_sent']:>14,}  {r['bytes_recv']:>14,}"
+            f"  {r['messages']:>9,}  {r['comm_seconds']:>8.3f}"
+        )
+    lines.append(
+        f"  {'all':>4}  {summary['bytes_sent']:>14,}  {summary['bytes_recv']:>14,}"
+        f"  {summary['messages']:>9,}   ({_fmt_bytes(summary['bytes_sent'])} sent)"
+    )
+    lines.append(f"wall time {summary['wall_seconds']:.1f} s")
+    if summary.get("run_id"):
+        lines.append(
+            f"MLflow run {summary['run_id']} in experiment {experiment!r} at {uri}"
+            " (browse: make ui)"
+        )
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from suite import launcher
+    from suite.loop import Job, run_worker
+    from suite.tracking import check_uri, tracking_uri
+
+    cfg, paper = build_config(args)
+    torchrun = launcher.under_torchrun()
+    if torchrun:
+        cfg = apply_overrides(cfg, {"nproc": int(os.environ["WORLD_SIZE"])})
+    preflight(cfg)
+    uri = None if args.no_track else tracking_uri(args.tracking_uri)
+    if uri is not None:
+        try:
+            check_uri(uri)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    experiment = args.experiment or paper
+    run_name = args.run_name or f"{args.target}-n{cfg.nproc}-s{cfg.seed}"
+    fd, run_id_path = tempfile.mkstemp(prefix="suite-run-id-")
+    os.close(fd)
+    job = Job(
+        config=cfg,
+        target=args.target,
+        paper=paper,
+        tracking_uri=uri,
+        experiment=experiment,
+        run_name=run_name,
+        run_id_path=run_id_path,
+        progress=not args.quiet,
+    )
+    start = time.perf_counter()
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        if torchrun:
+            launcher.init_from_env(args.hang_timeout)
+            summary = run_worker(job)
+        else:
+            device = launcher.resolve_device(cfg.device)
+            results = launcher.launch(
+                run_worker, cfg.nproc, (job,), device=device, hang_timeout=args.hang_timeout
+            )
+            summary = results[0]
+    except launcher.RankFailure as failure:
+        print(failure.report(), file=sys.stderr, end="")
+        _close_failed(job, failure.report())
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("\ninterrupted: all ranks stopped", file=sys.stderr)
+        _close_failed(job, "interrupted (Ctrl-C or SIGTERM)")
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        os.unlink(run_id_path)
+    if summary is None:  # a non-zero rank under torchrun
+        return 0
+    summary["wall_seconds"] = time.perf_counter() - start
+    text = format_summary(summary, uri, experiment)
+    if args.json:
+        if not args.quiet:
+            print(text, file=sys.stderr)
+        line = {k: summary.get(k) for k in JSON_KEYS}
+        line.update({k: v for k, v in summary.items() if k not in line})
+        print(json.dumps(line))
+    else:
+        print(text)
+    return 0
+
+
+def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _close_failed(job: Any, error: str) -> None:
+    """Leave a FAILED MLflow run holding the error, whatever rank 0 managed to write."""
+    if job.tracking_uri is None:
+        return
+    from suite.tracking import close_failed, run_tags
+
+    try:
+        run_id = close_failed(
+            job.tracking_uri,
+            job.run_id_path,
+            error,
+            experiment=job.experiment,
+            run_name=job.run_name,
+            params={**flatten(job.config), "target": job.target},
+            tags=run_tags(job.target, job.paper, job.config.nproc, job.tags),
+        )
+    except Exception as err:  # the run's failure is the news; a tracking error must not hide it
+        print(f"warning: could not record the failed MLflow run: {err}", file=sys.stderr)
+        return
+    print(f"MLflow run {run_id} marked FAILED (error.txt holds the error)", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# suite list / show / data
+
+
+def _kind(name: str) -> str:
+    kind = name if name in REGISTRIES else name + "s"
+    if kind not in REGISTRIES:
+        raise UsageError(f"unknown kind {name!r}; valid choices: {', '.join(REGISTRIES)}")
+    return kind
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    kinds = [_kind(args.kind)] if args.kind else list(REGISTRIES)
+    for kind in kinds:
+        entries = REGISTRIES[kind].entries(args.pattern)
+        if len(kinds) > 1:
+            print(f"{kind}:")
+        if not entries:
+            print("  (none)")
+        width = max((len(e.name) for e in entries), default=0)
+        for e in entries:
+            paper = f"[{e.paper}] " if e.paper else ""
+            print(f"  {e.name:<{width}}  {paper}{e.label}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print the resolved config of a target: every key --set accepts, its value and type."""
+    args.nproc = args.seed = args.steps = args.epochs = args.data_dir = args.device = None
+    cfg, paper = build_config(args)
+    types = settable_keys(cfg)
+    flat = flatten(cfg)
+    width = max(len(k) for k in flat)
+    print(f"# {args.target} (paper: {paper}); set any key with --set KEY=VALUE")
+    for key, value in flat.items():
+        shown = ",".join(map(str, value)) if isinstance(value, list) else value
+        print(f"{key:<{width}} = {shown!s:<16} # {describe_type(types[key])}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from suite.registry import DATASETS
+    from suite.tasks.datasets import download_dataset
+
+    DATASETS.get(args.name)
+    download_dataset(args.name, args.data_dir)
+    print(f"{args.name} is ready under {args.data_dir}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="suite",
+        description="Benchmark suite for communication-efficient distributed SGD.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="run one training job (local ranks, or under torchrun)",
+        description="Run TARGET (a recipe or an algorithm) on --nproc local gloo ranks. Under "
+        "torchrun (`torchrun --nproc-per-node N -m suite run TARGET`) the same command runs "
+        "as one rank of a multi-node job.",
+    )
+    run.add_argument("target", help="recipe or algorithm name (see `suite list`)")
+    _add_config_args(run)
+    run.add_argument("--nproc", type=int, help="number of local ranks (default 4)")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--steps", type=int, help="optimizer steps")
+    run.add_argument("--epochs", type=float, help="epochs (overrides --steps)")
+    run.add_argument("--data-dir", help="where MNIST/CIFAR/ImageNet live")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--json", action="store_true", help="print one final JSON line on stdout")
+    run.add_argument("--no-track", action="store_true", help="do not record an MLflow run")
+    run.add_argument(
+        "--tracking-uri",
+        help="MLflow store (default: $MLFLOW_TRACKING_URI or "
+        "sqlite:///mlflow.db in the working directory)",
+    )
+    run.add_argument("--experiment", help="MLflow experiment (default: the target's paper)")
+    run.add_argument("--run-name", help="MLflow run name")
+    run.add_argument(
+        "--hang-timeout",
+        type=float,
+        default=40.0,
+        help="seconds without progress on any rank before the job is stopped as hung (default 40)",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    run.set_defaults(func=cmd_run)
+
+    lst = sub.add_parser("list", help="list registered names with one-line descriptions")
+    lst.add_argument("kind", nargs="?", help=f"one of: {', '.join(REGISTRIES)}")
+    lst.add_argument("pattern", nargs="?", default="*", help="glob on names (default *)")
+    lst.set_defaults(func=cmd_list)
+
+    show = sub.add_parser("show", help="print a target's resolved config and every settable key")
+    show.add_argument("target")
+    _add_config_args(show)
+    show.set_defaults(func=cmd_show)
+
+    data = sub.add_parser("data", help="dataset helpers")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    dl = data_sub.add_parser("download", help="download a dataset (needs torchvision)")
+    dl.add_argument("name")
+    dl.add_argument("--data-dir", required=True)
+    dl.set_defaults(func=cmd_data)
+    return parser
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable); `suite show TARGET` lists the keys",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from suite.tasks.data import DataNotFoundError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, UnknownNameError, UsageError, DataNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

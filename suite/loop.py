@@ -1,0 +1,422 @@
+"""The one training loop every algorithm runs in.
+
+Per step, on every rank::
+
+    for each of micro_batches micro-batches: forward, loss / micro_batches, backward
+    algorithm.reduce_gradients(step)      # hook 1
+    optimizer.step(); lr schedule
+    algorithm.mix_parameters(step)        # hook 2
+
+Per-step rows (loss, cumulative algorithm bytes and messages, compute and communication
+seconds, the algorithm's own metrics) stay on each rank and go to rank 0 every ``log_every``
+steps in one harness gather; rank 0 shows a progress bar and hands them to MLflow.
+
+Evaluation (every ``eval_every`` steps and at the end) measures the averaged model (the mean of
+all ranks' parameters and buffers, each rank scoring an exact share of the test set) and, with
+``eval_per_rank``, each rank's own model on the whole test set. Both are harness traffic.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from suite.algorithms.base import Algorithm, Context
+from suite.config import RunConfig, flatten, to_json
+from suite.launcher import heartbeat, placement, resolve_device
+from suite.registry import ALGORITHMS, DATASETS, MODELS
+from suite.tasks.data import Dataset, ShardedBatches, eval_batches, eval_shard
+from suite.transport import Transport
+
+# Columns of a rank's per-step row, before the algorithm's own metrics.
+_ROW = (
+    "train_loss",
+    "bytes_sent",
+    "bytes_recv",
+    "messages",
+    "step_seconds",
+    "comm_seconds",
+    "compute_seconds",
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A run config plus how to report it (none of this changes the result)."""
+
+    config: RunConfig
+    target: str
+    paper: str
+    tracking_uri: str | None = None  # None: no MLflow run
+    experiment: str = "default"
+    run_name: str | None = None
+    run_id_path: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    progress: bool = True
+
+
+def run_worker(job: Job) -> dict[str, Any] | None:
+    """Worker entry point (local launcher or torchrun): train, track, return rank 0's summary."""
+    from suite.tracking import Tracker, run_tags
+
+    transport = Transport()
+    tracker = None
+    if transport.rank == 0 and job.tracking_uri:
+        params = {**flatten(job.config), "target": job.target}
+        tags = run_tags(job.target, job.paper, transport.world_size, job.tags)
+        tracker = Tracker(
+            job.tracking_uri, job.experiment, job.run_name, params, tags, job.run_id_path
+        ).start()
+    status, summary, artifacts = "FAILED", None, {}
+    try:
+        trainer = Trainer(job, transport, tracker)
+        summary, artifacts = trainer.run()
+        status = "FINISHED"
+    finally:
+        if tracker is not None:
+            run_id = tracker.finish(status, summary, artifacts)
+            if summary is not None:
+                summary["run_id"] = run_id
+    return summary
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=o.lr,
+        momentum=o.momentum,
+        weight_decay=o.weight_decay,
+        nesterov=o.nesterov,
+    )
+
+
+def _lr_factor(cfg: RunConfig, steps_per_epoch: int):
+    """Multiplier of the base lr at each step (LambdaLR): warm-up, then the schedule."""
+    o = cfg.optim
+    milestones = sorted(round(m * steps_per_epoch) for m in o.milestones)
+
+    def factor(step: int) -> float:
+        value = 1.0
+        if o.warmup_steps and step < o.warmup_steps:
+            value = (step + 1) / o.warmup_steps
+        if o.schedule == "multistep":
+            value *= o.gamma ** sum(step >= m for m in milestones)
+        return value
+
+    return factor
+
+
+def initial_model(cfg: RunConfig, data: Dataset) -> nn.Module:
+    """The model every rank starts from: built from ``cfg.seed`` alone, so identical on all."""
+    _seed_everything(cfg.seed)
+    entry = MODELS.get(cfg.model.name)
+    return entry.obj(cfg.model.args, data.input_shape, data.num_classes)
+
+
+def build_dataset(cfg: RunConfig) -> Dataset:
+    """The run's dataset. Cached: the launcher's preflight loads it once, and forked ranks
+    inherit it instead of each loading it again."""
+    return _load_dataset(cfg.dataset.name, cfg.dataset.args, cfg.data_dir)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_dataset(name: str, args: Any, data_dir: str) -> Dataset:
+    return DATASETS.get(name).obj(args, data_dir)
+
+
+class Trainer:
+    """State of one rank's training run."""
+
+    def __init__(self, job: Job, transport: Transport, tracker: Any = None) -> None:
+        self.job, self.cfg, self.transport, self.tracker = job, job.config, transport, tracker
+        cfg = self.cfg
+        self.rank, self.world = transport.rank, transport.world_size
+        self.device = placement(self.rank, resolve_device(cfg.device))
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+
+        self.data = build_dataset(cfg)
+        self.model = initial_model(cfg, self.data).to(self.device)
+        self.num_params = sum(p.numel() for p in self.model.parameters())
+        _seed_everything(cfg.seed * 7919 + self.rank + 1)  # per-rank dropout etc.
+
+        self.batches = ShardedBatches(
+            self.data,
+            cfg.batch_size,
+            self.rank,
+            self.world,
+            cfg.seed,
+            self.device,
+            cfg.num_workers,
+        )
+        self.steps_per_epoch = max(1, self.batches.steps_per_epoch // cfg.micro_batches)
+        self.steps = math.ceil(cfg.epochs * self.steps_per_epoch) if cfg.epochs > 0 else cfg.steps
+        self.optimizer = _build_optimizer(cfg, self.model)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _lr_factor(cfg, self.steps_per_epoch)
+        )
+        ctx = Context(
+            transport=transport,
+            model=self.model,
+            optimizer=self.optimizer,
+            device=self.device,
+            total_steps=self.steps,
+            steps_per_epoch=self.steps_per_epoch,
+            seed=cfg.seed,
+        )
+        entry = ALGORITHMS.get(cfg.algorithm.name)
+        self.algorithm: Algorithm = entry.obj(cfg.algorithm.args, ctx)
+        self.averaged = copy.deepcopy(self.model) if self.world > 1 else self.model
+        self.rows: list[list[float]] = []
+        self.metric_names: list[str] | None = None
+        self.last_losses: list[float] = []
+        self.last_eval: dict[str, float] = {}
+        self.bar = None
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self) -> tuple[dict[str, Any] | None, dict[str, str]]:
+        cfg, stats = self.cfg, self.transport.stats
+        if self.rank == 0 and self.job.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=self.steps,
+                desc=f"{self.job.target} x{self.world}",
+                unit="step",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                mininterval=0.5,
+            )
+        start = time.perf_counter()
+        self.model.train()
+        for step in range(self.steps):
+            self._maybe_inject_fault(step)
+            t0 = time.perf_counter()
+            comm0 = stats.seconds
+            self.optimizer.zero_grad(set_to_none=False)
+            loss_sum = 0.0
+            for _ in range(cfg.micro_batches):
+                x, y = next(self.batches)
+                loss = F.cross_entropy(self.model(x), y) / cfg.micro_batches
+                loss.backward()
+                loss_sum += loss.item()
+                heartbeat()
+            self.algorithm.reduce_gradients(step)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.algorithm.mix_parameters(step)
+            step_s = time.perf_counter() - t0
+            comm_s = stats.seconds - comm0
+            self._record(step, loss_sum, step_s, comm_s)
+            last = step == self.steps - 1
+            if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last:
+                self._flush_rows(step)
+                self._log(step, self.evaluate())
+            elif (step + 1) % cfg.log_every == 0:
+                self._flush_rows(step)
+        train_seconds = time.perf_counter() - start
+        if self.bar is not None:
+            self.bar.close()
+        return self._finish(train_seconds)
+
+    def _maybe_inject_fault(self, step: int) -> None:
+        fault = self.cfg.fault
+        if fault.kind == "none" or fault.rank != self.rank or fault.step != step:
+            return
+        if fault.kind == "crash":
+            raise RuntimeError(f"injected fault: rank {self.rank} crashes at step {step}")
+        if fault.kind == "exit":
+            os._exit(3)
+        while True:  # hang
+            time.sleep(1.0)
+
+    def _record(self, step: int, loss: float, step_s: float, comm_s: float) -> None:
+        stats = self.transport.stats
+        extra = self.algorithm.step_metrics()
+        if self.metric_names is None:
+            self.metric_names = [*_ROW, *(f"algo.{k}" for k in extra)]
+        row = [
+            loss,
+            stats.bytes_sent,
+            stats.bytes_recv,
+            stats.messages,
+            step_s,
+            comm_s,
+            step_s - comm_s,
+            *extra.values(),
+        ]
+        self.rows.append([float(step), *map(float, row)])
+
+    # -- metrics to rank 0 -----------------------------------------------------------------
+
+    def _flush_rows(self, step: int) -> None:
+        """Gather the buffered per-step rows to rank 0 (one harness op) and log them."""
+        if not self.rows:
+            return
+        local = torch.tensor(self.rows, dtype=torch.float64)
+        self.rows = []
+        with self.transport.harness():
+            parts = self.transport.gather(local, dst=0)
+        if parts is None:
+            return
+        table = torch.stack(parts)  # ranks x steps x (1 + columns)
+        names = self.metric_names or list(_ROW)
+        col = {name: i + 1 for i, name in enumerate(names)}
+        summed = {"bytes_sent", "bytes_recv", "messages"}
+        for k in range(table.shape[1]):
+            at = table[:, k]
+            metrics = {
+                name: float(at[:, i].sum() if name in summed else at[:, i].mean())
+                for name, i in col.items()
+            }
+            metrics["step_seconds_max"] = float(at[:, col["step_seconds"]].max())
+            metrics["lr"] = self.scheduler.get_last_lr()[0]
+            self._log(int(at[0, 0]), metrics)
+        self.last_losses = table[:, -1, col["train_loss"]].tolist()
+        if self.bar is not None:
+            self.bar.update(int(table[0, -1, 0]) + 1 - self.bar.n)
+            post = {"loss": f"{sum(self.last_losses) / len(self.last_losses):.4f}"}
+            if "test_accuracy" in self.last_eval:
+                post["acc"] = f"{self.last_eval['test_accuracy']:.3f}"
+            post["sent"] = f"{table[:, -1, col['bytes_sent']].sum() / 1e6:.2f}MB"
+            self.bar.set_postfix(post, refresh=False)
+
+    def _log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.rank == 0 and self.tracker is not None and metrics:
+            self.tracker.log(step, metrics)
+
+    # -- evaluation ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _score(self, model: nn.Module, indices: range) -> Tensor:
+        """(correct, count, summed loss) of ``model`` on test samples ``indices``."""
+        model.eval()
+        acc = torch.zeros(3, dtype=torch.float64)
+        for x, y in eval_batches(
+            self.data, indices, self.cfg.eval_batch_size, self.device, self.cfg.num_workers
+        ):
+            out = model(x)
+            acc[0] += (out.argmax(1) == y).sum().item()
+            acc[1] += len(y)
+            acc[2] += F.cross_entropy(out, y, reduction="sum").item()
+            heartbeat()
+        model.train()
+        return acc
+
+    @torch.no_grad()
+    def _average_into(self, source: nn.Module) -> None:
+        """Load the mean over ranks of ``source``'s floating state into ``self.averaged``."""
+        src_state, dst_state = source.state_dict(), self.averaged.state_dict()
+        floats = [name for name, t in src_state.items() if t.is_floating_point()]
+        flat = torch.cat([src_state[name].reshape(-1) for name in floats])
+        self.transport.all_reduce(flat, op="mean")
+        parts = flat.split([src_state[name].numel() for name in floats])
+        for name, part in zip(floats, parts, strict=True):
+            dst_state[name].copy_(part.view_as(dst_state[name]))
+        for name, t in dst_state.items():  # integer buffers (BN batch counts): this rank's
+            if not t.is_floating_point():
+                t.copy_(src_state[name])
+
+    def evaluate(self) -> dict[str, float]:
+        """Averaged-model accuracy (and per-rank accuracies) on the whole test set."""
+        n = len(self.data.test)
+        local_model = self.algorithm.eval_model()
+        with self.transport.harness():
+            if self.world > 1:
+                self._average_into(local_model)
+                score = self._score(self.averaged, eval_shard(n, self.rank, self.world))
+                self.transport.all_reduce(score)
+            else:
+                score = self._score(local_model, range(n))
+            metrics = {
+                "test_accuracy": float(score[0] / score[1]),
+                "test_loss": float(score[2] / score[1]),
+            }
+            if self.cfg.eval_per_rank and self.world > 1:
+                own = self._score(local_model, range(n))
+                parts = self.transport.gather(own, dst=0)
+                if parts is not None:
+                    accs = torch.stack([p[0] / p[1] for p in parts])
+                    metrics["test_accuracy_rank_mean"] = float(accs.mean())
+                    metrics["test_accuracy_rank_min"] = float(accs.min())
+                    metrics["test_accuracy_rank_max"] = float(accs.max())
+        self.last_eval = metrics
+        return metrics
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def _finish(self, train_seconds: float) -> tuple[dict[str, Any] | None, dict[str, str]]:
+        stats = self.transport.stats
+        mine = {
+            "rank": self.rank,
+            "algorithm": stats.to_dict(),
+            "harness": self.transport.harness_stats.to_dict(),
+        }
+        with self.transport.harness():
+            everyone = self.transport.gather_object(mine, dst=0)
+        artifacts = self.algorithm.artifacts() if self.rank == 0 else {}
+        if everyone is None:
+            return None, {}
+        cfg = self.cfg
+        per_rank = [
+            {
+                "rank": r["rank"],
+                "bytes_sent": r["algorithm"]["bytes_sent"],
+                "bytes_recv": r["algorithm"]["bytes_recv"],
+                "messages": r["algorithm"]["messages"],
+                "comm_seconds": r["algorithm"]["seconds"],
+                "harness_bytes_sent": r["harness"]["bytes_sent"],
+            }
+            for r in everyone
+        ]
+        summary: dict[str, Any] = {
+            "target": self.job.target,
+            "algorithm": cfg.algorithm.name,
+            "paper": self.job.paper,
+            "dataset": cfg.dataset.name,
+            "model": cfg.model.name,
+            "world_size": self.world,
+            "steps": self.steps,
+            "epochs": self.steps / self.steps_per_epoch,
+            "num_params": self.num_params,
+            "test_accuracy": self.last_eval.get("test_accuracy"),
+            "test_loss": self.last_eval.get("test_loss"),
+            "train_loss": sum(self.last_losses) / max(1, len(self.last_losses)),
+            "bytes_sent": sum(r["bytes_sent"] for r in per_rank),
+            "bytes_recv": sum(r["bytes_recv"] for r in per_rank),
+            "messages": sum(r["messages"] for r in per_rank),
+            "harness_bytes_sent": sum(r["harness_bytes_sent"] for r in per_rank),
+            "train_seconds": train_seconds,
+            "per_rank": per_rank,
+            "run_id": None,
+        }
+        for key in ("test_accuracy_rank_mean", "test_accuracy_rank_min", "test_accuracy_rank_max"):
+            if key in self.last_eval:
+                summary[key] = self.last_eval[key]
+        artifacts = {
+            **artifacts,
+            "config.json": to_json(cfg),
+            "comm.json": json.dumps(everyone, indent=2),
+        }
+        return summary, artifacts

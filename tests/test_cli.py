@@ -1,0 +1,153 @@
+"""The command line as a user meets it: exit codes, messages, the JSON line, failures."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from conftest import last_json, suite_cmd
+
+from suite.cli import JSON_KEYS
+
+FAST = ["--steps", "20", "--set", "eval_every=0", "--set", "model.hidden=32"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["run", "allreduce"], ["unknown target 'allreduce'", "allreduce_sgd", "local_sgd"]),
+        (["run", "allreduce_sgd", "--set", "model=vgg"], ["unknown model 'vgg'", "mlp", "cnn2"]),
+        (["run", "allreduce_sgd", "--set", "optim.lrr=1"], ["unknown config key", "optim.lr"]),
+        (["run", "allreduce_sgd", "--set", "steps=many"], ["bad value 'many' for steps"]),
+        (["run", "single", "--nproc", "2"], ["exactly 1 process"]),
+        (["run", "allreduce_sgd", "--set", "dataset=mnist"], ["--data-dir"]),
+        (["run", "allreduce_sgd", "--tracking-uri", "ftp://x"], ["valid schemes"]),
+        (["list", "gizmos"], ["unknown kind 'gizmos'", "algorithms", "datasets"]),
+    ],
+)
+def test_bad_input_exits_2_naming_the_valid_choices(
+    tmp_path: Path, args: list[str], fragments: list[str]
+) -> None:
+    proc = suite_cmd(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    for fragment in fragments:
+        assert fragment in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # nothing half-written
+
+
+def test_list_shows_descriptions_and_paper_labels(tmp_path: Path) -> None:
+    proc = suite_cmd("list", cwd=tmp_path)
+    assert proc.returncode == 0
+    for name in ("allreduce_sgd", "local_sgd", "single", "digits", "resnet18_cifar", "identity"):
+        assert name in proc.stdout
+    assert "[baseline]" in proc.stdout
+    only = suite_cmd("list", "models", "resnet*", cwd=tmp_path).stdout
+    assert "resnet20" in only and "mlp" not in only
+
+
+def test_show_lists_every_settable_key(tmp_path: Path) -> None:
+    proc = suite_cmd("show", "local_sgd", "--set", "algorithm.period=3", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "algorithm.period" in proc.stdout and "= 3" in proc.stdout
+    assert "optim.schedule" in proc.stdout and "constant | multistep" in proc.stdout
+
+
+def test_run_prints_the_json_summary(tmp_path: Path) -> None:
+    proc = suite_cmd(
+        "run", "allreduce_sgd", "--nproc", "2", "--json", "--no-track", *FAST, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = last_json(proc.stdout)
+    assert list(out)[: len(JSON_KEYS)] == list(JSON_KEYS)
+    assert out["target"] == "allreduce_sgd" and out["world_size"] == 2 and out["steps"] == 20
+    assert out["bytes_sent"] == 20 * 2 * out["num_params"] * 4
+    assert out["run_id"] is None
+    assert "bytes sent" in proc.stderr  # the human table still reaches the terminal
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def _deterministic(summary: dict) -> dict:
+    noisy = {"wall_seconds", "train_seconds", "run_id", "per_rank"}
+    return {k: v for k, v in summary.items() if k not in noisy}
+
+
+def test_same_seed_same_summary_other_seed_other_summary(tmp_path: Path) -> None:
+    runs = [
+        last_json(
+            suite_cmd(
+                "run",
+                "allreduce_sgd",
+                "--nproc",
+                "2",
+                "--json",
+                "--no-track",
+                "--quiet",
+                "--seed",
+                str(seed),
+                *FAST,
+                cwd=tmp_path,
+            ).stdout
+        )
+        for seed in (5, 5, 6)
+    ]
+    assert _deterministic(runs[0]) == _deterministic(runs[1])
+    assert runs[0]["train_loss"] != runs[2]["train_loss"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"), [("crash", "exited with code 1"), ("exit", "exited with code 3")]
+)
+def test_a_dying_rank_fails_the_run_with_its_traceback(
+    tmp_path: Path, kind: str, reason: str
+) -> None:
+    start = time.monotonic()
+    proc = suite_cmd(
+        "run",
+        "allreduce_sgd",
+        "--nproc",
+        "3",
+        "--no-track",
+        *FAST,
+        "--set",
+        f"fault.kind={kind}",
+        "--set",
+        "fault.rank=2",
+        "--set",
+        "fault.step=5",
+        cwd=tmp_path,
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 1
+    assert f"rank 2 {reason}" in proc.stderr
+    if kind == "crash":
+        assert "injected fault: rank 2 crashes at step 5" in proc.stderr
+        assert "_maybe_inject_fault" in proc.stderr
+    assert elapsed < 60
+
+
+def test_a_hung_rank_fails_the_run_within_the_bound(tmp_path: Path) -> None:
+    start = time.monotonic()
+    proc = suite_cmd(
+        "run",
+        "allreduce_sgd",
+        "--nproc",
+        "2",
+        "--no-track",
+        *FAST,
+        "--hang-timeout",
+        "4",
+        "--set",
+        "fault.kind=hang",
+        "--set",
+        "fault.rank=1",
+        "--set",
+        "fault.step=3",
+        cwd=tmp_path,
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 1
+    assert "rank 1 hung" in proc.stderr
+    assert "_maybe_inject_fault" in proc.stderr  # the stack shows where it hangs
+    assert elapsed < 60

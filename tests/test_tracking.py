@@ -1,0 +1,197 @@
+"""What lands in MLflow: one run per job, from rank 0, complete, and never left RUNNING."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import last_json, suite_cmd
+from mlflow.tracking import MlflowClient
+
+from suite.tracking import tracking_uri
+
+
+def _client(tmp_path: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def _only_run(client: MlflowClient):
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1, f"expected one run, found {len(runs)}"
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    tmp = tmp_path_factory.mktemp("tracked")
+    proc = suite_cmd(
+        "run",
+        "local_sgd",
+        "--nproc",
+        "2",
+        "--steps",
+        "30",
+        "--json",
+        "--set",
+        "algorithm.period=5",
+        "--set",
+        "eval_every=10",
+        "--set",
+        "log_every=7",
+        cwd=tmp,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return tmp, last_json(proc.stdout)
+
+
+def test_run_is_finished_with_params_and_tags(finished: tuple[Path, dict]) -> None:
+    tmp, summary = finished
+    assert (tmp / "mlflow.db").exists()  # the default store: SQLite in the working directory
+    run = _only_run(_client(tmp))
+    assert run.info.status == "FINISHED"
+    assert run.info.run_id == summary["run_id"]
+    params = run.data.params
+    assert params["algorithm"] == "local_sgd" and params["algorithm.period"] == "5"
+    assert (
+        params["optim.lr"] == "0.05" and params["nproc"] == "2" and params["target"] == "local_sgd"
+    )
+    tags = run.data.tags
+    for key in ("git_sha", "git_dirty", "torch_version", "hardware"):
+        assert tags[key]
+    assert tags["target"] == "local_sgd" and tags["paper"] == "baseline"
+    assert tags["world_size"] == "2"
+    experiment = _client(tmp).get_experiment(run.info.experiment_id)
+    assert experiment.name == "baseline"
+
+
+def test_metrics_cover_every_step_and_the_evaluations(finished: tuple[Path, dict]) -> None:
+    tmp, summary = finished
+    client = _client(tmp)
+    run_id = summary["run_id"]
+    loss = client.get_metric_history(run_id, "train_loss")
+    assert sorted(m.step for m in loss) == list(range(30))
+    sent = sorted(client.get_metric_history(run_id, "bytes_sent"), key=lambda m: m.step)
+    assert sent[-1].value == summary["bytes_sent"]
+    assert all(a.value <= b.value for a, b in itertools.pairwise(sent))  # cumulative
+    acc = client.get_metric_history(run_id, "test_accuracy")
+    assert sorted(m.step for m in acc) == [9, 19, 29]
+    assert {m.step: m.value for m in acc}[29] == pytest.approx(summary["test_accuracy"])
+    assert {"comm_seconds", "compute_seconds", "messages", "algo.averaged"} <= set(
+        client.get_run(run_id).data.metrics
+    )
+
+
+def test_artifacts_hold_config_summary_and_comm(finished: tuple[Path, dict]) -> None:
+    tmp, summary = finished
+    client = _client(tmp)
+    run_id = summary["run_id"]
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.json", "summary.json", "comm.json"} <= names
+    local = client.download_artifacts(run_id, "summary.json", str(tmp / "dl"))
+    stored = json.loads(Path(local).read_text())
+    assert stored["bytes_sent"] == summary["bytes_sent"] and stored["run_id"] == run_id
+    config = json.loads(
+        Path(client.download_artifacts(run_id, "config.json", str(tmp))).read_text()
+    )
+    assert config["algorithm.period"] == 5
+
+
+def test_a_failed_run_ends_failed(tmp_path: Path) -> None:
+    proc = suite_cmd(
+        "run",
+        "allreduce_sgd",
+        "--nproc",
+        "2",
+        "--steps",
+        "20",
+        "--set",
+        "fault.kind=crash",
+        "--set",
+        "fault.rank=1",
+        "--set",
+        "fault.step=8",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1
+    client = _client(tmp_path)
+    run = _only_run(client)
+    assert run.info.status == "FAILED"
+    assert run.data.params["fault.kind"] == "crash"
+    error = Path(client.download_artifacts(run.info.run_id, "error.txt", str(tmp_path))).read_text()
+    assert "injected fault: rank 1 crashes at step 8" in error
+
+
+def test_a_killed_rank_zero_still_ends_failed(tmp_path: Path) -> None:
+    # rank 0 dies without running any cleanup: the launcher must close the run
+    proc = suite_cmd(
+        "run",
+        "allreduce_sgd",
+        "--nproc",
+        "2",
+        "--steps",
+        "200",
+        "--set",
+        "fault.kind=exit",
+        "--set",
+        "fault.rank=0",
+        "--set",
+        "fault.step=150",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1
+    assert _only_run(_client(tmp_path)).info.status == "FAILED"
+
+
+def test_ctrl_c_ends_the_run_failed_and_stops_every_rank(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "suite",
+            "run",
+            "allreduce_sgd",
+            "--nproc",
+            "2",
+            "--steps",
+            "100000",
+            "--set",
+            "eval_every=0",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    client = _client(tmp_path)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # wait until the run exists
+        time.sleep(0.5)
+        if (tmp_path / "mlflow.db").exists():
+            try:
+                if client.search_experiments() and _only_run(client):
+                    break
+            except Exception:  # the store may be mid-creation
+                continue
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert _only_run(client).info.status == "FAILED"
+
+
+def test_tracking_uri_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri() == "http://127.0.0.1:5000"
+    assert tracking_uri("sqlite:///x.db") == f"sqlite:///{tmp_path / 'x.db'}"

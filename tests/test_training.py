@@ -1,0 +1,127 @@
+"""The loop and the baselines agree with plain references where they must."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from suite.config import RunConfig, apply_overrides
+from suite.launcher import launch
+from suite.loop import Job, Trainer, build_dataset, initial_model, run_worker
+from suite.transport import Transport
+
+SMALL = ["dataset=digits", "model=mlp", "model.hidden=32", "eval_every=0", "eval_per_rank=false"]
+
+
+def _config(*items: str) -> RunConfig:
+    return apply_overrides(RunConfig(), [*SMALL, *items])
+
+
+def _train_and_return_params(cfg: RunConfig) -> dict:
+    trainer = Trainer(Job(cfg, target="test", paper="test", progress=False), Transport())
+    summary, _ = trainer.run()
+    state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    return {"state": state, "summary": summary}
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_allreduce_sgd_on_two_ranks_equals_one_process_on_the_union_batch(
+    micro_batches: int,
+) -> None:
+    steps, batch = 12, 16
+    common = [f"steps={steps}", f"micro_batches={micro_batches}", "optim.momentum=0.9"]
+    dist_cfg = _config("algorithm=allreduce_sgd", "nproc=2", f"batch_size={batch}", *common)
+    single_cfg = _config("algorithm=single", "nproc=1", f"batch_size={2 * batch}", *common)
+    two = launch(_train_and_return_params, 2, (dist_cfg,))
+    one = launch(_train_and_return_params, 1, (single_cfg,))[0]
+    assert _max_diff(two[0]["state"], two[1]["state"]) == 0.0  # ranks stay identical
+    diff = _max_diff(two[0]["state"], one["state"])
+    assert diff < 1e-5, f"all-reduce SGD drifted from the union-batch reference by {diff}"
+    # and the reference really moved: the comparison is not between two initial models
+    init = initial_model(single_cfg, build_dataset(single_cfg)).state_dict()
+    assert _max_diff(init, one["state"]) > 1e-3
+
+
+def test_local_sgd_with_period_one_equals_allreduce_sgd() -> None:
+    common = ["steps=10", "nproc=2", "batch_size=16"]
+    a = launch(_train_and_return_params, 2, (_config("algorithm=allreduce_sgd", *common),))
+    b = launch(
+        _train_and_return_params,
+        2,
+        (_config("algorithm=local_sgd", "algorithm.period=1", *common),),
+    )
+    assert _max_diff(a[0]["state"], b[0]["state"]) < 1e-5
+
+
+def test_local_sgd_averages_every_period_and_counts_its_traffic() -> None:
+    cfg = _config("algorithm=local_sgd", "algorithm.period=4", "steps=10", "nproc=2")
+    out = launch(_train_and_return_params, 2, (cfg,))
+    # 10 steps with H=4: averages after steps 4 and 8; models drift for the last 2 steps
+    assert _max_diff(out[0]["state"], out[1]["state"]) > 0
+    summary = out[0]["summary"]
+    params = summary["num_params"]
+    assert summary["messages"] == 2 * 2  # 2 averages x 2 ranks
+    assert summary["bytes_sent"] == 2 * 2 * params * 4
+
+
+def test_allreduce_sgd_bytes_match_the_model_size() -> None:
+    cfg = _config("algorithm=allreduce_sgd", "steps=5", "nproc=2")
+    summary = launch(_train_and_return_params, 2, (cfg,))[0]["summary"]
+    assert summary["bytes_sent"] == 5 * 2 * summary["num_params"] * 4
+    assert summary["messages"] == 5 * 2
+    assert [r["bytes_sent"] for r in summary["per_rank"]] == [5 * summary["num_params"] * 4] * 2
+
+
+def _accuracy(cfg: RunConfig, state: dict) -> float:
+    data = build_dataset(cfg)
+    model = initial_model(cfg, data)
+    model.load_state_dict(state)
+    model.eval()
+    with torch.no_grad():
+        x = data.preprocess(data.test.x, False, None)
+        return float((model(x).argmax(1) == data.test.y).float().mean())
+
+
+def test_evaluation_scores_the_averaged_and_each_rank_model() -> None:
+    # local models never averaged, so the two ranks and their average are three models
+    cfg = _config(
+        "algorithm=local_sgd",
+        "algorithm.period=1000",
+        "steps=40",
+        "nproc=2",
+        "eval_per_rank=true",
+        "optim.lr=0.2",
+    )
+    out = launch(_train_and_return_params, 2, (cfg,))
+    summary = out[0]["summary"]
+    mean_state = {k: (out[0]["state"][k] + out[1]["state"][k]) / 2 for k in out[0]["state"]}
+    assert summary["test_accuracy"] == pytest.approx(_accuracy(cfg, mean_state), abs=1e-6)
+    ranks = sorted(_accuracy(cfg, o["state"]) for o in out)
+    assert summary["test_accuracy_rank_min"] == pytest.approx(ranks[0], abs=1e-6)
+    assert summary["test_accuracy_rank_max"] == pytest.approx(ranks[1], abs=1e-6)
+    assert summary["bytes_sent"] == 0  # evaluation is harness traffic, never the algorithm's
+    assert summary["harness_bytes_sent"] > 0
+
+
+def test_training_learns_digits() -> None:
+    cfg = _config("algorithm=allreduce_sgd", "steps=150", "nproc=2", "optim.lr=0.1")
+    summary = launch(run_worker, 2, (Job(cfg, "t", "t", progress=False),))[0]
+    assert summary["test_accuracy"] > 0.85
+    assert summary["train_loss"] < 0.6
+
+
+def test_lr_schedule_warmup_and_milestones() -> None:
+    from suite.loop import _lr_factor
+
+    cfg = _config(
+        "optim.schedule=multistep",
+        "optim.milestones=1,2",
+        "optim.warmup_steps=4",
+        "optim.gamma=0.5",
+    )
+    f = _lr_factor(cfg, steps_per_epoch=10)
+    assert [f(s) for s in (0, 3, 9, 10, 19, 20)] == [0.25, 1.0, 1.0, 0.5, 0.5, 0.25]
