@@ -99,7 +99,10 @@ def preflight(cfg: RunConfig) -> None:
     if check is not None:
         check(cfg.data_dir)
     torch.set_num_threads(1)  # nothing heavy runs here; keep thread pools out of forked ranks
-    data = build_dataset(cfg)
+    try:
+        data = build_dataset(cfg)
+    except ValueError as err:  # a dataset knob out of range
+        raise ConfigError(f"dataset {cfg.dataset.name!r}: {err}") from None
     try:
         with torch.device("meta"):
             initial_model(cfg, data)(torch.empty(2, *data.input_shape))
@@ -157,8 +160,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from suite.loop import Job, run_worker
     from suite.tracking import check_uri, tracking_uri
 
-    cfg, paper = build_config(args)
     torchrun = launcher.under_torchrun()
+    cfg, paper = build_config(args)
     if torchrun:
         cfg = apply_overrides(cfg, {"nproc": int(os.environ["WORLD_SIZE"])})
     preflight(cfg)

@@ -12,6 +12,7 @@ rank 0 writes to ``run_id_path`` as soon as the run exists.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import queue
@@ -107,6 +108,12 @@ def run_tags(target: str, paper: str, world_size: int, extra: Mapping[str, str])
     }
 
 
+def quiet_mlflow() -> None:
+    """MLflow logs database migrations at INFO into the progress bar; keep only warnings."""
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 class Tracker:
     """Rank 0's writer of one MLflow run."""
 
@@ -163,6 +170,7 @@ class Tracker:
                     break
 
     def _serve(self) -> None:
+        quiet_mlflow()
         from mlflow.entities import Metric, Param
         from mlflow.tracking import MlflowClient
 
@@ -228,6 +236,7 @@ def close_failed(
     """After a failed job: end rank 0's run as FAILED if it is still RUNNING, or, if rank 0 died
     before creating it, record the run now (params, tags, FAILED). Either way the error text is
     stored as ``error.txt``. Returns the run id."""
+    quiet_mlflow()
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 

@@ -435,6 +435,16 @@ def test_digits_fixed_stratified_split_and_standardised() -> None:
     assert len(c.test) == 540 and len(c.train) + len(c.test) == 1797
 
 
+def test_digits_file_read_equals_sklearn_load_digits() -> None:
+    from sklearn.datasets import load_digits
+
+    from suite.tasks.datasets import _digits_arrays
+
+    images, labels = _digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(labels, bunch.target)
+
+
 def test_synthetic_shapes_determinism_and_learnability() -> None:
     ds = load("synthetic", input_shape=(2, 3, 4), num_classes=3, train_size=30, test_size=12)
     assert ds.input_shape == (2, 3, 4) and ds.num_classes == 3
