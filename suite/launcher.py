@@ -37,6 +37,7 @@ import os
 import pickle
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -98,9 +99,19 @@ class RankFailure(RuntimeError):
         text = f"error: rank {self.rank} {self.reason}\n--- rank {self.rank} ---\n"
         text += self.details.rstrip() + "\n"
         for rank, other in sorted(self.others.items()):
-            first = other.strip().splitlines()[-1] if other.strip() else "(no output)"
-            text += f"--- rank {rank}: {first}\n"
+            text += f"--- rank {rank}: {_headline(other)}\n"
         return text
+
+
+def _headline(text: str) -> str:
+    """One line saying where a rank was: a traceback's error line, or the innermost frame of a
+    stack dump (faulthandler prints the most recent call first)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return "(no output)"
+    if any("most recent call first" in line for line in lines):
+        return next((line for line in lines if line.startswith("File ")), lines[-1])
+    return lines[-1]
 
 
 def placement(rank: int, device: str) -> torch.device:
@@ -155,7 +166,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 @dataclass(frozen=True)
 class _Job:
     nproc: int
-    port: int
+    port: Any  # shared int: the store's port, set by the launcher once every rank is forked
     backend: str
     jobdir: str
     hang_timeout: float
@@ -175,11 +186,19 @@ def _worker(
     faulthandler.enable(file=errfile, all_threads=True)
     faulthandler.register(signal.SIGUSR1, file=errfile, all_threads=True)
     os.environ["OMP_NUM_THREADS"] = "1"
+    if job.backend == "gloo" and _LOOPBACK and "GLOO_SOCKET_IFNAME" not in os.environ:
+        # All ranks are on this host: talk over loopback rather than whatever the hostname
+        # resolves to (a DNS lookup that can stall, or an interface that is firewalled).
+        os.environ["GLOO_SOCKET_IFNAME"] = _LOOPBACK
     torch.set_num_threads(1)
     code = 0
     try:
         timeout = datetime.timedelta(seconds=job.hang_timeout + COLLECTIVE_MARGIN)
-        store = dist.TCPStore("127.0.0.1", job.port, job.nproc, is_master=False, timeout=timeout)
+        while not job.port.value:
+            time.sleep(0.001)
+        store = dist.TCPStore(
+            "127.0.0.1", job.port.value, job.nproc, is_master=False, timeout=timeout
+        )
         dist.init_process_group(
             job.backend, store=store, rank=rank, world_size=job.nproc, timeout=timeout
         )
@@ -210,12 +229,6 @@ def init_from_env(hang_timeout: float = HANG_TIMEOUT) -> None:
     else:
         torch.cuda.set_device(placement(int(os.environ["RANK"]), "cuda"))
     dist.init_process_group(backend_for(device), timeout=datetime.timedelta(seconds=hang_timeout))
-
-
-def under_torchrun() -> bool:
-    return "TORCHELASTIC_RUN_ID" in os.environ or (
-        "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,6 +278,17 @@ def _stop(procs: list[Any], grace: float = TERMINATE_GRACE) -> None:
         p.join(5.0)
 
 
+def _loopback_interface() -> str | None:
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        return None
+    return next((n for n in ("lo", "lo0") if n in names), None)
+
+
+_LOOPBACK = _loopback_interface()
+
+
 def _start_method(device: str) -> str:
     if device == "cuda" or not sys.platform.startswith("linux"):
         return "spawn"  # CUDA cannot be forked into; fork is Linux-only
@@ -293,17 +317,22 @@ def launch(
             importlib.import_module(module)
     ctx = mp.get_context(method)
     jobdir = tempfile.mkdtemp(prefix="suite-job-")
-    store = dist.TCPStore("127.0.0.1", 0, nproc, is_master=True, wait_for_workers=False)
-    job = _Job(nproc, store.port, backend_for(device), jobdir, hang_timeout, os.getpid())
+    port = ctx.Value("i", 0, lock=False)
+    job = _Job(nproc, port, backend_for(device), jobdir, hang_timeout, os.getpid())
     beats = ctx.Array("d", [time.time()] * nproc, lock=False)
     waiting = ctx.Array("b", nproc, lock=False)
     procs = [
         ctx.Process(target=_worker, args=(r, job, beats, waiting, fn, args), name=f"rank{r}")
         for r in range(nproc)
     ]
+    store = None
     try:
         for p in procs:
             p.start()
+        # The store's server thread starts only now: a process forked while another thread
+        # holds a lock inherits it locked, so the launcher forks while single-threaded.
+        store = dist.TCPStore("127.0.0.1", 0, nproc, is_master=True, wait_for_workers=False)
+        port.value = store.port
         _monitor(procs, beats, waiting, job, poll)
         return [_load_result(jobdir, r) for r in range(nproc)]
     finally:

@@ -72,6 +72,10 @@ def test_a_hung_rank_is_found_and_its_stack_dumped() -> None:
     assert "hung" in failure.reason
     assert "in _work" in failure.details  # the hung rank's own stack, where it sleeps
     assert elapsed < 3 + 10
+    # the others are shown by the frame they wait in, not by the bottom of their stacks
+    assert sorted(failure.others) == [0, 1]
+    others = failure.report().split("--- rank 0:")[1]
+    assert others.count("in all_reduce") == 2
 
 
 def _spin_forever() -> None:
