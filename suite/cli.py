@@ -12,13 +12,14 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
 from suite.config import (
     ConfigError,
+    DataNotFoundError,
     RunConfig,
     apply_overrides,
     describe_type,
@@ -155,62 +156,83 @@ def format_summary(summary: dict[str, Any], uri: str | None, experiment: str) ->
     return "\n".join(lines)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from suite import launcher
-    from suite.loop import Job, run_worker
-    from suite.tracking import check_uri, tracking_uri
+def _torchrun_rank() -> int | None:
+    """This process's rank when torchrun started it, else None (read before importing torch)."""
+    env = os.environ
+    if "TORCHELASTIC_RUN_ID" in env or {"RANK", "WORLD_SIZE", "MASTER_ADDR"} <= env.keys():
+        return int(env["RANK"])
+    return None
 
-    torchrun = launcher.under_torchrun()
-    cfg, paper = build_config(args)
-    if torchrun:
-        cfg = apply_overrides(cfg, {"nproc": int(os.environ["WORLD_SIZE"])})
-    preflight(cfg)
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from suite.tracking import RunWriter, check_uri, run_tags, tracking_uri
+
+    torchrun_rank = _torchrun_rank()
     uri = None if args.no_track else tracking_uri(args.tracking_uri)
     if uri is not None:
         try:
             check_uri(uri)
         except ValueError as err:
             raise UsageError(str(err)) from None
+    # The MLflow writer starts first: its imports then overlap the job's own start-up.
+    writer = RunWriter().start() if uri is not None and not torchrun_rank else None
+    try:
+        cfg, paper = build_config(args)
+        if torchrun_rank is not None:
+            cfg = apply_overrides(cfg, {"nproc": int(os.environ["WORLD_SIZE"])})
+        preflight(cfg)
+    except BaseException:
+        if writer is not None:
+            writer.discard()  # bad input: no run is created
+        raise
+    from suite import launcher
+    from suite.loop import Job, run_worker
+
     experiment = args.experiment or paper
-    run_name = args.run_name or f"{args.target}-n{cfg.nproc}-s{cfg.seed}"
-    fd, run_id_path = tempfile.mkstemp(prefix="suite-run-id-")
-    os.close(fd)
-    job = Job(
-        config=cfg,
-        target=args.target,
-        paper=paper,
-        tracking_uri=uri,
-        experiment=experiment,
-        run_name=run_name,
-        run_id_path=run_id_path,
-        progress=not args.quiet,
-    )
+    if writer is not None:
+        writer.open(
+            uri,
+            experiment,
+            args.run_name or f"{args.target}-n{cfg.nproc}-s{cfg.seed}",
+            params={**flatten(cfg), "target": args.target},
+            tags=run_tags(args.target, paper, cfg.nproc),
+        )
+    job = Job(cfg, args.target, paper, writer.sink if writer else None, not args.quiet)
     start = time.perf_counter()
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
-        if torchrun:
+        if torchrun_rank is not None:
             launcher.init_from_env(args.hang_timeout)
-            summary = run_worker(job)
+            result = run_worker(job)
         else:
             device = launcher.resolve_device(cfg.device)
             results = launcher.launch(
                 run_worker, cfg.nproc, (job,), device=device, hang_timeout=args.hang_timeout
             )
-            summary = results[0]
+            result = results[0]
     except launcher.RankFailure as failure:
         print(failure.report(), file=sys.stderr, end="")
-        _close_failed(job, failure.report())
+        _end_failed(writer, failure.report())
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("\ninterrupted: all ranks stopped", file=sys.stderr)
-        _close_failed(job, "interrupted (Ctrl-C or SIGTERM)")
+        _end_failed(writer, "interrupted (Ctrl-C or SIGTERM)")
         return EXIT_INTERRUPTED
+    except BaseException:  # rank 0 under torchrun raised: the run fails with its traceback
+        _end_failed(writer, traceback.format_exc())
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-        os.unlink(run_id_path)
-    if summary is None:  # a non-zero rank under torchrun
+    if result is None:  # a non-zero rank under torchrun
         return 0
+    summary, artifacts = result
     summary["wall_seconds"] = time.perf_counter() - start
+    if writer is not None:
+        try:
+            summary["run_id"] = writer.end("FINISHED", summary, artifacts)
+        except RuntimeError as err:
+            print(f"error: training finished but {err}", file=sys.stderr)
+            return EXIT_FAILED
     text = format_summary(summary, uri, experiment)
     if args.json:
         if not args.quiet:
@@ -227,26 +249,18 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _close_failed(job: Any, error: str) -> None:
-    """Leave a FAILED MLflow run holding the error, whatever rank 0 managed to write."""
-    if job.tracking_uri is None:
+def _end_failed(writer: Any, error: str) -> None:
+    """End the job's MLflow run FAILED, holding the error; a tracking error must not hide the
+    run's own failure, so it is only reported."""
+    if writer is None:
         return
-    from suite.tracking import close_failed, run_tags
-
     try:
-        run_id = close_failed(
-            job.tracking_uri,
-            job.run_id_path,
-            error,
-            experiment=job.experiment,
-            run_name=job.run_name,
-            params={**flatten(job.config), "target": job.target},
-            tags=run_tags(job.target, job.paper, job.config.nproc, job.tags),
-        )
-    except Exception as err:  # the run's failure is the news; a tracking error must not hide it
+        run_id = writer.end("FAILED", artifacts={"error.txt": error})
+    except RuntimeError as err:
         print(f"warning: could not record the failed MLflow run: {err}", file=sys.stderr)
         return
-    print(f"MLflow run {run_id} marked FAILED (error.txt holds the error)", file=sys.stderr)
+    if run_id:
+        print(f"MLflow run {run_id} marked FAILED (error.txt holds the error)", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,8 +385,6 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from suite.tasks.data import DataNotFoundError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -30,6 +30,13 @@ class ConfigError(ValueError):
     """Bad configuration input; the message names the problem and the valid choices."""
 
 
+class DataNotFoundError(FileNotFoundError):
+    """A dataset's files are missing; the message says where we looked and how to get them."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
 @dataclass(frozen=True)
 class Component:
     """A registry entry chosen by name, with that entry's knobs."""
@@ -88,7 +95,7 @@ class RunConfig:
     eval_every: int = 50  # steps between evaluations (0: only at the end)
     eval_per_rank: bool = True  # also evaluate every rank's own model, not just the average
     eval_batch_size: int = 256
-    log_every: int = 10  # steps between gathering metrics to rank 0 (one small collective)
+    log_every: int = 50  # steps between gathering metrics to rank 0 (one small collective)
     fault: FaultConfig = field(default_factory=FaultConfig)
 
 

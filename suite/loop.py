@@ -26,7 +26,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,15 +35,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from suite.algorithms.base import Algorithm, Context
-from suite.config import RunConfig, flatten, to_json
+from suite.config import RunConfig, to_json
 from suite.launcher import heartbeat, placement, resolve_device
 from suite.registry import ALGORITHMS, DATASETS, MODELS
 from suite.tasks.data import Dataset, ShardedBatches, eval_batches, eval_shard
+from suite.tracking import MetricsSink
 from suite.transport import Transport
 
 # Columns of a rank's per-step row, before the algorithm's own metrics.
+# Summed over ranks when gathered (the rest are averaged).
+_SUMMED = {"bytes_sent", "bytes_recv", "messages"}
 _ROW = (
     "train_loss",
+    "lr",
     "bytes_sent",
     "bytes_recv",
     "messages",
@@ -60,37 +64,21 @@ class Job:
     config: RunConfig
     target: str
     paper: str
-    tracking_uri: str | None = None  # None: no MLflow run
-    experiment: str = "default"
-    run_name: str | None = None
-    run_id_path: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
+    metrics: MetricsSink | None = None  # rank 0's per-step metrics go here (None: no MLflow)
     progress: bool = True
 
 
-def run_worker(job: Job) -> dict[str, Any] | None:
-    """Worker entry point (local launcher or torchrun): train, track, return rank 0's summary."""
-    from suite.tracking import Tracker, run_tags
-
+def run_worker(job: Job) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """Worker entry point (local launcher or torchrun): train; rank 0 returns the summary and
+    the artifacts to store with the run, the other ranks None."""
     transport = Transport()
-    tracker = None
-    if transport.rank == 0 and job.tracking_uri:
-        params = {**flatten(job.config), "target": job.target}
-        tags = run_tags(job.target, job.paper, transport.world_size, job.tags)
-        tracker = Tracker(
-            job.tracking_uri, job.experiment, job.run_name, params, tags, job.run_id_path
-        ).start()
-    status, summary, artifacts = "FAILED", None, {}
-    try:
-        trainer = Trainer(job, transport, tracker)
-        summary, artifacts = trainer.run()
-        status = "FINISHED"
-    finally:
-        if tracker is not None:
-            run_id = tracker.finish(status, summary, artifacts)
-            if summary is not None:
-                summary["run_id"] = run_id
-    return summary
+    trainer = Trainer(job, transport, job.metrics if transport.rank == 0 else None)
+    summary, artifacts = trainer.run()
+    if summary is None:
+        return None
+    if job.metrics is not None:
+        job.metrics.close()
+    return summary, artifacts
 
 
 def _seed_everything(seed: int) -> None:
@@ -147,8 +135,8 @@ def _load_dataset(name: str, args: Any, data_dir: str) -> Dataset:
 class Trainer:
     """State of one rank's training run."""
 
-    def __init__(self, job: Job, transport: Transport, tracker: Any = None) -> None:
-        self.job, self.cfg, self.transport, self.tracker = job, job.config, transport, tracker
+    def __init__(self, job: Job, transport: Transport, metrics: MetricsSink | None = None) -> None:
+        self.job, self.cfg, self.transport, self.metrics = job, job.config, transport, metrics
         cfg = self.cfg
         self.rank, self.world = transport.rank, transport.world_size
         self.device = placement(self.rank, resolve_device(cfg.device))
@@ -223,18 +211,21 @@ class Trainer:
                 loss_sum += loss.item()
                 heartbeat()
             self.algorithm.reduce_gradients(step)
+            lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
             self.scheduler.step()
             self.algorithm.mix_parameters(step)
             step_s = time.perf_counter() - t0
             comm_s = stats.seconds - comm0
-            self._record(step, loss_sum, step_s, comm_s)
+            self._record(step, loss_sum, lr, step_s, comm_s)
+            if self.bar is not None:
+                self.bar.update()
             last = step == self.steps - 1
             if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last:
-                self._flush_rows(step)
+                self._flush_rows()
                 self._log(step, self.evaluate())
             elif (step + 1) % cfg.log_every == 0:
-                self._flush_rows(step)
+                self._flush_rows()
         train_seconds = time.perf_counter() - start
         if self.bar is not None:
             self.bar.close()
@@ -251,13 +242,14 @@ class Trainer:
         while True:  # hang
             time.sleep(1.0)
 
-    def _record(self, step: int, loss: float, step_s: float, comm_s: float) -> None:
+    def _record(self, step: int, loss: float, lr: float, step_s: float, comm_s: float) -> None:
         stats = self.transport.stats
         extra = self.algorithm.step_metrics()
         if self.metric_names is None:
             self.metric_names = [*_ROW, *(f"algo.{k}" for k in extra)]
         row = [
             loss,
+            lr,
             stats.bytes_sent,
             stats.bytes_recv,
             stats.messages,
@@ -270,7 +262,7 @@ class Trainer:
 
     # -- metrics to rank 0 -----------------------------------------------------------------
 
-    def _flush_rows(self, step: int) -> None:
+    def _flush_rows(self) -> None:
         """Gather the buffered per-step rows to rank 0 (one harness op) and log them."""
         if not self.rows:
             return
@@ -282,20 +274,18 @@ class Trainer:
             return
         table = torch.stack(parts)  # ranks x steps x (1 + columns)
         names = self.metric_names or list(_ROW)
+        summed = torch.tensor([name in _SUMMED for name in names])
+        values = torch.where(summed, table[:, :, 1:].sum(0), table[:, :, 1:].mean(0))
+        slowest = table[:, :, 1 + names.index("step_seconds")].max(0).values
+        for step, row, worst in zip(
+            table[0, :, 0].tolist(), values.tolist(), slowest.tolist(), strict=True
+        ):
+            metrics = dict(zip(names, row, strict=True))
+            metrics["step_seconds_max"] = worst
+            self._log(int(step), metrics)
         col = {name: i + 1 for i, name in enumerate(names)}
-        summed = {"bytes_sent", "bytes_recv", "messages"}
-        for k in range(table.shape[1]):
-            at = table[:, k]
-            metrics = {
-                name: float(at[:, i].sum() if name in summed else at[:, i].mean())
-                for name, i in col.items()
-            }
-            metrics["step_seconds_max"] = float(at[:, col["step_seconds"]].max())
-            metrics["lr"] = self.scheduler.get_last_lr()[0]
-            self._log(int(at[0, 0]), metrics)
         self.last_losses = table[:, -1, col["train_loss"]].tolist()
         if self.bar is not None:
-            self.bar.update(int(table[0, -1, 0]) + 1 - self.bar.n)
             post = {"loss": f"{sum(self.last_losses) / len(self.last_losses):.4f}"}
             if "test_accuracy" in self.last_eval:
                 post["acc"] = f"{self.last_eval['test_accuracy']:.3f}"
@@ -303,8 +293,8 @@ class Trainer:
             self.bar.set_postfix(post, refresh=False)
 
     def _log(self, step: int, metrics: dict[str, float]) -> None:
-        if self.rank == 0 and self.tracker is not None and metrics:
-            self.tracker.log(step, metrics)
+        if self.metrics is not None and metrics:
+            self.metrics.log(step, metrics)
 
     # -- evaluation ------------------------------------------------------------------------
 

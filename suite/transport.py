@@ -87,10 +87,11 @@ class LinkStats:
 
 @dataclass
 class CommStats:
-    """One rank's counters for one channel: per op and per (src, dst) link."""
+    """One rank's counters for one channel: per op, per (src, dst) link, and their totals."""
 
     ops: dict[str, OpStats] = field(default_factory=dict)
     links: dict[tuple[int, int], LinkStats] = field(default_factory=dict)
+    total: OpStats = field(default_factory=OpStats)  # kept current: read every step
 
     def record(
         self,
@@ -106,11 +107,12 @@ class CommStats:
         s = self.ops.get(op)
         if s is None:
             s = self.ops[op] = OpStats()
-        s.calls += call
-        s.messages += messages
-        s.bytes_sent += sent
-        s.bytes_recv += recv
-        s.seconds += seconds
+        for counter in (s, self.total):
+            counter.calls += call
+            counter.messages += messages
+            counter.bytes_sent += sent
+            counter.bytes_recv += recv
+            counter.seconds += seconds
         if link is not None and (sent or messages):
             ls = self.links.get(link)
             if ls is None:
@@ -118,28 +120,25 @@ class CommStats:
             ls.messages += messages
             ls.bytes += sent
 
-    def _total(self, name: str) -> Any:
-        return sum(getattr(s, name) for s in self.ops.values())
-
     @property
     def bytes_sent(self) -> int:
-        return self._total("bytes_sent")
+        return self.total.bytes_sent
 
     @property
     def bytes_recv(self) -> int:
-        return self._total("bytes_recv")
+        return self.total.bytes_recv
 
     @property
     def messages(self) -> int:
-        return self._total("messages")
+        return self.total.messages
 
     @property
     def calls(self) -> int:
-        return self._total("calls")
+        return self.total.calls
 
     @property
     def seconds(self) -> float:
-        return self._total("seconds")
+        return self.total.seconds
 
     def to_dict(self) -> dict[str, Any]:
         return {

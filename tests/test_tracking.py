@@ -15,7 +15,7 @@ import pytest
 from conftest import last_json, suite_cmd
 from mlflow.tracking import MlflowClient
 
-from suite.tracking import tracking_uri
+from suite.tracking import open_client, tracking_uri
 
 
 def _client(tmp_path: Path) -> MlflowClient:
@@ -129,7 +129,7 @@ def test_a_failed_run_ends_failed(tmp_path: Path) -> None:
 
 
 def test_a_killed_rank_zero_still_ends_failed(tmp_path: Path) -> None:
-    # rank 0 dies without running any cleanup: the launcher must close the run
+    # rank 0 dies without running any cleanup: the launcher ends the run through the writer
     proc = suite_cmd(
         "run",
         "allreduce_sgd",
@@ -147,6 +147,69 @@ def test_a_killed_rank_zero_still_ends_failed(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert _only_run(_client(tmp_path)).info.status == "FAILED"
+
+
+_HALF_BUILD = """
+import os, sys
+import mlflow.store.db.utils as db_utils
+from suite.tracking import open_client
+
+def die(engine):  # the initial tables exist, the migrations never run: a half-built store
+    os._exit(9)
+
+db_utils._upgrade_db = die
+open_client(sys.argv[1])
+"""
+
+
+def test_a_process_killed_while_creating_the_store_leaves_no_broken_store(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run([sys.executable, "-c", _HALF_BUILD, uri], cwd=tmp_path)
+    assert proc.returncode == 9
+    assert not (tmp_path / "mlflow.db").exists()
+    client = open_client(uri)  # a later run builds the store afresh and can use it
+    exp_id = client.create_experiment("after")
+    assert client.create_run(exp_id).info.status == "RUNNING"
+
+
+_OWNER = """
+import os, sys, time
+from suite.tracking import RunWriter
+
+writer = RunWriter().start()
+writer.open(sys.argv[1], "exp", "orphaned", {"seed": 0}, {"target": "t"})
+for step in range(5):
+    writer.sink.log(step, {"train_loss": 1.0 / (step + 1)})
+time.sleep(0.5)
+os._exit(0)  # the owner vanishes without ending the run (as under kill -9)
+"""
+
+
+def test_a_run_whose_owner_dies_is_ended_failed_by_the_writer(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    owner = subprocess.run([sys.executable, "-c", _OWNER, uri], cwd=tmp_path, timeout=60)
+    assert owner.returncode == 0
+    client = _client(tmp_path)
+    deadline = time.monotonic() + 60
+    status = None
+    while time.monotonic() < deadline and status != "FAILED":
+        time.sleep(0.5)
+        try:
+            status = _only_run(client).info.status
+        except Exception:  # not created yet
+            continue
+    run = _only_run(client)
+    assert run.info.status == "FAILED"
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 5
+    error = Path(client.download_artifacts(run.info.run_id, "error.txt", str(tmp_path))).read_text()
+    assert "died" in error
+
+
+def test_bad_input_creates_no_run(tmp_path: Path) -> None:
+    proc = suite_cmd("run", "allreduce_sgd", "--set", "optim.lr=fast", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "optim.lr" in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_ctrl_c_ends_the_run_failed_and_stops_every_rank(tmp_path: Path) -> None:

@@ -109,7 +109,7 @@ def test_evaluation_scores_the_averaged_and_each_rank_model() -> None:
 
 def test_training_learns_digits() -> None:
     cfg = _config("algorithm=allreduce_sgd", "steps=150", "nproc=2", "optim.lr=0.1")
-    summary = launch(run_worker, 2, (Job(cfg, "t", "t", progress=False),))[0]
+    summary, _ = launch(run_worker, 2, (Job(cfg, "t", "t", progress=False),))[0]
     assert summary["test_accuracy"] > 0.85
     assert summary["train_loss"] < 0.6
 

@@ -21,15 +21,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
+from suite.config import DataNotFoundError  # noqa: F401  (the readers' error, kept light)
+
 # preprocess(batch_x, train, generator) -> float tensor ready for the model.
 Preprocess = Callable[[Tensor, bool, "torch.Generator | None"], Tensor]
-
-
-class DataNotFoundError(FileNotFoundError):
-    """A dataset's files are missing; the message says where we looked and how to get them."""
-
-    def __str__(self) -> str:
-        return self.args[0]
 
 
 @dataclass(frozen=True)
