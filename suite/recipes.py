@@ -1,0 +1,255 @@
+"""Recipes: a paper's table or figure as runnable rows plus the claims they should bear out.
+
+A :class:`Recipe` is a card (big_vision / AlgoPerf style). It is keyed by the paper's own label
+("Table 2", "Fig 7"), lists its rows (each a method under the paper's own row label, as a
+target plus ``--set`` overrides), and declares its claims. Two profiles say how big to run it:
+``smoke`` shrinks it to the embedded data for CI and laptops; ``full`` is the paper's setup and
+needs the user's data and hardware. Each profile names its seeds; a row's results are the mean
+and standard deviation over them.
+
+A :class:`Claim` compares one row's mean of a final metric with a number (the paper's or a
+threshold) or with another row's mean, scaled: ``bytes_sent of "Local SGD H=4" <= 0.3 x
+"All-reduce SGD"``. Its verdict is ``holds``, ``fails`` or ``not testable`` (the claim is not
+checked at this profile, or a row it needs has no finished run).
+
+Recipes live in ``reproduce/<paper>/`` and register themselves in ``RECIPES`` under
+``<paper>/<label-slug>``; search spaces for ``suite sweep`` sit beside them (:class:`Space`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from suite.config import ConfigError, RunConfig, apply_overrides, to_json
+
+PROFILES = ("smoke", "full")
+HOLDS, FAILS, UNTESTABLE = "holds", "fails", "not testable"
+Op = Literal[">=", "<=", "within"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One method of a table: the paper's row label, a target and its overrides."""
+
+    label: str
+    target: str
+    overrides: tuple[str, ...] = ()  # KEY=VALUE, applied after the profile's
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How big to run a recipe: overrides for every row, and the seeds."""
+
+    overrides: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (0,)
+    note: str = ""  # what this profile needs or leaves out (shown in the report)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """``metric`` of ``row`` compared by ``op`` with ``value`` or with ``scale`` x ``other``'s.
+
+    ``tolerance`` widens the comparison (for ``within``: the allowed absolute difference).
+    ``paper_value`` is what the paper reports, shown beside the measurement; ``source`` says
+    where ("Fig 7, batch 131K"). ``profiles`` lists where the claim is checked."""
+
+    metric: str
+    row: str
+    op: Op
+    value: float | None = None
+    other: str | None = None
+    scale: float = 1.0
+    tolerance: float = 0.0
+    paper_value: float | None = None
+    source: str = ""
+    profiles: tuple[str, ...] = PROFILES
+
+    def __post_init__(self) -> None:
+        if self.op not in (">=", "<=", "within"):
+            raise ValueError(f"claim op {self.op!r}; valid choices: >=, <=, within")
+        if (self.value is None) == (self.other is None):
+            raise ValueError("a claim compares with exactly one of: value, other")
+
+    def describe(self) -> str:
+        ref = f"{self.value:g}" if self.other is None else f"{self.other}"
+        if self.other is not None and self.scale != 1.0:
+            ref = f"{self.scale:g} x {ref}"
+        if self.op == "within":
+            return f"{self.metric} of {self.row} within {self.tolerance:g} of {ref}"
+        tol = f" (tolerance {self.tolerance:g})" if self.tolerance else ""
+        return f"{self.metric} of {self.row} {self.op} {ref}{tol}"
+
+    def check(self, stats: Mapping[str, Mapping[str, tuple[float, float, int]]]) -> Verdict:
+        """Verdict from ``stats[row][metric] = (mean, std, n)`` of one profile's runs."""
+        mine = stats.get(self.row, {}).get(self.metric)
+        theirs = None if self.other is None else stats.get(self.other, {}).get(self.metric)
+        if mine is None or (self.other is not None and theirs is None):
+            missing = self.row if mine is None else self.other
+            return Verdict(self, UNTESTABLE, None, None, None, f"no finished runs of {missing}")
+        mean, std, n = mine
+        ref = self.value if theirs is None else self.scale * theirs[0]
+        assert ref is not None
+        if self.op == ">=":
+            ok = mean >= ref - self.tolerance
+        elif self.op == "<=":
+            ok = mean <= ref + self.tolerance
+        else:
+            ok = abs(mean - ref) <= self.tolerance
+        if math.isnan(mean) or math.isnan(ref):
+            ok = False
+        return Verdict(self, HOLDS if ok else FAILS, mean, std, ref, f"{n} seed(s)")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    claim: Claim
+    verdict: str  # HOLDS, FAILS or UNTESTABLE
+    mean: float | None
+    std: float | None
+    reference: float | None  # what the mean was compared with
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Space:
+    """An Optuna search space over one paper knob, for ``suite sweep``.
+
+    ``suggest(trial)`` returns ``--set`` overrides for ``row``. ``objectives`` are final metrics
+    with directions: one gives a single-objective study (with pruning on ``test_accuracy`` at
+    each evaluation); two give a Pareto study (accuracy against bytes)."""
+
+    row: str
+    suggest: Callable[[Any], Sequence[str]]
+    objectives: tuple[tuple[str, str], ...] = (("test_accuracy", "maximize"),)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A paper table or figure, runnable. See the module docstring."""
+
+    paper: str
+    key: str  # the paper's label: "Table 2", "Fig 7"
+    title: str
+    rows: tuple[Row, ...]
+    claims: tuple[Claim, ...]
+    profiles: Mapping[str, Profile]
+    command: str = ""  # the exact command that reproduces it
+    runtime: str = ""  # expected runtime on named hardware, per profile
+    deviations: str = ""  # where we depart from the paper, and why
+    reference: str | None = None  # the row others are measured against (communication saved)
+    target_accuracy: float | None = None  # for time-to-accuracy figures (None: builder's pick)
+    spaces: Mapping[str, Space] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        labels = [r.label for r in self.rows]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"recipe {self.name}: duplicate row labels")
+        for claim in self.claims:
+            for label in (claim.row, claim.other):
+                if label is not None and label not in labels:
+                    raise ValueError(f"recipe {self.name}: claim names unknown row {label!r}")
+        for name, space in self.spaces.items():
+            if space.row not in labels:
+                raise ValueError(f"recipe {self.name}: space {name!r} names row {space.row!r}")
+        unknown = set(self.profiles) - set(PROFILES)
+        if unknown:
+            raise ValueError(f"recipe {self.name}: unknown profiles {sorted(unknown)}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.paper}/{slug(self.key)}"
+
+    def row(self, label: str) -> Row:
+        for row in self.rows:
+            if row.label == label:
+                return row
+        raise ConfigError(
+            f"recipe {self.name} has no row {label!r}; valid choices: "
+            + ", ".join(r.label for r in self.rows)
+        )
+
+    def profile(self, name: str) -> Profile:
+        if name not in self.profiles:
+            raise ConfigError(
+                f"recipe {self.name} has no profile {name!r}; valid choices: "
+                + ", ".join(self.profiles)
+            )
+        return self.profiles[name]
+
+    def overrides(self, row: Row, profile: str, seed: int, extra: Sequence[str] = ()) -> list[str]:
+        """The ``--set`` list of one run: profile, row, then ``extra``, then the seed."""
+        return [*self.profile(profile).overrides, *row.overrides, *extra, f"seed={seed}"]
+
+    def resolve(self, row: Row, profile: str, seed: int, extra: Sequence[str] = ()) -> RunConfig:
+        """The run's full config; raises ConfigError / UnknownNameError on a bad recipe."""
+        from suite.cli import resolve_target
+
+        base, _ = resolve_target(row.target)
+        return apply_overrides(base, self.overrides(row, profile, seed, extra))
+
+    def check(
+        self, stats: Mapping[str, Mapping[str, tuple[float, float, int]]], profile: str
+    ) -> list[Verdict]:
+        """Every claim's verdict at ``profile``."""
+        out = []
+        for claim in self.claims:
+            if profile not in claim.profiles:
+                out.append(Verdict(claim, UNTESTABLE, None, None, None, f"not at {profile}"))
+            else:
+                out.append(claim.check(stats))
+        return out
+
+
+def aggregate(
+    results: Iterable[tuple[str, Mapping[str, Any]]],
+) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """``{row: {metric: (mean, std, n)}}`` over seeds from ``(row label, final metrics)`` pairs;
+    std is the sample standard deviation (0 for a single seed)."""
+    values: dict[str, dict[str, list[float]]] = {}
+    for row, metrics in results:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values.setdefault(row, {}).setdefault(key, []).append(float(value))
+    out: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for row, metrics in values.items():
+        for key, xs in metrics.items():
+            mean = sum(xs) / len(xs)
+            var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else 0.0
+            out.setdefault(row, {})[key] = (mean, math.sqrt(var), len(xs))
+    return out
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def config_hash(target: str, cfg: RunConfig) -> str:
+    """Identity of a run for skipping: the target and the whole resolved config."""
+    return hashlib.sha256(f"{target}\n{to_json(cfg)}".encode()).hexdigest()[:16]
+
+
+def recipes_of(paper: str) -> list[Recipe]:
+    """The registered recipes of ``paper``; ConfigError listing the papers if there are none."""
+    from suite.registry import RECIPES
+
+    found = [e.obj for e in RECIPES.entries() if e.obj.paper == paper]
+    if not found:
+        papers = sorted({e.obj.paper for e in RECIPES.entries()})
+        raise ConfigError(f"no recipes for paper {paper!r}; valid choices: {', '.join(papers)}")
+    return found
+
+
+def register(recipe: Recipe) -> Recipe:
+    """Add ``recipe`` to the registry (call at import of its reproduce/ module)."""
+    from suite.registry import RECIPES
+
+    RECIPES.register(recipe.name, description=f"{recipe.key}: {recipe.title}", paper=recipe.paper)(
+        recipe
+    )
+    return recipe
