@@ -7,8 +7,11 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 NPROC ?= 4
 MLFLOW_URI ?= sqlite:///mlflow.db
+PROFILE ?= smoke
+# Every folder of reproduce/ is a paper with a `make reproduce-<paper>` target.
+PAPERS := $(patsubst reproduce/%/__init__.py,%,$(wildcard reproduce/*/__init__.py))
 
-.PHONY: install run test bench ui lint format clean
+.PHONY: install run job test bench ui lint format clean reproduce-all $(addprefix reproduce-,$(PAPERS))
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +19,18 @@ install:
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e '.[dev]'
 
-# The main job: 4-rank all-reduce SGD on the embedded digits data, tracked in ./mlflow.db.
-run:
+# The main job: the baseline paper's smoke reproduction on the embedded digits data (runs
+# tracked in ./mlflow.db, claims checked, report in reports/baseline/).
+run: reproduce-baseline
+
+# One 4-rank all-reduce SGD job on digits.
+job:
 	$(BIN)/suite run allreduce_sgd --nproc $(NPROC)
+
+$(addprefix reproduce-,$(PAPERS)): reproduce-%:
+	$(BIN)/suite reproduce $* --profile $(PROFILE)
+
+reproduce-all: $(addprefix reproduce-,$(PAPERS))
 
 test:
 	$(BIN)/pytest -q

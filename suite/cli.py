@@ -15,6 +15,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from suite.config import (
@@ -56,22 +57,18 @@ class UsageError(Exception):
 
 
 def resolve_target(target: str) -> tuple[RunConfig, str]:
-    """(base config, paper) of a recipe name or an algorithm (or preset) name."""
-    if target in RECIPES:
-        recipe = RECIPES.get(target).obj
-        return recipe.config, recipe.paper
-    if target in ALGORITHMS:
-        entry = ALGORITHMS.get(target)
-        cfg = RunConfig(algorithm=make_component("algorithm", target))
-        world = entry.meta.get("world_size")
-        if world is not None:
-            cfg = apply_overrides(cfg, {"nproc": world})
-        return cfg, entry.paper or "baseline"
-    recipes, algorithms = RECIPES.names(), ALGORITHMS.names()
-    raise ConfigError(
-        f"unknown target {target!r}; valid choices: "
-        f"recipes: {', '.join(recipes) or '(none yet)'}; algorithms: {', '.join(algorithms)}"
-    )
+    """(base config, paper) of an algorithm (or preset) name."""
+    if target not in ALGORITHMS:
+        hint = "; recipes run with `suite reproduce PAPER`" if target in RECIPES else ""
+        raise ConfigError(
+            f"unknown target {target!r}; valid choices: {', '.join(ALGORITHMS.names())}{hint}"
+        )
+    entry = ALGORITHMS.get(target)
+    cfg = RunConfig(algorithm=make_component("algorithm", target))
+    world = entry.meta.get("world_size")
+    if world is not None:
+        cfg = apply_overrides(cfg, {"nproc": world})
+    return cfg, entry.paper or "baseline"
 
 
 def build_config(args: argparse.Namespace) -> tuple[RunConfig, str]:
@@ -168,6 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from suite.tracking import RunWriter, check_uri, run_tags, tracking_uri
 
     torchrun_rank = _torchrun_rank()
+    _parse_tags(args.tag)  # bad input fails before anything starts
     uri = None if args.no_track else tracking_uri(args.tracking_uri)
     if uri is not None:
         try:
@@ -189,15 +187,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     from suite.loop import Job, run_worker
 
     experiment = args.experiment or paper
+    prune = None
+    if args.optuna_trial:
+        from suite.sweep import OptunaPruner
+
+        prune = OptunaPruner.from_arg(args.optuna_trial)
+        import optuna  # noqa: F401  (imported once here; forked ranks inherit it)
     if writer is not None:
         writer.open(
             uri,
             experiment,
             args.run_name or f"{args.target}-n{cfg.nproc}-s{cfg.seed}",
             params={**flatten(cfg), "target": args.target},
-            tags=run_tags(args.target, paper, cfg.nproc),
+            tags=run_tags(args.target, paper, cfg.nproc, _parse_tags(args.tag)),
         )
-    job = Job(cfg, args.target, paper, writer.sink if writer else None, not args.quiet)
+    job = Job(cfg, args.target, paper, writer.sink if writer else None, not args.quiet, prune)
     start = time.perf_counter()
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
@@ -229,7 +233,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary["wall_seconds"] = time.perf_counter() - start
     if writer is not None:
         try:
-            summary["run_id"] = writer.end("FINISHED", summary, artifacts)
+            status = "KILLED" if summary.get("pruned") else "FINISHED"
+            summary["run_id"] = writer.end(status, summary, artifacts)
         except RuntimeError as err:
             print(f"error: training finished but {err}", file=sys.stderr)
             return EXIT_FAILED
@@ -243,6 +248,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(text)
     return 0
+
+
+def _parse_tags(items: Sequence[str] | None) -> dict[str, str]:
+    tags = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--tag {item!r}: expected KEY=VALUE")
+        tags[key] = value
+    return tags
 
 
 def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
@@ -303,6 +318,63 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from suite.reproduce import reproduce
+
+    return reproduce(
+        args.paper,
+        profile=args.profile,
+        uri=_checked_uri(args.tracking_uri),
+        seeds=args.seeds,
+        force=args.force,
+        extra=args.set or (),
+        out_dir=Path(args.out) if args.out else None,
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from reports.builder import build_report
+
+    from suite.recipes import recipes_of
+    from suite.reproduce import REPORTS_DIR
+
+    recipes_of(args.paper)  # an unknown paper is bad input: exit 2 with the valid ones
+    out = Path(args.out) if args.out else REPORTS_DIR / args.paper
+    report = build_report(args.paper, _checked_uri(args.tracking_uri), out)
+    print(f"report: {report.out_dir / 'README.md'} (and report.html)")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from suite.sweep import sweep
+
+    recipe = RECIPES.get(args.recipe).obj
+    if args.trials < 1 or args.n_jobs < 1:
+        raise UsageError("--trials and --n-jobs must be at least 1")
+    return sweep(
+        recipe,
+        args.space,
+        trials=args.trials,
+        uri=_checked_uri(args.tracking_uri),
+        storage=args.storage,
+        study_name=args.study,
+        n_jobs=args.n_jobs,
+        profile=args.profile,
+        extra=args.set or (),
+    )
+
+
+def _checked_uri(explicit: str | None) -> str:
+    from suite.tracking import check_uri, tracking_uri
+
+    uri = tracking_uri(explicit)
+    try:
+        check_uri(uri)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return uri
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from suite.registry import DATASETS
     from suite.tasks.datasets import download_dataset
@@ -326,11 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="run one training job (local ranks, or under torchrun)",
-        description="Run TARGET (a recipe or an algorithm) on --nproc local gloo ranks. Under "
+        description="Run TARGET (an algorithm or preset) on --nproc local gloo ranks. Under "
         "torchrun (`torchrun --nproc-per-node N -m suite run TARGET`) the same command runs "
         "as one rank of a multi-node job.",
     )
-    run.add_argument("target", help="recipe or algorithm name (see `suite list`)")
+    run.add_argument("target", help="algorithm name (see `suite list algorithms`)")
     _add_config_args(run)
     run.add_argument("--nproc", type=int, help="number of local ranks (default 4)")
     run.add_argument("--seed", type=int)
@@ -354,7 +426,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds without progress on any rank before the job is stopped as hung (default 40)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    run.add_argument(
+        "--tag", action="append", metavar="KEY=VALUE", help="extra MLflow run tag (repeatable)"
+    )
+    run.add_argument("--optuna-trial", help=argparse.SUPPRESS)  # set by `suite sweep`
     run.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser(
+        "reproduce",
+        help="run a paper's recipes, check its claims, write reports/PAPER/",
+        description="Run every recipe of PAPER at a profile (runs already FINISHED in MLflow "
+        "with the same config are skipped), check every claim and write the report. Exits 0 "
+        "only if every claim checked at that profile holds.",
+    )
+    rep.add_argument("paper", help="paper name (see `suite list recipes`)")
+    rep.add_argument("--profile", choices=["smoke", "full"], default="smoke")
+    rep.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the profile's)")
+    rep.add_argument("--force", action="store_true", help="rerun runs that already finished")
+    rep.add_argument("--out", help="report directory (default reports/PAPER)")
+    rep.add_argument("--tracking-uri", help="MLflow store (default as for `suite run`)")
+    _add_config_args(rep)
+    rep.set_defaults(func=cmd_reproduce)
+
+    report = sub.add_parser("report", help="rebuild reports/PAPER/ from the MLflow store alone")
+    report.add_argument("paper")
+    report.add_argument("--out", help="report directory (default reports/PAPER)")
+    report.add_argument("--tracking-uri", help="MLflow store (default as for `suite run`)")
+    report.set_defaults(func=cmd_report)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="Optuna study over one knob of a recipe (each trial its own distributed job)",
+    )
+    sw.add_argument("recipe", help="recipe name (see `suite list recipes`)")
+    sw.add_argument("--space", required=True, help="search space name (the recipe's spaces)")
+    sw.add_argument("--trials", type=int, required=True, help="finished trials wanted in all")
+    sw.add_argument("--storage", help="Optuna storage URL (default sqlite:///optuna.db)")
+    sw.add_argument("--study", help="study name (default RECIPE:SPACE:PROFILE)")
+    sw.add_argument("--n-jobs", type=int, default=1, help="trials run at once (default 1)")
+    sw.add_argument("--profile", choices=["smoke", "full"], default="smoke")
+    sw.add_argument("--tracking-uri", help="MLflow store (default as for `suite run`)")
+    _add_config_args(sw)
+    sw.set_defaults(func=cmd_sweep)
 
     lst = sub.add_parser("list", help="list registered names with one-line descriptions")
     lst.add_argument("kind", nargs="?", help=f"one of: {', '.join(REGISTRIES)}")

@@ -26,6 +26,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ from torch import Tensor, nn
 
 from suite.algorithms.base import Algorithm, Context
 from suite.config import RunConfig, to_json
+from suite.costmodel import Network
 from suite.launcher import heartbeat, placement, resolve_device
 from suite.registry import ALGORITHMS, DATASETS, MODELS
 from suite.tasks.data import Dataset, ShardedBatches, eval_batches, eval_shard
@@ -66,6 +68,8 @@ class Job:
     paper: str
     metrics: MetricsSink | None = None  # rank 0's per-step metrics go here (None: no MLflow)
     progress: bool = True
+    # Rank 0 calls prune(step, test_accuracy) at each evaluation; True stops the run there.
+    prune: Callable[[int, float], bool] | None = None
 
 
 def run_worker(job: Job) -> tuple[dict[str, Any], dict[str, str]] | None:
@@ -79,6 +83,11 @@ def run_worker(job: Job) -> tuple[dict[str, Any], dict[str, str]] | None:
     if job.metrics is not None:
         job.metrics.close()
     return summary, artifacts
+
+
+def _mean(values: Any) -> float:
+    values = list(values)
+    return sum(values) / len(values)
 
 
 def _seed_everything(seed: int) -> None:
@@ -177,6 +186,9 @@ class Trainer:
         self.averaged = copy.deepcopy(self.model) if self.world > 1 else self.model
         self.rows: list[list[float]] = []
         self.metric_names: list[str] | None = None
+        self.compute_seconds = 0.0  # this rank's total step time outside communication
+        self.steps_run = 0
+        self.pruned = False  # stopped early by the job's pruner (a sweep trial)
         self.last_losses: list[float] = []
         self.last_eval: dict[str, float] = {}
         self.bar = None
@@ -221,15 +233,31 @@ class Trainer:
             if self.bar is not None:
                 self.bar.update()
             last = step == self.steps - 1
+            self.steps_run = step + 1
             if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last:
                 self._flush_rows()
-                self._log(step, self.evaluate())
+                scores = self.evaluate()
+                self._log(step, scores)
+                if not last and self._prune(step, scores):
+                    break
             elif (step + 1) % cfg.log_every == 0:
                 self._flush_rows()
         train_seconds = time.perf_counter() - start
         if self.bar is not None:
             self.bar.close()
         return self._finish(train_seconds)
+
+    def _prune(self, step: int, scores: dict[str, float]) -> bool:
+        """Ask the job's pruner (rank 0 decides, every rank learns it) whether to stop now."""
+        if self.job.prune is None:
+            return False
+        stop = torch.zeros(1)
+        if self.rank == 0:
+            stop[0] = float(self.job.prune(step + 1, scores.get("test_accuracy", math.nan)))
+        with self.transport.harness():
+            self.transport.broadcast(stop, src=0)
+        self.pruned = bool(stop.item())
+        return self.pruned
 
     def _maybe_inject_fault(self, step: int) -> None:
         fault = self.cfg.fault
@@ -259,6 +287,7 @@ class Trainer:
             *extra.values(),
         ]
         self.rows.append([float(step), *map(float, row)])
+        self.compute_seconds += step_s - comm_s
 
     # -- metrics to rank 0 -----------------------------------------------------------------
 
@@ -362,6 +391,8 @@ class Trainer:
             "rank": self.rank,
             "algorithm": stats.to_dict(),
             "harness": self.transport.harness_stats.to_dict(),
+            "compute_seconds": self.compute_seconds,
+            "model_comm_seconds": Network().estimate(stats, self.world),
         }
         with self.transport.harness():
             everyone = self.transport.gather_object(mine, dst=0)
@@ -376,6 +407,8 @@ class Trainer:
                 "bytes_recv": r["algorithm"]["bytes_recv"],
                 "messages": r["algorithm"]["messages"],
                 "comm_seconds": r["algorithm"]["seconds"],
+                "compute_seconds": r["compute_seconds"],
+                "model_comm_seconds": r["model_comm_seconds"],
                 "harness_bytes_sent": r["harness"]["bytes_sent"],
             }
             for r in everyone
@@ -387,8 +420,9 @@ class Trainer:
             "dataset": cfg.dataset.name,
             "model": cfg.model.name,
             "world_size": self.world,
-            "steps": self.steps,
-            "epochs": self.steps / self.steps_per_epoch,
+            "steps": self.steps_run,
+            "epochs": self.steps_run / self.steps_per_epoch,
+            "pruned": self.pruned,
             "num_params": self.num_params,
             "test_accuracy": self.last_eval.get("test_accuracy"),
             "test_loss": self.last_eval.get("test_loss"),
@@ -398,6 +432,10 @@ class Trainer:
             "messages": sum(r["messages"] for r in per_rank),
             "harness_bytes_sent": sum(r["harness_bytes_sent"] for r in per_rank),
             "train_seconds": train_seconds,
+            # means over ranks; the modelled time is on the default costmodel.Network
+            "compute_seconds": _mean(r["compute_seconds"] for r in per_rank),
+            "comm_seconds": _mean(r["comm_seconds"] for r in per_rank),
+            "model_comm_seconds": _mean(r["model_comm_seconds"] for r in per_rank),
             "per_rank": per_rank,
             "run_id": None,
         }

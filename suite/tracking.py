@@ -379,6 +379,21 @@ class _Writer:
         self.pending, self.last_flush = [], time.monotonic()
 
     def _finish(self, status: str, summary: dict, artifacts: dict) -> None:
+        # The summary's numbers also go in as final.* metrics: reports and run comparisons
+        # then come straight from MLflow's run table.
+        step = int(summary.get("steps", 0) or 0)
+        stamp = int(time.time() * 1000)
+        self.pending.append(
+            (
+                step,
+                stamp,
+                {
+                    f"final.{k}": v
+                    for k, v in summary.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)
+                },
+            )
+        )
         self._flush()
         if summary:
             summary = {**summary, "run_id": self.run_id}

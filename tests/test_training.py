@@ -125,3 +125,23 @@ def test_lr_schedule_warmup_and_milestones() -> None:
     )
     f = _lr_factor(cfg, steps_per_epoch=10)
     assert [f(s) for s in (0, 3, 9, 10, 19, 20)] == [0.25, 1.0, 1.0, 0.5, 0.5, 0.25]
+
+
+def _prune_after_40(step: int, accuracy: float) -> bool:
+    assert 0.0 <= accuracy <= 1.0  # the pruner sees the averaged model's test accuracy
+    return step >= 40
+
+
+def test_a_pruner_stops_every_rank_at_an_evaluation() -> None:
+    cfg = _config("algorithm=allreduce_sgd", "nproc=2", "steps=100", "eval_every=20")
+    job = Job(cfg, "t", "t", progress=False, prune=_prune_after_40)
+    summary, _ = launch(run_worker, 2, (job,))[0]
+    assert summary["pruned"] is True
+    assert summary["steps"] == 40
+    assert summary["messages"] == 2 * 40  # both ranks stopped after the same step
+
+
+def test_without_a_pruner_the_run_goes_to_the_end() -> None:
+    cfg = _config("algorithm=allreduce_sgd", "nproc=2", "steps=60", "eval_every=20")
+    summary, _ = launch(run_worker, 2, (Job(cfg, "t", "t", progress=False),))[0]
+    assert summary["pruned"] is False and summary["steps"] == 60

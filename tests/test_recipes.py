@@ -1,0 +1,194 @@
+"""Recipes, claims, `suite reproduce` and `suite sweep`."""
+
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+import suite.reproduce as reproduce_mod
+from suite import cli
+from suite.recipes import FAILS, HOLDS, UNTESTABLE, Claim, Profile, Recipe, Row, aggregate
+from suite.sweep import OptunaPruner
+
+STATS = {
+    "A": {"test_accuracy": (0.90, 0.01, 2), "bytes_sent": (100.0, 0.0, 2)},
+    "B": {"test_accuracy": (0.88, 0.02, 2), "bytes_sent": (25.0, 0.0, 2)},
+}
+
+
+@pytest.mark.parametrize(
+    ("claim", "verdict"),
+    [
+        (Claim("bytes_sent", "B", "<=", other="A", scale=0.25), HOLDS),
+        (Claim("bytes_sent", "B", "<=", other="A", scale=0.2), FAILS),
+        (Claim("test_accuracy", "B", ">=", other="A", tolerance=0.03), HOLDS),
+        (Claim("test_accuracy", "B", ">=", other="A", tolerance=0.01), FAILS),
+        (Claim("test_accuracy", "A", ">=", value=0.95), FAILS),
+        (Claim("test_accuracy", "A", "within", value=0.92, tolerance=0.025), HOLDS),
+        (Claim("test_accuracy", "A", "within", value=0.92, tolerance=0.015), FAILS),
+        (Claim("test_accuracy", "C", ">=", value=0.5), UNTESTABLE),
+    ],
+)
+def test_claims_hold_only_when_the_numbers_do(claim: Claim, verdict: str) -> None:
+    assert claim.check(STATS).verdict == verdict
+
+
+def test_a_claim_not_checked_at_a_profile_is_not_testable_there() -> None:
+    only_full = Claim("test_accuracy", "A", ">=", value=0.0, profiles=("full",))
+    recipe = _tiny_recipe(claims=(only_full,))
+    (verdict,) = recipe.check(STATS, "smoke")
+    assert verdict.verdict == UNTESTABLE
+
+
+def test_aggregate_gives_mean_and_sample_std_over_seeds() -> None:
+    stats = aggregate([("A", {"x": 1.0, "flag": True}), ("A", {"x": 3.0}), ("B", {"x": 5})])
+    mean, std, n = stats["A"]["x"]
+    assert (mean, n) == (2.0, 2) and std == pytest.approx(math.sqrt(2.0))
+    assert stats["B"]["x"] == (5.0, 0.0, 1)
+    assert "flag" not in stats["A"]  # booleans are not measurements
+
+
+def test_a_claim_on_an_unknown_row_is_rejected_when_the_recipe_is_made() -> None:
+    with pytest.raises(ValueError, match="unknown row 'Z'"):
+        _tiny_recipe(claims=(Claim("test_accuracy", "Z", ">=", value=0.5),))
+
+
+def _tiny_recipe(rows: tuple[Row, ...] | None = None, claims: tuple[Claim, ...] = ()) -> Recipe:
+    small = ("nproc=2", "steps=20", "eval_every=10", "model.hidden=16", "eval_per_rank=false")
+    return Recipe(
+        paper="tiny",
+        key="Table 1",
+        title="a tiny recipe for tests",
+        rows=rows or (Row("A", "allreduce_sgd"), Row("B", "local_sgd", ("algorithm.period=4",))),
+        claims=claims,
+        profiles={"smoke": Profile(small, seeds=(0,))},
+        reference="A",
+    )
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ((Row("A", "allreduce_sgd"), Row("B", "no_such_algorithm")), "allreduce_sgd"),
+        ((Row("A", "allreduce_sgd"), Row("B", "local_sgd", ("algorithm.perod=4",))), "period"),
+    ],
+)
+def test_a_bad_recipe_fails_before_any_process_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys, rows, expected: str
+) -> None:
+    monkeypatch.setattr(reproduce_mod, "recipes_of", lambda paper: [_tiny_recipe(rows)])
+    started = []
+    monkeypatch.setattr(reproduce_mod, "run_job", lambda *a, **k: started.append(a))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = cli.main(["reproduce", "tiny", "--tracking-uri", uri, "--out", str(tmp_path / "r")])
+    assert code == 2
+    assert expected in capsys.readouterr().err
+    assert started == [] and not (tmp_path / "mlflow.db").exists()
+
+
+def test_reproduce_skips_finished_runs_and_redoes_them_with_force(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    claims = (Claim("bytes_sent", "B", "<=", other="A", scale=0.25, tolerance=1.0),)
+    recipe = _tiny_recipe(claims=claims)
+    monkeypatch.setattr(reproduce_mod, "recipes_of", lambda paper: [recipe])
+    import reports.builder as builder
+
+    monkeypatch.setattr(builder, "recipes_of", lambda paper: [recipe])
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "report"
+
+    def runs() -> int:
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name("tiny")
+        return len(client.search_runs([exp.experiment_id]))
+
+    assert reproduce_mod.reproduce("tiny", profile="smoke", uri=uri, out_dir=out) == 0
+    assert runs() == 2
+    assert reproduce_mod.reproduce("tiny", profile="smoke", uri=uri, out_dir=out) == 0
+    assert runs() == 2  # both skipped
+    assert reproduce_mod.reproduce("tiny", profile="smoke", uri=uri, out_dir=out, force=True) == 0
+    assert runs() == 4
+    assert "holds" in (out / "README.md").read_text()
+
+
+def test_reproduce_exits_1_when_a_claim_fails(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    claims = (Claim("test_accuracy", "A", ">=", value=1.01),)  # no model gets 101%
+    recipe = _tiny_recipe(rows=(Row("A", "allreduce_sgd"),), claims=claims)
+    monkeypatch.setattr(reproduce_mod, "recipes_of", lambda paper: [recipe])
+    import reports.builder as builder
+
+    monkeypatch.setattr(builder, "recipes_of", lambda paper: [recipe])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert reproduce_mod.reproduce("tiny", profile="smoke", uri=uri, out_dir=tmp_path / "r") == 1
+    assert "fails" in (tmp_path / "r" / "README.md").read_text()
+
+
+def test_an_unknown_paper_or_space_is_bad_input(capsys) -> None:
+    assert cli.main(["reproduce", "no_such_paper"]) == 2
+    assert "baseline" in capsys.readouterr().err
+    assert cli.main(["sweep", "baseline/periods", "--space", "nope", "--trials", "1"]) == 2
+    assert "period" in capsys.readouterr().err
+
+
+def test_the_optuna_pruner_reports_to_its_trial_and_prunes_a_poor_one(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    for _ in range(2):  # two finished trials set the median
+        trial = study.ask()
+        trial.report(0.9, 10)
+        study.tell(trial, 0.9)
+    good, poor = study.ask(), study.ask()
+    good_pruner = OptunaPruner.from_arg(OptunaPruner(storage, "s", good._trial_id).to_arg())
+    poor_pruner = OptunaPruner(storage, "s", poor._trial_id)
+    assert good_pruner(10, 0.95) is False
+    assert poor_pruner(10, 0.2) is True
+    stored = {t.number: t.intermediate_values for t in study.get_trials()}
+    assert stored[good.number] == {10: 0.95} and stored[poor.number] == {10: 0.2}
+
+
+SWEEP = [
+    sys.executable, "-m", "suite", "sweep", "baseline/periods", "--space", "lr", "--trials", "3",
+    "--set", "nproc=2", "--set", "steps=30", "--set", "eval_every=10",
+    "--set", "eval_per_rank=false",
+]  # fmt: skip
+
+
+def test_an_interrupted_sweep_resumes_with_the_trials_it_had(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study_name = "baseline/periods:lr:smoke"
+    proc = subprocess.Popen(SWEEP, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    first = None
+    while time.monotonic() < deadline and first is None:
+        time.sleep(0.5)
+        try:
+            done = optuna.load_study(study_name=study_name, storage=storage).get_trials(
+                states=(optuna.trial.TrialState.COMPLETE,)
+            )
+        except Exception:  # the study is not there yet
+            continue
+        first = done[0] if done else None
+    assert first is not None, "no trial finished"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    resumed = subprocess.run(SWEEP, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = optuna.load_study(study_name=study_name, storage=storage).get_trials()
+    finished = [t for t in trials if t.state.is_finished() and t.state.name != "FAIL"]
+    assert len(finished) == 3
+    kept = next(t for t in trials if t.number == first.number)
+    assert kept.params == first.params and kept.value == first.value
+    assert not [t for t in trials if t.state.name == "RUNNING"]
