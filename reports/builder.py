@@ -318,7 +318,8 @@ def optuna_figures(uri: str, experiment: str, recipe: Recipe) -> list[tuple[str,
                 if len(study.directions) > 1
                 else ("history", plot.plot_optimization_history)
             ]
-            if len(complete) >= 2 and len({k for t in complete for k in t.params}) >= 1:
+            # importances rank several knobs; with one there is nothing to rank
+            if len(complete) >= 2 and len({k for t in complete for k in t.params}) >= 2:
                 drawers.append(("importance", plot.plot_param_importances))
             for kind, draw in drawers:
                 try:
