@@ -334,13 +334,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from reports.builder import build_report
-
     from suite.recipes import recipes_of
     from suite.reproduce import REPORTS_DIR
 
     recipes_of(args.paper)  # an unknown paper is bad input: exit 2 with the valid ones
     out = Path(args.out) if args.out else REPORTS_DIR / args.paper
-    report = build_report(args.paper, _checked_uri(args.tracking_uri), out)
+    uri = _checked_uri(args.tracking_uri)
+    report = build_report(args.paper, uri, out, experiment=args.experiment)
     print(f"report: {report.out_dir / 'README.md'} (and report.html)")
     return 0
 
@@ -452,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("paper")
     report.add_argument("--out", help="report directory (default reports/PAPER)")
     report.add_argument("--tracking-uri", help="MLflow store (default as for `suite run`)")
+    report.add_argument("--experiment", help="MLflow experiment to read (default: the paper)")
     report.set_defaults(func=cmd_report)
 
     sw = sub.add_parser(
