@@ -393,6 +393,7 @@ class Trainer:
             "harness": self.transport.harness_stats.to_dict(),
             "compute_seconds": self.compute_seconds,
             "model_comm_seconds": Network().estimate(stats, self.world),
+            "totals": self.algorithm.totals(),
         }
         with self.transport.harness():
             everyone = self.transport.gather_object(mine, dst=0)
@@ -439,6 +440,12 @@ class Trainer:
             "per_rank": per_rank,
             "run_id": None,
         }
+        totals: dict[str, float] = {}
+        for r in everyone:
+            for key, value in r["totals"].items():
+                totals[key] = totals.get(key, 0.0) + value
+        summary.update(totals)
+        summary.update(self.algorithm.derived(totals) if totals else {})
         for key in ("test_accuracy_rank_mean", "test_accuracy_rank_min", "test_accuracy_rank_max"):
             if key in self.last_eval:
                 summary[key] = self.last_eval[key]

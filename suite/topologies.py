@@ -58,3 +58,30 @@ class Complete(Topology):
     def mixing_matrix(self, step: int = 0) -> Tensor:
         n = self.world_size
         return torch.full((n, n), 1.0 / n, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class RingConfig:
+    """No knobs: rank i mixes with i-1 and i+1 (mod N), weight 1/3 each, as EventGraD does."""
+
+
+@TOPOLOGIES.register("ring", config=RingConfig)
+class Ring(Topology):
+    """Ring with uniform weights 1/3 on self, left and right (N = 2: the one neighbour is both
+    sides and gets 2/3). Spectral gap 1 - max(|1/3 + 2/3 cos(2 pi k / N)|, k = 1..N-1)."""
+
+    def left(self, rank: int) -> int:
+        return (rank - 1) % self.world_size
+
+    def right(self, rank: int) -> int:
+        return (rank + 1) % self.world_size
+
+    def mixing_matrix(self, step: int = 0) -> Tensor:
+        n = self.world_size
+        w = torch.zeros((n, n), dtype=torch.float64)
+        if n == 1:
+            return w + 1.0
+        for i in range(n):
+            for j in (i, self.left(i), self.right(i)):
+                w[i, j] += 1.0 / 3.0
+        return w

@@ -67,6 +67,15 @@ class Algorithm:
         """Per-step numbers of this rank to log (same keys every step); averaged over ranks."""
         return {}
 
+    def totals(self) -> dict[str, float]:
+        """This rank's run totals (events, elements, ...), summed over ranks into the summary."""
+        return {}
+
+    @staticmethod
+    def derived(totals: dict[str, float]) -> dict[str, float]:
+        """Numbers computed from the summed ``totals`` (a savings ratio, say)."""
+        return {}
+
     def artifacts(self) -> dict[str, str]:
         """Files (name -> text) rank 0 stores with the run at the end."""
         return {}
