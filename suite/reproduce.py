@@ -82,7 +82,12 @@ def plan(
 ) -> list[PlannedRun]:
     """Every run of ``paper`` at ``profile``, configs resolved (bad input raises here)."""
     runs = []
-    for recipe in recipes_of(paper):
+    recipes = recipes_of(paper)
+    if not any(profile in r.profiles for r in recipes):
+        recipes[0].profile(profile)  # ConfigError naming the profiles there are
+    for recipe in recipes:
+        if profile not in recipe.profiles:
+            continue  # e.g. a full-only recipe at smoke: its claims are not testable there
         chosen = tuple(seeds) if seeds else recipe.profile(profile).seeds
         for row in recipe.rows:
             for seed in chosen:

@@ -110,3 +110,72 @@ def test_topk_with_every_entry_equals_dense_eventgrad() -> None:
         assert _max_diff(a["state"], b["state"]) < 1e-6
     sparse = launch(_train, 2, (_config(*common, "algorithm.topk=0.1"),))
     assert sparse[0]["summary"]["bytes_sent"] < 0.3 * dense[0]["summary"]["bytes_sent"]
+
+
+def _run_and_log(cfg: RunConfig) -> dict:
+    out = _train(cfg)
+    algo = out.pop("algo")
+    sizes = [p.numel() for p in algo.params]
+    stats = algo.transport.stats
+    return {"log": torch.stack(algo.event_log), "sizes": sizes, "bytes": stats.bytes_sent,
+            "messages": stats.messages, "recv": stats.bytes_recv}  # fmt: skip
+
+
+@pytest.mark.parametrize("topk", [0.0, 0.25])
+def test_message_and_byte_counts_follow_the_event_log(topk: float) -> None:
+    steps = 60
+    cfg = _config("algorithm=eventgrad", "nproc=3", f"steps={steps}", "algorithm.warmup=5",
+                  f"algorithm.topk={topk}")  # fmt: skip
+    runs = launch(_run_and_log, 3, (cfg,))
+    for rank, run in enumerate(runs):
+        log, sizes = run["log"], torch.tensor(run["sizes"])
+        assert 0 < int(log[5:].sum()) < log[5:].numel()  # the trigger really chose
+        sent = sizes if not topk else 2 * torch.ceil(topk * sizes)
+        payload = int((log.float() @ sent.float()).sum()) * 4 * 2  # float32, to both sides
+        assert run["bytes"] == steps * 2 * TENSORS + payload  # flags + tensors
+        assert run["messages"] == steps * 2 + int(log.sum()) * 2
+        # what a rank receives is what its two neighbours' logs say they sent
+        left, right = runs[(rank - 1) % 3], runs[(rank + 1) % 3]
+        expect = sum(int((r["log"].float() @ sent.float()).sum()) * 4 for r in (left, right))
+        assert run["recv"] == 2 * steps * TENSORS + expect
+
+
+def _scripted(fires: list[list[bool]]) -> dict:
+    from suite.algorithms.base import Context
+    from suite.algorithms.eventgrad import EventGrad, EventGradConfig
+
+    transport = Transport()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)  # two tensors, same x0 on every rank
+    sgd = torch.optim.SGD(model.parameters(), lr=0.0)
+    algo = EventGrad(
+        EventGradConfig(), Context(transport, model, sgd, torch.device("cpu"), 9, 9, 0)
+    )
+    mine = fires[transport.rank]
+    algo.trigger = lambda step: torch.tensor([mine[step]] * 2)
+    sent_at = {}
+    for step in range(len(mine)):
+        with torch.no_grad():  # a local "update" that differs per rank and per step
+            for p in model.parameters():
+                p.add_(10.0**transport.rank * (step + 1))
+        if mine[step]:
+            sent_at = {i: p.detach().clone() for i, p in enumerate(model.parameters())}
+        before = [p.detach().clone() for p in model.parameters()]
+        algo.reduce_gradients(step)
+    after = [p.detach().clone() for p in model.parameters()]
+    copies = {"left": list(algo.copy_left), "right": list(algo.copy_right)}
+    return {"sent": sent_at, "before": before, "after": after, **copies}
+
+
+def test_receivers_mix_with_stale_copies_from_the_last_event() -> None:
+    # rank 1 fires at step 0 only; rank 0 and 2 every step: rank 0's right copy and rank 2's
+    # left copy must stay what rank 1 sent at step 0, although rank 1 kept moving
+    fires = [[True] * 4, [True, False, False, False], [True] * 4]
+    runs = launch(_scripted, 3, (fires,))
+    stale = runs[1]["sent"]
+    for i in range(2):
+        assert torch.equal(runs[0]["right"][i], stale[i])
+        assert torch.equal(runs[2]["left"][i], stale[i])
+        assert not torch.equal(runs[1]["before"][i], stale[i])  # rank 1 did move on
+        expected = (runs[0]["before"][i] + runs[0]["left"][i] + stale[i]) / 3
+        assert torch.allclose(runs[0]["after"][i], expected)

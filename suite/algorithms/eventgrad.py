@@ -94,6 +94,7 @@ class EventGrad(Algorithm):
         self.tau = torch.full((count,), config.threshold)
         self.fired = torch.zeros(count, dtype=torch.bool)
         self.fire_counts = torch.zeros(count)
+        self.event_log: list[Tensor] = []  # which tensors fired, step by step (bool, L each)
         self.steps = 0
         self.elements = 0.0  # entries sent this step (both neighbours)
 
@@ -124,6 +125,7 @@ class EventGrad(Algorithm):
         self.steps += 1
         self.fired = self.trigger(step)
         self.fire_counts += self.fired
+        self.event_log.append(self.fired.clone())
         self.elements = 0.0
         if self.world_size == 1:
             return
