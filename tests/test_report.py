@@ -1,130 +1,320 @@
-"""The report builds from the MLflow store alone: tables, verdicts, figures, one HTML file."""
+"""The report builds from the MLflow store alone: tables, verdicts, figures, one HTML file.
+
+The store is fabricated (no training): a throwaway recipe with two rows x two seeds, a run
+started by hand, a failed run, and a sweep with its Optuna study. It is built once per module;
+tests that change it work on a copy."""
 
 from __future__ import annotations
 
-import time
+import math
+import re
+import shutil
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import optuna
+import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
 
 import reports.builder as builder
-from suite.recipes import Claim, Profile, Recipe, Row
+from suite.config import ConfigError
+from suite.recipes import Claim, Profile, Recipe, Row, Space, Verdict, aggregate
 from suite.tracking import open_client
 
+HOLDING = Claim("bytes_sent", "Sparse", "<=", other="Dense", scale=0.5, source="Table 3")
+FAILING = Claim("test_accuracy", "Sparse", ">=", value=0.95, paper_value=0.97, source="Table 3")
+FULL_ONLY = Claim("test_accuracy", "Dense", ">=", value=0.5, profiles=("full",))
 RECIPE = Recipe(
     paper="fake",
     key="Table 3",
     title="fabricated runs",
     rows=(Row("Dense", "allreduce_sgd"), Row("Sparse", "local_sgd")),
-    claims=(
-        Claim("bytes_sent", "Sparse", "<=", other="Dense", scale=0.5, source="Table 3"),
-        Claim("test_accuracy", "Sparse", ">=", value=0.95, paper_value=0.97, source="Table 3"),
-        Claim("test_accuracy", "Dense", ">=", value=0.5, profiles=("full",)),
-    ),
-    profiles={"smoke": Profile(seeds=(0, 1)), "full": Profile(seeds=(0,))},
+    claims=(HOLDING, FAILING, FULL_ONLY),
+    profiles={"smoke": Profile(seeds=(0, 1), note="tiny"), "full": Profile(seeds=(0,))},
     reference="Dense",
+    spaces={
+        "h": Space(
+            "Sparse",
+            lambda t: [f"algorithm.period={t.suggest_int('period', 1, 64)}"],
+            objectives=(("test_accuracy", "maximize"), ("bytes_sent", "minimize")),
+        )
+    },
 )
-# row -> seed -> (final accuracy, total bytes)
+# row -> seed -> (final accuracy, total bytes); Sparse: mean 0.88, std sqrt(2e-4)
 FINAL = {
-    "Dense": {0: (0.90, 4000.0), 1: (0.92, 4000.0)},
+    "Dense": {0: (0.90, 4000.0), 1: (0.92, 4200.0)},
     "Sparse": {0: (0.89, 1000.0), 1: (0.87, 1000.0)},
 }
+STUDY = f"{RECIPE.name}:h:smoke"
+TRIALS = {0: (0.99, 500.0, "FINISHED"), 1: (0.98, 300.0, "FINISHED"), 2: (0.5, 900.0, "KILLED")}
+STEPS = 10
+RECIPE_DIRECTIONS = [d for _, d in RECIPE.spaces["h"].objectives]
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _fake_run(client, exp_id: str, row: str | None, seed: int, acc: float, total: float) -> str:
-    tags = {"target": "x", "suite.profile": "smoke", "suite.config_hash": f"{row}{seed}"}
-    if row is not None:
-        tags.update({"suite.recipe": RECIPE.name, "suite.row": row})
+def _fake_run(client, exp_id: str, seed: int, acc: float, total: float, **kw) -> str:
+    """A run as `suite reproduce` leaves it: tags, params, step histories, final.* metrics."""
+    tags = {"target": "x", "paper": "fake", "suite.profile": "smoke", "suite.config_hash": "h"}
+    if kw.get("row") is not None:  # row=None: started by hand, no recipe tags
+        tags |= {"suite.recipe": RECIPE.name, "suite.row": kw["row"]}
+    if "trial" in kw:
+        tags |= {"suite.study": STUDY, "suite.trial": str(kw["trial"]), "suite.space": "h"}
     run_id = client.create_run(exp_id, tags=tags).info.run_id
-    steps = 10
     metrics = []
-    for step in range(steps):
-        metrics.append(Metric("train_loss", 1.0 / (step + 1), 0, step))
-        metrics.append(Metric("bytes_sent", total * (step + 1) / steps, 0, step))
-        metrics.append(Metric("step_seconds", 0.01, 0, step))
-        if step % 5 == 4:
-            metrics.append(Metric("test_accuracy", acc * (step + 1) / steps, 0, step))
-    finals = {"test_accuracy": acc, "bytes_sent": total, "messages": 10.0, "steps": steps}
+    for step in range(STEPS):
+        metrics += [
+            Metric("train_loss", 2.0 / (step + 1) + acc / 10, 0, step),
+            Metric("bytes_sent", total * (step + 1) / STEPS, 0, step),
+            Metric("messages", float(step + 1), 0, step),
+            Metric("step_seconds", 0.01, 0, step),
+        ]
+        if step % 5 == 4:  # evaluations at steps 4 and 9
+            metrics.append(Metric("test_accuracy", acc - (0.1 if step == 4 else 0.0), 0, step))
+    finals = {"test_accuracy": acc, "bytes_sent": total, "messages": 10.0, "steps": STEPS}
     finals |= {"compute_seconds": 0.05, "model_comm_seconds": 0.01}
-    metrics += [Metric(f"final.{k}", v, 0, steps) for k, v in finals.items()]
+    metrics += [Metric(f"final.{k}", v, 0, STEPS) for k, v in finals.items()]
     client.log_batch(run_id, metrics=metrics, params=[Param("seed", str(seed))])
-    client.set_terminated(run_id, "FINISHED")
+    client.set_terminated(run_id, kw.get("status", "FINISHED"))
     return run_id
 
 
-@pytest.fixture()
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setattr(builder, "recipes_of", lambda paper: [RECIPE])
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def _fake_study(client, exp_id: str, storage: str) -> None:
+    study = optuna.create_study(storage=storage, study_name=STUDY, directions=RECIPE_DIRECTIONS)
+    dist = {"period": optuna.distributions.IntDistribution(1, 64)}
+    for number, (acc, total, status) in TRIALS.items():
+        _fake_run(client, exp_id, 0, acc, total, row="Sparse", trial=number, status=status)
+        if status == "FINISHED":
+            trial = optuna.trial.create_trial(
+                params={"period": 2 + number}, distributions=dist, values=[acc, total]
+            )
+            study.add_trial(trial)
+    tags = {"suite.kind": "study", "suite.study": STUDY, "suite.storage": storage}
+    tags |= {"suite.recipe": RECIPE.name, "suite.space": "h", "paper": "fake"}
+    client.set_terminated(client.create_run(exp_id, tags=tags).info.run_id, "FINISHED")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
     client = open_client(uri)
     exp_id = client.create_experiment("fake")
     for row, seeds in FINAL.items():
         for seed, (acc, total) in seeds.items():
-            _fake_run(client, exp_id, row, seed, acc, total)
-    _fake_run(client, exp_id, None, 0, 0.1, 1.0)  # a hand-started run: not part of the report
+            _fake_run(client, exp_id, seed, acc, total, row=row)
+    _fake_run(client, exp_id, 0, 0.1, 1.0, row=None)  # by hand: would sink Dense's mean
+    _fake_run(client, exp_id, 2, 0.0, 1.0, row="Sparse", status="FAILED")  # not a result
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _fake_study(client, exp_id, f"sqlite:///{root / 'optuna.db'}")
     return uri
 
 
-def test_the_report_checks_claims_on_the_mean_over_seeds(store: str, tmp_path: Path) -> None:
-    report = builder.build_report("fake", store, tmp_path / "out")
-    verdicts = {v.claim.describe(): v for v in report.verdicts[(RECIPE.name, "smoke")]}
-    bytes_claim, acc_claim, full_only = (verdicts[c.describe()] for c in RECIPE.claims)
-    assert bytes_claim.verdict == "holds" and bytes_claim.reference == pytest.approx(2000.0)
-    assert acc_claim.verdict == "fails" and acc_claim.mean == pytest.approx(0.88)
-    assert acc_claim.std == pytest.approx(0.0141421, rel=1e-4)
-    assert full_only.verdict == "not testable"
-    assert not report.all_hold("smoke")
-    text = (tmp_path / "out" / "README.md").read_text()
-    assert "| holds |" in text and "| fails" in text and "0.97" in text
-    assert "| Dense | 2 | 0.9100 ± 0.0141" in text  # the hand-started run is not a seed
+@pytest.fixture()
+def fake_recipes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(builder, "recipes_of", lambda paper: [RECIPE])
 
 
-def test_figures_exist_and_the_html_is_self_contained(store: str, tmp_path: Path) -> None:
-    report = builder.build_report("fake", store, tmp_path / "out")
-    names = {p.name for p in report.figures}
-    for kind in ("accuracy-vs-bytes", "loss", "saved-vs-accuracy", "time-to-target"):
-        assert f"fake-table-3-smoke-{kind}.png" in names
-    for path in report.figures:
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
-    page = (tmp_path / "out" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == len(report.figures)
-    assert 'src="http' not in page and 'src="figures' not in page
+@pytest.fixture(scope="module")
+def built(store: str, tmp_path_factory: pytest.TempPathFactory) -> builder.Report:
+    """One build shared by the read-only tests (a build is the slow part)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(builder, "recipes_of", lambda paper: [RECIPE])
+        return builder.build_report("fake", store, tmp_path_factory.mktemp("built") / "out")
+
+
+def _claim_verdicts(readme: str) -> dict[str, str]:
+    """claim text -> verdict cell, from the markdown claims tables (claims read "X of ROW")."""
+    cells = [line.strip("|").split(" | ") for line in readme.splitlines() if line.startswith("|")]
+    return {c[0].strip(): c[-1].strip() for c in cells if " of " in c[0]}
+
+
+def test_load_runs_keeps_recipe_runs_and_their_curves(store: str) -> None:
+    runs, curves = builder.load_runs(store, "fake")
+    plain = runs[runs["study"].isna()]
+    # neither the hand-started run nor the FAILED one
+    pairs = sorted(zip(plain["row"], plain["seed"], strict=True))
+    assert pairs == [("Dense", 0), ("Dense", 1), ("Sparse", 0), ("Sparse", 1)]
+    assert plain["seed"].dtype.kind == "i" and set(plain["status"]) == {"FINISHED"}
+    trials = runs[runs["study"] == STUDY].set_index("trial")
+    assert trials["status"].to_dict() == {n: s for n, (_, _, s) in TRIALS.items()}
+    assert {"test_accuracy", "bytes_sent", "model_comm_seconds", "wall_seconds"} <= set(runs)
+    assert math.isnan(runs["wall_seconds"].iloc[0])  # never logged: NaN, not a KeyError
+    assert list(curves.columns) == list(builder.CURVE_COLUMNS)
+    assert set(curves["run_id"]) == set(plain["run_id"])  # trials carry no curves
+    acc = curves[(curves["metric"] == "test_accuracy") & (curves["row"] == "Sparse")]
+    assert sorted(acc["step"].unique()) == [4, 9] and len(acc) == 4
 
 
 def test_a_rerun_replaces_the_seed_it_reran(store: str, tmp_path: Path) -> None:
-    client = open_client(store)
+    shutil.copy(store.removeprefix("sqlite:///"), tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = open_client(uri)
     exp_id = client.get_experiment_by_name("fake").experiment_id
-    time.sleep(0.01)  # a later start time
-    _fake_run(client, exp_id, "Sparse", 0, 0.99, 1000.0)  # a --force rerun of seed 0
+    _fake_run(client, exp_id, 0, 0.99, 1000.0, row="Sparse")  # a later --force rerun of seed 0
+    runs, _ = builder.load_runs(uri, "fake")
+    sparse = runs[(runs["row"] == "Sparse") & runs["study"].isna()].set_index("seed")
+    assert sparse["test_accuracy"].to_dict() == {0: 0.99, 1: 0.87}
+
+
+def test_aggregate_gives_mean_and_sample_std_over_seeds(store: str) -> None:
     runs, _ = builder.load_runs(store, "fake")
-    sparse = runs[runs["row"] == "Sparse"].set_index("seed")["test_accuracy"]
-    assert sparse.to_dict() == {0: 0.99, 1: 0.87}
+    stats = aggregate(builder.finals(runs[runs["study"].isna()]))
+    mean, std, n = stats["Dense"]["bytes_sent"]
+    assert (mean, n) == (4100.0, 2) and std == pytest.approx(math.sqrt(2 * 100.0**2))
+    mean, std, n = stats["Sparse"]["test_accuracy"]
+    assert mean == pytest.approx(0.88) and std == pytest.approx(math.sqrt(2e-4)) and n == 2
+
+
+def test_claims_are_checked_on_finished_recipe_runs_only(built: builder.Report) -> None:
+    verdicts = {v.claim: v for v in built.verdicts[(RECIPE.name, "smoke")]}
+    assert verdicts[HOLDING].verdict == "holds"
+    assert verdicts[HOLDING].reference == pytest.approx(0.5 * 4100.0)
+    # the sweep trials (0.99, 0.98) and the failed run (0.0) would move this mean
+    assert verdicts[FAILING].verdict == "fails" and verdicts[FAILING].mean == pytest.approx(0.88)
+    assert verdicts[FULL_ONLY].verdict == "not testable"
+    assert (RECIPE.name, "full") not in built.verdicts  # no runs there: nothing checked
+    assert not built.all_hold("smoke") and not built.all_hold("full")
+
+
+def test_the_readme_tables_say_what_was_measured(built: builder.Report) -> None:
+    readme = (built.out_dir / "README.md").read_text()
+    assert _claim_verdicts(readme) == {
+        HOLDING.describe(): "holds",
+        FAILING.describe(): "fails",
+        FULL_ONLY.describe(): "not testable (not at smoke)",
+    }
+    assert "| 0.97 | 0.88 ± 0.01414 (2 seed(s)) | 0.95 | fails |" in readme  # paper, measured
+    assert "| Dense | 2 | 0.9100 ± 0.0141 | 0.004 ± 0.000 |" in readme
+    assert "| Sparse | 2 | 0.8800 ± 0.0141 | 0.001 ± 0.000 | 10 ± 0 | 75.6% ± 0.0% |" in readme
+    assert "1 hold, 1 fail, 1 not testable" in readme and "reproduced" not in readme.lower()
+    assert "_No finished runs at this profile._" in readme  # full
+    for key in ("Table 3: fabricated runs", "tiny", "2 finished and 1 pruned"):
+        assert key in readme
+
+
+def test_figures_are_pngs_linked_from_the_readme(built: builder.Report) -> None:
+    base = "fake-table-3-smoke"
+    expected = {
+        f"{base}-{kind}.png"
+        for kind in (
+            "accuracy-vs-bytes", "loss", "saved-vs-accuracy", "time-to-target",
+            "sweep-h-pareto", "sweep-h-optuna-pareto",
+        )
+    }  # fmt: skip
+    assert {p.name for p in built.figures} == expected
+    assert {p.name for p in (built.out_dir / "figures").iterdir()} == expected
+    readme = (built.out_dir / "README.md").read_text()
+    for path in built.figures:
+        assert path.read_bytes()[:8] == PNG and path.stat().st_size > 5000
+        assert f"](figures/{path.name})" in readme
+    assert "parameter importances need" in readme  # one knob: skipped, and it says so
+    assert plt.get_fignums() == []  # every figure closed
+    assert plt.rcParams["axes.facecolor"] == "white"  # Optuna's ggplot style did not leak
+
+
+def test_the_html_is_one_self_contained_file(built: builder.Report) -> None:
+    page = (built.out_dir / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(built.figures)
+    assert 'src="http' not in page and 'src="figures' not in page and "<link" not in page
+    assert '<td class="fails">fails</td>' in page and '<td class="holds">holds</td>' in page
+    assert re.search(r"<h2>Table 3: fabricated runs</h2>", page)
 
 
 def test_a_failed_build_leaves_the_previous_report_whole(
-    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    built: builder.Report, store: str, tmp_path: Path, fake_recipes: None, monkeypatch
 ) -> None:
     out = tmp_path / "out"
-    builder.build_report("fake", store, out)
-    before = (out / "README.md").read_text()
+    shutil.copytree(built.out_dir, out)
+    (out / "stale.txt").write_text("from an older build")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     def broken(*args, **kwargs):
+        plt.figure()  # a figure function that fails half way
         raise RuntimeError("figure failed")
 
-    monkeypatch.setattr(builder, "fig_time_to_target", broken)
-    with pytest.raises(RuntimeError, match="figure failed"):
-        builder.build_report("fake", store, out)
-    assert (out / "README.md").read_text() == before
-    assert len(list((out / "figures").iterdir())) == 4
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+    with monkeypatch.context() as patch:
+        patch.setattr(builder, "fig_time_to_target", broken)
+        with pytest.raises(RuntimeError, match="figure failed"):
+            builder.build_report("fake", store, out)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary directory left
+    assert plt.get_fignums() == []
+    builder.build_report("fake", store, out)  # a good build replaces the directory whole
+    assert not (out / "stale.txt").exists() and (out / "README.md").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_an_unknown_paper_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no recipes for paper"):
+        builder.build_report("no-such-paper", f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_empty_experiment_gives_a_report_that_checked_nothing(
+    store: str, tmp_path: Path, fake_recipes: None
+) -> None:
+    report = builder.build_report("fake", store, tmp_path / "r", experiment="never-ran")
+    assert report.verdicts == {} and report.figures == [] and not report.all_hold("smoke")
+    assert "nothing was checked" in (tmp_path / "r" / "README.md").read_text()
+
+
+def test_time_to_target_measured_and_modelled() -> None:
+    runs = pd.DataFrame(
+        {"run_id": ["a", "b"], "row": ["A", "B"], "seed": [0, 0], "steps": [10.0, 10.0]}
+    ).assign(compute_seconds=0.5, model_comm_seconds=0.1)
+    curves = pd.DataFrame(
+        [("a", s, "step_seconds", 0.1 * (s + 1)) for s in range(10)]
+        + [("a", 4, "test_accuracy", 0.6), ("a", 9, "test_accuracy", 0.9)]
+        + [("b", 9, "test_accuracy", 0.5)],
+        columns=["run_id", "step", "metric", "value"],
+    )
+    times = builder.time_to_target(runs, curves, 0.55).set_index("row")
+    assert times.loc["A", "steps"] == 5  # first evaluation at or above the target: step 4
+    assert times.loc["A", "measured"] == pytest.approx(0.1 + 0.2 + 0.3 + 0.4 + 0.5)
+    assert times.loc["A", "model"] == pytest.approx(5 / 10 * (0.5 + 0.1))
+    assert times.loc["B", ["steps", "measured", "model"]].isna().all()  # never reached
+
+
+def test_all_hold_ignores_untestable_claims_but_needs_runs() -> None:
+    def report(*verdicts: str, runs: bool = True) -> builder.Report:
+        checked = [Verdict(HOLDING, v, None, None, None) for v in verdicts]
+        return builder.Report("fake", Path("."), {("r", "smoke"): checked} if runs else {}, [])
+
+    assert report("holds", "not testable").all_hold("smoke")
+    assert report().all_hold("smoke")  # runs, but no claims to check
+    assert not report("holds", "fails").all_hold("smoke")
+    assert not report(runs=False).all_hold("smoke")
+    assert not report("holds").all_hold("full")
 
 
 def test_pareto_front_keeps_only_undominated_points() -> None:
-    import pandas as pd
-
     points = pd.DataFrame(
-        {"test_accuracy": [0.9, 0.8, 0.85, 0.7], "bytes_sent": [10.0, 2.0, 12.0, 3.0]}
+        {"test_accuracy": [0.9, 0.8, 0.85, 0.7, 0.9], "bytes_sent": [10.0, 2.0, 12.0, 3.0, 11.0]}
     )
-    front = builder.pareto_front(points)
-    assert sorted(front.index) == [0, 1]
+    assert sorted(builder.pareto_front(points).index) == [0, 1]
+
+
+def test_firing_rates_come_from_the_artifacts_and_draw_a_heat_map(tmp_path: Path) -> None:
+    import json
+
+    uri = f"sqlite:///{tmp_path / 'firing.db'}"
+    client = builder.open_client(uri)
+    exp = client.create_experiment("p")
+    ids = []
+    for rate in (0.2, 0.4):
+        run_id = client.create_run(exp).info.run_id
+        client.log_text(run_id, json.dumps({"w": rate, "b": 1.0}), "firing.json")
+        ids.append(run_id)
+    plain = client.create_run(exp).info.run_id  # an algorithm without a trigger: no artifact
+    runs = pd.DataFrame({"run_id": [*ids, plain], "row": ["E", "E", "D"]})
+    rates = builder.firing_rates(uri, runs)
+    assert rates.groupby("tensor")["rate"].mean().to_dict() == pytest.approx({"w": 0.3, "b": 1.0})
+    assert set(rates["row"]) == {"E"}
+    recipe = Recipe(
+        "p", "T", "t", (Row("D", "dpsgd"), Row("E", "eventgrad")), (), {"smoke": Profile()}
+    )
+    fig = builder.fig_firing_heatmap(rates, recipe)
+    assert fig is not None and fig.axes[0].get_title().startswith("Firing rate")
+    assert builder.fig_firing_heatmap(rates.iloc[0:0], recipe) is None

@@ -97,6 +97,7 @@ class EventGrad(Algorithm):
         self.event_log: list[Tensor] = []  # which tensors fired, step by step (bool, L each)
         self.steps = 0
         self.elements = 0.0  # entries sent this step (both neighbours)
+        self.elements_total = 0.0
 
     # -- the trigger (pure: no communication) ---------------------------------------------------
 
@@ -131,6 +132,7 @@ class EventGrad(Algorithm):
             return
         theirs = self._exchange_flags()
         self._exchange_tensors(theirs)
+        self.elements_total += self.elements
         with torch.no_grad():
             for p, a, b in zip(self.params, self.copy_left, self.copy_right, strict=True):
                 p.add_(a).add_(b).div_(3.0)
@@ -202,7 +204,11 @@ class EventGrad(Algorithm):
 
     def totals(self) -> dict[str, float]:
         fired = float(self.fire_counts.sum())
-        return {"events": 2 * fired, "possible_events": 2.0 * len(self.params) * self.steps}
+        return {
+            "events": 2 * fired,
+            "possible_events": 2.0 * len(self.params) * self.steps,
+            "elements_sent": self.elements_total,
+        }
 
     @staticmethod
     def derived(totals: dict[str, float]) -> dict[str, float]:
