@@ -19,9 +19,9 @@ install:
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e '.[dev]'
 
-# The main job: the baseline paper's smoke reproduction on the embedded digits data (runs
-# tracked in ./mlflow.db, claims checked, report in reports/baseline/).
-run: reproduce-baseline
+# The main job: EventGraD's smoke reproduction on the embedded digits data (runs tracked in
+# ./mlflow.db, claims checked, report in reports/eventgrad/).
+run: reproduce-eventgrad
 
 # One 4-rank all-reduce SGD job on digits.
 job:

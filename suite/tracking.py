@@ -125,6 +125,7 @@ def quiet_mlflow() -> None:
     telemetry is off unless the user turns it on: ranks should not phone home mid-run, and
     many clusters are offline."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reports read many
     import mlflow  # noqa: F401
 
     for name in ("mlflow", "alembic"):
