@@ -93,6 +93,12 @@ def preflight(cfg: RunConfig) -> None:
 
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but CUDA is not available; valid choices: auto, cpu")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if cfg.device == "cuda" and not _torchrun_rank() and cfg.nproc > gpus:
+        raise ConfigError(
+            f"device=cuda with nproc={cfg.nproc} needs a GPU per rank (NCCL), this host has "
+            f"{gpus}; valid choices: nproc <= {gpus}, or device=cpu / auto"
+        )
     check = DATASETS.get(cfg.dataset.name).meta.get("check")
     if check is not None:
         check(cfg.data_dir)
@@ -209,7 +215,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             launcher.init_from_env(args.hang_timeout)
             result = run_worker(job)
         else:
-            device = launcher.resolve_device(cfg.device)
+            device = launcher.resolve_device(cfg.device, cfg.nproc)
             results = launcher.launch(
                 run_worker, cfg.nproc, (job,), device=device, hang_timeout=args.hang_timeout
             )

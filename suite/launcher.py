@@ -122,13 +122,18 @@ def placement(rank: int, device: str) -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_device(device: str) -> str:
-    """'auto' means CUDA when present, else CPU."""
+def resolve_device(device: str, local_ranks: int = 1) -> str:
+    """'auto' means CUDA when there is a GPU for each of the ``local_ranks`` ranks on this host
+    (NCCL allows one rank per GPU), else CPU."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() and _gpus() >= local_ranks else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but CUDA is not available")
     return device
+
+
+def _gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def backend_for(device: str) -> str:

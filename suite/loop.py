@@ -148,7 +148,8 @@ class Trainer:
         self.job, self.cfg, self.transport, self.metrics = job, job.config, transport, metrics
         cfg = self.cfg
         self.rank, self.world = transport.rank, transport.world_size
-        self.device = placement(self.rank, resolve_device(cfg.device))
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+        self.device = placement(self.rank, resolve_device(cfg.device, local))
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
 

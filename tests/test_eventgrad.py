@@ -13,7 +13,14 @@ from suite.loop import Job, Trainer
 from suite.topologies import Ring
 from suite.transport import Transport
 
-SMALL = ["dataset=digits", "model=mlp", "model.hidden=16", "eval_every=0", "eval_per_rank=false"]
+SMALL = [
+    "dataset=digits",
+    "model=mlp",
+    "model.hidden=16",
+    "eval_every=0",
+    "eval_per_rank=false",
+    "device=cpu",
+]
 TENSORS = 4  # the MLP's two weights and two biases
 
 

@@ -10,7 +10,14 @@ from suite.launcher import launch
 from suite.loop import Job, Trainer, build_dataset, initial_model, run_worker
 from suite.transport import Transport
 
-SMALL = ["dataset=digits", "model=mlp", "model.hidden=32", "eval_every=0", "eval_per_rank=false"]
+SMALL = [
+    "dataset=digits",
+    "model=mlp",
+    "model.hidden=32",
+    "eval_every=0",
+    "eval_per_rank=false",
+    "device=cpu",  # exact comparisons: every rank and the reference on one device
+]
 
 
 def _config(*items: str) -> RunConfig:

@@ -88,12 +88,12 @@ class EventGrad(Algorithm):
             self.copy_right = [p.detach().clone() for p in self.params]
             self.record = [p.detach().clone() for p in self.params] if config.topk else []
             self.last_norm = torch.stack([p.detach().norm() for p in self.params])
-        count = len(self.params)
-        self.last_step = torch.zeros(count)
-        self.slopes = torch.zeros(count, 2)  # 2-slot history, newest in column 0
-        self.tau = torch.full((count,), config.threshold)
-        self.fired = torch.zeros(count, dtype=torch.bool)
-        self.fire_counts = torch.zeros(count)
+        count, dev = len(self.params), ctx.device  # trigger state lives beside the norms
+        self.last_step = torch.zeros(count, device=dev)
+        self.slopes = torch.zeros(count, 2, device=dev)  # 2-slot history, newest in column 0
+        self.tau = torch.full((count,), config.threshold, device=dev)
+        self.fired = torch.zeros(count, dtype=torch.bool, device=dev)
+        self.fire_counts = torch.zeros(count, device=dev)
         self.event_log: list[Tensor] = []  # which tensors fired, step by step (bool, L each)
         self.steps = 0
         self.elements = 0.0  # entries sent this step (both neighbours)
@@ -162,7 +162,7 @@ class EventGrad(Algorithm):
             ((self.left, 0, self.copy_left), (self.right, 1, self.copy_right)), theirs, strict=True
         ):
             for i in flags.nonzero().flatten().tolist():
-                buf = torch.empty(self._payload_size(i))
+                buf = torch.empty(self._payload_size(i), device=copies[i].device)
                 works.append(t.irecv(buf, src, _DATA_TAG + 2 * i + direction))
                 unpack.append((copies[i], buf))
         for w in works:
