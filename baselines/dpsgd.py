@@ -42,22 +42,31 @@ class DPSGD(Algorithm):
         entry = TOPOLOGIES.get(config.topology)
         self.topology = entry.obj(entry.make_config(), self.world_size)
         self.params = trainable(self.model.parameters())
+        self._plan = self._plan_at(0) if self.topology.static else None
+
+    def _plan_at(self, step: int) -> tuple[list[float], list[int], list[int]]:
+        """(this rank's row of W, in-peers, out-peers): built once for a static graph, not per
+        step (each is an N x N construction)."""
+        t = self.topology
+        return (
+            t.mixing_matrix(step)[self.rank].tolist(),
+            t.in_peers(self.rank, step),
+            t.out_peers(self.rank, step),
+        )
 
     def reduce_gradients(self, step: int) -> None:
         # Mixing happens here, before optimizer.step(): the step then applies the gradient taken
         # at the pre-mixing parameters, as in Lian et al.
         if self.world_size == 1:
             return
-        w = self.topology.mixing_matrix(step)[self.rank]
+        w, peers, out = self._plan or self._plan_at(step)
         mine = flatten_params(self.params)
-        peers = self.topology.in_peers(self.rank, step)
         bufs = {j: torch.empty_like(mine) for j in peers}
-        out = self.topology.out_peers(self.rank, step)
         works = [self.transport.isend(mine, dst) for dst in out]
         works += [self.transport.irecv(bufs[j], j) for j in peers]
         for work in works:
             work.wait()
-        mixed = mine * float(w[self.rank])
+        mixed = mine * w[self.rank]
         for j, buf in bufs.items():
-            mixed.add_(buf, alpha=float(w[j]))
+            mixed.add_(buf, alpha=w[j])
         assign_params(self.params, mixed)

@@ -20,6 +20,8 @@ from suite.registry import TOPOLOGIES
 class Topology(ABC):
     """Base class of every registered topology."""
 
+    static = True  # the same graph at every step; time-varying topologies set False
+
     def __init__(self, config: Any, world_size: int) -> None:
         if world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {world_size}")
