@@ -136,8 +136,12 @@ class Registry(Generic[T]):
         return decorate
 
     def preset(self, name: str, base: str, *, description: str, **defaults: Any) -> Entry[T]:
-        """Register ``name`` as ``base`` with other default knobs. Unknown knobs raise now."""
-        parent = self.get(base)
+        """Register ``name`` as ``base`` with other default knobs. Unknown knobs raise now.
+        ``base`` must be registered already (no built-in loading: presets sit beside their
+        base, and loading from inside a module being imported would cycle)."""
+        parent = self._entries.get(base)
+        if parent is None:
+            raise UnknownNameError(self.kind, base, sorted(self._entries))
         parent.make_config(**defaults)  # validates the knob names early
         entry = dataclasses.replace(
             parent,
