@@ -23,7 +23,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, Literal
 
-from suite.registry import ALGORITHMS, DATASETS, MODELS, Registry, UnknownNameError
+from suite.registry import (
+    ALGORITHMS,
+    COMPRESSORS,
+    DATASETS,
+    MODELS,
+    Registry,
+    UnknownNameError,
+)
 
 
 class ConfigError(ValueError):
@@ -47,13 +54,18 @@ class Component:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Local optimizer and learning-rate schedule (the same for every algorithm)."""
+    """Local optimizer and learning-rate schedule (the same for every algorithm).
 
-    name: Literal["sgd"] = "sgd"
+    name: "sgd" (momentum and nesterov apply) or "adagrad" (per-coordinate step sizes from the
+    sum of squared gradients; ``eps`` guards the division; momentum must stay 0).
+    """
+
+    name: Literal["sgd", "adagrad"] = "sgd"
     lr: float = 0.05
     momentum: float = 0.0
     weight_decay: float = 0.0
     nesterov: bool = False
+    eps: float = 1e-10  # adagrad only
     # constant: lr throughout; multistep: lr *= gamma at each milestone (in epochs).
     schedule: Literal["constant", "multistep"] = "constant"
     milestones: tuple[float, ...] = ()
@@ -99,18 +111,22 @@ class RunConfig:
     fault: FaultConfig = field(default_factory=FaultConfig)
 
 
-# Which registry each component field draws its names from.
+# Which registry each component field draws its names from: the run's own components, and
+# components nested inside an algorithm's knobs (``algorithm.compressor=top_k``, then
+# ``algorithm.compressor.ratio=0.05``).
 COMPONENT_REGISTRIES: dict[str, Registry[Any]] = {
     "algorithm": ALGORITHMS,
     "dataset": DATASETS,
     "model": MODELS,
 }
+NESTED_REGISTRIES: dict[str, Registry[Any]] = {"compressor": COMPRESSORS}
 
 
 def make_component(kind: str, name: str) -> Component:
     """``Component`` for registry entry ``name`` with the entry's (preset) default knobs."""
+    registries = {**COMPONENT_REGISTRIES, **NESTED_REGISTRIES}
     try:
-        entry = COMPONENT_REGISTRIES[kind].get(name)
+        entry = registries[kind].get(name)
     except UnknownNameError as err:
         raise ConfigError(str(err)) from None
     return Component(name, entry.make_config())
@@ -219,7 +235,9 @@ def _leaf_fields(obj: Any, prefix: str = "") -> Iterable[tuple[str, Any, Any]]:
         value = getattr(obj, f.name)
         key = f"{prefix}{f.name}"
         if isinstance(value, Component):
-            yield key, str, value.name
+            registry = COMPONENT_REGISTRIES.get(f.name) or NESTED_REGISTRIES.get(f.name)
+            names = tuple(registry.names()) if registry is not None else ()
+            yield key, Literal[names] if names else str, value.name  # shown as the choices
             if value.args is not None:
                 yield from _leaf_fields(value.args, key + ".")
         elif is_dataclass(value):
@@ -255,7 +273,7 @@ def _set_path(obj: Any, path: list[str], text: str, key: str) -> Any:
     value = getattr(obj, head)
     if isinstance(value, Component):
         if not rest:
-            if head not in COMPONENT_REGISTRIES:
+            if head not in COMPONENT_REGISTRIES and head not in NESTED_REGISTRIES:
                 raise KeyError(head)
             return replace(obj, **{head: make_component(head, text)})
         if value.args is None:
@@ -287,13 +305,21 @@ def split_override(item: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def _names_first(pair: tuple[str, str]) -> tuple[bool, int]:
+    """Sort key: component names before knobs, outer before nested (stable otherwise), so
+    ``algorithm=saef`` lands before ``algorithm.compressor=...`` before its knobs."""
+    path = pair[0].split(".")
+    named = path[-1] in COMPONENT_REGISTRIES or path[-1] in NESTED_REGISTRIES
+    return (not named, len(path))
+
+
 def apply_overrides(cfg: RunConfig, items: Iterable[str] | Mapping[str, Any]) -> RunConfig:
     """Apply ``key=value`` overrides; component names first, so their knobs become valid."""
     if isinstance(items, Mapping):
         pairs = [(k, _as_text(v)) for k, v in items.items()]
     else:
         pairs = [split_override(i) for i in items]
-    pairs.sort(key=lambda kv: kv[0] not in COMPONENT_REGISTRIES)  # stable: names first
+    pairs.sort(key=_names_first)
     cfg = resolve(cfg)
     for key, text in pairs:
         try:
@@ -317,6 +343,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("eval_every and epochs must be >= 0")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if cfg.optim.name == "adagrad" and (cfg.optim.momentum or cfg.optim.nesterov):
+        raise ConfigError("optim.momentum and optim.nesterov apply to optim.name=sgd only")
     if cfg.fault.kind != "none" and not 0 <= cfg.fault.rank < cfg.nproc:
         raise ConfigError(f"fault.rank must be in [0, {cfg.nproc - 1}], got {cfg.fault.rank}")
     entry = ALGORITHMS.get(cfg.algorithm.name)

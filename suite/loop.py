@@ -98,6 +98,10 @@ def _seed_everything(seed: int) -> None:
 
 def _build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     o = cfg.optim
+    if o.name == "adagrad":
+        return torch.optim.Adagrad(
+            model.parameters(), lr=o.lr, weight_decay=o.weight_decay, eps=o.eps
+        )
     return torch.optim.SGD(
         model.parameters(),
         lr=o.lr,
@@ -191,6 +195,7 @@ class Trainer:
         self.steps_run = 0
         self.pruned = False  # stopped early by the job's pruner (a sweep trial)
         self.last_losses: list[float] = []
+        self.loss_area = [0.0, 0.0]  # rank 0: sums of the rank-mean loss, all steps / 1st quarter
         self.last_eval: dict[str, float] = {}
         self.bar = None
 
@@ -307,12 +312,16 @@ class Trainer:
         summed = torch.tensor([name in _SUMMED for name in names])
         values = torch.where(summed, table[:, :, 1:].sum(0), table[:, :, 1:].mean(0))
         slowest = table[:, :, 1 + names.index("step_seconds")].max(0).values
+        early = max(1, self.steps // 4)
         for step, row, worst in zip(
             table[0, :, 0].tolist(), values.tolist(), slowest.tolist(), strict=True
         ):
             metrics = dict(zip(names, row, strict=True))
             metrics["step_seconds_max"] = worst
             self._log(int(step), metrics)
+            self.loss_area[0] += metrics["train_loss"]
+            if step < early:
+                self.loss_area[1] += metrics["train_loss"]
         col = {name: i + 1 for i, name in enumerate(names)}
         self.last_losses = table[:, -1, col["train_loss"]].tolist()
         if self.bar is not None:
@@ -429,6 +438,10 @@ class Trainer:
             "test_accuracy": self.last_eval.get("test_accuracy"),
             "test_loss": self.last_eval.get("test_loss"),
             "train_loss": sum(self.last_losses) / max(1, len(self.last_losses)),
+            # loss AUC per step: the mean training loss over the run, and over its first quarter
+            # (how fast a method trains, not only where it ends)
+            "train_loss_auc": self.loss_area[0] / max(1, self.steps_run),
+            "train_loss_early": self.loss_area[1] / min(self.steps_run, max(1, self.steps // 4)),
             "bytes_sent": sum(r["bytes_sent"] for r in per_rank),
             "bytes_recv": sum(r["bytes_recv"] for r in per_rank),
             "messages": sum(r["messages"] for r in per_rank),

@@ -57,6 +57,9 @@ def flatten_params(params: list[nn.Parameter]) -> Tensor:
 
 
 def assign_params(params: list[nn.Parameter], flat: Tensor) -> None:
-    """Copy a flat vector back into ``params`` in place (the optimizer keeps its references)."""
+    """Copy a flat vector back into ``params`` in place (the optimizer keeps its references).
+    Not ``vector_to_parameters``: that rebinds each ``p.data`` to a view of ``flat``, so a
+    later in-place step on the parameters would silently write into ``flat``."""
     with torch.no_grad():
-        torch.nn.utils.vector_to_parameters(flat, params)
+        for p, chunk in zip(params, flat.split([p.numel() for p in params]), strict=True):
+            p.copy_(chunk.view_as(p))
