@@ -1,3 +1,10 @@
 """Reference algorithms the papers compare against, in the same registry as the rest."""
 
-from baselines import allreduce_sgd, dpsgd, local_sgd, single  # noqa: F401  (registration)
+from baselines import (  # noqa: F401  (registration)
+    allreduce_sgd,
+    compressed_sgd,
+    dpsgd,
+    ef_sgd,
+    local_sgd,
+    single,
+)
