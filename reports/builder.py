@@ -30,7 +30,17 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from suite.recipes import FAILS, HOLDS, UNTESTABLE, Recipe, Verdict, aggregate, recipes_of, slug
+from suite.recipes import (
+    FAILS,
+    HOLDS,
+    UNTESTABLE,
+    Curve,
+    Recipe,
+    Verdict,
+    aggregate,
+    recipes_of,
+    slug,
+)
 from suite.tracking import git_state, open_client
 
 CURVE_METRICS = (
@@ -39,7 +49,7 @@ CURVE_METRICS = (
 )  # fmt: skip
 FINAL_METRICS = (
     "test_accuracy", "train_loss", "bytes_sent", "messages", "train_seconds", "wall_seconds",
-    "steps", "world_size", "compute_seconds", "comm_seconds", "model_comm_seconds",
+    "steps", "epochs", "world_size", "compute_seconds", "comm_seconds", "model_comm_seconds",
 )  # fmt: skip
 RUN_COLUMNS = ("run_id", "status", "start", "recipe", "row", "profile", "seed", "target")
 CURVE_COLUMNS = ("run_id", "recipe", "row", "profile", "seed", "step", "metric", "value")
@@ -76,8 +86,11 @@ def load_runs(uri: str, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     return runs, curves
 
 
-def _load(client: Any, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict]]:
-    """load_runs's frames plus ``{study name: its parent run's tags}``."""
+def _load(
+    client: Any, experiment: str, extra: tuple[str, ...] = ()
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict]]:
+    """load_runs's frames plus ``{study name: its parent run's tags}``; ``extra`` names more
+    per-step metrics to fetch (the recipes' :class:`Curve` metrics)."""
     exp = client.get_experiment_by_name(experiment)
     records, parents = [], {}
     for run in _search(client, exp.experiment_id) if exp is not None else ():
@@ -120,7 +133,7 @@ def _load(client: Any, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame, dic
     history = [
         (run_id, m.step, metric, m.value)
         for run_id, logged in zip(plain["run_id"], plain["_logged"], strict=True)
-        for metric in CURVE_METRICS
+        for metric in dict.fromkeys((*CURVE_METRICS, *extra))
         if metric in logged  # a metric never logged has no history: skip the query
         for m in client.get_metric_history(run_id, metric)
     ]
@@ -327,6 +340,40 @@ def fig_loss_vs_step(curves: pd.DataFrame, recipe: Recipe, profile: str) -> Figu
     return fig
 
 
+def fig_curve(
+    curves: pd.DataFrame, runs: pd.DataFrame, recipe: Recipe, profile: str, curve: Curve
+) -> Figure | None:
+    """One recipe :class:`Curve`: the metric per row against step or epoch, ±1 std band."""
+    data = curves[curves["metric"] == curve.metric]
+    if data.empty:
+        return None
+    width = max(1, int(data["step"].max()) // MAX_POINTS)  # long runs: mean over step bins
+    data = data.assign(step=data["step"] // width * width)
+    data = data.groupby(["run_id", "row", "seed", "step"], as_index=False)["value"].mean()
+    x = "step"
+    if curve.x == "epoch":  # steps per epoch of each run, from its final steps and epochs
+        per_epoch = (runs["steps"] / runs["epochs"]).where(runs["epochs"] > 0)
+        scale = dict(zip(runs["run_id"], per_epoch, strict=True))
+        data = data.assign(epoch=(data["step"] + 1) / data["run_id"].map(scale))
+        data = data.dropna(subset=["epoch"])
+        x = "epoch"
+        if data.empty:
+            return None
+    fig, ax = _axes()
+    sns.lineplot(data, x=x, y="value", **_hue(recipe, data), errorbar="sd", ax=ax)
+    if curve.log and (data["value"] > 0).all():
+        ax.set_yscale("log")
+    ylabel = curve.label or curve.metric
+    binned = f", means of {width}-step bins" if width > 1 else ""
+    ax.set(
+        xlabel="epoch" if x == "epoch" else "training step",
+        ylabel=ylabel,
+        title=f"{recipe.key} ({profile}): {ylabel}, band ±1 std over seeds{binned}",
+    )
+    ax.legend(title=None)
+    return fig
+
+
 def fig_saved_vs_accuracy(runs: pd.DataFrame, recipe: Recipe, profile: str) -> Figure | None:
     table = saved_table(runs, recipe).dropna(subset=["saved", "acc"])
     if table.empty:
@@ -517,6 +564,10 @@ def results_table(runs: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
                 f"communication saved vs {ref or '(no reference run)'}": _pm(
                     mine["saved"], "{:.1f}%"
                 ),
+                **{
+                    header: _pm(mine[metric], "{:.4g}") if metric in mine else "n/a"
+                    for metric, header in recipe.columns
+                },
             }
         )
     return pd.DataFrame(lines)
@@ -618,7 +669,8 @@ def build_report(paper: str, uri: str, out_dir: Path, *, experiment: str | None 
     """Rebuild ``out_dir`` (README.md, report.html, figures/) for ``paper`` from the store."""
     recipes = recipes_of(paper)  # an unknown paper raises ConfigError before anything is read
     experiment = experiment or paper
-    runs, curves, parents = _load(open_client(uri), experiment)
+    extra = tuple(dict.fromkeys(c.metric for r in recipes for c in r.curves))
+    runs, curves, parents = _load(open_client(uri), experiment, extra)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-new-", dir=out_dir.parent))
@@ -679,6 +731,9 @@ def _profile_section(
         ("firing", lambda: fig_firing_heatmap(firing_rates(uri, mine), recipe)),
     ):
         doc.figure(draw(), f"{base}-{kind}", CAPTIONS[kind])
+    for curve in recipe.curves:
+        name = f"{base}-{slug(curve.metric)}-vs-{curve.x}"
+        doc.figure(fig_curve(mc, mine, recipe, profile, curve), name, curve.caption)
     return verdicts
 
 

@@ -130,6 +130,22 @@ class Space:
 
 
 @dataclass(frozen=True)
+class Curve:
+    """A logged per-step metric the report draws against step or epoch, one line per row
+    (mean over seeds, band ±1 std): ``Curve("algo.mismatch", label="gradient mismatch")``."""
+
+    metric: str  # as logged: "train_loss", "algo.mismatch"
+    x: Literal["step", "epoch"] = "step"
+    label: str = ""  # y-axis label (default: the metric)
+    caption: str = ""
+    log: bool = False  # log-scale y axis
+
+    def __post_init__(self) -> None:
+        if self.x not in ("step", "epoch"):
+            raise ValueError(f"curve x {self.x!r}; valid choices: step, epoch")
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A paper table or figure, runnable. See the module docstring."""
 
@@ -145,6 +161,8 @@ class Recipe:
     reference: str | None = None  # the row others are measured against (communication saved)
     target_accuracy: float | None = None  # for time-to-accuracy figures (None: builder's pick)
     spaces: Mapping[str, Space] = field(default_factory=dict)
+    curves: tuple[Curve, ...] = ()  # extra figures of logged per-step metrics
+    columns: tuple[tuple[str, str], ...] = ()  # extra (final metric, header) results columns
 
     def __post_init__(self) -> None:
         labels = [r.label for r in self.rows]

@@ -192,3 +192,26 @@ def test_an_interrupted_sweep_resumes_with_the_trials_it_had(tmp_path: Path) -> 
     kept = next(t for t in trials if t.number == first.number)
     assert kept.params == first.params and kept.value == first.value
     assert not [t for t in trials if t.state.name == "RUNNING"]
+
+
+def _registered_recipes() -> list[str]:
+    from suite.registry import RECIPES
+
+    return RECIPES.names()
+
+
+@pytest.mark.parametrize("name", _registered_recipes())
+def test_every_registered_recipe_resolves_every_row_and_space(name: str) -> None:
+    """A typo in any committed recipe (a key, a value, a row a space names) fails here, not
+    hours into a full-profile run."""
+    from suite.registry import RECIPES
+
+    recipe = RECIPES.get(name).obj
+    for profile in recipe.profiles:
+        for row in recipe.rows:
+            assert recipe.resolve(row, profile, seed=0).algorithm.name is not None
+    study = optuna.create_study(directions=["maximize"])
+    for space in recipe.spaces.values():
+        row = recipe.row(space.row)
+        for profile in recipe.profiles:
+            recipe.resolve(row, profile, seed=0, extra=space.suggest(study.ask()))
