@@ -30,6 +30,11 @@ job:
 $(addprefix reproduce-,$(PAPERS)): reproduce-%:
 	$(BIN)/suite reproduce $* --profile $(PROFILE)
 
+# Dashed spellings of papers whose folder has underscores: make reproduce-adaptive-topk
+DASHED := $(subst _,-,$(foreach p,$(PAPERS),$(if $(findstring _,$(p)),$(p))))
+$(addprefix reproduce-,$(DASHED)): reproduce-%:
+	$(BIN)/suite reproduce $(subst -,_,$*) --profile $(PROFILE)
+
 reproduce-all: $(addprefix reproduce-,$(PAPERS))
 
 test:

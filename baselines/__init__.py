@@ -7,4 +7,5 @@ from baselines import (  # noqa: F401  (registration)
     ef_sgd,
     local_sgd,
     single,
+    topk_sgd,
 )

@@ -343,10 +343,13 @@ def fig_loss_vs_step(curves: pd.DataFrame, recipe: Recipe, profile: str) -> Figu
 def fig_curve(
     curves: pd.DataFrame, runs: pd.DataFrame, recipe: Recipe, profile: str, curve: Curve
 ) -> Figure | None:
-    """One recipe :class:`Curve`: the metric per row against step or epoch, ±1 std band."""
+    """One recipe :class:`Curve`: the metric per row against step or epoch (±1 std band), or
+    against another logged metric (one line per seed)."""
     data = curves[curves["metric"] == curve.metric]
     if data.empty:
         return None
+    if curve.x not in ("step", "epoch"):
+        return _curve_against_metric(curves, data, recipe, profile, curve)
     width = max(1, int(data["step"].max()) // MAX_POINTS)  # long runs: mean over step bins
     data = data.assign(step=data["step"] // width * width)
     data = data.groupby(["run_id", "row", "seed", "step"], as_index=False)["value"].mean()
@@ -370,6 +373,25 @@ def fig_curve(
         ylabel=ylabel,
         title=f"{recipe.key} ({profile}): {ylabel}, band ±1 std over seeds{binned}",
     )
+    ax.legend(title=None)
+    return fig
+
+
+def _curve_against_metric(
+    curves: pd.DataFrame, data: pd.DataFrame, recipe: Recipe, profile: str, curve: Curve
+) -> Figure | None:
+    xs = curves[curves["metric"] == curve.x][["run_id", "step", "value"]]
+    data = data.merge(xs.rename(columns={"value": "x"}), on=["run_id", "step"]).dropna()
+    if data.empty:
+        return None
+    fig, ax = _axes()
+    sns.lineplot(data.sort_values("step"), x="x", y="value", **_hue(recipe, data), units="seed",
+                 estimator=None, sort=False, alpha=0.8, ax=ax)  # fmt: skip
+    if curve.log and (data["value"] > 0).all():
+        ax.set_yscale("log")
+    ylabel, xlabel = curve.label or curve.metric, curve.x_label or curve.x
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{recipe.key} ({profile}): {ylabel}, one line "
+           "per seed")  # fmt: skip
     ax.legend(title=None)
     return fig
 
@@ -614,6 +636,14 @@ def _header(paper: str, experiment: str, uri: str, runs: int) -> str:
 
 def _card(recipe: Recipe) -> str:
     parts = [f"## {recipe.key}: {recipe.title}", f"Recipe `{recipe.name}`."]
+    stand_ins = [r for r in recipe.rows if _is_stand_in(r.target)]
+    if stand_ins:
+        rows = ", ".join(f"{r.label} (`{r.target}`)" for r in stand_ins)
+        parts.append(
+            f"**Stand-in:** {rows}: our documented substitute for a rule the paper text did not "
+            "let us build faithfully (see its docstring); results are the stand-in's, not the "
+            "paper's."
+        )
     command = f"`{recipe.command}`" if recipe.command else ""
     for label, text in (
         ("Command", command),
@@ -623,6 +653,12 @@ def _card(recipe: Recipe) -> str:
         if text:
             parts.append(f"**{label}:** {text}")
     return "\n\n".join(parts) + "\n"
+
+
+def _is_stand_in(target: str) -> bool:
+    from suite.registry import ALGORITHMS
+
+    return target in ALGORITHMS and ALGORITHMS.get(target).stand_in
 
 
 CAPTIONS = {
@@ -669,7 +705,8 @@ def build_report(paper: str, uri: str, out_dir: Path, *, experiment: str | None 
     """Rebuild ``out_dir`` (README.md, report.html, figures/) for ``paper`` from the store."""
     recipes = recipes_of(paper)  # an unknown paper raises ConfigError before anything is read
     experiment = experiment or paper
-    extra = tuple(dict.fromkeys(c.metric for r in recipes for c in r.curves))
+    wanted = [m for r in recipes for c in r.curves for m in (c.metric, c.x)]
+    extra = tuple(dict.fromkeys(m for m in wanted if m not in ("step", "epoch")))
     runs, curves, parents = _load(open_client(uri), experiment, extra)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -732,7 +769,7 @@ def _profile_section(
     ):
         doc.figure(draw(), f"{base}-{kind}", CAPTIONS[kind])
     for curve in recipe.curves:
-        name = f"{base}-{slug(curve.metric)}-vs-{curve.x}"
+        name = f"{base}-{slug(curve.metric)}-vs-{slug(curve.x)}"
         doc.figure(fig_curve(mc, mine, recipe, profile, curve), name, curve.caption)
     return verdicts
 

@@ -242,6 +242,17 @@ def _exact_topk(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
     return cand[x[cand].abs().topk(k, sorted=False).indices]
 
 
+def top_indices(x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+    """int64 indices of the k largest |x| of a 1-D tensor (unordered): the exact selection
+    top_k uses, for algorithms that choose k themselves (adaptive Top-K)."""
+    if not 1 <= k <= x.numel():
+        raise ValueError(f"k must be in [1, {x.numel()}], got {k}")
+    if k == x.numel():
+        return torch.arange(k, device=x.device)
+    gen = generator or torch.Generator(device=x.device).manual_seed(0)
+    return _exact_topk(x, k, gen)
+
+
 def _approx_topk(x: Tensor, k: int, sample: float, gen: torch.Generator) -> Tensor:
     """Deep Gradient Compression's selection: int64 indices of every |x| >= t, t the estimated
     k-th largest |x| from a random sample; if that keeps more than 2k, the exact top k of those.

@@ -131,18 +131,17 @@ class Space:
 
 @dataclass(frozen=True)
 class Curve:
-    """A logged per-step metric the report draws against step or epoch, one line per row
-    (mean over seeds, band ±1 std): ``Curve("algo.mismatch", label="gradient mismatch")``."""
+    """A logged per-step metric the report draws against step, epoch or another logged
+    per-step metric (a cumulative one: ``x="algo.elements_total"``), one line per row: the
+    mean over seeds with a ±1 std band against step or epoch, one line per seed against a
+    metric. ``Curve("algo.mismatch", label="gradient mismatch")``."""
 
     metric: str  # as logged: "train_loss", "algo.mismatch"
-    x: Literal["step", "epoch"] = "step"
+    x: str = "step"  # "step", "epoch" or a logged metric
     label: str = ""  # y-axis label (default: the metric)
     caption: str = ""
     log: bool = False  # log-scale y axis
-
-    def __post_init__(self) -> None:
-        if self.x not in ("step", "epoch"):
-            raise ValueError(f"curve x {self.x!r}; valid choices: step, epoch")
+    x_label: str = ""  # x-axis label when x is a metric (default: the metric)
 
 
 @dataclass(frozen=True)
