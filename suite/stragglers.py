@@ -1,0 +1,163 @@
+"""Stragglers: a seeded model of per-rank compute times and link delays, and the deterministic
+virtual clock of decentralized iterations in which a rank waits only for its fastest neighbours.
+
+Pure (no process group): every rank builds the same :class:`StragglerModel` from the same config
+and draws the same tables, because each step's draws come from a generator seeded by
+(seed, step) alone. The :class:`VirtualClock` then says, for every rank and iteration, when its
+compute ended, which neighbours' messages it used (its n_i fastest, the rest being its b_i
+backup workers) and when its iteration ended; convergence experiments run on this clock so their
+"wall time" is reproducible, whatever the machine (the DyBW spec, ../shared/papers/dybw.md).
+
+Virtual time of iteration t on rank i (start s_i, the end of its iteration t - 1):
+
+    c_i = s_i + tau_i(t)                          compute ends, the model goes out
+    a_ji = c_j + delay_ji(t)                      j's iteration-t model reaches i
+    f_i = max(c_i, n_i-th smallest a_ji over i's in-peers j),   n_i = deg_i - b_i
+
+and rank i averages with exactly those n_i neighbours. A neighbour it did not wait for is a backup
+worker at that iteration: its message is not used for iteration t.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class StragglerConfig:
+    """Per-rank compute times and link delays, in virtual seconds (seeded, reproducible).
+
+    kind: the compute-time distribution of a healthy rank: "constant" (= base), "shifted_exp"
+        (base + Exp(mean ``scale``): the usual straggler model) or "lognormal" (base x
+        LogNormal(0, ``scale``)).
+    base, scale: as above (the DyBW smoke uses tau ~ 1 + Exp(0.2)).
+    slow_ranks: ranks that straggle; each is ``slow_factor`` times slower at an iteration with
+        probability ``slow_prob`` (1: persistently slow; < 1: intermittently).
+    link_delay, link_jitter: a message takes link_delay + Exp(mean link_jitter) to arrive.
+    seed: draws of step t depend only on (seed, t), so every rank computes the same tables.
+    """
+
+    kind: Literal["constant", "shifted_exp", "lognormal"] = "shifted_exp"
+    base: float = 1.0
+    scale: float = 0.2
+    slow_ranks: tuple[int, ...] = ()
+    slow_factor: float = 5.0
+    slow_prob: float = 1.0
+    link_delay: float = 0.0
+    link_jitter: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("constant", "shifted_exp", "lognormal"):
+            raise ValueError(
+                f"straggler kind {self.kind!r}; valid choices: constant, shifted_exp, lognormal"
+            )
+        if self.base <= 0 or self.scale < 0 or self.slow_factor < 1:
+            raise ValueError("need base > 0, scale >= 0 and slow_factor >= 1")
+        if not 0.0 <= self.slow_prob <= 1.0:
+            raise ValueError(f"slow_prob is a probability in [0, 1], got {self.slow_prob}")
+        if self.link_delay < 0 or self.link_jitter < 0:
+            raise ValueError("link_delay and link_jitter must be >= 0")
+
+
+class StragglerModel:
+    """The compute times and link delays of every rank at every step."""
+
+    def __init__(self, config: StragglerConfig, world_size: int) -> None:
+        bad = [r for r in config.slow_ranks if not 0 <= r < world_size]
+        if bad:
+            raise ValueError(f"slow_ranks {bad} are not ranks of a world of {world_size}")
+        self.config, self.world_size = config, world_size
+
+    def _generator(self, step: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+
+    def draw(self, step: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(compute seconds per rank, N x N link delays [src, dst], which ranks straggled)."""
+        cfg, n = self.config, self.world_size
+        g = self._generator(step)
+        noise = torch.rand(n, generator=g, dtype=torch.float64)
+        if cfg.kind == "constant":
+            tau = torch.full((n,), cfg.base, dtype=torch.float64)
+        elif cfg.kind == "shifted_exp":
+            tau = cfg.base - cfg.scale * torch.log1p(-noise)  # inverse CDF of Exp(1/scale)
+        else:
+            normal = torch.randn(n, generator=g, dtype=torch.float64)
+            tau = cfg.base * torch.exp(cfg.scale * normal)
+        slow = torch.zeros(n, dtype=torch.bool)
+        if cfg.slow_ranks:
+            hit = torch.rand(n, generator=g, dtype=torch.float64) < cfg.slow_prob
+            ranks = torch.tensor(cfg.slow_ranks)
+            slow[ranks] = hit[ranks]
+        tau = torch.where(slow, tau * cfg.slow_factor, tau)
+        jitter = torch.rand((n, n), generator=g, dtype=torch.float64)
+        delays = cfg.link_delay - cfg.link_jitter * torch.log1p(-jitter)
+        return tau, delays, slow
+
+
+@dataclass
+class Iteration:
+    """One iteration on the virtual clock, every rank."""
+
+    compute_end: Tensor  # c_i
+    end: Tensor  # f_i
+    waited: Tensor  # f_i - c_i: time spent waiting for neighbours
+    used: list[list[int]]  # the neighbours each rank averaged with (its n_i fastest)
+    straggled: Tensor  # which ranks were slowed at this iteration
+
+
+@dataclass
+class VirtualClock:
+    """Deterministic virtual time of consensus iterations with backup workers.
+
+    ``in_peers[i]`` are the neighbours whose models rank i may average with; ``step(b)`` advances
+    every rank one iteration, rank i waiting for all but ``b[i]`` of them."""
+
+    model: StragglerModel
+    in_peers: list[list[int]]
+    now: Tensor = field(init=False)  # each rank's end of its last iteration
+    t: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        if len(self.in_peers) != self.model.world_size:
+            raise ValueError("in_peers needs one list of neighbours per rank")
+        self.now = torch.zeros(self.model.world_size, dtype=torch.float64)
+
+    def step(self, backups: list[int]) -> Iteration:
+        """Advance one iteration; ``backups[i]`` = b_i, the neighbours rank i does not wait for
+        (clipped to [0, deg_i - 1]: a rank always averages with at least one neighbour)."""
+        tau, delays, slow = self.model.draw(self.t)
+        compute_end = self.now + tau
+        end = compute_end.clone()
+        used: list[list[int]] = []
+        for i, peers in enumerate(self.in_peers):
+            if not peers:
+                used.append([])
+                continue
+            b = min(max(int(backups[i]), 0), len(peers) - 1)
+            arrival = torch.stack([compute_end[j] + delays[j, i] for j in peers])
+            order = sorted(range(len(peers)), key=lambda k: (float(arrival[k]), peers[k]))
+            chosen = order[: len(peers) - b]
+            used.append(sorted(peers[k] for k in chosen))
+            end[i] = max(float(compute_end[i]), float(arrival[chosen[-1]]))
+        self.now = end
+        self.t += 1
+        return Iteration(compute_end, end, end - compute_end, used, slow)
+
+
+def mean_compute_time(config: StragglerConfig, rank: int) -> float:
+    """Expected compute seconds of ``rank`` per iteration under ``config`` (for checks)."""
+    cfg = config
+    healthy = {
+        "constant": cfg.base,
+        "shifted_exp": cfg.base + cfg.scale,
+        "lognormal": cfg.base * math.exp(cfg.scale**2 / 2),
+    }[cfg.kind]
+    if rank in cfg.slow_ranks:
+        return healthy * (1 + cfg.slow_prob * (cfg.slow_factor - 1))
+    return healthy
