@@ -3,6 +3,7 @@
 from baselines import (  # noqa: F401  (registration)
     allreduce_sgd,
     compressed_sgd,
+    consensus_backup,
     dpsgd,
     ef_sgd,
     local_sgd,

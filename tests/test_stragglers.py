@@ -65,3 +65,53 @@ def test_bad_straggler_settings_are_refused() -> None:
         StragglerConfig(kind="pareto")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="slow_ranks"):
         StragglerModel(StragglerConfig(slow_ranks=(7,)), 4)
+
+
+# -- consensus with backup workers on the virtual clock -----------------------------------------
+
+SMALL = ["dataset=digits", "model=mlp", "model.hidden=16", "eval_every=0", "device=cpu",
+         "eval_per_rank=false", "optim.lr=0.1"]  # fmt: skip
+
+
+def _train(cfg) -> dict:
+    from suite.loop import Job, Trainer
+    from suite.transport import Transport
+
+    trainer = Trainer(Job(cfg, target="test", paper="test", progress=False), Transport())
+    summary, _ = trainer.run()
+    params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    return {"params": params, "summary": summary}
+
+
+def _cfg(*items: str):
+    from suite.config import RunConfig, apply_overrides
+
+    return apply_overrides(RunConfig(), [*SMALL, *items])
+
+
+def test_full_wait_consensus_is_dpsgd() -> None:
+    from suite.launcher import launch
+
+    common = ("nproc=3", "steps=20")
+    dpsgd = launch(_train, 3, (_cfg("algorithm=dpsgd", "algorithm.topology=ring", *common),))
+    full = launch(_train, 3, (_cfg("algorithm=consensus_backup", "algorithm.topology=ring",
+                                   "algorithm.backups=0", *common),))  # fmt: skip
+    for a, b in zip(dpsgd, full, strict=True):
+        assert float((a["params"] - b["params"]).abs().max()) < 1e-6
+    assert float((full[0]["params"] - full[1]["params"]).abs().max()) > 1e-4  # not all-reduce
+
+
+def test_backup_workers_save_virtual_time_and_every_message_is_counted() -> None:
+    from suite.launcher import launch
+
+    steps, n = 30, 4
+    common = ("algorithm=consensus_backup", f"nproc={n}", f"steps={steps}",
+              "algorithm.straggler.kind=constant", "algorithm.straggler.slow_ranks=3")  # fmt: skip
+    full = launch(_train, n, (_cfg(*common, "algorithm.backups=0"),))[0]["summary"]
+    one = launch(_train, n, (_cfg(*common, "algorithm.backups=1"),))[0]["summary"]
+    assert full["virtual_seconds"] == pytest.approx(5.0 * steps)  # everyone waits for rank 3
+    # ranks 0-2 skip rank 3 and keep 1 s steps; rank 3 waits for nobody slower than itself
+    assert one["virtual_seconds"] == pytest.approx((3 * steps + 5.0 * steps) / 4)
+    d = 64 * 16 + 16 + 16 * 10 + 10
+    # a worker cannot know it will be skipped: every model goes to every neighbour, every step
+    assert one["bytes_sent"] == full["bytes_sent"] == n * (n - 1) * steps * 4 * d
