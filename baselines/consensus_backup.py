@@ -79,11 +79,19 @@ class ConsensusBackup(Algorithm):
         """b_i of every rank at ``step`` (the same list on every rank)."""
         return [self.config.backups] * self.world_size
 
+    def required(self, step: int) -> list[set[int]] | None:
+        """Neighbours each rank must wait for at ``step``, whatever its b (None: none)."""
+        return None
+
+    def observe(self, it: Iteration) -> None:
+        """What a dynamic rule learns from an iteration's timing (nothing, for a static b)."""
+
     def reduce_gradients(self, step: int) -> None:
         # Average before optimizer.step(), which then applies the gradient of the pre-averaging
         # parameters (D-PSGD's order).
-        self.last = it = self.clock.step(self.backups(step))
+        self.last = it = self.clock.step(self.backups(step), self.required(step))
         self.waited_total += float(it.waited[self.rank])
+        self.observe(it)
         if self.world_size == 1:
             return
         mine = flatten_params(self.params)

@@ -109,6 +109,8 @@ class Iteration:
     waited: Tensor  # f_i - c_i: time spent waiting for neighbours
     used: list[list[int]]  # the neighbours each rank averaged with (its n_i fastest)
     straggled: Tensor  # which ranks were slowed at this iteration
+    start: Tensor  # s_i: each rank's start of this iteration
+    arrivals: list[Tensor]  # per rank, when each of its in-peers' models arrived (peer order)
 
 
 @dataclass
@@ -128,26 +130,33 @@ class VirtualClock:
             raise ValueError("in_peers needs one list of neighbours per rank")
         self.now = torch.zeros(self.model.world_size, dtype=torch.float64)
 
-    def step(self, backups: list[int]) -> Iteration:
+    def step(self, backups: list[int], required: list[set[int]] | None = None) -> Iteration:
         """Advance one iteration; ``backups[i]`` = b_i, the neighbours rank i does not wait for
-        (clipped to [0, deg_i - 1]: a rank always averages with at least one neighbour)."""
+        (clipped to [0, deg_i - 1]: a rank always averages with at least one neighbour).
+        ``required[i]``: neighbours rank i waits for whatever b_i says (to keep every edge in
+        use now and then); the rest of its n_i are the fastest."""
         tau, delays, slow = self.model.draw(self.t)
-        compute_end = self.now + tau
+        start, compute_end = self.now, self.now + tau
         end = compute_end.clone()
         used: list[list[int]] = []
+        arrivals: list[Tensor] = []
         for i, peers in enumerate(self.in_peers):
+            arrival = torch.stack([compute_end[j] + delays[j, i] for j in peers]) if peers else (
+                torch.zeros(0, dtype=torch.float64))  # fmt: skip
+            arrivals.append(arrival)
             if not peers:
                 used.append([])
                 continue
             b = min(max(int(backups[i]), 0), len(peers) - 1)
-            arrival = torch.stack([compute_end[j] + delays[j, i] for j in peers])
+            must = {k for k, j in enumerate(peers) if required and j in required[i]}
             order = sorted(range(len(peers)), key=lambda k: (float(arrival[k]), peers[k]))
-            chosen = order[: len(peers) - b]
+            chosen = sorted(must) + [k for k in order if k not in must]
+            chosen = chosen[: max(len(peers) - b, len(must))]
             used.append(sorted(peers[k] for k in chosen))
-            end[i] = max(float(compute_end[i]), float(arrival[chosen[-1]]))
+            end[i] = max(float(compute_end[i]), max(float(arrival[k]) for k in chosen))
         self.now = end
         self.t += 1
-        return Iteration(compute_end, end, end - compute_end, used, slow)
+        return Iteration(compute_end, end, end - compute_end, used, slow, start, arrivals)
 
 
 def mean_compute_time(config: StragglerConfig, rank: int) -> float:

@@ -115,3 +115,12 @@ def test_backup_workers_save_virtual_time_and_every_message_is_counted() -> None
     d = 64 * 16 + 16 + 16 * 10 + 10
     # a worker cannot know it will be skipped: every model goes to every neighbour, every step
     assert one["bytes_sent"] == full["bytes_sent"] == n * (n - 1) * steps * 4 * d
+
+
+def test_a_required_neighbour_is_waited_for_whatever_b_says() -> None:
+    cfg = StragglerConfig(kind="constant", base=1.0, slow_ranks=(3,), slow_factor=5.0)
+    clock = VirtualClock(StragglerModel(cfg, 4), COMPLETE4)
+    it = clock.step([2, 2, 2, 2], required=[{3}, set(), set(), set()])
+    assert it.used[0] == [3] and float(it.end[0]) == pytest.approx(5.0)  # waited for rank 3
+    assert len(it.used[1]) == 1 and 3 not in it.used[1] and float(it.end[1]) == 1.0
+    assert [round(float(a), 6) for a in it.arrivals[0]] == [1.0, 1.0, 5.0]
