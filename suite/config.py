@@ -120,13 +120,13 @@ COMPONENT_REGISTRIES: dict[str, Registry[Any]] = {
     "model": MODELS,
 }
 NESTED_REGISTRIES: dict[str, Registry[Any]] = {"compressor": COMPRESSORS}
+_REGISTRY_OF_FIELD = {**COMPONENT_REGISTRIES, **NESTED_REGISTRIES}
 
 
 def make_component(kind: str, name: str) -> Component:
     """``Component`` for registry entry ``name`` with the entry's (preset) default knobs."""
-    registries = {**COMPONENT_REGISTRIES, **NESTED_REGISTRIES}
     try:
-        entry = registries[kind].get(name)
+        entry = _REGISTRY_OF_FIELD[kind].get(name)
     except UnknownNameError as err:
         raise ConfigError(str(err)) from None
     return Component(name, entry.make_config())
@@ -235,7 +235,7 @@ def _leaf_fields(obj: Any, prefix: str = "") -> Iterable[tuple[str, Any, Any]]:
         value = getattr(obj, f.name)
         key = f"{prefix}{f.name}"
         if isinstance(value, Component):
-            registry = COMPONENT_REGISTRIES.get(f.name) or NESTED_REGISTRIES.get(f.name)
+            registry = _REGISTRY_OF_FIELD.get(f.name)
             names = tuple(registry.names()) if registry is not None else ()
             yield key, Literal[names] if names else str, value.name  # shown as the choices
             if value.args is not None:
@@ -273,7 +273,7 @@ def _set_path(obj: Any, path: list[str], text: str, key: str) -> Any:
     value = getattr(obj, head)
     if isinstance(value, Component):
         if not rest:
-            if head not in COMPONENT_REGISTRIES and head not in NESTED_REGISTRIES:
+            if head not in _REGISTRY_OF_FIELD:
                 raise KeyError(head)
             return replace(obj, **{head: make_component(head, text)})
         if value.args is None:
@@ -309,7 +309,7 @@ def _names_first(pair: tuple[str, str]) -> tuple[bool, int]:
     """Sort key: component names before knobs, outer before nested (stable otherwise), so
     ``algorithm=saef`` lands before ``algorithm.compressor=...`` before its knobs."""
     path = pair[0].split(".")
-    named = path[-1] in COMPONENT_REGISTRIES or path[-1] in NESTED_REGISTRIES
+    named = path[-1] in _REGISTRY_OF_FIELD
     return (not named, len(path))
 
 
