@@ -56,6 +56,12 @@ class ConsensusBackupConfig:
         if self.backups < 0:
             raise ValueError(f"backups must be >= 0, got {self.backups}")
 
+    def check_world(self, nproc: int) -> None:
+        """Ranks named in the straggler model must exist (checked before any rank starts)."""
+        bad = [r for r in self.straggler.slow_ranks if not 0 <= r < nproc]
+        if bad:
+            raise ValueError(f"straggler.slow_ranks {bad}: valid ranks are 0..{nproc - 1}")
+
 
 @ALGORITHMS.register("consensus_backup", config=ConsensusBackupConfig, paper="baseline")
 class ConsensusBackup(Algorithm):

@@ -347,6 +347,12 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("optim.momentum and optim.nesterov apply to optim.name=sgd only")
     if cfg.fault.kind != "none" and not 0 <= cfg.fault.rank < cfg.nproc:
         raise ConfigError(f"fault.rank must be in [0, {cfg.nproc - 1}], got {cfg.fault.rank}")
+    check_world = getattr(cfg.algorithm.args, "check_world", None)
+    if check_world is not None:  # knobs that depend on the world size (ranks named in them)
+        try:
+            check_world(cfg.nproc)
+        except ValueError as err:
+            raise ConfigError(f"algorithm.{err}") from None
     entry = ALGORITHMS.get(cfg.algorithm.name)
     world = entry.meta.get("world_size")
     if world is not None and cfg.nproc != world:

@@ -124,3 +124,11 @@ def test_a_required_neighbour_is_waited_for_whatever_b_says() -> None:
     assert it.used[0] == [3] and float(it.end[0]) == pytest.approx(5.0)  # waited for rank 3
     assert len(it.used[1]) == 1 and 3 not in it.used[1] and float(it.end[1]) == 1.0
     assert [round(float(a), 6) for a in it.arrivals[0]] == [1.0, 1.0, 5.0]
+
+
+def test_a_slow_rank_outside_the_world_is_bad_input() -> None:
+    from suite.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"slow_ranks \[4\]: valid ranks are 0\.\.3"):
+        _cfg("algorithm=consensus_backup", "nproc=4", "algorithm.straggler.slow_ranks=4")
+    assert _cfg("algorithm=consensus_backup", "nproc=5", "algorithm.straggler.slow_ranks=4")
