@@ -7,6 +7,7 @@ from baselines import (  # noqa: F401  (registration)
     dpsgd,
     ef_sgd,
     local_sgd,
+    sgp,
     single,
     topk_sgd,
 )
