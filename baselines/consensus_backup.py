@@ -27,8 +27,9 @@ import torch
 
 from suite.algorithms.base import Algorithm, Context
 from suite.algorithms.flat import assign_params, flatten_params, trainable
-from suite.registry import ALGORITHMS, TOPOLOGIES
+from suite.registry import ALGORITHMS
 from suite.stragglers import Iteration, StragglerConfig, StragglerModel, VirtualClock
+from suite.topologies import build_topology, check_topology
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,7 @@ class ConsensusBackupConfig:
     straggler: StragglerConfig = field(default_factory=StragglerConfig)
 
     def __post_init__(self) -> None:
-        if self.topology not in TOPOLOGIES:
-            raise ValueError(
-                f"unknown topology {self.topology!r}; valid choices: {', '.join(TOPOLOGIES)}"
-            )
+        check_topology(self.topology)
         if self.backups < 0:
             raise ValueError(f"backups must be >= 0, got {self.backups}")
 
@@ -69,8 +67,7 @@ class ConsensusBackup(Algorithm):
 
     def __init__(self, config: ConsensusBackupConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
-        entry = TOPOLOGIES.get(config.topology)
-        topology = entry.obj(entry.make_config(), self.world_size)
+        topology = build_topology(config.topology, self.world_size)
         if not topology.static:
             raise ValueError(f"topology {config.topology!r} changes per step; need a static one")
         n = self.world_size

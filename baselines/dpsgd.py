@@ -12,7 +12,8 @@ import torch
 
 from suite.algorithms.base import Algorithm, Context
 from suite.algorithms.flat import assign_params, flatten_params, trainable
-from suite.registry import ALGORITHMS, TOPOLOGIES
+from suite.registry import ALGORITHMS
+from suite.topologies import build_topology, check_topology
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,7 @@ class DPSGDConfig:
     topology: str = "ring"
 
     def __post_init__(self) -> None:
-        if self.topology not in TOPOLOGIES:
-            raise ValueError(
-                f"unknown topology {self.topology!r}; valid choices: {', '.join(TOPOLOGIES)}"
-            )
+        check_topology(self.topology)
 
 
 @ALGORITHMS.register("dpsgd", config=DPSGDConfig, paper="baseline")
@@ -39,8 +37,7 @@ class DPSGD(Algorithm):
 
     def __init__(self, config: DPSGDConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
-        entry = TOPOLOGIES.get(config.topology)
-        self.topology = entry.obj(entry.make_config(), self.world_size)
+        self.topology = build_topology(config.topology, self.world_size)
         self.params = trainable(self.model.parameters())
         self._plan = self._plan_at(0) if self.topology.static else None
 

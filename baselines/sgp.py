@@ -23,7 +23,8 @@ from torch import Tensor
 from suite.algorithms.base import Algorithm, Context
 from suite.algorithms.flat import assign_params, flatten_params, trainable
 from suite.algorithms.gossip import consensus_distance, exchange
-from suite.registry import ALGORITHMS, TOPOLOGIES
+from suite.registry import ALGORITHMS
+from suite.topologies import build_topology, check_topology
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,7 @@ class SGPConfig:
     measure_every: int = 1
 
     def __post_init__(self) -> None:
-        if self.topology not in TOPOLOGIES:
-            raise ValueError(
-                f"unknown topology {self.topology!r}; valid choices: {', '.join(TOPOLOGIES)}"
-            )
+        check_topology(self.topology)
         if self.measure_every < 0:
             raise ValueError(f"measure_every must be >= 0, got {self.measure_every}")
 
@@ -57,8 +55,7 @@ class SGP(Algorithm):
 
     def __init__(self, config: SGPConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
-        entry = TOPOLOGIES.get(config.topology)
-        self.topology = entry.obj(entry.make_config(), self.world_size)
+        self.topology = build_topology(config.topology, self.world_size)
         self.params = trainable(self.model.parameters())
         first = self.params[0]
         # [x, w] in one buffer: the message to a peer is a scaled copy of it, so x and w travel

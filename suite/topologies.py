@@ -60,6 +60,19 @@ class Topology(ABC):
         return 1.0 - float(eig[1]) if len(eig) > 1 else 1.0
 
 
+def check_topology(name: str) -> None:
+    """ValueError listing the valid choices unless ``name`` is a registered topology (for the
+    __post_init__ of algorithm configs, so a bad name is bad input before any rank starts)."""
+    if name not in TOPOLOGIES:
+        raise ValueError(f"unknown topology {name!r}; valid choices: {', '.join(TOPOLOGIES)}")
+
+
+def build_topology(name: str, world_size: int) -> Topology:
+    """The registered topology ``name`` with its default knobs, for ``world_size`` ranks."""
+    entry = TOPOLOGIES.get(name)
+    return entry.obj(entry.make_config(), world_size)
+
+
 @dataclass(frozen=True)
 class CompleteConfig:
     """No knobs: everyone mixes with everyone, uniformly."""
