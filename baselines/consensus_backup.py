@@ -27,6 +27,7 @@ import torch
 
 from suite.algorithms.base import Algorithm, Context
 from suite.algorithms.flat import assign_params, flatten_params, trainable
+from suite.algorithms.gossip import exchange
 from suite.registry import ALGORITHMS
 from suite.stragglers import Iteration, StragglerConfig, StragglerModel, VirtualClock
 from suite.topologies import build_topology, check_topology
@@ -77,6 +78,7 @@ class ConsensusBackup(Algorithm):
         self.params = trainable(self.model.parameters())
         self.last: Iteration | None = None
         self.waited_total = 0.0
+        self._recv: dict[int, torch.Tensor] = {}  # receive buffers, reused every step
 
     def backups(self, step: int) -> list[int]:
         """b_i of every rank at ``step`` (the same list on every rank)."""
@@ -97,18 +99,13 @@ class ConsensusBackup(Algorithm):
         self.observe(it)
         if self.world_size == 1:
             return
-        mine = flatten_params(self.params)
-        peers = self.in_peers[self.rank]
-        bufs = {j: torch.empty_like(mine) for j in peers}
-        works = [self.transport.isend(mine, dst) for dst in self.out_peers]
-        works += [self.transport.irecv(bufs[j], j) for j in peers]
-        for work in works:
-            work.wait()
+        mine = flatten_params(self.params)  # a fresh copy: mixed into in place below
+        sends = dict.fromkeys(self.out_peers, mine)
+        received = exchange(self.transport, sends, self.in_peers[self.rank], mine, self._recv)
         used = it.used[self.rank]
-        mixed = mine.clone()
         for j in used:
-            mixed.add_(bufs[j])
-        assign_params(self.params, mixed.div_(1 + len(used)))
+            mine.add_(received[j])
+        assign_params(self.params, mine.div_(1 + len(used)))
 
     def step_metrics(self) -> dict[str, float]:
         it, r = self.last, self.rank

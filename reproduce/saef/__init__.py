@@ -30,6 +30,7 @@ CLAIM = "abstract: SAEF trains faster per epoch than SGDM and local EF, no accur
 
 SIGN = ("algorithm.compressor=scaled_sign",)
 SERVER_EC = ("algorithm.downlink=compensated",)
+FULL_PRECISION = ("algorithm.compressor=identity", "algorithm.downlink=dense")  # reduce + bcast
 
 CURVES = (
     Curve(
@@ -134,7 +135,7 @@ register(
             Row(
                 SGDM,
                 "compressed_sgd",
-                ("algorithm.compressor=identity", "algorithm.downlink=dense"),
+                FULL_PRECISION,
             ),
             Row(NOEF, "compressed_sgd", (*SIGN, "algorithm.downlink=compressed")),
             Row(EF, "ef_sgd", (*SIGN, *SERVER_EC)),
@@ -186,7 +187,7 @@ register(
             Row(
                 ADAGRAD,
                 "compressed_sgd",
-                ("algorithm.compressor=identity", "algorithm.downlink=dense"),
+                FULL_PRECISION,
             ),
             Row(EF_ADA, "ef_sgd", (*SIGN, *SERVER_EC)),
             Row(SAEF_ADA, "saef", (*SIGN, *SERVER_EC)),
@@ -224,7 +225,7 @@ register(
             Row(
                 SGDM,
                 "compressed_sgd",
-                ("algorithm.compressor=identity", "algorithm.downlink=dense"),
+                FULL_PRECISION,
             ),
             Row(
                 EF10,
