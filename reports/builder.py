@@ -569,12 +569,13 @@ def _pm(values: pd.Series, fmt: str = "{:.4f}") -> str:
     return mean if len(values) == 1 else f"{mean} ± {fmt.format(values.std())}"
 
 
-def results_table(runs: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
-    """One line per recipe row (rows without finished runs too: zero seeds is a result)."""
+def results_table(runs: pd.DataFrame, recipe: Recipe, profile: str) -> pd.DataFrame:
+    """One line per row of the recipe at ``profile`` (rows without finished runs too: zero
+    seeds is a result)."""
     ref, fraction = saved(runs, recipe)
     runs = runs.assign(saved=100 * fraction)
     lines = []
-    for row in recipe.rows:
+    for row in recipe.rows_at(profile):
         mine = runs[runs["row"] == row.label]
         lines.append(
             {
@@ -752,7 +753,7 @@ def _profile_section(
         return None
     verdicts = recipe.check(aggregate(finals(mine)), profile)
     doc.md("#### Results\n")
-    doc.table(results_table(mine, recipe))
+    doc.table(results_table(mine, recipe, profile))
     doc.md(f"#### Claims ({_tally(verdicts)})\n")
     doc.table(claims_table(verdicts))
     doc.md("#### Figures\n")

@@ -48,6 +48,9 @@ class Profile:
     overrides: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0,)
     note: str = ""  # what this profile needs or leaves out (shown in the report)
+    # the row labels run at this profile (empty: every row), when a figure's rows differ by
+    # scale (ImageNet batches at full, digits micro-batch counts at smoke)
+    rows: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,10 @@ class Recipe:
         unknown = set(self.profiles) - set(PROFILES)
         if unknown:
             raise ValueError(f"recipe {self.name}: unknown profiles {sorted(unknown)}")
+        for name, prof in self.profiles.items():
+            stray = [label for label in prof.rows if label not in labels]
+            if stray:
+                raise ValueError(f"recipe {self.name}: profile {name!r} names unknown rows {stray}")
 
     @property
     def name(self) -> str:
@@ -190,6 +197,11 @@ class Recipe:
             f"recipe {self.name} has no row {label!r}; valid choices: "
             + ", ".join(r.label for r in self.rows)
         )
+
+    def rows_at(self, profile: str) -> tuple[Row, ...]:
+        """The rows run at ``profile`` (all of them unless the profile names some)."""
+        chosen = self.profile(profile).rows
+        return tuple(r for r in self.rows if not chosen or r.label in chosen)
 
     def profile(self, name: str) -> Profile:
         if name not in self.profiles:

@@ -89,7 +89,7 @@ def plan(
         if profile not in recipe.profiles:
             continue  # e.g. a full-only recipe at smoke: its claims are not testable there
         chosen = tuple(seeds) if seeds else recipe.profile(profile).seeds
-        for row in recipe.rows:
+        for row in recipe.rows_at(profile):
             for seed in chosen:
                 cfg = recipe.resolve(row, profile, seed, extra)
                 key = config_hash(f"{recipe.name}|{row.label}|{profile}|{row.target}", cfg)

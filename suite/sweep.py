@@ -99,6 +99,12 @@ def sweep(
 
     space = _space(recipe, space_name)
     row = recipe.row(space.row)
+    if row not in recipe.rows_at(profile):
+        valid = [p for p in recipe.profiles if row in recipe.rows_at(p)]
+        raise ConfigError(
+            f"space {space_name!r} tunes row {row.label!r}, which {recipe.name} does not run at "
+            f"profile {profile!r}; valid profiles: {', '.join(valid)}"
+        )
     seed = recipe.profile(profile).seeds[0]
     recipe.resolve(row, profile, seed, extra)  # bad recipe or --set: fail before any trial
     url = storage_url(storage)
