@@ -56,22 +56,43 @@ class Component:
 class OptimConfig:
     """Local optimizer and learning-rate schedule (the same for every algorithm).
 
-    name: "sgd" (momentum and nesterov apply) or "adagrad" (per-coordinate step sizes from the
-    sum of squared gradients; ``eps`` guards the division; momentum must stay 0).
+    name: "sgd" (momentum and nesterov apply), "adagrad" (per-coordinate step sizes from the
+    sum of squared gradients; ``eps`` guards the division; momentum must stay 0) or "lars"
+    (layer-wise trust ratio for large batches, :class:`suite.optim.LARS`; momentum, weight
+    decay and ``trust_coefficient`` apply, nesterov does not; parameters with ndim <= 1, i.e.
+    biases and BatchNorm, get plain momentum SGD without weight decay).
+
+    schedule: "constant", "multistep" (lr *= gamma at each milestone, in epochs) or "poly"
+    (after warm-up, lr * (1 - (step - warmup) / (total - warmup)) ** power, reaching 0 at the
+    end of the run).
+
+    Warm-up is linear, from lr/warmup to lr over the first warmup steps, given either as
+    ``warmup_steps`` or as ``warmup_epochs`` (converted with the run's steps per epoch,
+    rounded, at least 1 step); setting both is refused.
     """
 
-    name: Literal["sgd", "adagrad"] = "sgd"
+    name: Literal["sgd", "adagrad", "lars"] = "sgd"
     lr: float = 0.05
     momentum: float = 0.0
     weight_decay: float = 0.0
     nesterov: bool = False
     eps: float = 1e-10  # adagrad only
-    # constant: lr throughout; multistep: lr *= gamma at each milestone (in epochs).
-    schedule: Literal["constant", "multistep"] = "constant"
-    milestones: tuple[float, ...] = ()
-    gamma: float = 0.1
-    # Linear warm-up from lr/warmup_steps to lr over the first warmup_steps steps.
+    # lars only: the trust ratio's coefficient (eta). The paper's ImageNet recipe uses 0.0025.
+    trust_coefficient: float = 0.001
+    schedule: Literal["constant", "multistep", "poly"] = "constant"
+    milestones: tuple[float, ...] = ()  # multistep only
+    gamma: float = 0.1  # multistep only
+    power: float = 2.0  # poly only
     warmup_steps: int = 0
+    warmup_epochs: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.power <= 0:
+            raise ValueError(f"optim.power must be > 0, got {self.power}")
+        if self.trust_coefficient <= 0:
+            raise ValueError(f"optim.trust_coefficient must be > 0, got {self.trust_coefficient}")
+        if self.warmup_steps < 0 or self.warmup_epochs < 0:
+            raise ValueError("optim.warmup_steps and optim.warmup_epochs must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -108,6 +129,10 @@ class RunConfig:
     eval_per_rank: bool = True  # also evaluate every rank's own model, not just the average
     eval_batch_size: int = 256
     log_every: int = 50  # steps between gathering metrics to rank 0 (one small collective)
+    label_smoothing: float = 0.0  # of the training loss (F.cross_entropy), in [0, 1)
+    # when > 0, the summary records the steps and seconds (wall and the algorithm's own clock)
+    # to the first evaluation at this test accuracy or better (NaN if never reached)
+    target_accuracy: float = 0.0
     fault: FaultConfig = field(default_factory=FaultConfig)
 
 
@@ -345,6 +370,14 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     if cfg.optim.name == "adagrad" and (cfg.optim.momentum or cfg.optim.nesterov):
         raise ConfigError("optim.momentum and optim.nesterov apply to optim.name=sgd only")
+    if cfg.optim.name == "lars" and cfg.optim.nesterov:
+        raise ConfigError("optim.nesterov applies to optim.name=sgd only (lars: heavy-ball)")
+    if cfg.optim.warmup_steps and cfg.optim.warmup_epochs:
+        raise ConfigError("set optim.warmup_steps or optim.warmup_epochs, not both")
+    if not 0.0 <= cfg.target_accuracy <= 1.0:
+        raise ConfigError(f"target_accuracy must be in [0, 1], got {cfg.target_accuracy}")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise ConfigError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if cfg.fault.kind != "none" and not 0 <= cfg.fault.rank < cfg.nproc:
         raise ConfigError(f"fault.rank must be in [0, {cfg.nproc - 1}], got {cfg.fault.rank}")
     check_world = getattr(cfg.algorithm.args, "check_world", None)

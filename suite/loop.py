@@ -39,6 +39,7 @@ from suite.algorithms.base import Algorithm, Context
 from suite.config import RunConfig, to_json
 from suite.costmodel import Network
 from suite.launcher import heartbeat, placement, resolve_device
+from suite.optim import LARS, lars_param_groups
 from suite.registry import ALGORITHMS, DATASETS, MODELS
 from suite.tasks.data import Dataset, ShardedBatches, eval_batches, eval_shard
 from suite.tracking import MetricsSink
@@ -102,6 +103,14 @@ def _build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adagrad(
             model.parameters(), lr=o.lr, weight_decay=o.weight_decay, eps=o.eps
         )
+    if o.name == "lars":
+        return LARS(
+            lars_param_groups(model, o.weight_decay),
+            lr=o.lr,
+            momentum=o.momentum,
+            weight_decay=o.weight_decay,
+            trust_coefficient=o.trust_coefficient,
+        )
     return torch.optim.SGD(
         model.parameters(),
         lr=o.lr,
@@ -111,17 +120,29 @@ def _build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     )
 
 
-def _lr_factor(cfg: RunConfig, steps_per_epoch: int):
-    """Multiplier of the base lr at each step (LambdaLR): warm-up, then the schedule."""
+def _lr_factor(
+    cfg: RunConfig, steps_per_epoch: int, total_steps: int | None = None
+) -> Callable[[int], float]:
+    """Multiplier of the base lr at each step (LambdaLR): warm-up, then the schedule.
+
+    ``total_steps`` (the run's optimizer steps) is needed by the poly schedule only."""
     o = cfg.optim
     milestones = sorted(round(m * steps_per_epoch) for m in o.milestones)
+    warmup = o.warmup_steps
+    if o.warmup_epochs > 0:
+        warmup = max(1, round(o.warmup_epochs * steps_per_epoch))
+    if o.schedule == "poly" and total_steps is None:
+        raise ValueError("the poly schedule needs total_steps")
+    decay_steps = max(1, (total_steps or 0) - warmup)
 
     def factor(step: int) -> float:
         value = 1.0
-        if o.warmup_steps and step < o.warmup_steps:
-            value = (step + 1) / o.warmup_steps
+        if warmup and step < warmup:
+            value = (step + 1) / warmup
         if o.schedule == "multistep":
             value *= o.gamma ** sum(step >= m for m in milestones)
+        elif o.schedule == "poly" and step >= warmup:
+            value = max(0.0, 1.0 - (step - warmup) / decay_steps) ** o.power
         return value
 
     return factor
@@ -175,7 +196,7 @@ class Trainer:
         self.steps = math.ceil(cfg.epochs * self.steps_per_epoch) if cfg.epochs > 0 else cfg.steps
         self.optimizer = _build_optimizer(cfg, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_factor(cfg, self.steps_per_epoch)
+            self.optimizer, _lr_factor(cfg, self.steps_per_epoch, self.steps)
         )
         ctx = Context(
             transport=transport,
@@ -197,6 +218,7 @@ class Trainer:
         self.last_losses: list[float] = []
         self.loss_area = [0.0, 0.0]  # rank 0: sums of the rank-mean loss, all steps / 1st quarter
         self.last_eval: dict[str, float] = {}
+        self.reached: tuple[int, float, float] | None = None  # (steps, seconds, algorithm clock)
         self.bar = None
 
     # -- the loop --------------------------------------------------------------------------
@@ -224,7 +246,8 @@ class Trainer:
             loss_sum = 0.0
             for _ in range(cfg.micro_batches):
                 x, y = next(self.batches)
-                loss = F.cross_entropy(self.model(x), y) / cfg.micro_batches
+                loss = F.cross_entropy(self.model(x), y, label_smoothing=cfg.label_smoothing)
+                loss = loss / cfg.micro_batches
                 loss.backward()
                 loss_sum += loss.item()
                 heartbeat()
@@ -243,6 +266,7 @@ class Trainer:
             if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last:
                 self._flush_rows()
                 scores = self.evaluate()
+                self._note_target(step, scores, time.perf_counter() - start)
                 self._log(step, scores)
                 if not last and self._prune(step, scores):
                     break
@@ -252,6 +276,14 @@ class Trainer:
         if self.bar is not None:
             self.bar.close()
         return self._finish(train_seconds)
+
+    def _note_target(self, step: int, scores: dict[str, float], seconds: float) -> None:
+        """Remember when the run first reached ``target_accuracy`` (every rank sees the same
+        accuracy: the averaged model's, all-reduced)."""
+        target = self.cfg.target_accuracy
+        if target and self.reached is None and scores["test_accuracy"] >= target:
+            clock = self.algorithm.elapsed()
+            self.reached = (step + 1, seconds, math.nan if clock is None else clock)
 
     def _prune(self, step: int, scores: dict[str, float]) -> bool:
         """Ask the job's pruner (rank 0 decides, every rank learns it) whether to stop now."""
@@ -424,6 +456,7 @@ class Trainer:
             }
             for r in everyone
         ]
+        samples = self.steps_run * cfg.batch_size * cfg.micro_batches * self.world
         summary: dict[str, Any] = {
             "target": self.job.target,
             "algorithm": cfg.algorithm.name,
@@ -446,7 +479,14 @@ class Trainer:
             "bytes_recv": sum(r["bytes_recv"] for r in per_rank),
             "messages": sum(r["messages"] for r in per_rank),
             "harness_bytes_sent": sum(r["harness_bytes_sent"] for r in per_rank),
+            # load balance: the busiest rank's and the busiest (src, dst) link's bytes
+            "bytes_sent_max": max(r["bytes_sent"] for r in per_rank),
+            "link_bytes_max": max(
+                (link["bytes"] for r in everyone for link in r["algorithm"]["links"].values()),
+                default=0,
+            ),
             "train_seconds": train_seconds,
+            "samples_per_second": samples / max(train_seconds, 1e-9),
             # means over ranks; the modelled time is on the default costmodel.Network
             "compute_seconds": _mean(r["compute_seconds"] for r in per_rank),
             "comm_seconds": _mean(r["comm_seconds"] for r in per_rank),
@@ -458,6 +498,9 @@ class Trainer:
         for r in everyone:
             for key, value in r["totals"].items():
                 totals[key] = totals.get(key, 0.0) + value
+        if cfg.target_accuracy:
+            steps, seconds, clock = self.reached or (math.nan, math.nan, math.nan)
+            summary.update(steps_to_target=steps, seconds_to_target=seconds, clock_to_target=clock)
         summary.update(totals)
         summary.update(self.algorithm.derived(totals) if totals else {})
         for key in ("test_accuracy_rank_mean", "test_accuracy_rank_min", "test_accuracy_rank_max"):
