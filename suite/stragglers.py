@@ -14,8 +14,21 @@ Virtual time of iteration t on rank i (start s_i, the end of its iteration t - 1
     a_ji = c_j + delay_ji(t)                      j's iteration-t model reaches i
     f_i = max(c_i, n_i-th smallest a_ji over i's in-peers j),   n_i = deg_i - b_i
 
-and rank i averages with exactly those n_i neighbours. A neighbour it did not wait for is a backup
-worker at that iteration: its message is not used for iteration t.
+and rank i averages with exactly those n_i neighbours ("fresh" messages). A neighbour it did not
+wait for is a backup worker at that iteration: its message is not used fresh at iteration t.
+
+Late messages. Every message is kept per (peer, iteration) in the receiver's :class:`Inbox` until
+its fate is decided, exactly once: used fresh, used late, or dropped. With ``late="drop"`` a
+message not used fresh is dropped at once (the original behaviour). With ``late="use"``, at the
+end f_i of rank i's iteration t, for each neighbour j it did not use fresh, the newest message of
+j of an iteration s < t that has arrived (arrival <= f_i), is newer than anything i already used
+from j and is at most ``max_staleness`` iterations old (t - s <= max_staleness) is mixed in as
+j's stale model; every older message of j still pending is superseded and dropped (when a fresh
+message of j is used, all older ones of j are dropped likewise), and messages that could no longer
+be used at iteration t + 1 (too stale) are dropped. Left-overs at the end of a run are dropped
+(:meth:`VirtualClock.finish`). So for every run: messages sent = used fresh + used late + dropped.
+The same :class:`Inbox` does this bookkeeping for the real-time mode (baselines.consensus_backup),
+with arrival = when the receive completed.
 """
 
 from __future__ import annotations
@@ -100,6 +113,96 @@ class StragglerModel:
         return tau, delays, slow
 
 
+Key = tuple[int, int]  # (peer, iteration) of a message
+
+
+@dataclass
+class Inbox:
+    """One rank's messages from its in-peers, each kept per (peer, iteration) until its fate is
+    decided exactly once: used fresh, used late, or dropped (pure bookkeeping, no tensors).
+
+    ``post`` a message when it is sent (arrival known in virtual time, ``inf`` until its receive
+    completes in real time: then ``arrive``); ``close`` an iteration with the peers used fresh
+    and the time the iteration ended; ``finish`` drops what is left at the end of a run."""
+
+    peers: list[int]
+    late: Literal["drop", "use"] = "drop"
+    max_staleness: int = 8
+    pending: dict[Key, float] = field(default_factory=dict)  # (peer, iteration) -> arrival
+    last_used: dict[int, int] = field(default_factory=dict)  # peer -> newest iteration used
+    used_fresh: int = 0
+    used_late: int = 0
+    dropped: int = 0
+    posted: int = 0
+
+    def __post_init__(self) -> None:
+        if self.late not in ("drop", "use"):
+            raise ValueError(f"late {self.late!r}; valid choices: drop, use")
+        if self.max_staleness < 1:
+            raise ValueError(f"max_staleness must be >= 1, got {self.max_staleness}")
+        self.last_used = {j: -1 for j in self.peers}
+
+    def post(self, peer: int, iteration: int, arrival: float = math.inf) -> None:
+        key = (peer, iteration)
+        if key in self.pending or iteration <= self.last_used[peer]:
+            raise ValueError(f"message {key} posted twice or after a newer one was used")
+        self.pending[key] = arrival
+        self.posted += 1
+
+    def arrive(self, peer: int, iteration: int, when: float) -> bool:
+        """Record that a message arrived at ``when``; False if its fate was decided already
+        (dropped: superseded or too stale), so its payload can be discarded."""
+        key = (peer, iteration)
+        if key not in self.pending:
+            return False
+        self.pending[key] = when
+        return True
+
+    def _drop(self, keys: list[Key]) -> list[Key]:
+        for key in keys:
+            del self.pending[key]
+        self.dropped += len(keys)
+        return keys
+
+    def close(self, t: int, fresh: list[int], end: float) -> tuple[dict[int, int], list[Key]]:
+        """End iteration ``t`` at time ``end`` having used ``fresh`` (peers whose iteration-t
+        message was waited for). Returns ({peer: iteration} of the late messages used now, in
+        peer order; the keys dropped now)."""
+        for j in fresh:
+            if (j, t) not in self.pending:
+                raise ValueError(f"fresh message {(j, t)} was not posted or is used already")
+            del self.pending[(j, t)]
+            self.last_used[j] = t
+        self.used_fresh += len(fresh)
+        late: dict[int, int] = {}
+        if self.late == "drop":
+            return late, self._drop(sorted(self.pending))
+        fresh_set = set(fresh)
+        newest: dict[int, int] = {}
+        for (j, s), arrival in self.pending.items():
+            if j not in fresh_set and s < t and arrival <= end and t - s <= self.max_staleness:
+                newest[j] = max(newest.get(j, -1), s)
+        for j in sorted(newest):
+            del self.pending[(j, newest[j])]
+            self.last_used[j] = late[j] = newest[j]
+        self.used_late += len(late)
+        gone = [
+            (j, s)
+            for (j, s) in sorted(self.pending)
+            if s <= self.last_used[j] or t + 1 - s > self.max_staleness
+        ]
+        return late, self._drop(gone)
+
+    def finish(self) -> list[Key]:
+        """Drop every message still pending (the end of the run)."""
+        return self._drop(sorted(self.pending))
+
+    def counts(self) -> dict[str, int]:
+        return {"posted": self.posted, "used_fresh": self.used_fresh,
+                "used_late": self.used_late, "dropped": self.dropped,
+                "pending": len(self.pending)}  # fmt: skip
+
+
 @dataclass
 class Iteration:
     """One iteration on the virtual clock, every rank."""
@@ -107,10 +210,21 @@ class Iteration:
     compute_end: Tensor  # c_i
     end: Tensor  # f_i
     waited: Tensor  # f_i - c_i: time spent waiting for neighbours
-    used: list[list[int]]  # the neighbours each rank averaged with (its n_i fastest)
+    used: list[list[int]]  # the neighbours each rank used fresh (its n_i fastest + required)
     straggled: Tensor  # which ranks were slowed at this iteration
     start: Tensor  # s_i: each rank's start of this iteration
     arrivals: list[Tensor]  # per rank, when each of its in-peers' models arrived (peer order)
+    late_used: list[dict[int, int]] = field(default_factory=list)  # per rank {peer: iteration}
+    dropped: list[int] = field(default_factory=list)  # per rank, messages dropped at this end
+    backups: list[int] = field(default_factory=list)  # per rank, b_i after clipping
+    t: int = 0  # the iteration's index
+
+    def mixed(self, rank: int) -> dict[int, int]:
+        """{peer: iteration of the message} rank averaged with at this iteration."""
+        out = {j: self.t for j in self.used[rank]}
+        if self.late_used:
+            out.update(self.late_used[rank])
+        return dict(sorted(out.items()))
 
 
 @dataclass
@@ -118,17 +232,27 @@ class VirtualClock:
     """Deterministic virtual time of consensus iterations with backup workers.
 
     ``in_peers[i]`` are the neighbours whose models rank i may average with; ``step(b)`` advances
-    every rank one iteration, rank i waiting for all but ``b[i]`` of them."""
+    every rank one iteration, rank i waiting for all but ``b[i]`` of them. ``late`` and
+    ``max_staleness``: what happens to messages not waited for (see the module docstring); each
+    rank's messages are in ``inboxes[i]``."""
 
     model: StragglerModel
     in_peers: list[list[int]]
+    late: Literal["drop", "use"] = "drop"
+    max_staleness: int = 8
     now: Tensor = field(init=False)  # each rank's end of its last iteration
     t: int = field(init=False, default=0)
+    inboxes: list[Inbox] = field(init=False)
 
     def __post_init__(self) -> None:
         if len(self.in_peers) != self.model.world_size:
             raise ValueError("in_peers needs one list of neighbours per rank")
         self.now = torch.zeros(self.model.world_size, dtype=torch.float64)
+        self.inboxes = [Inbox(list(p), self.late, self.max_staleness) for p in self.in_peers]
+
+    def finish(self) -> list[int]:
+        """End of the run: drop every pending message; per rank, how many were dropped."""
+        return [len(box.finish()) for box in self.inboxes]
 
     def step(self, backups: list[int], required: list[set[int]] | None = None) -> Iteration:
         """Advance one iteration; ``backups[i]`` = b_i, the neighbours rank i does not wait for
@@ -140,23 +264,36 @@ class VirtualClock:
         end = compute_end.clone()
         used: list[list[int]] = []
         arrivals: list[Tensor] = []
+        clipped: list[int] = []
         for i, peers in enumerate(self.in_peers):
             arrival = torch.stack([compute_end[j] + delays[j, i] for j in peers]) if peers else (
                 torch.zeros(0, dtype=torch.float64))  # fmt: skip
             arrivals.append(arrival)
             if not peers:
                 used.append([])
+                clipped.append(0)
                 continue
+            for k, j in enumerate(peers):
+                self.inboxes[i].post(j, self.t, float(arrival[k]))
             b = min(max(int(backups[i]), 0), len(peers) - 1)
+            clipped.append(b)
             must = {k for k, j in enumerate(peers) if required and j in required[i]}
             order = sorted(range(len(peers)), key=lambda k: (float(arrival[k]), peers[k]))
             chosen = sorted(must) + [k for k in order if k not in must]
             chosen = chosen[: max(len(peers) - b, len(must))]
             used.append(sorted(peers[k] for k in chosen))
             end[i] = max(float(compute_end[i]), max(float(arrival[k]) for k in chosen))
+        late_used: list[dict[int, int]] = []
+        dropped: list[int] = []
+        for i, box in enumerate(self.inboxes):
+            late, gone = box.close(self.t, used[i], float(end[i]))
+            late_used.append(late)
+            dropped.append(len(gone))
+        it = Iteration(compute_end, end, end - compute_end, used, slow, start, arrivals,
+                       late_used, dropped, clipped, self.t)  # fmt: skip
         self.now = end
         self.t += 1
-        return Iteration(compute_end, end, end - compute_end, used, slow, start, arrivals)
+        return it
 
 
 def mean_compute_time(config: StragglerConfig, rank: int) -> float:

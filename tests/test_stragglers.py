@@ -132,3 +132,129 @@ def test_a_slow_rank_outside_the_world_is_bad_input() -> None:
     with pytest.raises(ConfigError, match=r"slow_ranks \[4\]: valid ranks are 0\.\.3"):
         _cfg("algorithm=consensus_backup", "nproc=4", "algorithm.straggler.slow_ranks=4")
     assert _cfg("algorithm=consensus_backup", "nproc=5", "algorithm.straggler.slow_ranks=4")
+
+
+# -- late messages ------------------------------------------------------------------------------
+
+
+def _clock(config: StragglerConfig, late: str = "use", max_staleness: int = 8) -> VirtualClock:
+    return VirtualClock(StragglerModel(config, 4), COMPLETE4, late, max_staleness)  # type: ignore[arg-type]
+
+
+def test_virtual_time_with_late_messages_is_deterministic() -> None:
+    cfg = StragglerConfig(slow_ranks=(3,), slow_prob=0.3, link_jitter=0.05)
+    runs = []
+    for _ in range(2):
+        clock = _clock(cfg)
+        runs.append([clock.step([1, 1, 2, 0]) for _ in range(100)])
+    for x, y in zip(*runs, strict=True):
+        assert torch.equal(x.end, y.end) and x.used == y.used
+        assert x.late_used == y.late_used and x.dropped == y.dropped
+    assert sum(len(late) for it in runs[0] for late in it.late_used) > 0
+
+
+def test_a_late_message_is_used_once_newest_first_and_never_mixed_up() -> None:
+    # constant 1 s steps, rank 3 takes 2.5 s: its iteration-s model reaches rank 0 at 2.5 (s + 1),
+    # while rank 0 (b = 1: waits for ranks 1, 2) ends its iteration t at t + 1
+    cfg = StragglerConfig(kind="constant", base=1.0, slow_ranks=(3,), slow_factor=2.5)
+    clock = _clock(cfg, max_staleness=8)
+    its = [clock.step([1, 1, 1, 1]) for _ in range(30)]
+    assert all(it.used[0] == [1, 2] for it in its)
+    late0 = {it.t: it.late_used[0] for it in its if it.late_used[0]}
+    # newest arrived by t + 1 and not used yet: s = 0 at t = 2 (arrived 2.5 <= 3), s = 1 at t = 4,
+    # s = 2 at t = 7 (7.5 <= 8), ...; staleness grows until it passes max_staleness = 8
+    assert late0 == {2: {3: 0}, 4: {3: 1}, 7: {3: 2}, 9: {3: 3}, 12: {3: 4}}
+    # rank 3 waits for its two fastest (ranks 0, 1 by peer order); rank 2's model of the previous
+    # iteration has arrived long before: it is used late, one iteration old
+    assert all(it.late_used[3] == ({2: it.t - 1} if it.t else {}) for it in its)
+    seen: set[tuple[int, int, int]] = set()
+    for it in its:
+        for rank in range(4):
+            for peer, s in it.mixed(rank).items():
+                assert (rank, peer, s) not in seen  # never used twice
+                assert s <= it.t and it.t - s <= 8
+                seen.add((rank, peer, s))
+    clock.finish()
+    for box in clock.inboxes:
+        assert box.used_fresh + box.used_late + box.dropped == box.posted == 3 * 30
+        assert not box.pending
+
+
+@pytest.mark.parametrize("late", ["drop", "use"])
+def test_every_message_sent_is_used_fresh_used_late_or_dropped(late: str) -> None:
+    cfg = StragglerConfig(slow_ranks=(3,), slow_prob=0.5, link_jitter=0.3)
+    clock = _clock(cfg, late, max_staleness=3)
+    its = [clock.step([1, 2, 1, 0]) for _ in range(60)]
+    end = clock.finish()
+    fresh = sum(len(u) for it in its for u in it.used)
+    used_late = sum(len(x) for it in its for x in it.late_used)
+    dropped = sum(sum(it.dropped) for it in its) + sum(end)
+    assert fresh + used_late + dropped == 4 * 3 * 60
+    assert (used_late > 0) == (late == "use")
+
+
+def test_an_inbox_refuses_to_use_a_message_twice() -> None:
+    from suite.stragglers import Inbox
+
+    box = Inbox([1, 2], "use", 4)
+    box.post(1, 0, 0.5)
+    box.post(2, 0, 3.0)
+    assert box.close(0, [1], 1.0) == ({}, [])  # rank 2's message has not arrived by 1.0
+    with pytest.raises(ValueError, match="used already"):
+        box.close(1, [1], 2.0)  # (1, 1) was never posted
+    box = Inbox([1, 2], "use", 4)
+    box.post(1, 0, 0.5)
+    box.post(2, 0, 0.9)
+    box.close(0, [1, 2], 1.0)
+    with pytest.raises(ValueError, match="posted twice"):
+        box.post(1, 0, 1.5)
+
+
+def _train_real(cfg) -> dict:
+    from suite.loop import Job, Trainer
+    from suite.transport import Transport
+
+    trainer = Trainer(Job(cfg, target="test", paper="test", progress=False), Transport())
+    summary, artifacts = trainer.run()
+    return {"summary": summary, "iter_seconds": list(trainer.algorithm.iter_seconds),
+            "artifacts": artifacts}  # fmt: skip
+
+
+@pytest.mark.parametrize("clock", ["virtual", "real"])
+def test_late_messages_are_accounted_for_exactly(clock: str) -> None:
+    from suite.launcher import launch
+
+    steps, n = 24, 4
+    cfg = _cfg("algorithm=consensus_backup", f"nproc={n}", f"steps={steps}", "log_every=8",
+               "algorithm.late=use", "algorithm.backups=1", f"algorithm.clock={clock}",
+               "algorithm.time_scale=0.005", "algorithm.max_staleness=4",
+               "algorithm.straggler.slow_ranks=3", "algorithm.straggler.slow_factor=4")  # fmt: skip
+    s = launch(_train, n, (cfg,))[0]["summary"]
+    assert s["messages_sent"] == n * (n - 1) * steps == s["messages"]
+    used = s["messages_used_fresh"] + s["messages_used_late"] + s["messages_dropped"]
+    assert used == s["messages_sent"] and s["messages_unaccounted"] == 0
+    assert s["messages_used_fresh"] >= n * (n - 2) * steps  # n - 1 - b fresh per rank per step
+    assert s["messages_used_late"] > 0
+    assert ("real_seconds" in s) == (clock == "real") != ("virtual_seconds" in s)
+
+
+def test_in_real_time_the_fast_ranks_do_not_wait_for_a_slow_one() -> None:
+    from suite.launcher import launch
+
+    scale, slow = 0.02, 10.0  # fast ranks compute 20 ms, rank 3 200 ms per iteration
+    common = ("algorithm=consensus_backup", "nproc=4", "log_every=100", "algorithm.clock=real",
+              "algorithm.late=use", f"algorithm.time_scale={scale}",
+              "algorithm.straggler.kind=constant", "algorithm.straggler.slow_ranks=3",
+              f"algorithm.straggler.slow_factor={slow}")  # fmt: skip
+    runs = launch(_train_real, 4, (_cfg(*common, "steps=25", "algorithm.backups=1"),))
+    medians = [sorted(r["iter_seconds"])[len(r["iter_seconds"]) // 2] for r in runs]
+    slow_compute = scale * slow
+    assert medians[3] >= slow_compute * 0.9
+    assert max(medians[:3]) < 0.4 * slow_compute, medians  # ~20 ms + overhead, not 200 ms
+    s = runs[0]["summary"]
+    assert s["messages_unaccounted"] == 0 and s["messages_used_late"] > 0
+    rows = runs[0]["artifacts"]["backups.csv"].strip().splitlines()
+    assert rows[0].startswith("step,rank,wtime,backups") and len(rows) == 1 + 4 * 25
+    # the contrast: full wait drags everyone to the slow rank's pace
+    full = launch(_train_real, 4, (_cfg(*common, "steps=8", "algorithm.backups=0"),))
+    assert min(sorted(r["iter_seconds"])[4] for r in full) >= slow_compute * 0.9

@@ -1,3 +1,3 @@
 """Algorithms the papers propose, registered in suite.registry.ALGORITHMS."""
 
-from suite.algorithms import adaptive_topk, crossover, eventgrad, saef  # noqa: F401  (registration)
+from suite.algorithms import adaptive_topk, crossover, dybw, eventgrad, saef  # noqa: F401  (registration)

@@ -63,6 +63,12 @@ class Algorithm:
         """The model this rank would deploy (SGP, say, evaluates a de-biased copy)."""
         return self.model
 
+    def elapsed(self) -> float | None:
+        """Seconds on the algorithm's own clock so far (a virtual straggler clock, say), or
+        None if it keeps none; the loop reads it when the run first reaches its target
+        accuracy (``clock_to_target``)."""
+        return None
+
     def step_metrics(self) -> dict[str, float]:
         """Per-step numbers of this rank to log (same keys every step); averaged over ranks."""
         return {}

@@ -1,0 +1,148 @@
+"""DyBW (stand-in rule): b = 0 without stragglers, b rises next to a straggler, every edge stays
+in use, and without stragglers it trains exactly as full wait."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from baselines.consensus_backup import observations
+from suite.algorithms.dybw import DyBWRule
+from suite.stragglers import StragglerConfig, StragglerModel, VirtualClock
+
+COMPLETE4 = [[j for j in range(4) if j != i] for i in range(4)]
+RING4 = [[(i - 1) % 4, (i + 1) % 4] for i in range(4)]
+
+
+def _drive(cfg: StragglerConfig, peers=COMPLETE4, steps=120, late="use", connect_every=10,
+           max_staleness=8):  # fmt: skip
+    clock = VirtualClock(StragglerModel(cfg, len(peers)), peers, late, max_staleness)
+    rule = DyBWRule(peers, range(len(peers)), window=20, connect_every=connect_every)
+    its, bs = [], []
+    for t in range(steps):
+        b = rule.backups()
+        it = clock.step(b, rule.required(t))
+        rule.observe(observations(it, peers))
+        its.append(it)
+        bs.append(b)
+    return its, bs
+
+
+def test_without_stragglers_dybw_waits_for_everyone() -> None:
+    its, bs = _drive(StragglerConfig(kind="constant"))
+    assert all(b == [0, 0, 0, 0] for b in bs)
+    assert all(it.used[i] == COMPLETE4[i] for it in its for i in range(4))
+
+
+def test_b_rises_on_the_neighbours_of_a_persistent_straggler() -> None:
+    its, bs = _drive(StragglerConfig(slow_ranks=(3,), slow_factor=5.0))
+    late = bs[20:]
+    assert all(b[:3] == [1, 1, 1] for b in late)  # the straggler's neighbours skip it
+    assert all(b[3] == 0 for b in late)  # its neighbours' models are there long before
+    # ranks 0-2 rarely wait for it: only when the connectivity rule forces them to
+    fresh_from_3 = sum(3 in it.used[0] for it in its[20:])
+    assert fresh_from_3 <= len(its[20:]) // 10 + 1
+
+
+@pytest.mark.parametrize("late", ["drop", "use"])
+@pytest.mark.parametrize("peers", [COMPLETE4, RING4], ids=["complete", "ring"])
+def test_every_edge_is_used_at_least_once_every_connect_every_iterations(late, peers) -> None:
+    every = 5
+    cfg = StragglerConfig(slow_ranks=(3,), slow_factor=5.0, slow_prob=0.7, link_jitter=0.2)
+    its, _ = _drive(cfg, peers, steps=150, late=late, connect_every=every)
+    for i, mine in enumerate(peers):
+        for j in mine:
+            uses = [it.t for it in its if j in it.mixed(i)]
+            gaps = [b - a for a, b in zip([-1, *uses], uses, strict=False)]
+            assert max(gaps) <= every, (i, j, gaps)
+            assert 150 - 1 - uses[-1] < every
+
+
+def test_dybw_is_registered_as_a_labelled_stand_in() -> None:
+    from suite.registry import ALGORITHMS
+
+    entry = ALGORITHMS.get("dybw")
+    assert entry.stand_in and entry.paper == "dybw"
+    assert entry.description.startswith("stand-in: the DyBW paper's rule is unpublished")
+    assert "stand-in" in (entry.obj.__doc__ or "").lower()
+    assert entry.make_config().late == "use"
+
+
+# -- multi-process ------------------------------------------------------------------------------
+
+SMALL = ["dataset=digits", "model=mlp", "model.hidden=16", "eval_every=0", "device=cpu",
+         "eval_per_rank=false", "optim.lr=0.1"]  # fmt: skip
+
+
+def _cfg(*items: str):
+    from suite.config import RunConfig, apply_overrides
+
+    return apply_overrides(RunConfig(), [*SMALL, *items])
+
+
+def _train(cfg) -> dict:
+    from suite.loop import Job, Trainer
+    from suite.transport import Transport
+
+    trainer = Trainer(Job(cfg, target="test", paper="test", progress=False), Transport())
+    summary, artifacts = trainer.run()
+    params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    return {"params": params, "summary": summary, "artifacts": artifacts}
+
+
+def test_without_stragglers_dybw_trains_as_full_wait() -> None:
+    from suite.launcher import launch
+
+    common = ("nproc=4", "steps=40", "algorithm.straggler.kind=constant")
+    full = launch(_train, 4, (_cfg("algorithm=consensus_backup", "algorithm.backups=0",
+                                   *common),))  # fmt: skip
+    dybw = launch(_train, 4, (_cfg("algorithm=dybw", *common),))
+    for a, b in zip(full, dybw, strict=True):
+        assert float((a["params"] - b["params"]).abs().max()) < 1e-6
+    s, f = dybw[0]["summary"], full[0]["summary"]
+    assert s["test_accuracy"] == pytest.approx(f["test_accuracy"], abs=0.01)
+    assert s["virtual_seconds"] == pytest.approx(40.0) and s["messages_used_late"] == 0
+    rows = dybw[0]["artifacts"]["backups.csv"].strip().splitlines()
+    assert len(rows) == 1 + 4 * 40 and all(r.split(",")[3] == "0" for r in rows[1:])
+
+
+def test_dybw_with_a_straggler_logs_each_ranks_b_and_accounts_for_every_message() -> None:
+    from suite.launcher import launch
+
+    cfg = _cfg("algorithm=dybw", "nproc=4", "steps=40", "algorithm.straggler.slow_ranks=3")
+    out = launch(_train, 4, (cfg,))
+    s = out[0]["summary"]
+    assert s["messages_unaccounted"] == 0 and s["messages_sent"] == 4 * 3 * 40
+    table = [r.split(",") for r in out[0]["artifacts"]["backups.csv"].strip().splitlines()[1:]]
+    b_late = {int(r[1]): int(r[3]) for r in table if int(r[0]) == 39}
+    assert b_late == {0: 1, 1: 1, 2: 1, 3: 0}
+    # the ranks mixed with backups: their models differ (not an all-reduce)
+    assert float((out[0]["params"] - out[3]["params"]).abs().max()) > 0
+
+
+def test_dybw_in_real_time_keeps_the_accounting_exact() -> None:
+    from suite.launcher import launch
+
+    cfg = _cfg("algorithm=dybw", "nproc=3", "steps=20", "log_every=5", "algorithm.clock=real",
+               "algorithm.time_scale=0.005", "algorithm.straggler.kind=constant",
+               "algorithm.straggler.slow_ranks=2", "algorithm.straggler.slow_factor=6")  # fmt: skip
+    s = launch(_train, 3, (cfg,))[0]["summary"]
+    assert s["messages_sent"] == 3 * 2 * 20 and s["messages_unaccounted"] == 0
+    assert s["real_seconds"] > 0 and s["waiting_seconds"] >= 0
+
+
+def test_time_to_target_is_read_on_the_virtual_clock_at_the_first_evaluation_there() -> None:
+    from suite.launcher import launch
+
+    common = ("nproc=3", "steps=40", "eval_every=5", "algorithm.straggler.kind=constant")
+    reach = launch(_train, 3, (_cfg("algorithm=consensus_backup", "algorithm.backups=0",
+                                    "target_accuracy=0.3", *common),))[0]["summary"]  # fmt: skip
+    # constant 1 s compute, full wait: the clock reads exactly the steps done
+    assert reach["steps_to_target"] % 5 == 0 and 5 <= reach["steps_to_target"] <= 40
+    assert reach["clock_to_target"] == pytest.approx(float(reach["steps_to_target"]))
+    assert 0 < reach["seconds_to_target"] <= reach["train_seconds"]
+    never = launch(_train, 3, (_cfg("algorithm=allreduce_sgd", "target_accuracy=1.0", "nproc=3",
+                                    "steps=10", "eval_every=5"),))[0]["summary"]  # fmt: skip
+    assert math.isnan(never["steps_to_target"]) and math.isnan(never["clock_to_target"])
