@@ -35,6 +35,10 @@ DASHED := $(subst _,-,$(foreach p,$(PAPERS),$(if $(findstring _,$(p)),$(p))))
 $(addprefix reproduce-,$(DASHED)): reproduce-%:
 	$(BIN)/suite reproduce $(subst -,_,$*) --profile $(PROFILE)
 
+# Short names: make reproduce-crossover
+reproduce-crossover: reproduce-crossover_sgd
+.PHONY: reproduce-crossover
+
 reproduce-all: $(addprefix reproduce-,$(PAPERS))
 
 test:
