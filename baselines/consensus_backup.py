@@ -431,6 +431,9 @@ class ConsensusBackup(Algorithm):
             "messages_used_fresh": float(box.used_fresh),
             "messages_used_late": float(box.used_late),
             "messages_dropped": float(box.dropped),
+            # who was heard: summed over ranks, how many of each rank's messages were used
+            f"sent_by_rank{self.rank}": float(self.sent),
+            **{f"used_from_rank{j}": float(n) for j, n in box.used_from.items()},
         }
 
     @staticmethod
@@ -443,6 +446,15 @@ class ConsensusBackup(Algorithm):
             out["real_seconds"] = totals["wall_sum"] / ranks  # not the CLI's wall_seconds
         else:
             out["virtual_seconds"] = totals["vtime_sum"] / ranks
+        # the least-heard rank: the fraction of its messages anyone used (0 = its model never
+        # reached the others, so the union graph was not connected over the run)
+        shares = [
+            totals.get(f"used_from_rank{key.removeprefix('sent_by_rank')}", 0.0) / sent
+            for key, sent in totals.items()
+            if key.startswith("sent_by_rank") and sent > 0
+        ]
+        if shares:
+            out["least_heard_share"] = min(shares)
         out["messages_unaccounted"] = totals["messages_sent"] - (
             totals["messages_used_fresh"] + totals["messages_used_late"]
             + totals["messages_dropped"])  # fmt: skip

@@ -134,6 +134,7 @@ class Inbox:
     used_late: int = 0
     dropped: int = 0
     posted: int = 0
+    used_from: dict[int, int] = field(default_factory=dict)  # peer -> its messages used
 
     def __post_init__(self) -> None:
         if self.late not in ("drop", "use"):
@@ -141,6 +142,7 @@ class Inbox:
         if self.max_staleness < 1:
             raise ValueError(f"max_staleness must be >= 1, got {self.max_staleness}")
         self.last_used = {j: -1 for j in self.peers}
+        self.used_from = dict.fromkeys(self.peers, 0)
 
     def post(self, peer: int, iteration: int, arrival: float = math.inf) -> None:
         key = (peer, iteration)
@@ -173,6 +175,7 @@ class Inbox:
                 raise ValueError(f"fresh message {(j, t)} was not posted or is used already")
             del self.pending[(j, t)]
             self.last_used[j] = t
+            self.used_from[j] += 1
         self.used_fresh += len(fresh)
         late: dict[int, int] = {}
         if self.late == "drop":
@@ -185,6 +188,7 @@ class Inbox:
         for j in sorted(newest):
             del self.pending[(j, newest[j])]
             self.last_used[j] = late[j] = newest[j]
+            self.used_from[j] += 1
         self.used_late += len(late)
         gone = [
             (j, s)

@@ -65,7 +65,7 @@ def test_dybw_is_registered_as_a_labelled_stand_in() -> None:
 
     entry = ALGORITHMS.get("dybw")
     assert entry.stand_in and entry.paper == "dybw"
-    assert entry.description.startswith("stand-in: the DyBW paper's rule is unpublished")
+    assert entry.description.startswith("stand-in: the DyBW paper's rule was not available")
     assert "stand-in" in (entry.obj.__doc__ or "").lower()
     assert entry.make_config().late == "use"
 
@@ -146,3 +146,19 @@ def test_time_to_target_is_read_on_the_virtual_clock_at_the_first_evaluation_the
     never = launch(_train, 3, (_cfg("algorithm=allreduce_sgd", "target_accuracy=1.0", "nproc=3",
                                     "steps=10", "eval_every=5"),))[0]["summary"]  # fmt: skip
     assert math.isnan(never["steps_to_target"]) and math.isnan(never["clock_to_target"])
+
+
+def test_static_backups_never_hear_a_persistent_straggler_and_dybw_does() -> None:
+    """The price of static b = 1 under a persistent straggler: its models never reach the
+    others (the union graph is not connected), which the stand-in's connectivity rule repairs."""
+    from suite.launcher import launch
+
+    common = ("nproc=4", "steps=40", "algorithm.straggler.kind=constant",
+              "algorithm.straggler.slow_ranks=3")  # fmt: skip
+    static = launch(_train, 4, (_cfg("algorithm=consensus_backup", "algorithm.backups=1",
+                                     *common),))[0]["summary"]  # fmt: skip
+    dybw = launch(_train, 4, (_cfg("algorithm=dybw", *common),))[0]["summary"]
+    assert static["used_from_rank3"] == 0 and static["least_heard_share"] == 0
+    assert static["used_from_rank0"] == 40 * 3  # ranks 1, 2 and 3 use rank 0 every time
+    assert dybw["least_heard_share"] >= 1 / 10 - 1e-9  # every edge once every connect_every
+    assert dybw["used_from_rank3"] > 0

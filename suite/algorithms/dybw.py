@@ -3,7 +3,7 @@
 Xiong, Yan, Singh, Li, "Straggler-Resilient Distributed Machine Learning with Dynamic Backup
 Workers", arXiv 2102.06280. Only the abstract was available (../shared/papers/dybw.md): each
 worker waits only for its fastest neighbours and a fully distributed rule picks its number of
-backup workers b_i dynamically. The paper's rule is unpublished to us; the rule below is OURS,
+backup workers b_i dynamically. The paper's rule was not available to us; the rule below is OURS,
 adapting DBW (Xu, Neglia, Sebastianelli, arXiv 2004.14696: the parameter server picks b to
 maximise the expected progress per unit time) to neighbour sets:
 
@@ -136,7 +136,7 @@ class DyBWRule:
     config=DyBWConfig,
     paper="dybw",
     stand_in=True,
-    description="stand-in: the DyBW paper's rule is unpublished; per-rank dynamic b maximising "
+    description="stand-in: the DyBW paper's rule was not available; per-rank dynamic b maximising "
     "expected consensus progress per unit time (DBW adapted to neighbour sets), every edge used "
     "once every connect_every iterations",
 )
