@@ -72,6 +72,7 @@ def _deterministic(summary: dict) -> dict:
     noisy = {
         "wall_seconds",
         "train_seconds",
+        "samples_per_second",
         "compute_seconds",
         "comm_seconds",
         "run_id",
