@@ -186,7 +186,7 @@ class ConsensusBackup(Algorithm):
         self.in_peers = [topology.in_peers(i) for i in range(n)]
         self.out_peers = topology.out_peers(self.rank)
         self.real = config.clock == "real"
-        self.straggler_model = StragglerModel(config.straggler, n)
+        self.straggler_model = StragglerModel(config.straggler, n, run_seed=ctx.seed)
         self.clock = VirtualClock(
             self.straggler_model, self.in_peers, config.late, config.max_staleness
         )

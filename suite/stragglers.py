@@ -3,10 +3,11 @@ virtual clock of decentralized iterations in which a rank waits only for its fas
 
 Pure (no process group): every rank builds the same :class:`StragglerModel` from the same config
 and draws the same tables, because each step's draws come from a generator seeded by
-(seed, step) alone. The :class:`VirtualClock` then says, for every rank and iteration, when its
-compute ended, which neighbours' messages it used (its n_i fastest, the rest being its b_i
-backup workers) and when its iteration ended; convergence experiments run on this clock so their
-"wall time" is reproducible, whatever the machine (the DyBW spec, ../shared/papers/dybw.md).
+(seed, run seed, step) alone. The :class:`VirtualClock` then says, for every rank and
+iteration, when its compute ended, which neighbours' messages it used (its n_i fastest, the
+rest being its b_i backup workers) and when its iteration ended; convergence experiments run
+on this clock so their "wall time" is reproducible, whatever the machine (the DyBW spec,
+../shared/papers/dybw.md).
 
 Virtual time of iteration t on rank i (start s_i, the end of its iteration t - 1):
 
@@ -52,7 +53,8 @@ class StragglerConfig:
     slow_ranks: ranks that straggle; each is ``slow_factor`` times slower at an iteration with
         probability ``slow_prob`` (1: persistently slow; < 1: intermittently).
     link_delay, link_jitter: a message takes link_delay + Exp(mean link_jitter) to arrive.
-    seed: draws of step t depend only on (seed, t), so every rank computes the same tables.
+    seed: draws of step t depend only on (seed, the run's seed, t), so every rank computes
+        the same tables and each training seed meets its own stragglers.
     """
 
     kind: Literal["constant", "shifted_exp", "lognormal"] = "shifted_exp"
@@ -81,14 +83,15 @@ class StragglerConfig:
 class StragglerModel:
     """The compute times and link delays of every rank at every step."""
 
-    def __init__(self, config: StragglerConfig, world_size: int) -> None:
+    def __init__(self, config: StragglerConfig, world_size: int, run_seed: int = 0) -> None:
         bad = [r for r in config.slow_ranks if not 0 <= r < world_size]
         if bad:
             raise ValueError(f"slow_ranks {bad} are not ranks of a world of {world_size}")
-        self.config, self.world_size = config, world_size
+        self.config, self.world_size, self.run_seed = config, world_size, run_seed
 
     def _generator(self, step: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+        seed = self.config.seed * 1_000_003 + self.run_seed * 1_000_000_007 + step
+        return torch.Generator().manual_seed(seed)
 
     def draw(self, step: int) -> tuple[Tensor, Tensor, Tensor]:
         """(compute seconds per rank, N x N link delays [src, dst], which ranks straggled)."""

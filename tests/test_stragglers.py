@@ -258,3 +258,10 @@ def test_in_real_time_the_fast_ranks_do_not_wait_for_a_slow_one() -> None:
     # the contrast: full wait drags everyone to the slow rank's pace
     full = launch(_train_real, 4, (_cfg(*common, "steps=8", "algorithm.backups=0"),))
     assert min(sorted(r["iter_seconds"])[4] for r in full) >= slow_compute * 0.9
+
+
+def test_each_training_seed_meets_its_own_stragglers() -> None:
+    cfg = StragglerConfig(slow_ranks=(3,), slow_prob=0.3)
+    same = [StragglerModel(cfg, 4, run_seed=7).draw(5)[0] for _ in range(2)]
+    other = StragglerModel(cfg, 4, run_seed=8).draw(5)[0]
+    assert torch.equal(same[0], same[1]) and not torch.equal(same[0], other)
