@@ -234,13 +234,13 @@ class CrossoverSGD(Algorithm):
             "consensus_sum": self.consensus_sum if first else 0.0,
             "consensus_count": float(self.consensus_count) if first else 0.0,
             "rounds": float(self.rounds) if first else 0.0,
-            "round_bytes": float(self.transport.stats.bytes_sent),
+            "bytes_all_rounds": float(self.transport.stats.bytes_sent),
         }
 
     @staticmethod
     def derived(totals: dict[str, float]) -> dict[str, float]:
         """Mean consensus distance over the measured steps; bytes per round (all ranks)."""
-        out = {"bytes_per_round": totals["round_bytes"] / max(totals["rounds"], 1.0)}
+        out = {"bytes_per_round": totals["bytes_all_rounds"] / max(totals["rounds"], 1.0)}
         if totals["consensus_count"]:
             out["consensus_mean"] = totals["consensus_sum"] / totals["consensus_count"]
         return out
