@@ -35,8 +35,8 @@ as in virtual time. At the end of the run (the last step, or ``totals()`` if a r
 early) every posted receive and pending send is waited and what is left is dropped. Caveats: the
 loop's metric flush (every ``log_every`` steps) and evaluations synchronise all ranks, which bounds
 how far fast ranks can run ahead of a slow one (to about ``log_every`` iterations, so staleness
-stays bounded too); the background waits are timed by the transport as communication seconds, so
-in real time the loop's comm/compute split per step is not meaningful (bytes and messages are).
+stays bounded too); the background threads' waits are not timed (``Work.wait(background=
+True)``): the main thread charges the time it was blocked on arrivals as communication seconds.
 
 Accounting (both clocks): per rank ``messages_sent`` and, for messages it received,
 ``messages_used_fresh``, ``messages_used_late``, ``messages_dropped``; summed over ranks

@@ -136,7 +136,7 @@ class Inbox:
     used_fresh: int = 0
     used_late: int = 0
     dropped: int = 0
-    posted: int = 0
+    posted: int = 0  # messages posted to this inbox (= used_fresh + used_late + dropped at the end)
     used_from: dict[int, int] = field(default_factory=dict)  # peer -> its messages used
 
     def __post_init__(self) -> None:
@@ -203,11 +203,6 @@ class Inbox:
     def finish(self) -> list[Key]:
         """Drop every message still pending (the end of the run)."""
         return self._drop(sorted(self.pending))
-
-    def counts(self) -> dict[str, int]:
-        return {"posted": self.posted, "used_fresh": self.used_fresh,
-                "used_late": self.used_late, "dropped": self.dropped,
-                "pending": len(self.pending)}  # fmt: skip
 
 
 @dataclass

@@ -193,13 +193,16 @@ class CrossoverSGD(Algorithm):
             tops = self.topologies()  # every rank draws, so the generators stay in step
             if self.is_root:
                 self._gossip(tops)
+        flat = None
         if self.group is not None:
             flat = flatten_params(self.params)
             self.group.broadcast(flat, src=self.root)
             assign_params(self.params, flat)
         every = self.config.measure_every
         if every and step % every == 0:
-            self.consensus = consensus_distance(self.transport, flatten_params(self.params))
+            if flat is None:  # with groups, the broadcast model is already flat
+                flat = flatten_params(self.params)
+            self.consensus = consensus_distance(self.transport, flat)
             self.consensus_sum += self.consensus
             self.consensus_count += 1
 
@@ -209,7 +212,7 @@ class CrossoverSGD(Algorithm):
         size, me = self.config.group_size, self.my_group
         works, mine, bufs = [], [], []
         for s, (params, src) in enumerate(zip(self.segments, tops, strict=True)):
-            seg = torch.cat([p.detach().reshape(-1) for p in params])
+            seg = flatten_params(params)
             buf = self._recv[s]
             if buf is None or buf.shape != seg.shape:
                 buf = self._recv[s] = torch.empty_like(seg)
