@@ -2,8 +2,10 @@
 
 ``launch(fn, nproc, args)`` starts ``nproc`` local workers (fork on Linux CPU runs: torch is
 imported once; spawn where CUDA is used), each with one thread, joined into one process group
-(gloo, or NCCL on CUDA) through a TCPStore the launcher owns. Each worker runs ``fn(*args)``
-and its return value comes back in a list ordered by rank.
+(gloo, or NCCL on CUDA) through a FileStore in the job's private folder (mode 0700, made by
+``tempfile.mkdtemp``). Nothing listens for the rendezvous, and gloo is pinned to the loopback
+interface, so a local job opens no socket beyond 127.0.0.1. Each worker runs ``fn(*args)`` and
+its return value comes back in a list ordered by rank.
 
 Failure handling (the guarantees ``suite run`` relies on):
 - A rank that raises writes its traceback and exits non-zero; a rank that dies without one
@@ -171,7 +173,6 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 @dataclass(frozen=True)
 class _Job:
     nproc: int
-    port: Any  # shared int: the store's port, set by the launcher once every rank is forked
     backend: str
     jobdir: str
     hang_timeout: float
@@ -199,11 +200,10 @@ def _worker(
     code = 0
     try:
         timeout = datetime.timedelta(seconds=job.hang_timeout + COLLECTIVE_MARGIN)
-        while not job.port.value:
-            time.sleep(0.001)
-        store = dist.TCPStore(
-            "127.0.0.1", job.port.value, job.nproc, is_master=False, timeout=timeout
-        )
+        # A file in the job's private folder, not a TCP listener: no port to reach from
+        # another host, no unauthenticated key writes.
+        store = dist.FileStore(os.path.join(job.jobdir, "store"), job.nproc)
+        store.set_timeout(timeout)
         dist.init_process_group(
             job.backend, store=store, rank=rank, world_size=job.nproc, timeout=timeout
         )
@@ -321,28 +321,21 @@ def launch(
         for module in FORK_PRELOAD:
             importlib.import_module(module)
     ctx = mp.get_context(method)
-    jobdir = tempfile.mkdtemp(prefix="suite-job-")
-    port = ctx.Value("i", 0, lock=False)
-    job = _Job(nproc, port, backend_for(device), jobdir, hang_timeout, os.getpid())
+    jobdir = tempfile.mkdtemp(prefix="suite-job-")  # mode 0700: the store lives here
+    job = _Job(nproc, backend_for(device), jobdir, hang_timeout, os.getpid())
     beats = ctx.Array("d", [time.time()] * nproc, lock=False)
     waiting = ctx.Array("b", nproc, lock=False)
     procs = [
         ctx.Process(target=_worker, args=(r, job, beats, waiting, fn, args), name=f"rank{r}")
         for r in range(nproc)
     ]
-    store = None
     try:
         for p in procs:
             p.start()
-        # The store's server thread starts only now: a process forked while another thread
-        # holds a lock inherits it locked, so the launcher forks while single-threaded.
-        store = dist.TCPStore("127.0.0.1", 0, nproc, is_master=True, wait_for_workers=False)
-        port.value = store.port
         _monitor(procs, beats, waiting, job, poll)
         return [_load_result(jobdir, r) for r in range(nproc)]
     finally:
         _stop(procs)
-        del store
         shutil.rmtree(jobdir, ignore_errors=True)
 
 

@@ -1,0 +1,73 @@
+"""Nothing a local job opens listens beyond loopback (issue 14, item 2).
+
+The rendezvous is a FileStore in the job's private folder and gloo is pinned to ``lo``; this
+checks it the way an administrator would, with ``ss -ltnp`` while a real ``suite run`` trains.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LOOPBACK = ("127.", "[::1]", "::1")
+
+
+def _session_pids(sid: int) -> set[int]:
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # field 6 of /proc/PID/stat: the session id
+            pids.add(int(entry.name))
+    return pids
+
+
+def _listeners(pids: set[int]) -> list[tuple[str, int]]:
+    """(local address, pid) of every listening TCP socket owned by ``pids``."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        cols = line.split()
+        for pid in map(int, re.findall(r"pid=(\d+)", line)):
+            if pid in pids:
+                found.append((cols[3], pid))
+    return found
+
+
+def test_a_local_run_listens_on_loopback_only(tmp_path: Path) -> None:
+    cmd = ["run", "allreduce_sgd", "--nproc", "3", "--steps", "100000", "--no-track", "--quiet"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "suite", *cmd],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        listening: list[tuple[str, int]] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            pids = _session_pids(proc.pid)
+            listening = _listeners(pids)
+            # three ranks up (each gloo rank listens once), launcher included in pids
+            if len({pid for _, pid in listening}) >= 3:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert len({pid for _, pid in listening}) >= 3, f"ranks did not come up: {listening}"
+        time.sleep(1.0)  # anything opened a little later (a store, a late rank) shows too
+        listening = _listeners(_session_pids(proc.pid))
+        exposed = [(addr, pid) for addr, pid in listening if not addr.startswith(LOOPBACK)]
+        assert exposed == [], f"sockets listening beyond loopback: {exposed}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
