@@ -265,6 +265,10 @@ def _stratified_test_mask(y: np.ndarray, fraction: float, seed: int) -> np.ndarr
 class DigitsArgs:
     test_fraction: float = 0.2  # share of the 1797 images held out (stratified, fixed split)
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"digits test_fraction must be in (0, 1), got {self.test_fraction}")
+
 
 @DATASETS.register(
     "digits",
@@ -274,8 +278,6 @@ class DigitsArgs:
 )
 def digits(args: DigitsArgs, data_dir: str) -> Dataset:
     """scikit-learn's bundled 8x8 digits with a fixed stratified split (seed 0, not the run's)."""
-    if not 0.0 < args.test_fraction < 1.0:
-        raise ValueError(f"digits test_fraction must be in (0, 1), got {args.test_fraction}")
     images, y = _digits_arrays()
     x = (images / 16.0)[:, None, :, :]  # pixel values are 0..16
     # The split is part of the task, not of the run: a fixed seed keeps the test set the same
@@ -329,6 +331,8 @@ def synthetic(args: SyntheticArgs, data_dir: str) -> Dataset:
             f"synthetic train_size and test_size must be positive, "
             f"got {args.train_size} and {args.test_size}"
         )
+    if not args.noise >= 0:
+        raise ValueError(f"synthetic noise is a standard deviation >= 0, got {args.noise}")
     gen = torch.Generator().manual_seed(args.data_seed)
     means = torch.randn((args.num_classes, *shape), generator=gen)
 
