@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -85,7 +86,8 @@ def build_config(args: argparse.Namespace) -> tuple[RunConfig, str]:
 
 def preflight(cfg: RunConfig) -> None:
     """Find input errors before any rank starts: missing data, a model that does not fit the
-    data, CUDA asked for but absent. Loads the dataset here, so forked ranks inherit it."""
+    data, a batch larger than a rank's shard, CUDA asked for but absent. Loads the dataset
+    here, so forked ranks inherit it."""
     import torch
 
     from suite.loop import build_dataset, initial_model
@@ -107,6 +109,7 @@ def preflight(cfg: RunConfig) -> None:
         data = build_dataset(cfg)
     except ValueError as err:  # a dataset knob out of range
         raise ConfigError(f"dataset {cfg.dataset.name!r}: {err}") from None
+    _check_batch_fits(cfg, data.name, len(data.train))
     try:
         with torch.device("meta"):
             initial_model(cfg, data)(torch.empty(2, *data.input_shape))
@@ -115,6 +118,24 @@ def preflight(cfg: RunConfig) -> None:
             f"model {cfg.model.name!r} does not fit dataset {cfg.dataset.name!r} "
             f"(input shape {data.input_shape}): {err}"
         ) from None
+
+
+def _check_batch_fits(cfg: RunConfig, dataset: str, n: int) -> None:
+    """Every rank needs one full batch per epoch from its shard (see ShardedBatches)."""
+    from suite.tasks.data import shard_size
+
+    b, p = cfg.batch_size, cfg.nproc
+    shard = shard_size(n, p)
+    if b <= shard:
+        return
+    where = f"{n} training samples over {p} rank(s) give {shard} per rank"
+    if b > n:
+        fix = f"batch_size <= {shard} at nproc={p}"
+    else:  # the largest world whose shards still hold one batch: ceil(n / p) >= b
+        fix = f"batch_size <= {shard}, or nproc <= {math.ceil(n / (b - 1)) - 1} at batch_size={b}"
+    raise ConfigError(
+        f"batch_size {b} is larger than a rank's shard of {dataset} ({where}); valid: {fix}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-name", help="MLflow run name")
     run.add_argument(
         "--hang-timeout",
-        type=float,
+        type=_seconds,
         default=40.0,
         help="seconds without progress on any rank before the job is stopped as hung (default 40)",
     )
@@ -493,6 +514,17 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--data-dir", required=True)
     dl.set_defaults(func=cmd_data)
     return parser
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0 (argparse then exits 2 naming the flag)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text!r}")
+    return value
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:

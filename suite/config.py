@@ -11,12 +11,17 @@ Literal, tuple[int, ...], tuple[float, ...]); unknown keys, unknown names and ma
 raise :class:`ConfigError`, whose message lists the valid keys or choices. We wrote this (~150
 lines) rather than use Hydra/OmegaConf/tyro because the set of valid keys depends on registry
 lookups made while overrides are applied, and errors must list registry names.
+
+Values out of range are ConfigErrors naming the valid range. Every float leaf (component knobs
+included) must be finite: :func:`validate` refuses inf and nan unless the field opts out with
+``field(default=..., metadata={"nonfinite": "what inf or nan means here"})`` (none does yet).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -87,11 +92,22 @@ class OptimConfig:
     warmup_epochs: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.power <= 0:
+        # Written as "not (valid)" so that NaN, which fails every comparison, is refused too.
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"optim.momentum must be in [0, 1), got {self.momentum}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.eps > 0:
+            raise ValueError(f"optim.eps must be > 0, got {self.eps}")
+        if not self.gamma > 0:
+            raise ValueError(f"optim.gamma must be > 0, got {self.gamma}")
+        if not all(m >= 0 for m in self.milestones):
+            raise ValueError(f"optim.milestones must be epochs >= 0, got {self.milestones}")
+        if not self.power > 0:
             raise ValueError(f"optim.power must be > 0, got {self.power}")
-        if self.trust_coefficient <= 0:
+        if not self.trust_coefficient > 0:
             raise ValueError(f"optim.trust_coefficient must be > 0, got {self.trust_coefficient}")
-        if self.warmup_steps < 0 or self.warmup_epochs < 0:
+        if self.warmup_steps < 0 or not self.warmup_epochs >= 0:
             raise ValueError("optim.warmup_steps and optim.warmup_epochs must be >= 0")
 
 
@@ -356,22 +372,52 @@ def apply_overrides(cfg: RunConfig, items: Iterable[str] | Mapping[str, Any]) ->
     return cfg
 
 
+def _nonfinite(obj: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """(dotted key, value) of every float leaf under dataclass ``obj`` holding inf or nan,
+    skipping fields whose metadata gives them a meaning (``{"nonfinite": "what inf means"}``)."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if isinstance(value, Component):
+            if value.args is not None:
+                yield from _nonfinite(value.args, key + ".")
+        elif is_dataclass(value):
+            yield from _nonfinite(value, key + ".")
+        elif "nonfinite" not in f.metadata:
+            items = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+                yield key, value
+
+
+SEED_MAX = 2**32 - 1  # seeds are mixed into 64-bit torch seeds; numpy takes 32 bits
+
+
 def validate(cfg: RunConfig) -> None:
-    """Checks that span fields; raise ConfigError naming the field and the valid range."""
+    """Checks that span fields; raise ConfigError naming the field and the valid range.
+
+    Every float knob must be finite (inf and nan are refused) unless its field's metadata has
+    a ``"nonfinite"`` entry saying what they mean for it."""
     positive = ("nproc", "batch_size", "micro_batches", "eval_batch_size", "log_every")
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    # Written as "not (valid)" so that NaN, which fails every comparison, is refused too.
+    if not cfg.epochs >= 0:
+        raise ConfigError(f"epochs must be >= 0 (0: run for steps), got {cfg.epochs}")
     if cfg.steps < 1 and cfg.epochs <= 0:
         raise ConfigError(f"steps must be >= 1 (or epochs > 0), got steps={cfg.steps}")
-    if cfg.eval_every < 0 or cfg.epochs < 0:
-        raise ConfigError("eval_every and epochs must be >= 0")
-    if cfg.optim.lr <= 0:
+    if cfg.eval_every < 0 or cfg.num_workers < 0:
+        raise ConfigError("eval_every and num_workers must be >= 0")
+    if not 0 <= cfg.seed <= SEED_MAX:
+        raise ConfigError(f"seed must be in [0, {SEED_MAX}], got {cfg.seed}")
+    if not cfg.optim.lr > 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     if cfg.optim.name == "adagrad" and (cfg.optim.momentum or cfg.optim.nesterov):
         raise ConfigError("optim.momentum and optim.nesterov apply to optim.name=sgd only")
     if cfg.optim.name == "lars" and cfg.optim.nesterov:
         raise ConfigError("optim.nesterov applies to optim.name=sgd only (lars: heavy-ball)")
+    if cfg.optim.nesterov and cfg.optim.momentum == 0:
+        raise ConfigError("optim.nesterov needs optim.momentum in (0, 1), got momentum 0")
     if cfg.optim.warmup_steps and cfg.optim.warmup_epochs:
         raise ConfigError("set optim.warmup_steps or optim.warmup_epochs, not both")
     if not 0.0 <= cfg.target_accuracy <= 1.0:
@@ -392,6 +438,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(
             f"algorithm {entry.name!r} runs on exactly {world} process(es); got nproc={cfg.nproc}"
         )
+    for key, value in _nonfinite(cfg):
+        raise ConfigError(f"{key} must be a finite number, got {_as_text(value)}")
 
 
 def from_flat(flat: Mapping[str, Any]) -> RunConfig:

@@ -78,6 +78,8 @@ class StragglerConfig:
             raise ValueError(f"slow_prob is a probability in [0, 1], got {self.slow_prob}")
         if self.link_delay < 0 or self.link_jitter < 0:
             raise ValueError("link_delay and link_jitter must be >= 0")
+        if not 0 <= self.seed <= 2**32 - 1:
+            raise ValueError(f"straggler seed must be in [0, {2**32 - 1}], got {self.seed}")
 
 
 class StragglerModel:

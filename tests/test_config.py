@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
 import pytest
 
 from suite.config import (
     Component,
     ConfigError,
     RunConfig,
+    _nonfinite,
     apply_overrides,
     flatten,
     from_flat,
@@ -101,3 +105,23 @@ def test_component_is_frozen() -> None:
     comp = Component("x")
     with pytest.raises(AttributeError):
         comp.name = "y"  # type: ignore[misc]
+
+
+def test_nonfinite_floats_are_found_at_any_depth_unless_the_field_opts_out() -> None:
+    @dataclass(frozen=True)
+    class Knobs:
+        cap: float = field(default=math.inf, metadata={"nonfinite": "inf: no cap"})
+        rate: float = 1.0
+        points: tuple[float, ...] = ()
+
+    @dataclass(frozen=True)
+    class Outer:
+        inner: Component = field(default_factory=lambda: Component("x", Knobs()))
+        knobs: Knobs = field(default_factory=Knobs)
+        count: int = 3
+
+    assert list(_nonfinite(Outer())) == []  # cap = inf is documented, so allowed
+    bad = Outer(Component("x", Knobs(rate=math.nan)), Knobs(points=(1.0, -math.inf)))
+    found = dict(_nonfinite(bad))
+    assert found.keys() == {"inner.rate", "knobs.points"}
+    assert found["knobs.points"] == (1.0, -math.inf)

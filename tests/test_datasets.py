@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import itertools
 import pickle
@@ -213,6 +214,56 @@ def test_cifar100_fine_labels_and_stats(tmp_path: Path) -> None:
     assert int(ds.train.x[2, 1, 1, 4]) == 99
     out = ds.preprocess(ds.train.x, False, None)
     assert out[2, 1, 1, 4].item() == pytest.approx((99 / 255 - 0.4865) / 0.2564, rel=1e-5)
+
+
+def python2_cifar_pickle(data: np.ndarray, labels: list[int]) -> bytes:
+    """A batch as the original archives hold it: written by Python 2's cPickle (protocol 2,
+    str as SHORT_BINSTRING), the array by numpy 1.x's ``numpy.core.multiarray._reconstruct``."""
+
+    def string(b: bytes) -> bytes:
+        return b"U" + bytes([len(b)]) + b
+
+    raw = data.tobytes()
+    return b"".join([
+        b"\x80\x02}(", string(b"data"),
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85", string(b"b"),
+        b"\x87R(K\x01K", bytes([len(data)]), b"M\x00\x0c\x86",
+        b"cnumpy\ndtype\n", string(b"u1"), b"K\x00K\x01\x87R(K\x03", string(b"|"),
+        b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89",
+        b"T", len(raw).to_bytes(4, "little"), raw, b"tb",
+        string(b"labels"), b"](", *(b"K" + bytes([y]) for y in labels), b"eu.",
+    ])  # fmt: skip
+
+
+def test_cifar_reader_admits_the_archive_format_and_nothing_else(tmp_path: Path) -> None:
+    written = write_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    data = cifar_rows(2, seed=9)
+    (folder / "data_batch_2").write_bytes(python2_cifar_pickle(data, [4, 5]))
+    with open(folder / "data_batch_3", "wb") as f:  # numpy's out-of-band-capable protocol
+        pickle.dump({b"data": data, b"labels": [6, 7]}, f, protocol=5)
+    ds = load("cifar10", tmp_path, augment=False)
+    assert torch.equal(ds.train.x[2:4].reshape(2, -1), torch.from_numpy(data))
+    assert torch.equal(ds.train.x[4:6].reshape(2, -1), torch.from_numpy(data))
+    assert ds.train.y[:6].tolist() == [*written["data_batch_1"][1], 4, 5, 6, 7]
+
+    marker = tmp_path / "marker"
+
+    class Evals:  # unpickles into eval(...): a builtin, but not one CIFAR needs
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return eval, (f"open({str(marker)!r}, 'w')",)
+
+    class Rot13:  # bytes as protocol 2 writes them, but through another codec
+        def __reduce__(self) -> tuple[object, tuple[str, str]]:
+            return codecs.encode, ("data", "rot13")
+
+    for payload, refused in [(Evals(), ".eval"), (Rot13(), "encode with 'rot13'")]:
+        write_pickle(folder / "data_batch_1", {b"data": payload, b"labels": [0]})
+        with pytest.raises(ValueError, match="refusing to load") as info:
+            load("cifar10", tmp_path)
+        assert str(folder / "data_batch_1") in str(info.value)
+        assert f"{refused} not allowed" in str(info.value)
+    assert not marker.exists()
 
 
 def test_cifar_normalisation_and_raw_mode(tmp_path: Path) -> None:

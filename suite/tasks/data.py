@@ -68,6 +68,12 @@ class _IndexLength:
         return self.n
 
 
+def shard_size(n: int, world_size: int) -> int:
+    """Training samples per rank per epoch: ``DistributedSampler`` pads ``n`` to a multiple of
+    the world size, so every rank gets ceil(n / world_size)."""
+    return -(-n // world_size)
+
+
 class ShardedBatches:
     """Endless training batches of one rank's shard, epoch after epoch.
 

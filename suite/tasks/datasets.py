@@ -24,7 +24,9 @@ the torchvision one-liner and a hand-extracted archive all give the same tree (`
 
 File-based entries carry ``check`` in their registry meta: a cheap test, run by the launcher
 before any process starts, that raises :class:`DataNotFoundError` saying what is missing and how to
-get it. Pickles are trusted input here, as in torchvision: only load data you downloaded yourself.
+get it. CIFAR pickles are read with a restricted unpickler that admits only what the format
+holds (dicts, lists, str, bytes, int, numpy arrays): a file naming anything else is refused
+before any of it runs.
 """
 
 from __future__ import annotations
@@ -263,6 +265,10 @@ def _stratified_test_mask(y: np.ndarray, fraction: float, seed: int) -> np.ndarr
 class DigitsArgs:
     test_fraction: float = 0.2  # share of the 1797 images held out (stratified, fixed split)
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"digits test_fraction must be in (0, 1), got {self.test_fraction}")
+
 
 @DATASETS.register(
     "digits",
@@ -272,8 +278,6 @@ class DigitsArgs:
 )
 def digits(args: DigitsArgs, data_dir: str) -> Dataset:
     """scikit-learn's bundled 8x8 digits with a fixed stratified split (seed 0, not the run's)."""
-    if not 0.0 < args.test_fraction < 1.0:
-        raise ValueError(f"digits test_fraction must be in (0, 1), got {args.test_fraction}")
     images, y = _digits_arrays()
     x = (images / 16.0)[:, None, :, :]  # pixel values are 0..16
     # The split is part of the task, not of the run: a fixed seed keeps the test set the same
@@ -327,6 +331,8 @@ def synthetic(args: SyntheticArgs, data_dir: str) -> Dataset:
             f"synthetic train_size and test_size must be positive, "
             f"got {args.train_size} and {args.test_size}"
         )
+    if not args.noise >= 0:
+        raise ValueError(f"synthetic noise is a standard deviation >= 0, got {args.noise}")
     gen = torch.Generator().manual_seed(args.data_seed)
     means = torch.randn((args.num_classes, *shape), generator=gen)
 
@@ -530,15 +536,80 @@ def _cifar_paths(layout: _CifarLayout, data_dir: str) -> tuple[list[str], str]:
     return train, test
 
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    """The pickle names a global that no CIFAR batch holds."""
+
+
+def _latin1(text: str, encoding: str) -> bytes:
+    """``_codecs.encode`` as pickle protocols 0-2 use it for bytes (always latin1), and no
+    other codec."""
+    if encoding != "latin1" or not isinstance(text, str):
+        raise _RefusedGlobal(f"_codecs.encode with {encoding!r} not allowed")
+    return text.encode("latin1")
+
+
+try:  # where numpy keeps the functions its array pickles name (numpy >= 2; then 1.x)
+    from numpy._core.multiarray import _reconstruct
+    from numpy._core.numeric import _frombuffer
+except ImportError:  # pragma: no cover
+    from numpy.core.multiarray import _reconstruct
+    from numpy.core.numeric import _frombuffer
+
+# Every global a CIFAR batch may name: numpy arrays (as written by the original Python 2
+# archives and by numpy 1.x or 2.x at any protocol) and Python 3's way of writing bytes at
+# protocol 2. Dicts, lists, str, bytes and int need no global at all.
+_CIFAR_GLOBALS: dict[tuple[str, str], object] = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("_codecs", "encode"): _latin1,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what the CIFAR format holds (see ``_CIFAR_GLOBALS``): anything else, e.g.
+    ``os.system``, is refused before it is looked up, so no code in the file runs."""
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return _CIFAR_GLOBALS[(module, name)]
+        except KeyError:
+            raise _RefusedGlobal(f"global {module}.{name} not allowed") from None
+
+    def persistent_load(self, pid: object) -> object:
+        raise _RefusedGlobal("persistent ids not allowed")
+
+
 def _read_cifar_pickle(path: str, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR pickle -> (uint8 (n, 3, 32, 32), int64 (n,))."""
+    """One CIFAR pickle -> (uint8 (n, 3, 32, 32), int64 (n,)).
+
+    Read with a restricted unpickler: a file that names anything beyond numpy arrays is refused
+    ("refusing to load FILE"), a damaged one is reported by name; both are ValueErrors."""
     with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="bytes")  # the archives hold Python 2 pickles
+        try:
+            # The archives hold Python 2 pickles, whose str values we keep as bytes.
+            entry = _CifarUnpickler(f, encoding="bytes").load()
+        except _RefusedGlobal as err:
+            raise ValueError(
+                f"refusing to load {path}: it is not a plain CIFAR batch ({err}); only dicts, "
+                f"lists, str, bytes, int and numpy arrays are read"
+            ) from None
+        except Exception as err:  # a damaged pickle can raise almost anything
+            raise ValueError(
+                f"cannot read {path}: not a valid CIFAR python pickle (damaged or truncated? "
+                f"{type(err).__name__}: {err}); download it again"
+            ) from None
     if not isinstance(entry, dict) or b"data" not in entry or label_key not in entry:
-        keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+        keys = sorted(map(repr, entry)) if isinstance(entry, dict) else type(entry).__name__
         raise ValueError(f"{path}: expected a dict with b'data' and {label_key!r}, got {keys}")
-    data = np.asarray(entry[b"data"], dtype=np.uint8)
-    labels = np.asarray(entry[label_key], dtype=np.int64)
+    try:
+        data = np.asarray(entry[b"data"], dtype=np.uint8)
+        labels = np.asarray(entry[label_key], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ValueError(f"{path}: b'data' or {label_key!r} is not numeric: {err}") from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
         raise ValueError(
             f"{path}: b'data' has shape {data.shape} and there are {len(labels)} labels; "

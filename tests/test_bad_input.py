@@ -1,0 +1,289 @@
+"""Every bad input is refused before any rank starts: exit 2, a message naming the problem and
+the valid range, and nothing written in the working directory.
+
+The matrix runs ``suite.cli.main`` in-process (fast) with the launcher and the MLflow run's
+creation replaced by functions that fail the test, so a case passes only if it is refused
+before a rank or a run could start. A few cases, and the crafted CIFAR pickles, go through the
+real ``python -m suite`` as a user would. Case ids start with ``new-`` for inputs that started
+ranks (or ran) before the hardening, ``kept-`` for inputs refused already (regressions).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import suite_cmd
+from test_datasets import write_cifar10
+
+from suite import cli, launcher, reproduce, sweep
+from suite.tracking import RunWriter
+
+RUN = ["run", "allreduce_sgd", "--steps", "2"]
+SWEEP = ["sweep", "baseline/periods", "--space", "period", "--trials", "1"]
+
+# (id, argv, fragments the message must hold: the problem and the valid range)
+CASES: list[tuple[str, list[str], list[str]]] = [
+    # Non-finite floats, wherever they sit in the config
+    ("new-lr-nan", [*RUN, "--set", "optim.lr=nan"], ["optim.lr must be > 0", "nan"]),
+    ("new-lr-inf", [*RUN, "--set", "optim.lr=inf"], ["optim.lr must be a finite number", "inf"]),
+    ("new-lr-overflow", [*RUN, "--set", "optim.lr=1e999"], ["optim.lr must be a finite"]),
+    ("new-wd-nan", [*RUN, "--set", "optim.weight_decay=nan"], ["optim.weight_decay must be >= 0"]),
+    ("new-epochs-nan", [*RUN, "--epochs", "nan"], ["epochs must be >= 0", "nan"]),
+    ("new-epochs-inf", [*RUN, "--epochs", "inf"], ["epochs must be a finite number", "inf"]),
+    ("new-gamma-nan", [*RUN, "--set", "optim.gamma=nan"], ["optim.gamma must be > 0"]),
+    (
+        "new-milestone-nan",
+        [*RUN, "--set", "optim.schedule=multistep", "--set", "optim.milestones=1,nan"],
+        ["optim.milestones must be epochs >= 0"],
+    ),
+    (
+        "new-warmup-epochs-nan",
+        [*RUN, "--set", "optim.warmup_epochs=nan"],
+        ["optim.warmup_epochs must be >= 0"],
+    ),
+    (
+        "new-eventgrad-horizon-nan",
+        ["run", "eventgrad", "--set", "algorithm.horizon=nan"],
+        ["algorithm.horizon must be a finite number", "nan"],
+    ),
+    (
+        "new-straggler-base-inf",
+        ["run", "consensus_backup", "--set", "algorithm.straggler.base=inf"],
+        ["algorithm.straggler.base must be a finite number"],
+    ),
+    (
+        "new-time-scale-nan",
+        ["run", "consensus_backup", "--set", "algorithm.time_scale=nan"],
+        ["algorithm.time_scale must be a finite number"],
+    ),
+    (
+        "new-adaptive-gain-inf",
+        ["run", "adaptive_topk", "--set", "algorithm.gain=inf"],
+        ["algorithm.gain must be a finite number"],
+    ),
+    (
+        "new-adaptive-kmax-inf",
+        ["run", "adaptive_topk", "--set", "algorithm.k_max=inf"],
+        ["algorithm.k_max must be a finite number"],
+    ),
+    (
+        "new-synthetic-noise-inf",
+        [*RUN, "--set", "dataset=synthetic", "--set", "dataset.noise=inf"],
+        ["dataset.noise must be a finite number"],
+    ),
+    # Ranges that torch (or the loop) found only inside the ranks, or never
+    ("new-momentum-negative", [*RUN, "--set", "optim.momentum=-1"], ["in [0, 1)", "-1"]),
+    ("new-momentum-above-1", [*RUN, "--set", "optim.momentum=1.5"], ["in [0, 1)", "1.5"]),
+    ("new-wd-negative", [*RUN, "--set", "optim.weight_decay=-0.1"], ["must be >= 0", "-0.1"]),
+    (
+        "new-nesterov-without-momentum",
+        [*RUN, "--set", "optim.nesterov=true"],
+        ["optim.nesterov needs optim.momentum in (0, 1)"],
+    ),
+    (
+        "new-adagrad-eps-negative",
+        [*RUN, "--set", "optim.name=adagrad", "--set", "optim.eps=-1"],
+        ["optim.eps must be > 0"],
+    ),
+    ("new-seed-too-big", [*RUN, "--seed", str(10**20)], ["seed must be in [0, 4294967295]"]),
+    (
+        "new-synthetic-noise-negative",
+        [*RUN, "--set", "dataset=synthetic", "--set", "dataset.noise=-1"],
+        ["noise is a standard deviation >= 0"],
+    ),
+    ("new-hang-timeout-negative", [*RUN, "--hang-timeout", "-1"], ["--hang-timeout", "> 0"]),
+    ("new-hang-timeout-nan", [*RUN, "--hang-timeout", "nan"], ["--hang-timeout", "finite"]),
+    ("new-hang-timeout-zero", [*RUN, "--hang-timeout", "0"], ["--hang-timeout", "> 0"]),
+    # A batch larger than a rank's shard (found only after every rank started)
+    (
+        "new-nproc-64",
+        [*RUN, "--nproc", "64"],
+        [
+            "batch_size 32 is larger than a rank's shard of digits",
+            "1437 training samples over 64",
+            "23 per rank",
+            "batch_size <= 23",
+            "nproc <= 46",
+        ],
+    ),
+    (
+        "new-batch-100000",
+        [*RUN, "--set", "batch_size=100000"],
+        ["batch_size 100000", "360 per rank", "batch_size <= 360"],
+    ),
+    # The other commands that start runs check their --set the same way
+    (
+        "new-reproduce-lr-nan",
+        ["reproduce", "baseline", "--set", "optim.lr=nan"],
+        ["optim.lr must be > 0", "nan"],
+    ),
+    (
+        "new-sweep-momentum-2",
+        [*SWEEP, "--set", "optim.momentum=2"],
+        ["optim.momentum must be in [0, 1)"],
+    ),
+    # Refused already: regressions, from test_cli and test_config
+    ("kept-unknown-target", ["run", "allreduce"], ["unknown target", "allreduce_sgd"]),
+    ("kept-unknown-model", [*RUN, "--set", "model=vgg"], ["unknown model 'vgg'", "mlp"]),
+    ("kept-unknown-key", [*RUN, "--set", "optim.lrr=1"], ["unknown config key", "optim.lr"]),
+    ("kept-bad-int", [*RUN, "--set", "steps=many"], ["bad value 'many' for steps"]),
+    ("kept-bad-choice", [*RUN, "--set", "optim.schedule=cosine"], ["valid choices: constant"]),
+    ("kept-world-size", ["run", "single", "--nproc", "2"], ["exactly 1 process"]),
+    ("kept-nproc-zero", [*RUN, "--nproc", "0"], ["nproc must be >= 1"]),
+    ("kept-lr-negative", [*RUN, "--set", "optim.lr=-1"], ["optim.lr must be > 0"]),
+    ("kept-batch-zero", [*RUN, "--set", "batch_size=0"], ["batch_size must be >= 1"]),
+    (
+        "kept-period-zero",
+        ["run", "local_sgd", "--set", "algorithm.period=0"],
+        ["period must be >= 1"],
+    ),
+    ("kept-smoothing-inf", [*RUN, "--set", "label_smoothing=inf"], ["in [0, 1)"]),
+    ("kept-target-nan", [*RUN, "--set", "target_accuracy=nan"], ["in [0, 1]"]),
+    (
+        "kept-compressor-ratio-nan",
+        [
+            "run",
+            "ef_sgd",
+            "--set",
+            "algorithm.compressor=top_k",
+            "--set",
+            "algorithm.compressor.ratio=nan",
+        ],
+        ["ratio must be in (0, 1]"],
+    ),
+    ("kept-test-fraction-nan", [*RUN, "--set", "dataset.test_fraction=nan"], ["in (0, 1)"]),
+    (
+        "kept-fault-rank",
+        [*RUN, "--set", "fault.kind=crash", "--set", "fault.rank=9"],
+        ["fault.rank must be in [0, 3]"],
+    ),
+    ("kept-mnist-no-dir", [*RUN, "--set", "dataset=mnist"], ["--data-dir"]),
+    ("kept-tracking-uri", [*RUN, "--tracking-uri", "ftp://x"], ["valid schemes"]),
+]
+
+
+@pytest.fixture
+def no_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Run in an empty ``tmp_path``; starting a rank, an MLflow run or a reproduce/sweep job
+    fails the test."""
+
+    def started(*args: object, **kwargs: object) -> None:
+        raise AssertionError("bad input reached the start of a job")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default store: ./mlflow.db
+    monkeypatch.setattr(launcher, "launch", started)
+    monkeypatch.setattr(launcher, "init_from_env", started)
+    monkeypatch.setattr(RunWriter, "open", started)
+    monkeypatch.setattr(reproduce, "run_job", started)  # suite reproduce's runs
+    monkeypatch.setattr(sweep, "run_job", started)  # suite sweep's trials
+    threads = torch.get_num_threads()  # the preflight sets 1 for the ranks it would fork
+    yield tmp_path
+    torch.set_num_threads(threads)
+
+
+def _main(argv: list[str]) -> int:
+    try:
+        return cli.main(argv)
+    except SystemExit as exit:  # argparse's own refusals
+        return int(exit.code)
+
+
+@pytest.mark.parametrize(("argv", "fragments"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_before_any_rank_starts(
+    no_start: Path, capsys: pytest.CaptureFixture[str], argv: list[str], fragments: list[str]
+) -> None:
+    code = _main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    for fragment in fragments:
+        assert fragment in err, err
+    assert "Traceback" not in err
+    assert os.listdir(no_start) == []  # no mlflow.db, no mlruns, nothing
+
+
+@pytest.mark.parametrize("case", ["new-nproc-64", "new-epochs-nan", "new-hang-timeout-nan"])
+def test_the_real_cli_refuses_them_too(tmp_path: Path, case: str) -> None:
+    argv, fragments = next(c[1:] for c in CASES if c[0] == case)
+    proc = suite_cmd(*argv, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    for fragment in fragments:
+        assert fragment in proc.stderr
+    assert "Traceback" not in proc.stderr and "rank 0" not in proc.stderr
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# No code runs from data files
+
+
+class _Payload:
+    """Unpickles into ``os.system("touch MARKER")``: what a crafted CIFAR batch could run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def _cifar_cli(data: Path, cwd: Path):
+    return suite_cmd(
+        "run", "allreduce_sgd", "--set", "dataset=cifar10", "--data-dir", str(data),
+        "--steps", "2", cwd=cwd,
+    )  # fmt: skip
+
+
+def test_a_crafted_cifar_pickle_is_refused_and_its_payload_never_runs(tmp_path: Path) -> None:
+    data, cwd, marker = tmp_path / "data", tmp_path / "cwd", tmp_path / "marker"
+    cwd.mkdir()
+    write_cifar10(data)
+    batch = data / "cifar-10-batches-py" / "data_batch_1"
+    crafted = pickle.dumps({b"data": _Payload(marker), b"labels": [0, 1]}, protocol=2)
+    batch.write_bytes(crafted)
+    proc = _cifar_cli(data, cwd)
+    assert proc.returncode == 2, proc.stderr
+    assert f"refusing to load {batch}" in proc.stderr
+    assert f"global {os.system.__module__}.system not allowed" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not marker.exists()  # the payload did not run
+    assert os.listdir(cwd) == []
+    # The payload is live: plain pickle runs it (what the reader did before).
+    pickle.loads(crafted)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_cifar_pickle_is_exit_2_naming_the_file(tmp_path: Path, damage: str) -> None:
+    data, cwd = tmp_path / "data", tmp_path / "cwd"
+    cwd.mkdir()
+    write_cifar10(data)
+    batch = data / "cifar-10-batches-py" / "data_batch_1"
+    if damage == "garbage":
+        batch.write_bytes(b"\x80\x02}q\x00GARBAGE\xff\xfe not a pickle")
+    else:
+        whole = batch.read_bytes()
+        batch.write_bytes(whole[: len(whole) // 2])
+    proc = _cifar_cli(data, cwd)
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot read {batch}" in proc.stderr and "download it again" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert os.listdir(cwd) == []
+
+
+@pytest.mark.parametrize("dataset", ["digits", "cifar10"])
+def test_good_input_gets_past_the_checks_to_the_launcher(
+    no_start: Path, tmp_path: Path, dataset: str
+) -> None:
+    """The control for the matrix: valid input (here real-format tiny CIFAR files, ten images,
+    so one rank with batch 2) passes every check and reaches the (patched) launcher."""
+    data = tmp_path / "data"
+    write_cifar10(data)
+    argv = ["run", "allreduce_sgd", "--no-track", "--nproc", "1", "--set", "batch_size=2"]
+    with pytest.raises(AssertionError, match="reached the start of a job"):
+        _main([*argv, "--set", f"dataset={dataset}", "--data-dir", str(data)])
