@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from suite.algorithms.base import Algorithm, Context
 from suite.config import RunConfig, to_json
 from suite.costmodel import Network
+from suite.divergence import Diverged
 from suite.launcher import heartbeat, placement, resolve_device
 from suite.optim import LARS, lars_param_groups
 from suite.registry import ALGORITHMS, DATASETS, MODELS
@@ -251,6 +252,8 @@ class Trainer:
                 loss.backward()
                 loss_sum += loss.item()
                 heartbeat()
+            if not math.isfinite(loss_sum):  # before its gradients reach any other rank
+                raise Diverged(step, self.rank, "loss")
             self.algorithm.reduce_gradients(step)
             lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
@@ -263,7 +266,10 @@ class Trainer:
                 self.bar.update()
             last = step == self.steps - 1
             self.steps_run = step + 1
-            if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last:
+            evaluating = (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last
+            if evaluating or (step + 1) % cfg.log_every == 0:
+                self._check_parameters(step)
+            if evaluating:
                 self._flush_rows()
                 scores = self.evaluate()
                 self._note_target(step, scores, time.perf_counter() - start)
@@ -276,6 +282,18 @@ class Trainer:
         if self.bar is not None:
             self.bar.close()
         return self._finish(train_seconds)
+
+    def _check_parameters(self, step: int) -> None:
+        """Raise :class:`Diverged` if any parameter is non-finite. The loss is checked every
+        step (it is free); this check costs ~6% of a digits MLP step (~0.1% of ResNet-20's), so
+        it runs only when rows are logged and before evaluations. A non-finite parameter makes
+        the next step's loss non-finite anyway."""
+        params = [p.detach() for p in self.model.parameters()]
+        if not params or math.isfinite(torch.stack(torch._foreach_norm(params)).sum().item()):
+            return
+        # a huge but finite norm can overflow: only a non-finite value itself is divergence
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise Diverged(step, self.rank, "parameters")
 
     def _note_target(self, step: int, scores: dict[str, float], seconds: float) -> None:
         """Remember when the run first reached ``target_accuracy`` (every rank sees the same
