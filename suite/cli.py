@@ -1,6 +1,7 @@
 """The ``suite`` command line.
 
-Exit codes: 0 success; 1 the run failed (a rank crashed or hung: its traceback is printed);
+Exit codes: 0 success; 1 the run failed (a rank crashed or hung: its traceback is printed; or
+it diverged: a non-finite loss or parameter, where and on which rank is printed);
 2 bad input (unknown name or key, bad value, missing data: the message lists the valid choices);
 130 interrupted (Ctrl-C or SIGTERM). Every failure path ends the MLflow run as FAILED.
 """

@@ -7,6 +7,10 @@ Per step, on every rank::
     optimizer.step(); lr schedule
     algorithm.mix_parameters(step)        # hook 2
 
+A rank whose loss turns non-finite (checked every step, before hook 1, so no other rank receives
+its gradients) or whose parameters do (checked every ``log_every`` steps and before evaluations)
+raises :class:`~suite.divergence.Diverged`; the launcher then stops every rank.
+
 Per-step rows (loss, cumulative algorithm bytes and messages, compute and communication
 seconds, the algorithm's own metrics) stay on each rank and go to rank 0 every ``log_every``
 steps in one harness gather; rank 0 shows a progress bar and hands them to MLflow.
@@ -149,6 +153,15 @@ def _lr_factor(
     return factor
 
 
+def parameters_finite(model: nn.Module) -> bool:
+    """Whether every parameter of ``model`` is finite: one fused norm and one sync."""
+    params = [p.detach() for p in model.parameters()]
+    if not params or math.isfinite(torch.stack(torch._foreach_norm(params)).sum().item()):
+        return True
+    # a huge but finite norm can overflow: only a non-finite value itself is divergence
+    return all(bool(torch.isfinite(p).all()) for p in params)
+
+
 def initial_model(cfg: RunConfig, data: Dataset) -> nn.Module:
     """The model every rank starts from: built from ``cfg.seed`` alone, so identical on all."""
     _seed_everything(cfg.seed)
@@ -285,14 +298,10 @@ class Trainer:
 
     def _check_parameters(self, step: int) -> None:
         """Raise :class:`Diverged` if any parameter is non-finite. The loss is checked every
-        step (it is free); this check costs ~6% of a digits MLP step (~0.1% of ResNet-20's), so
-        it runs only when rows are logged and before evaluations. A non-finite parameter makes
-        the next step's loss non-finite anyway."""
-        params = [p.detach() for p in self.model.parameters()]
-        if not params or math.isfinite(torch.stack(torch._foreach_norm(params)).sum().item()):
-            return
-        # a huge but finite norm can overflow: only a non-finite value itself is divergence
-        if not all(bool(torch.isfinite(p).all()) for p in params):
+        step (it is free); this check costs ~6% of a digits MLP step (~0.1% of ResNet-20's:
+        tests/benchmarks/test_bench_divergence.py), so it runs only when rows are logged and
+        before evaluations. A non-finite parameter makes the next step's loss non-finite."""
+        if not parameters_finite(self.model):
             raise Diverged(step, self.rank, "parameters")
 
     def _note_target(self, step: int, scores: dict[str, float], seconds: float) -> None:
