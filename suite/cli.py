@@ -29,6 +29,7 @@ from suite.config import (
     make_component,
     settable_keys,
 )
+from suite.divergence import Diverged, json_safe
 from suite.registry import ALGORITHMS, RECIPES, REGISTRIES, UnknownNameError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -191,7 +192,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             writer.discard()  # bad input: no run is created
         raise
     from suite import launcher
-    from suite.divergence import Diverged
     from suite.loop import Job, run_worker
 
     experiment = args.experiment or paper
@@ -264,13 +264,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _print_json(line: dict[str, Any]) -> None:
     """The --json line: strict JSON, non-finite numbers as null (NaN is not JSON)."""
-    from suite.divergence import json_safe
-
     print(json.dumps(json_safe(line), allow_nan=False), flush=True)
 
 
 def _diverged(
-    err: Any, details: str, args: argparse.Namespace, cfg: RunConfig, writer: Any, start: float
+    err: Diverged, details: str, args: argparse.Namespace, cfg: RunConfig, writer: Any, start: float
 ) -> int:
     """A rank's loss or parameters went non-finite (a :class:`Diverged`): a result of the
     config, not a crash, so no traceback. The run ends FAILED with ``suite.diverged`` tags, and
