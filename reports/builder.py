@@ -51,7 +51,9 @@ FINAL_METRICS = (
     "test_accuracy", "train_loss", "bytes_sent", "messages", "train_seconds", "wall_seconds",
     "steps", "epochs", "world_size", "compute_seconds", "comm_seconds", "model_comm_seconds",
 )  # fmt: skip
-RUN_COLUMNS = ("run_id", "status", "start", "recipe", "row", "profile", "seed", "target")
+RUN_COLUMNS = (
+    "run_id", "status", "start", "recipe", "row", "profile", "seed", "target", "diverged",
+)  # fmt: skip
 CURVE_COLUMNS = ("run_id", "recipe", "row", "profile", "seed", "step", "metric", "value")
 AXIS_NAMES = {"test_accuracy": "final test accuracy", "bytes_sent": "bytes sent, all ranks (B)"}
 MAX_POINTS = 400  # loss curves are binned to about this many steps per line
@@ -76,9 +78,10 @@ class Report:
 def load_runs(uri: str, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(runs, curves) of the recipe runs in ``experiment``.
 
-    runs: one row per FINISHED or KILLED run tagged ``suite.recipe`` (study parents and runs
-    started by hand are left out): run_id, status, start, recipe, row, profile, seed, target,
-    study, trial, and the ``final.*`` metrics without the prefix (NaN where not logged). Outside
+    runs: one row per FINISHED or KILLED run tagged ``suite.recipe``, and per FAILED one that
+    diverged (tag ``suite.diverged``; study parents and runs started by hand are left out):
+    run_id, status, start, recipe, row, profile, seed, target, diverged, study, trial, and the
+    ``final.*`` metrics without the prefix (NaN where not logged). Outside
     sweeps only the latest run of each (recipe, row, profile, seed) is kept, preferring FINISHED,
     so a ``--force`` rerun replaces what it reran. curves: the per-step histories in long form;
     sweep trials get none (no figure needs them, and fetching them is the slow part)."""
@@ -100,7 +103,8 @@ def _load(
             continue
         if "suite.recipe" not in tags or "suite.row" not in tags:
             continue  # started by hand with `suite run`: not part of any recipe
-        if info.status not in ("FINISHED", "KILLED"):
+        diverged = tags.get("suite.diverged") == "true"
+        if info.status not in ("FINISHED", "KILLED") and not diverged:
             continue
         seed = run.data.params.get("seed", "")
         record = {
@@ -112,6 +116,7 @@ def _load(
             "profile": tags.get("suite.profile", ""),
             "seed": int(seed) if seed.lstrip("-").isdigit() else -1,  # -1: not recorded
             "target": tags.get("target", ""),
+            "diverged": diverged,
             "study": tags.get("suite.study"),
             "trial": int(tags["suite.trial"]) if "suite.trial" in tags else None,
             "_logged": set(run.data.metrics),
@@ -125,7 +130,7 @@ def _load(
     columns = [*RUN_COLUMNS, "study", "trial", "_logged", *FINAL_METRICS, *runs.columns]
     runs = runs.reindex(columns=list(dict.fromkeys(columns)))
     text = ("run_id", "status", "recipe", "row", "profile", "target")
-    runs = runs.astype({c: str for c in text} | {"seed": int})  # the dtypes even when empty
+    runs = runs.astype({c: str for c in text} | {"seed": int, "diverged": bool})  # when empty
     runs["trial"] = runs["trial"].astype("Int64")
     plain = runs[runs["study"].isna()].assign(_done=lambda f: f["status"] == "FINISHED")
     plain = plain.sort_values(["_done", "start"]).drop(columns="_done")
@@ -569,19 +574,25 @@ def _pm(values: pd.Series, fmt: str = "{:.4f}") -> str:
     return mean if len(values) == 1 else f"{mean} ± {fmt.format(values.std())}"
 
 
-def results_table(runs: pd.DataFrame, recipe: Recipe, profile: str) -> pd.DataFrame:
+def results_table(
+    runs: pd.DataFrame, recipe: Recipe, profile: str, diverged: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """One line per row of the recipe at ``profile`` (rows without finished runs too: zero
-    seeds is a result)."""
+    seeds is a result). Runs in ``diverged`` count as seeds; their row reads "diverged"."""
     ref, fraction = saved(runs, recipe)
     runs = runs.assign(saved=100 * fraction)
     lines = []
     for row in recipe.rows_at(profile):
         mine = runs[runs["row"] == row.label]
+        lost = 0 if diverged is None else int((diverged["row"] == row.label).sum())
+        accuracy = _pm(mine["test_accuracy"])
+        if lost:
+            accuracy = "diverged" if mine.empty else f"{accuracy}; {lost} seed(s) diverged"
         lines.append(
             {
                 "row": row.label,
-                "seeds": len(mine),
-                "final test accuracy": _pm(mine["test_accuracy"]),
+                "seeds": len(mine) + lost,
+                "final test accuracy": accuracy,
                 "MB sent": _pm(mine["bytes_sent"] / 1e6, "{:.3f}"),
                 "messages": _pm(mine["messages"], "{:,.0f}"),
                 f"communication saved vs {ref or '(no reference run)'}": _pm(
@@ -610,7 +621,8 @@ def claims_table(verdicts: list[Verdict]) -> pd.DataFrame:
                 "paper value": _num(v.claim.paper_value),
                 "measured (mean ± std)": measured(v),
                 "compared with": _num(v.reference),
-                "verdict": f"{v.verdict} ({v.detail})" if v.verdict == UNTESTABLE else v.verdict,
+                # with no measurement (not testable, or a row diverged) the reason is the verdict
+                "verdict": f"{v.verdict} ({v.detail})" if v.mean is None else v.verdict,
             }
             for v in verdicts
         ]
@@ -631,7 +643,8 @@ def _header(paper: str, experiment: str, uri: str, runs: int) -> str:
         f"{' with local changes' if dirty else ''}.\n\nClaims are checked on the mean over "
         "seeds of the finished runs: **holds** and **fails** are measured outcomes; *not "
         "testable* means the claim is not checked at that profile or a row it needs has no "
-        "finished run. Only claims marked holds are borne out by this report.\n"
+        "finished run; a claim on a row whose run diverged fails. Only claims marked holds "
+        "are borne out by this report.\n"
     )
 
 
@@ -747,15 +760,19 @@ def _profile_section(
     note = recipe.profiles[profile].note
     doc.md(f"### Profile `{profile}`\n" + (f"\n{note}\n" if note else ""))
     mine = runs[(runs["recipe"] == recipe.name) & (runs["profile"] == profile)]
-    mine = mine[mine["study"].isna() & (mine["status"] == "FINISHED")]  # never sweep trials
-    if mine.empty:
+    mine = mine[mine["study"].isna()]  # never sweep trials
+    diverged = mine[mine["diverged"]]
+    mine = mine[mine["status"] == "FINISHED"]
+    if mine.empty and diverged.empty:
         doc.md("_No finished runs at this profile._\n")
         return None
-    verdicts = recipe.check(aggregate(finals(mine)), profile)
+    verdicts = recipe.check(aggregate(finals(mine)), profile, set(diverged["row"]))
     doc.md("#### Results\n")
-    doc.table(results_table(mine, recipe, profile))
+    doc.table(results_table(mine, recipe, profile, diverged))
     doc.md(f"#### Claims ({_tally(verdicts)})\n")
     doc.table(claims_table(verdicts))
+    if mine.empty:  # every run diverged: nothing to draw
+        return verdicts
     doc.md("#### Figures\n")
     mc = curves[curves["run_id"].isin(mine["run_id"])]
     base = f"{slug(recipe.name)}-{profile}"
@@ -780,10 +797,11 @@ def _sweep_section(doc: _Doc, recipe: Recipe, runs: pd.DataFrame, parents: dict)
     trials = runs[(runs["recipe"] == recipe.name) & runs["study"].notna()]
     for (profile, study), group in trials.groupby(["profile", "study"]):
         done, pruned = (group["status"] == "FINISHED").sum(), (group["status"] == "KILLED").sum()
+        lost = int(group["diverged"].sum())
         doc.md(
             f"### Sweep `{study}` (profile `{profile}`)\n\n{done} finished and {pruned} "
-            "pruned trial(s). Trials are single runs of searched settings; they never enter "
-            "the claims above.\n"
+            f"pruned trial(s){f' ({lost} diverged)' if lost else ''}. Trials are single runs of "
+            "searched settings; they never enter the claims above.\n"
         )
         # default study names repeat the recipe and profile: keep the file names short
         short = slug(str(study)).removeprefix(slug(recipe.name) + "-").removesuffix(f"-{profile}")
@@ -855,7 +873,9 @@ def _html(paper: str, sections: list[tuple]) -> str:
             body.append(_md_to_html(item))
         elif kind == "table":
             table = item.to_html(index=False, border=0, escape=True)
-            body.append(re.sub(r"<td>(holds|fails)</td>", r'<td class="\1">\1</td>', table))
+            body.append(
+                re.sub(r"<td>(holds|fails)([^<]*)</td>", r'<td class="\1">\1\2</td>', table)
+            )
         else:
             data = base64.b64encode(item.read_bytes()).decode()
             cap = html.escape(rest[0])

@@ -1,6 +1,7 @@
 """The ``suite`` command line.
 
-Exit codes: 0 success; 1 the run failed (a rank crashed or hung: its traceback is printed);
+Exit codes: 0 success; 1 the run failed (a rank crashed or hung: its traceback is printed; or
+it diverged: a non-finite loss or parameter, where and on which rank is printed);
 2 bad input (unknown name or key, bad value, missing data: the message lists the valid choices);
 130 interrupted (Ctrl-C or SIGTERM). Every failure path ends the MLflow run as FAILED.
 """
@@ -29,6 +30,7 @@ from suite.config import (
     make_component,
     settable_keys,
 )
+from suite.divergence import Diverged, json_safe
 from suite.registry import ALGORITHMS, RECIPES, REGISTRIES, UnknownNameError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -242,6 +244,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
             result = results[0]
     except launcher.RankFailure as failure:
+        if isinstance(failure.error, Diverged):
+            return _diverged(failure.error, failure.report(), args, cfg, writer, start)
         print(failure.report(), file=sys.stderr, end="")
         _end_failed(writer, failure.report())
         return EXIT_FAILED
@@ -249,6 +253,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("\ninterrupted: all ranks stopped", file=sys.stderr)
         _end_failed(writer, "interrupted (Ctrl-C or SIGTERM)")
         return EXIT_INTERRUPTED
+    except Diverged as err:  # this rank's own, under torchrun
+        return _diverged(err, traceback.format_exc(), args, cfg, writer, start)
     except BaseException:  # rank 0 under torchrun raised: the run fails with its traceback
         _end_failed(writer, traceback.format_exc())
         raise
@@ -271,10 +277,41 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(text, file=sys.stderr)
         line = {k: summary.get(k) for k in JSON_KEYS}
         line.update({k: v for k, v in summary.items() if k not in line})
-        print(json.dumps(line))
+        _print_json(line)
     else:
         print(text)
     return 0
+
+
+def _print_json(line: dict[str, Any]) -> None:
+    """The --json line: strict JSON, non-finite numbers as null (NaN is not JSON)."""
+    print(json.dumps(json_safe(line), allow_nan=False), flush=True)
+
+
+def _diverged(
+    err: Diverged, details: str, args: argparse.Namespace, cfg: RunConfig, writer: Any, start: float
+) -> int:
+    """A rank's loss or parameters went non-finite (a :class:`Diverged`): a result of the
+    config, not a crash, so no traceback. The run ends FAILED with ``suite.diverged`` tags, and
+    --json still prints one line saying where it diverged."""
+    print(
+        f"error: {err}; all ranks stopped. The optimizer blew up: try a lower optim.lr "
+        f"(now {cfg.optim.lr:g}), a warm-up or a smaller optim.momentum",
+        file=sys.stderr,
+    )
+    tags = {
+        "suite.diverged": "true",
+        "suite.diverged_step": str(err.step),
+        "suite.diverged_rank": str(err.rank),
+    }
+    run_id = _end_failed(writer, f"{err}\n\n{details}", tags)
+    if args.json and not _torchrun_rank():
+        line = {k: None for k in JSON_KEYS}
+        line.update(target=args.target, algorithm=cfg.algorithm.name, world_size=cfg.nproc)
+        line.update(wall_seconds=time.perf_counter() - start, run_id=run_id, diverged=True)
+        line.update(diverged_step=err.step, diverged_rank=err.rank, diverged_what=err.what)
+        _print_json(line)
+    return EXIT_FAILED
 
 
 def _parse_tags(items: Sequence[str] | None) -> dict[str, str]:
@@ -291,18 +328,19 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _end_failed(writer: Any, error: str) -> None:
-    """End the job's MLflow run FAILED, holding the error; a tracking error must not hide the
-    run's own failure, so it is only reported."""
+def _end_failed(writer: Any, error: str, tags: dict[str, str] | None = None) -> str | None:
+    """End the job's MLflow run FAILED, holding the error (and ``tags``); returns its id. A
+    tracking error must not hide the run's own failure, so it is only reported."""
     if writer is None:
-        return
+        return None
     try:
-        run_id = writer.end("FAILED", artifacts={"error.txt": error})
+        run_id = writer.end("FAILED", artifacts={"error.txt": error}, tags=tags)
     except RuntimeError as err:
         print(f"warning: could not record the failed MLflow run: {err}", file=sys.stderr)
-        return
+        return None
     if run_id:
         print(f"MLflow run {run_id} marked FAILED (error.txt holds the error)", file=sys.stderr)
+    return run_id
 
 
 # ---------------------------------------------------------------------------------------------

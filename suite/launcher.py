@@ -11,7 +11,7 @@ Failure handling (the guarantees ``suite run`` relies on):
 - A rank that raises writes its traceback and exits non-zero; a rank that dies without one
   (os._exit, a signal) is seen by its exit code. The launcher then stops every other rank
   (SIGTERM, then SIGKILL after a grace period) and raises :class:`RankFailure` with the
-  culprit's traceback, within a second or two.
+  culprit's traceback (and its exception, when it pickles), within a second or two.
 - A hang is a stall of the whole job: no rank has reported progress (:func:`heartbeat`, called
   by the training loop each micro-batch and by the transport on entering an op) for
   ``hang_timeout`` seconds. The culprit is a rank stuck in its own code rather than waiting in a
@@ -87,10 +87,20 @@ def communicating() -> Iterator[None]:
 
 
 class RankFailure(RuntimeError):
-    """A rank crashed, died or hung; carries its traceback (or why there is none)."""
+    """A rank crashed, died or hung; carries its traceback (or why there is none) and, when the
+    culprit raised a picklable exception, that exception itself as ``error`` (so callers can
+    tell one kind of failure from another: ``isinstance(failure.error, Diverged)``)."""
 
-    def __init__(self, rank: int, reason: str, details: str, others: dict[int, str]) -> None:
+    def __init__(
+        self,
+        rank: int,
+        reason: str,
+        details: str,
+        others: dict[int, str],
+        error: BaseException | None = None,
+    ) -> None:
         self.rank, self.reason, self.details, self.others = rank, reason, details, others
+        self.error = error
         super().__init__(f"rank {rank} {reason}")
 
     def __str__(self) -> str:
@@ -219,11 +229,25 @@ def _worker(
         code = code or 1
         errfile.write(f"@{time.time():.6f}\n")
         traceback.print_exc(file=errfile)
+        if isinstance(err, Exception):
+            _save_exception(job.jobdir, rank, err)
     finally:
         errfile.flush()
         sys.stdout.flush()
         sys.stderr.flush()
     os._exit(code)
+
+
+def _save_exception(jobdir: str, rank: int, err: Exception) -> None:
+    """Leave the rank's exception for the launcher (RankFailure.error), if it pickles."""
+    try:
+        data = pickle.dumps(err)
+    except Exception:  # e.g. holds a lock or a tensor's storage: the traceback text is enough
+        return
+    tmp = os.path.join(jobdir, f"rank{rank}.exc.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, os.path.join(jobdir, f"rank{rank}.exc"))
 
 
 def init_from_env(hang_timeout: float = HANG_TIMEOUT) -> None:
@@ -255,6 +279,16 @@ def _read_error(jobdir: str, rank: int) -> tuple[float | None, str]:
         except ValueError:
             when = None
     return when, text
+
+
+def _load_exception(jobdir: str, rank: int) -> BaseException | None:
+    """The exception a rank saved (our own job folder, written by our own worker), or None."""
+    try:
+        with open(os.path.join(jobdir, f"rank{rank}.exc"), "rb") as f:
+            err = pickle.load(f)
+    except Exception:  # absent (the rank died without raising), or it does not unpickle
+        return None
+    return err if isinstance(err, BaseException) else None
 
 
 def _describe_exit(code: int | None) -> str:
@@ -375,7 +409,8 @@ def _failure(codes: list[int | None], job: _Job) -> RankFailure:
         f"{'by a signal' if code < 0 else 'through os._exit'})"
     )
     others = {r: errors[r][1] for r in bad if r != culprit}
-    return RankFailure(culprit, _describe_exit(code), details, others)
+    error = _load_exception(job.jobdir, culprit)
+    return RankFailure(culprit, _describe_exit(code), details, others, error)
 
 
 def _hang(procs: list[Any], beats: Any, waiting: Any, job: _Job) -> RankFailure:

@@ -9,8 +9,9 @@ and standard deviation over them.
 
 A :class:`Claim` compares one row's mean of a final metric with a number (the paper's or a
 threshold) or with another row's mean, scaled: ``bytes_sent of "Local SGD H=4" <= 0.3 x
-"All-reduce SGD"``. Its verdict is ``holds``, ``fails`` or ``not testable`` (the claim is not
-checked at this profile, or a row it needs has no finished run).
+"All-reduce SGD"``. Its verdict is ``holds``, ``fails`` (also when a row it needs diverged) or
+``not testable`` (the claim is not checked at this profile, or a row it needs has no finished
+run).
 
 Recipes live in ``reproduce/<paper>/`` and register themselves in ``RECIPES`` under
 ``<paper>/<label-slug>``; search spaces for ``suite sweep`` sit beside them (:class:`Space`).
@@ -21,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -223,13 +224,20 @@ class Recipe:
         return apply_overrides(base, self.overrides(row, profile, seed, extra))
 
     def check(
-        self, stats: Mapping[str, Mapping[str, tuple[float, float, int]]], profile: str
+        self,
+        stats: Mapping[str, Mapping[str, tuple[float, float, int]]],
+        profile: str,
+        diverged: Collection[str] = (),
     ) -> list[Verdict]:
-        """Every claim's verdict at ``profile``."""
+        """Every claim's verdict at ``profile``. A claim on a row in ``diverged`` (a run of it
+        stopped on a non-finite loss or parameter) fails: the method did not train."""
         out = []
         for claim in self.claims:
+            bad = [r for r in (claim.row, claim.other) if r is not None and r in diverged]
             if profile not in claim.profiles:
                 out.append(Verdict(claim, UNTESTABLE, None, None, None, f"not at {profile}"))
+            elif bad:
+                out.append(Verdict(claim, FAILS, None, None, None, f"{bad[0]} diverged"))
             else:
                 out.append(claim.check(stats))
         return out

@@ -2,9 +2,11 @@
 
 Each run is its own ``suite run`` process (torch.distributed keeps global state, so repeated jobs
 in one process are fragile), tagged in MLflow with its recipe, row, profile and a hash of its
-resolved config. A run whose hash already has a FINISHED run in the store is skipped unless
-``--force``. Every row's config is resolved before anything starts, so a recipe naming an
-unknown algorithm or key fails at once (exit 2) with the valid choices.
+resolved config. A run whose hash already has a FINISHED run in the store (or a run that
+diverged: the same config diverges again) is skipped unless ``--force``. A run that diverges is
+reported as such, its claims fail, and the other runs go on. Every row's config is resolved
+before anything starts, so a recipe naming an unknown algorithm or key fails at once (exit 2)
+with the valid choices.
 """
 
 from __future__ import annotations
@@ -24,12 +26,18 @@ REPORTS_DIR = Path(__file__).resolve().parents[1] / "reports"
 
 
 class JobFailed(RuntimeError):
-    """A ``suite run`` child exited non-zero; carries its exit code and the end of its stderr."""
+    """A ``suite run`` child exited non-zero; carries its exit code, the end of its stderr and
+    its JSON line if it printed one (a run that diverged does: ``diverged_step`` ...)."""
 
-    def __init__(self, code: int, stderr: str) -> None:
-        self.code = code
+    def __init__(self, code: int, stderr: str, summary: dict[str, Any] | None = None) -> None:
+        self.code, self.summary = code, summary or {}
         tail = "\n".join(stderr.strip().splitlines()[-25:])
         super().__init__(f"run exited with code {code}:\n{tail}")
+
+    @property
+    def diverged(self) -> bool:
+        """The run stopped on a non-finite loss or parameter (a result, not a crash)."""
+        return self.summary.get("diverged") is True
 
 
 def run_job(
@@ -54,8 +62,18 @@ def run_job(
     if proc.returncode == 130:
         raise KeyboardInterrupt
     if proc.returncode != 0:
-        raise JobFailed(proc.returncode, proc.stderr)
+        raise JobFailed(proc.returncode, proc.stderr, _last_json(proc.stdout))
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _last_json(stdout: str) -> dict[str, Any] | None:
+    """The JSON line a failed run may still have printed, else None."""
+    lines = stdout.strip().splitlines()
+    try:
+        line = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+    return line if isinstance(line, dict) else None
 
 
 @dataclass(frozen=True)
@@ -99,16 +117,17 @@ def plan(
 
 
 def finished_hashes(uri: str, experiment: str) -> set[str]:
-    """Config hashes with a FINISHED run in the store."""
+    """Config hashes with a FINISHED run in the store, or one that diverged (a result too:
+    the same config would diverge again)."""
     from suite.tracking import open_client
 
     client = open_client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return set()
-    runs = client.search_runs(
-        [exp.experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=50000
-    )
+    runs = []
+    for where in ("attributes.status = 'FINISHED'", "tags.`suite.diverged` = 'true'"):
+        runs += client.search_runs([exp.experiment_id], filter_string=where, max_results=50000)
     return {r.data.tags["suite.config_hash"] for r in runs if "suite.config_hash" in r.data.tags}
 
 
@@ -147,7 +166,15 @@ def reproduce(
             )
         except JobFailed as err:
             failed += 1
-            print(f"{label} FAILED\n{err}", file=sys.stderr)
+            if err.diverged:  # its claims fail in the report; the other rows still run
+                s = err.summary
+                print(
+                    f"{label} DIVERGED at step {s.get('diverged_step')} on rank "
+                    f"{s.get('diverged_rank')} (non-finite {s.get('diverged_what')})",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"{label} FAILED\n{err}", file=sys.stderr)
             continue
         acc = summary.get("test_accuracy")
         print(
@@ -163,7 +190,7 @@ def reproduce(
         if prof != profile:
             continue
         for v in verdicts:
-            measured = "" if v.mean is None else f" (measured {v.mean:.4g})"
+            measured = f" ({v.detail})" if v.mean is None else f" (measured {v.mean:.4g})"
             print(f"  {v.verdict:>12}: {recipe}: {v.claim.describe()}{measured}")
     if failed:
         print(f"{failed} run(s) failed", file=sys.stderr)

@@ -9,6 +9,11 @@ runs until it has ``--trials`` finished (complete or pruned) trials.
 A single-objective space prunes: rank 0 of the trial reports test accuracy to the study at each
 evaluation (:class:`OptunaPruner`) and the whole job stops when Optuna's median pruner says so.
 Two objectives (accuracy, bytes) give a Pareto study; Optuna does not prune those.
+
+A trial whose run diverges (non-finite loss or parameters; its MLflow run is FAILED with tag
+``suite.diverged``) ends PRUNED, with user attribute ``diverged_step``: Optuna's TPE sampler then
+counts it among the worst trials and steers away from its settings, whereas it would ignore a
+FAIL trial. Any other failed run leaves its trial FAIL and the study goes on.
 """
 
 from __future__ import annotations
@@ -147,15 +152,27 @@ def sweep(
         }
         pruner = OptunaPruner(url, name, trial._trial_id)
         args = [] if multi else ["--optuna-trial", pruner.to_arg()]
-        summary = run_job(
-            row.target,
-            overrides,
-            uri=uri,
-            experiment=recipe.paper,
-            tags=tags,
-            run_name=f"{name} #{trial.number}",
-            extra_args=args,
-        )
+        try:
+            summary = run_job(
+                row.target,
+                overrides,
+                uri=uri,
+                experiment=recipe.paper,
+                tags=tags,
+                run_name=f"{name} #{trial.number}",
+                extra_args=args,
+            )
+        except JobFailed as err:
+            if not err.diverged:
+                raise  # caught by optimize: the trial is FAIL
+            trial.set_user_attr("mlflow_run_id", err.summary.get("run_id"))
+            trial.set_user_attr("diverged_step", err.summary.get("diverged_step"))
+            step = err.summary.get("diverged_step")
+            print(
+                f"trial {trial.number}: {dict(trial.params)} -> diverged at step {step}",
+                file=sys.stderr,
+            )
+            raise optuna.TrialPruned() from None  # TPE ranks it worst; a FAIL it would ignore
         trial.set_user_attr("mlflow_run_id", summary.get("run_id"))
         values = tuple(float(summary[m]) for m, _ in space.objectives)
         print(

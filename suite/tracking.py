@@ -31,6 +31,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from suite.divergence import json_safe
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
@@ -238,11 +240,15 @@ class RunWriter:
         summary: Mapping[str, Any] | None = None,
         artifacts: Mapping[str, str] | None = None,
         timeout: float = 300.0,
+        *,
+        tags: Mapping[str, str] | None = None,
     ) -> str:
-        """Flush, store the artifacts (and ``summary.json``), end the run with ``status``;
-        returns the run id once it is all written. Raises RuntimeError if the writer failed."""
+        """Flush, store the artifacts (and ``summary.json``) and ``tags``, end the run with
+        ``status``; returns the run id once it is all written. Raises RuntimeError if the
+        writer failed."""
         try:
-            self._control.send(("end", status, dict(summary or {}), dict(artifacts or {})))
+            message = ("end", status, dict(summary or {}), dict(artifacts or {}), dict(tags or {}))
+            self._control.send(message)
             if not self._control.poll(timeout):
                 raise RuntimeError(f"the MLflow writer did not finish within {timeout:g} s")
             run_id, error = self._control.recv()
@@ -318,9 +324,9 @@ class _Writer:
                     or time.monotonic() - self.last_flush >= self.flush_seconds
                 ):
                     self._flush()
-            _, status, summary, artifacts = end
+            _, status, summary, artifacts, tags = end
             if self.client is not None:
-                self._finish(status, summary, artifacts)
+                self._finish(status, summary, artifacts, tags)
         except BaseException as err:  # report it, and never leave the run RUNNING
             error = f"{type(err).__name__}: {err}"
             if self.client is not None and self.run_id is not None:
@@ -338,7 +344,7 @@ class _Writer:
             except queue.Empty:
                 if os.getppid() != self.owner:
                     error = "the process running the job died (killed?) before it ended"
-                    return ("end", "FAILED", {}, {"error.txt": error})
+                    return ("end", "FAILED", {}, {"error.txt": error}, {})
                 if self.client is not None and self.pending and wait <= 1.0:
                     self._flush()
 
@@ -379,7 +385,7 @@ class _Writer:
             self.client.log_batch(self.run_id, metrics=rows[i : i + _MAX_METRICS_PER_BATCH])
         self.pending, self.last_flush = [], time.monotonic()
 
-    def _finish(self, status: str, summary: dict, artifacts: dict) -> None:
+    def _finish(self, status: str, summary: dict, artifacts: dict, tags: dict) -> None:
         # The summary's numbers also go in as final.* metrics: reports and run comparisons
         # then come straight from MLflow's run table.
         step = int(summary.get("steps", 0) or 0)
@@ -397,10 +403,16 @@ class _Writer:
         )
         self._flush()
         if summary:
-            summary = {**summary, "run_id": self.run_id}
-            self.client.log_text(self.run_id, json.dumps(summary, indent=2), "summary.json")
+            summary = json_safe({**summary, "run_id": self.run_id})  # NaN is not JSON
+            text = json.dumps(summary, indent=2, allow_nan=False)
+            self.client.log_text(self.run_id, text, "summary.json")
         for name, text in artifacts.items():
             self.client.log_text(self.run_id, text, name)
+        if tags:
+            from mlflow.entities import RunTag
+
+            items = [RunTag(k, str(v)) for k, v in tags.items()]
+            self.client.log_batch(self.run_id, tags=items)
         self.client.set_terminated(self.run_id, status)
 
 
