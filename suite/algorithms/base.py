@@ -9,6 +9,12 @@ enough for almost every method (epfml/powersgd's ``aggregate``, PyTorch's ModelA
 
 Event triggers, K controllers or straggler clocks are small policy objects an algorithm holds,
 not new hook points.
+
+Checkpoints (:mod:`suite.checkpoint`) save and restore an algorithm's state with
+:meth:`Algorithm.state_dict` / :meth:`Algorithm.load_state_dict`. The default captures every
+attribute but the context (config, model, optimizer, transport): tensors, numbers, generators,
+containers and the small policy objects, restored in place. An algorithm holding something that
+cannot be saved (threads, open receives) overrides them, or says it cannot be checkpointed.
 """
 
 from __future__ import annotations
@@ -19,7 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from suite.checkpoint import capture_attrs, restore_attrs
 from suite.transport import Transport
+
+# Attributes every algorithm has that are the loop's, not its own state.
+_CONTEXT = ("config", "ctx", "transport", "model", "optimizer")
 
 
 @dataclass(frozen=True)
@@ -85,3 +95,20 @@ class Algorithm:
     def artifacts(self) -> dict[str, str]:
         """Files (name -> text) rank 0 stores with the run at the end."""
         return {}
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    @property
+    def checkpointable(self) -> bool:
+        """Whether a run can stop and continue exactly here (False: no checkpoints are taken;
+        say so the same way on every rank)."""
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's algorithm state, as :func:`suite.checkpoint.capture` encodes it (what
+        ``torch.load(weights_only=True)`` reads back): every attribute but the context."""
+        return capture_attrs(self, _CONTEXT)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output into this freshly built algorithm, in place."""
+        restore_attrs(self, state, self.ctx.device)
