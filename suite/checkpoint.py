@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from suite.algorithms.flat import FlatGrads
 from suite.transport import Transport
 
 FORMAT = 1
@@ -253,7 +254,8 @@ def capture(obj: Any) -> Any:
 
     Objects shared between several places are encoded once and referenced after, so
     :func:`restore` keeps them shared. The loop's own objects met on the way (the model and any
-    module, the optimizer, parameters, transports) are not encoded: the loop restores them.
+    module, the optimizer, parameters, transports, gradient buffers) are not encoded: the loop
+    restores them.
     Anything else (a thread, a file, a function) is a TypeError naming where it was found: an
     algorithm holding such a thing overrides ``state_dict``."""
     return _Encoder().encode(obj, "state")
@@ -281,8 +283,9 @@ def restore_attrs(obj: Any, encoded: dict[str, Any], device: torch.device | str 
 
 def _live(obj: Any) -> bool:
     """The loop's own objects: the model (and module copies derived from it), the optimizer,
-    parameters and transports. Not part of an algorithm's state."""
-    return isinstance(obj, (nn.Module, nn.Parameter, torch.optim.Optimizer, Transport))
+    parameters, transports and gradient buffers (the loop zeroes them every step). Not part of
+    an algorithm's state."""
+    return isinstance(obj, (nn.Module, nn.Parameter, torch.optim.Optimizer, Transport, FlatGrads))
 
 
 def _class_path(cls: type) -> str:

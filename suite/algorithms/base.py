@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from suite.checkpoint import capture_attrs, restore_attrs
 from suite.transport import Transport
 
 # Attributes every algorithm has that are the loop's, not its own state.
@@ -107,8 +106,12 @@ class Algorithm:
     def state_dict(self) -> dict[str, Any]:
         """This rank's algorithm state, as :func:`suite.checkpoint.capture` encodes it (what
         ``torch.load(weights_only=True)`` reads back): every attribute but the context."""
+        from suite.checkpoint import capture_attrs  # (it knows the algorithms' helpers)
+
         return capture_attrs(self, _CONTEXT)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output into this freshly built algorithm, in place."""
+        from suite.checkpoint import restore_attrs
+
         restore_attrs(self, state, self.ctx.device)
