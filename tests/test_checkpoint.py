@@ -17,6 +17,7 @@ from typing import ClassVar
 import pytest
 import torch
 from conftest import ROOT, last_json, suite_cmd
+from torch.utils.data import TensorDataset
 
 from baselines.consensus_backup import observations
 from suite import checkpoint as ckpt
@@ -27,6 +28,7 @@ from suite.launcher import RankFailure, launch
 from suite.loop import Job, Trainer, run_worker
 from suite.registry import ALGORITHMS
 from suite.stragglers import StragglerConfig, StragglerModel, VirtualClock
+from suite.tasks.data import Dataset, ShardedBatches, TensorSplit
 from suite.transport import Transport
 
 # Knobs that make each algorithm's state matter within a few steps (thresholds that move,
@@ -124,6 +126,26 @@ def test_auto_checkpoints_only_runs_projected_longer_than_a_few_minutes() -> Non
     assert ckpt.auto_interval(0.05, 2000) == 0  # 100 s: a smoke run, no checkpoints
     assert ckpt.auto_interval(1.0, 100_000) == 600  # every ~10 minutes
     assert ckpt.auto_interval(2000.0, 10) == 1
+
+
+@pytest.mark.parametrize("split", ["tensors", "loader"])
+def test_the_data_position_resumes_mid_epoch(split: str) -> None:
+    x, y = torch.arange(40.0).view(20, 2), torch.arange(20) % 2
+    train = TensorSplit(x, y) if split == "tensors" else TensorDataset(x, y)
+
+    def noisy(batch: torch.Tensor, train: bool, gen: torch.Generator | None) -> torch.Tensor:
+        return batch + torch.rand(batch.shape, generator=gen)  # augmentation draws
+
+    data = Dataset("d", (2,), 2, train, TensorSplit(x, y), noisy)
+    first = ShardedBatches(data, 3, 1, 2, seed=4)  # 3 batches per epoch
+    for _ in range(4):
+        next(first)
+    state = ckpt.restore(ckpt.capture(first.state_dict()))
+    again = ShardedBatches(data, 3, 1, 2, seed=4)
+    again.load_state_dict(state)
+    for _ in range(4):  # the rest of epoch 1, then epoch 2
+        (a, ya), (b, yb) = next(first), next(again)
+        assert torch.equal(a, b) and torch.equal(ya, yb)
 
 
 # ---------------------------------------------------------------------------------------------
