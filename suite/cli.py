@@ -423,6 +423,11 @@ def _resumable_run(uri: str, run_id: str) -> tuple[Any, str]:
             f"run {run_id} is {status}; only a FAILED or KILLED run can be resumed (a run whose "
             "process is gone while it shows RUNNING is marked FAILED when the store is next opened)"
         )
+    if run.data.tags.get("suite.diverged") == "true":
+        raise UsageError(
+            f"run {run_id} diverged (a non-finite loss or parameter); resumed, the same config "
+            "would diverge again"
+        )
     return run, client.get_experiment(run.info.experiment_id).name
 
 

@@ -144,6 +144,8 @@ def resumable_runs(uri: str, experiment: str) -> dict[str, str]:
         key = r.data.tags.get("suite.config_hash")
         if r.info.status not in ("FAILED", "KILLED") or key is None:
             continue
+        if r.data.tags.get("suite.diverged") == "true":
+            continue  # it would diverge again
         if read_manifest(r.data.tags.get("suite.checkpoint_dir")) is not None:
             found[key] = r.info.run_id  # newer runs replace older ones
     return found

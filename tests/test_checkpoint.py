@@ -346,6 +346,7 @@ def _make_run(client: object, status: str, experiment: str = "x", **tags: str) -
         ("FINISHED", True, "is FINISHED"),
         ("RUNNING", True, "is RUNNING"),
         ("FAILED", False, "has no checkpoint"),
+        ("diverged", True, "diverged"),
     ],
 )
 def test_resume_refuses_what_it_cannot_continue(
@@ -361,9 +362,10 @@ def test_resume_refuses_what_it_cannot_continue(
     if with_checkpoint:
         folder.mkdir()
         ckpt.write_manifest(folder, {"step": 3})
-    run_id = "feedc0de" if status is None else _make_run(
-        client, status, **{"suite.checkpoint_dir": str(folder)}
-    )  # fmt: skip
+    tags = {"suite.checkpoint_dir": str(folder)}
+    if status == "diverged":  # a run that stopped on a non-finite loss (FAILED, tagged)
+        status, tags["suite.diverged"] = "FAILED", "true"
+    run_id = "feedc0de" if status is None else _make_run(client, status, **tags)
     assert main(["resume", run_id, "--tracking-uri", uri]) == 2
     assert reason in capsys.readouterr().err
     if status is not None:
@@ -407,6 +409,7 @@ def test_reproduce_resumes_a_failed_run_with_a_checkpoint(
     _make_run(client, "FAILED", "baseline", **gone)  # its checkpoint folder is gone
     tags = {**planned.tags, "suite.checkpoint_dir": str(folder)}
     failed = _make_run(client, "FAILED", "baseline", **tags)
+    _make_run(client, "FAILED", "baseline", **tags, **{"suite.diverged": "true"})  # not again
     for bare in ("FAILED", "KILLED"):
         _make_run(client, bare, "baseline", **planned.tags)  # no checkpoint at all
     assert rep.resumable_runs(uri, "baseline") == {planned.hash: failed}
