@@ -257,7 +257,9 @@ def capture(obj: Any) -> Any:
     module, the optimizer, parameters, transports, gradient buffers) are not encoded: the loop
     restores them.
     Anything else (a thread, a file, a function) is a TypeError naming where it was found: an
-    algorithm holding such a thing overrides ``state_dict``."""
+    algorithm holding such a thing overrides ``state_dict``. (Tensors that are views of one
+    another are saved as separate copies; an algorithm relying on such aliasing restores it in
+    its own ``load_state_dict``.)"""
     return _Encoder().encode(obj, "state")
 
 
