@@ -404,6 +404,12 @@ class ConsensusBackup(Algorithm):
             if parts is not None:
                 self.timeline = sorted(row for part in parts for row in part)
 
+    @property
+    def checkpointable(self) -> bool:
+        """Virtual clock only: in real time, receives in flight on helper threads cannot be
+        saved (and the run is not reproducible anyway)."""
+        return not self.real
+
     def elapsed(self) -> float:
         """Virtual clock: the mean over ranks of their iteration ends (every rank knows them);
         real clock: this rank's wall seconds since its first iteration."""

@@ -17,6 +17,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if torchrun_rank is not None:
             cfg = apply_overrides(cfg, {"nproc": int(os.environ["WORLD_SIZE"])})
         preflight(cfg)
+        checkpoint = _checkpointing(args, cfg, uri, torchrun_rank)
     except BaseException:
         if writer is not None:
             writer.discard()  # bad input: no run is created
@@ -222,15 +224,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         prune = OptunaPruner.from_arg(args.optuna_trial)
         import optuna  # noqa: F401  (imported once here; forked ranks inherit it)
-    if writer is not None:
+    resume = getattr(args, "resume", None)
+    if writer is not None and resume is not None:  # continue the same MLflow run
+        tags = {"suite.resumed_from_step": str(resume.manifest["step"])}
+        writer.open(uri, experiment, None, params={}, tags=tags, run_id=resume.run_id)
+    elif writer is not None:
+        extra_tags = _parse_tags(args.tag)
+        if checkpoint is not None:
+            extra_tags["suite.checkpoint_dir"] = checkpoint.directory
         writer.open(
             uri,
             experiment,
             args.run_name or f"{args.target}-n{cfg.nproc}-s{cfg.seed}",
             params={**flatten(cfg), "target": args.target},
-            tags=run_tags(args.target, paper, cfg.nproc, _parse_tags(args.tag)),
+            tags=run_tags(args.target, paper, cfg.nproc, extra_tags),
         )
-    job = Job(cfg, args.target, paper, writer.sink if writer else None, not args.quiet, prune)
+    job = Job(cfg, args.target, paper, writer.sink if writer else None, not args.quiet, prune,
+              checkpoint)  # fmt: skip
     start = time.perf_counter()
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
@@ -248,10 +258,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _diverged(failure.error, failure.report(), args, cfg, writer, start)
         print(failure.report(), file=sys.stderr, end="")
         _end_failed(writer, failure.report())
+        _resume_hint(writer, checkpoint)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("\ninterrupted: all ranks stopped", file=sys.stderr)
         _end_failed(writer, "interrupted (Ctrl-C or SIGTERM)")
+        _resume_hint(writer, checkpoint)
         return EXIT_INTERRUPTED
     except Diverged as err:  # this rank's own, under torchrun
         return _diverged(err, traceback.format_exc(), args, cfg, writer, start)
@@ -271,6 +283,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         except RuntimeError as err:
             print(f"error: training finished but {err}", file=sys.stderr)
             return EXIT_FAILED
+    if checkpoint is not None:  # the run ended as it should: its checkpoints are spent
+        from suite.checkpoint import remove
+
+        remove(checkpoint.directory)
     text = format_summary(summary, uri, experiment)
     if args.json:
         if not args.quiet:
@@ -322,6 +338,162 @@ def _parse_tags(items: Sequence[str] | None) -> dict[str, str]:
             raise UsageError(f"--tag {item!r}: expected KEY=VALUE")
         tags[key] = value
     return tags
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and suite resume
+
+
+@dataclass(frozen=True)
+class _Resume:
+    """What ``suite resume`` hands ``cmd_run``: the run to continue and its checkpoint."""
+
+    run_id: str | None
+    directory: str
+    manifest: dict[str, Any]
+
+
+def _checkpoint_every(text: str) -> int | None:
+    """--checkpoint-every: "auto" (None) or a number of steps >= 0 (0: never)."""
+    if text == "auto":
+        return None
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = -1
+    if steps < 0:
+        raise argparse.ArgumentTypeError(f"expected auto or a number of steps >= 0, got {text!r}")
+    return steps
+
+
+def _checkpointing(
+    args: argparse.Namespace, cfg: RunConfig, uri: str | None, torchrun_rank: int | None
+) -> Any:
+    """Where and how often this job checkpoints (a suite.checkpoint.Checkpointing), or None."""
+    from suite.checkpoint import Checkpointing, new_directory
+
+    resume: _Resume | None = getattr(args, "resume", None)
+    if resume is not None:
+        saved = json.dumps(resume.manifest["config"], sort_keys=True)
+        if json.dumps(flatten(cfg), sort_keys=True) != saved:
+            raise UsageError(
+                f"the checkpoint in {resume.directory} was written by another config than "
+                "the run's; refusing to resume"
+            )
+        return Checkpointing(resume.directory, resume.manifest["every"], resume=True)
+    every = getattr(args, "checkpoint_every", 0)
+    directory = getattr(args, "checkpoint_dir", None)
+    if every == 0:
+        return None
+    if directory:
+        return Checkpointing(str(Path(directory).resolve()), every)
+    if uri is None or torchrun_rank is not None:
+        if every is None:
+            return None  # auto, and no store to keep them next to: none
+        raise UsageError(
+            "--checkpoint-every needs --checkpoint-dir DIR with --no-track or under torchrun "
+            "(every rank must name the same folder)"
+        )
+    return Checkpointing(new_directory(uri), every)
+
+
+def _resume_hint(writer: Any, checkpoint: Any) -> None:
+    """After a failure: say how to continue, if a checkpoint was written."""
+    from suite.checkpoint import read_manifest
+
+    manifest = read_manifest(checkpoint.directory if checkpoint is not None else None)
+    if manifest is None:
+        return
+    run_id = getattr(writer, "run_id", None) if writer is not None else None
+    how = f"{run_id}" if run_id else f"--checkpoint-dir {checkpoint.directory}"
+    print(
+        f"checkpoint after step {manifest['step']} kept in {checkpoint.directory}; "
+        f"continue with: suite resume {how}",
+        file=sys.stderr,
+    )
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Continue a FAILED or KILLED run from its latest checkpoint (into the same MLflow run)."""
+    from suite.checkpoint import read_manifest
+
+    if args.run_id is None:  # an untracked run: everything is in its checkpoint folder
+        if not args.checkpoint_dir:
+            raise UsageError(
+                "give RUN_ID (a tracked run) or --checkpoint-dir DIR (an untracked one)"
+            )
+        directory = str(Path(args.checkpoint_dir).resolve())
+        manifest = read_manifest(directory)
+        if manifest is None:
+            raise UsageError(f"no checkpoint in {directory}")
+        uri = experiment = None
+        target, flat = manifest["target"], manifest["config"]
+    else:
+        uri = _checked_uri(args.tracking_uri)
+        run, experiment = _resumable_run(uri, args.run_id)
+        directory = args.checkpoint_dir or run.data.tags.get("suite.checkpoint_dir")
+        manifest = read_manifest(directory)
+        if manifest is None:
+            where = f" (looked in {directory})" if directory else ""
+            raise UsageError(f"run {args.run_id} has no checkpoint to resume from{where}")
+        target = run.data.tags.get("target") or run.data.params.get("target", "")
+        flat = {k: v for k, v in run.data.params.items() if k != "target"}
+    run_args = argparse.Namespace(
+        target=target,
+        set=[f"{key}={_as_text(value)}" for key, value in flat.items()],
+        nproc=None,
+        seed=None,
+        steps=None,
+        epochs=None,
+        data_dir=None,
+        device=None,
+        json=args.json,
+        no_track=uri is None,
+        tracking_uri=uri,
+        experiment=experiment,
+        run_name=None,
+        hang_timeout=args.hang_timeout,
+        quiet=args.quiet,
+        tag=None,
+        optuna_trial=None,
+        resume=_Resume(args.run_id, directory, manifest),
+    )
+    print(f"resuming {target} after step {manifest['step']} from {directory}", file=sys.stderr)
+    return cmd_run(run_args)
+
+
+def _resumable_run(uri: str, run_id: str) -> tuple[Any, str]:
+    """(the MLflow run, its experiment's name) if it can be resumed; else UsageError why."""
+    from suite.tracking import open_client
+
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
+        raise UsageError(f"no MLflow store at {uri}")
+    client = open_client(uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # MlflowException: no such run
+        raise UsageError(f"no run {run_id!r} in {uri}") from None
+    status = run.info.status
+    if status == "FINISHED":
+        raise UsageError(f"run {run_id} is FINISHED; nothing to resume")
+    if status not in ("FAILED", "KILLED"):
+        raise UsageError(
+            f"run {run_id} is {status}; only a FAILED or KILLED run can be resumed (a run whose "
+            "process is gone while it shows RUNNING is marked FAILED when the store is next opened)"
+        )
+    if run.data.tags.get("suite.diverged") == "true":
+        raise UsageError(
+            f"run {run_id} diverged (a non-finite loss or parameter); resumed, the same config "
+            "would diverge again"
+        )
+    return run, client.get_experiment(run.info.experiment_id).name
+
+
+def _as_text(value: Any) -> str:
+    """A config value as ``--set`` parses it back (MLflow params are strings already)."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
@@ -495,7 +667,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--tag", action="append", metavar="KEY=VALUE", help="extra MLflow run tag (repeatable)"
     )
     run.add_argument("--optuna-trial", help=argparse.SUPPRESS)  # set by `suite sweep`
+    run.add_argument(
+        "--checkpoint-every",
+        type=_checkpoint_every,
+        default="auto",
+        metavar="STEPS",
+        help="steps between checkpoints; 0 = none; auto (default) = none for runs projected "
+        "under 5 minutes, else about every 10 minutes",
+    )
+    run.add_argument(
+        "--checkpoint-dir",
+        help="folder for checkpoints (default: checkpoints/ next to the MLflow store; "
+        "needed with --no-track)",
+    )
     run.set_defaults(func=cmd_run)
+
+    res = sub.add_parser(
+        "resume",
+        help="continue a FAILED or KILLED run from its latest checkpoint",
+        description="Continue RUN_ID (FAILED or KILLED, with a checkpoint) from its latest "
+        "checkpoint into the same MLflow run, with the same config, to the same end as if it "
+        "had never stopped; it ends FINISHED. An untracked run resumes from "
+        "--checkpoint-dir DIR.",
+    )
+    res.add_argument("run_id", nargs="?", help="MLflow run id")
+    res.add_argument("--checkpoint-dir", help="the checkpoint folder (default: the run's own)")
+    res.add_argument("--tracking-uri", help="MLflow store (default as for `suite run`)")
+    res.add_argument("--json", action="store_true", help="print one final JSON line on stdout")
+    res.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    res.add_argument("--hang-timeout", type=float, default=40.0, help="as for `suite run`")
+    res.set_defaults(func=cmd_resume)
 
     rep = sub.add_parser(
         "reproduce",

@@ -18,12 +18,18 @@ steps in one harness gather; rank 0 shows a progress bar and hands them to MLflo
 Evaluation (every ``eval_every`` steps and at the end) measures the averaged model (the mean of
 all ranks' parameters and buffers, each rank scoring an exact share of the test set) and, with
 ``eval_per_rank``, each rank's own model on the whole test set. Both are harness traffic.
+
+With ``Job.checkpoint``, every rank saves its whole state at the end of a step every so often
+(:mod:`suite.checkpoint`), after its rows are flushed to rank 0; a job built with
+``resume=True`` loads the latest checkpoint and continues from the next step, to the same end
+as if it had never stopped (an injected fault does not fire again in a resumed run).
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import json
 import math
 import os
@@ -39,8 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from suite import checkpoint as ckpt
 from suite.algorithms.base import Algorithm, Context
-from suite.config import RunConfig, to_json
+from suite.config import RunConfig, flatten, to_json
 from suite.costmodel import Network
 from suite.divergence import Diverged
 from suite.launcher import heartbeat, placement, resolve_device
@@ -76,6 +83,7 @@ class Job:
     progress: bool = True
     # Rank 0 calls prune(step, test_accuracy) at each evaluation; True stops the run there.
     prune: Callable[[int, float], bool] | None = None
+    checkpoint: ckpt.Checkpointing | None = None  # where and how often; resume from there
 
 
 def run_worker(job: Job) -> tuple[dict[str, Any], dict[str, str]] | None:
@@ -89,6 +97,15 @@ def run_worker(job: Job) -> tuple[dict[str, Any], dict[str, str]] | None:
     if job.metrics is not None:
         job.metrics.close()
     return summary, artifacts
+
+
+def _state_digest(model: nn.Module) -> str:
+    """sha256 of a model's parameters and buffers, names and bytes, in state_dict order."""
+    digest = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(t.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def _mean(values: Any) -> float:
@@ -234,25 +251,28 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.reached: tuple[int, float, float] | None = None  # (steps, seconds, algorithm clock)
         self.bar = None
+        self._init_checkpointing()
 
     # -- the loop --------------------------------------------------------------------------
 
     def run(self) -> tuple[dict[str, Any] | None, dict[str, str]]:
         cfg, stats = self.cfg, self.transport.stats
+        first = self.resume()
         if self.rank == 0 and self.job.progress:
             from tqdm import tqdm
 
             self.bar = tqdm(
                 total=self.steps,
+                initial=first,
                 desc=f"{self.job.target} x{self.world}",
                 unit="step",
                 file=sys.stderr,
                 dynamic_ncols=True,
                 mininterval=0.5,
             )
-        start = time.perf_counter()
+        start = time.perf_counter() - self.elapsed_before  # a resumed run's clock goes on
         self.model.train()
-        for step in range(self.steps):
+        for step in range(first, self.steps):
             self._maybe_inject_fault(step)
             t0 = time.perf_counter()
             comm0 = stats.seconds
@@ -291,6 +311,9 @@ class Trainer:
                     break
             elif (step + 1) % cfg.log_every == 0:
                 self._flush_rows()
+            if self._checkpoint_due(step, time.perf_counter() - start):
+                self._check_parameters(step)  # a checkpoint never holds non-finite values
+                self.save_checkpoint(step, time.perf_counter() - start)
         train_seconds = time.perf_counter() - start
         if self.bar is not None:
             self.bar.close()
@@ -328,6 +351,8 @@ class Trainer:
         fault = self.cfg.fault
         if fault.kind == "none" or fault.rank != self.rank or fault.step != step:
             return
+        if self.resumed:  # the fault happened in the run's first life; it does not recur
+            return
         if fault.kind == "crash":
             raise RuntimeError(f"injected fault: rank {self.rank} crashes at step {step}")
         if fault.kind == "exit":
@@ -353,6 +378,125 @@ class Trainer:
         ]
         self.rows.append([float(step), *map(float, row)])
         self.compute_seconds += step_s - comm_s
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _init_checkpointing(self) -> None:
+        plan = self.job.checkpoint
+        self.resumed = False
+        self.elapsed_before = 0.0  # training seconds before this process started (resumed)
+        self.checkpoint_timer = ckpt.Timer()
+        # steps between checkpoints: 0 none; None "auto", decided after log_every steps
+        self.checkpoint_every: int | None = 0 if plan is None else plan.every
+        if plan is not None and not self.algorithm.checkpointable:
+            if self.rank == 0 and plan.every:
+                print(f"note: {self.cfg.algorithm.name} with these settings cannot be "
+                      "checkpointed; no checkpoints are taken", file=sys.stderr)  # fmt: skip
+            self.checkpoint_every = 0
+
+    def _checkpoint_due(self, step: int, elapsed: float) -> bool:
+        """Whether to checkpoint after ``step`` (never after the last one)."""
+        if self.checkpoint_every == 0 or step + 1 >= self.steps:
+            return False
+        if self.checkpoint_every is None:  # auto: decide once, on every rank alike
+            if step + 1 < self.cfg.log_every:
+                return False
+            per_step = torch.tensor([elapsed / (step + 1)], dtype=torch.float64, device=self.device)
+            with self.transport.harness():
+                self.transport.all_reduce(per_step, op="max")
+            self.checkpoint_every = ckpt.auto_interval(float(per_step), self.steps)
+            if self.checkpoint_every == 0:
+                return False
+        return (step + 1) % self.checkpoint_every == 0
+
+    def checkpoint_state(self, done: int, elapsed: float) -> dict[str, Any]:
+        """This rank's whole state after ``done`` steps, encoded for ``torch.save``."""
+        timer = self.checkpoint_timer
+        loop = {
+            "step": done,
+            "elapsed": elapsed,
+            "compute_seconds": self.compute_seconds,
+            "loss_area": self.loss_area,
+            "last_losses": self.last_losses,
+            "last_eval": self.last_eval,
+            "reached": self.reached,
+            "metric_names": self.metric_names,
+            "checkpoint_every": self.checkpoint_every,
+            "checkpoints": timer.count + 1,  # this one included
+            "checkpoint_seconds": timer.seconds,
+        }
+        return {
+            "rank": self.rank,
+            "world_size": self.world,
+            "model": ckpt.capture(self.model.state_dict()),
+            "optimizer": ckpt.capture(self.optimizer.state_dict()),
+            "scheduler": ckpt.capture(self.scheduler.state_dict()),
+            "batches": ckpt.capture(self.batches.state_dict()),
+            "transport": ckpt.capture(self.transport.state_dict()),
+            "rng": ckpt.capture(ckpt.rng_state()),
+            "loop": ckpt.capture(loop),
+            "algorithm": self.algorithm.state_dict(),
+        }
+
+    def save_checkpoint(self, step: int, elapsed: float) -> None:
+        """Checkpoint after ``step``: every rank writes its file, then (all written: a barrier)
+        rank 0 points the manifest at them. Rows are flushed first, so none is lost."""
+        plan = self.job.checkpoint
+        assert plan is not None
+        self._flush_rows()
+        done = step + 1
+        with self.checkpoint_timer:
+            ckpt.save_rank(plan.directory, done, self.rank, self.checkpoint_state(done, elapsed))
+            self.transport.barrier()
+            if self.rank == 0:
+                manifest = {
+                    "step": done,
+                    "world_size": self.world,
+                    "every": self.checkpoint_every,
+                    "target": self.job.target,
+                    "paper": self.job.paper,
+                    "config": flatten(self.cfg),
+                    "saved_at": time.time(),
+                }
+                ckpt.write_manifest(plan.directory, manifest)
+
+    def resume(self) -> int:
+        """Load the latest checkpoint if the job resumes; the first step to run."""
+        plan = self.job.checkpoint
+        if plan is None or not plan.resume:
+            return 0
+        manifest = ckpt.read_manifest(plan.directory)
+        if manifest is None:
+            raise RuntimeError(f"no checkpoint to resume from in {plan.directory}")
+        if manifest["world_size"] != self.world:
+            raise RuntimeError(
+                f"the checkpoint in {plan.directory} has {manifest['world_size']} ranks, "
+                f"this job {self.world}"
+            )
+        state = ckpt.load_rank(plan.directory, manifest["step"], self.rank)
+        dev = self.device
+        self.model.load_state_dict(ckpt.restore(state["model"], None, dev))
+        self.optimizer.load_state_dict(ckpt.restore(state["optimizer"], None, dev))
+        self.scheduler.load_state_dict(ckpt.restore(state["scheduler"]))
+        self.batches.load_state_dict(ckpt.restore(state["batches"]))
+        self.transport.load_state_dict(ckpt.restore(state["transport"]))
+        self.algorithm.load_state_dict(state["algorithm"])
+        loop = ckpt.restore(state["loop"])
+        self.steps_run = loop["step"]
+        self.elapsed_before = loop["elapsed"]
+        self.compute_seconds = loop["compute_seconds"]
+        self.loss_area = loop["loss_area"]
+        self.last_losses = loop["last_losses"]
+        self.last_eval = loop["last_eval"]
+        self.reached = loop["reached"]
+        self.metric_names = loop["metric_names"]
+        self.checkpoint_every = loop["checkpoint_every"]
+        self.checkpoint_timer.count = loop["checkpoints"]
+        self.checkpoint_timer.seconds = loop["checkpoint_seconds"]
+        # last: building the data iterator above may draw from the global generators
+        ckpt.set_rng_state(ckpt.restore(state["rng"]))
+        self.resumed = True
+        return int(loop["step"])
 
     # -- metrics to rank 0 -----------------------------------------------------------------
 
@@ -463,6 +607,9 @@ class Trainer:
             "compute_seconds": self.compute_seconds,
             "model_comm_seconds": Network().estimate(stats, self.world),
             "totals": self.algorithm.totals(),
+            "params_sha256": _state_digest(self.model),
+            "checkpoints": self.checkpoint_timer.count,
+            "checkpoint_seconds": self.checkpoint_timer.seconds,
         }
         with self.transport.harness():
             everyone = self.transport.gather_object(mine, dst=0)
@@ -519,6 +666,12 @@ class Trainer:
             "comm_seconds": _mean(r["comm_seconds"] for r in per_rank),
             "model_comm_seconds": _mean(r["model_comm_seconds"] for r in per_rank),
             "per_rank": per_rank,
+            # every rank's parameters and buffers, bit for bit (equal runs have equal digests)
+            "params_sha256": hashlib.sha256(
+                "".join(r["params_sha256"] for r in everyone).encode()
+            ).hexdigest(),
+            "checkpoints": everyone[0]["checkpoints"],
+            "checkpoint_seconds": max(r["checkpoint_seconds"] for r in everyone),
             "run_id": None,
         }
         totals: dict[str, float] = {}

@@ -3,10 +3,11 @@
 Each run is its own ``suite run`` process (torch.distributed keeps global state, so repeated jobs
 in one process are fragile), tagged in MLflow with its recipe, row, profile and a hash of its
 resolved config. A run whose hash already has a FINISHED run in the store (or a run that
-diverged: the same config diverges again) is skipped unless ``--force``. A run that diverges is
-reported as such, its claims fail, and the other runs go on. Every row's config is resolved
-before anything starts, so a recipe naming an unknown algorithm or key fails at once (exit 2)
-with the valid choices.
+diverged: the same config diverges again) is skipped unless ``--force``; one whose hash has a
+FAILED or KILLED run with a checkpoint is resumed from it (``suite resume``) rather than started
+again. A run that diverges is reported as such, its claims fail, and the other runs go on. Every
+row's config is resolved before anything starts, so a recipe naming an unknown algorithm or key
+fails at once (exit 2) with the valid choices.
 """
 
 from __future__ import annotations
@@ -58,6 +59,16 @@ def run_job(
     for key, value in tags.items():
         cmd += ["--tag", f"{key}={value}"]
     cmd += list(extra_args)
+    return _run_cli(cmd)
+
+
+def resume_job(run_id: str, *, uri: str) -> dict[str, Any]:
+    """Continue a FAILED or KILLED run from its checkpoint (``suite resume``); its summary."""
+    cmd = [sys.executable, "-m", "suite", "resume", run_id, "--json", "--quiet"]
+    return _run_cli([*cmd, "--tracking-uri", uri])
+
+
+def _run_cli(cmd: list[str]) -> dict[str, Any]:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode == 130:
         raise KeyboardInterrupt
@@ -131,6 +142,33 @@ def finished_hashes(uri: str, experiment: str) -> set[str]:
     return {r.data.tags["suite.config_hash"] for r in runs if "suite.config_hash" in r.data.tags}
 
 
+def resumable_runs(uri: str, experiment: str) -> dict[str, str]:
+    """Config hash -> id of a FAILED or KILLED run with a checkpoint to resume (the newest)."""
+    from suite.checkpoint import read_manifest
+    from suite.tracking import open_client
+
+    client = open_client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string="attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time ASC"],
+        max_results=50000,
+    )
+    found = {}
+    for r in runs:
+        key = r.data.tags.get("suite.config_hash")
+        if r.info.status not in ("FAILED", "KILLED") or key is None:
+            continue
+        if r.data.tags.get("suite.diverged") == "true":
+            continue  # it would diverge again
+        if read_manifest(r.data.tags.get("suite.checkpoint_dir")) is not None:
+            found[key] = r.info.run_id  # newer runs replace older ones
+    return found
+
+
 def reproduce(
     paper: str,
     *,
@@ -145,9 +183,12 @@ def reproduce(
     runs = plan(paper, profile, seeds, extra)
     done = set() if force else finished_hashes(uri, paper)
     todo = [r for r in runs if r.hash not in done]
+    resumable = {} if force else resumable_runs(uri, paper)
+    resumes = sum(r.hash in resumable for r in todo)
     print(
         f"{paper} ({profile}): {len(runs)} runs in {len({r.recipe.name for r in runs})} "
-        f"recipe(s); {len(runs) - len(todo)} already finished in {uri}, {len(todo)} to run",
+        f"recipe(s); {len(runs) - len(todo)} already finished in {uri}, {len(todo)} to run"
+        + (f" ({resumes} resumed from a checkpoint)" if resumes else ""),
         file=sys.stderr,
     )
     failed = 0
@@ -156,14 +197,17 @@ def reproduce(
         print(f"{label} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         try:
-            summary = run_job(
-                run.row.target,
-                run.overrides,
-                uri=uri,
-                experiment=paper,
-                tags=run.tags,
-                run_name=f"{run.row.label} s{run.seed}",
-            )
+            if run.hash in resumable:
+                summary = resume_job(resumable[run.hash], uri=uri)
+            else:
+                summary = run_job(
+                    run.row.target,
+                    run.overrides,
+                    uri=uri,
+                    experiment=paper,
+                    tags=run.tags,
+                    run_name=f"{run.row.label} s{run.seed}",
+                )
         except JobFailed as err:
             failed += 1
             if err.diverged:  # its claims fail in the report; the other rows still run

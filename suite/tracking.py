@@ -224,9 +224,12 @@ class RunWriter:
         run_name: str | None,
         params: Mapping[str, Any],
         tags: Mapping[str, str],
+        run_id: str | None = None,
     ) -> None:
-        """Create the run (in the writer, asynchronously)."""
-        self._control.send(("open", uri, experiment, run_name, dict(params), dict(tags)))
+        """Create the run (in the writer, asynchronously); with ``run_id``, reopen that existing
+        run instead (``suite resume``: it is set RUNNING again, and ``params`` are not logged
+        again), so what follows lands in it."""
+        self._control.send(("open", uri, experiment, run_name, dict(params), dict(tags), run_id))
 
     def discard(self) -> None:
         """Stop a writer that was never given a run to open (the job did not start)."""
@@ -361,11 +364,23 @@ class _Writer:
                 self.metrics_done = True
 
     def _open(
-        self, uri: str, experiment: str, run_name: str | None, params: dict, tags: dict
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str | None,
+        params: dict,
+        tags: dict,
+        run_id: str | None = None,
     ) -> None:
         from mlflow.entities import Param
 
         self.client = client = open_client(uri)
+        if run_id is not None:  # reopen (suite resume)
+            client.update_run(run_id, status="RUNNING")
+            self.run_id = run_id
+            for key, value in tags.items():
+                client.set_tag(run_id, key, value)
+            return
         exp = client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
         self.run_id = client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id

@@ -140,6 +140,22 @@ class CommStats:
     def seconds(self) -> float:
         return self.total.seconds
 
+    def state_dict(self) -> dict[str, Any]:
+        """Every counter, as plain values (for a checkpoint)."""
+        return {
+            "ops": {op: asdict(s) for op, s in self.ops.items()},
+            "links": [(a, b, s.messages, s.bytes) for (a, b), s in self.links.items()],
+            "total": asdict(self.total),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Set every counter from :meth:`state_dict` output, in place."""
+        self.ops.clear()
+        self.ops.update({op: OpStats(**s) for op, s in state["ops"].items()})
+        self.links.clear()
+        self.links.update({(a, b): LinkStats(m, n) for a, b, m, n in state["links"]})
+        self.total = OpStats(**state["total"])
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "bytes_sent": self.bytes_sent,
@@ -219,6 +235,15 @@ class Transport:
     @property
     def harness_stats(self) -> CommStats:
         return self._counters.channels[HARNESS]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The counters of every channel (shared with subgroup transports), for a checkpoint."""
+        return {name: stats.state_dict() for name, stats in self._counters.channels.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        channels = self._counters.channels
+        for name, counters in state.items():
+            channels.setdefault(name, CommStats()).load_state_dict(counters)
 
     @contextlib.contextmanager
     def channel(self, name: str) -> Iterator[None]:

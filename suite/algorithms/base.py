@@ -9,6 +9,12 @@ enough for almost every method (epfml/powersgd's ``aggregate``, PyTorch's ModelA
 
 Event triggers, K controllers or straggler clocks are small policy objects an algorithm holds,
 not new hook points.
+
+Checkpoints (:mod:`suite.checkpoint`) save and restore an algorithm's state with
+:meth:`Algorithm.state_dict` / :meth:`Algorithm.load_state_dict`. The default captures every
+attribute but the context (config, model, optimizer, transport): tensors, numbers, generators,
+containers and the small policy objects, restored in place. An algorithm holding something that
+cannot be saved (threads, open receives) overrides them, or says it cannot be checkpointed.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ import torch
 from torch import nn
 
 from suite.transport import Transport
+
+# Attributes every algorithm has that are the loop's, not its own state.
+_CONTEXT = ("config", "ctx", "transport", "model", "optimizer")
 
 
 @dataclass(frozen=True)
@@ -85,3 +94,24 @@ class Algorithm:
     def artifacts(self) -> dict[str, str]:
         """Files (name -> text) rank 0 stores with the run at the end."""
         return {}
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    @property
+    def checkpointable(self) -> bool:
+        """Whether a run can stop and continue exactly here (False: no checkpoints are taken;
+        say so the same way on every rank)."""
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's algorithm state, as :func:`suite.checkpoint.capture` encodes it (what
+        ``torch.load(weights_only=True)`` reads back): every attribute but the context."""
+        from suite.checkpoint import capture_attrs  # (it knows the algorithms' helpers)
+
+        return capture_attrs(self, _CONTEXT)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output into this freshly built algorithm, in place."""
+        from suite.checkpoint import restore_attrs
+
+        restore_attrs(self, state, self.ctx.device)

@@ -14,8 +14,10 @@ equivalence test relies on.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -73,12 +75,29 @@ def shard_size(n: int, world_size: int) -> int:
     the world size, so every rank gets ceil(n / world_size)."""
     return -(-n // world_size)
 
+class _ResumableSampler(torch.utils.data.Sampler):
+    """The wrapped sampler's indices, the first ``skip`` of them left out once (the batches of
+    a resumed epoch that were trained on before the checkpoint)."""
+
+    def __init__(self, sampler: DistributedSampler) -> None:
+        self.sampler, self.skip = sampler, 0
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self.skip = self.skip, 0
+        return itertools.islice(iter(self.sampler), skip, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.skip
+
 
 class ShardedBatches:
     """Endless training batches of one rank's shard, epoch after epoch.
 
     ``next(batches)`` returns ``(x, y)`` on ``device``. Every rank gets ``steps_per_epoch`` full
     batches per epoch (the tail that does not fill a batch is dropped, on every rank alike).
+    ``state_dict()`` is the position (epoch, batches taken in it, augmentation generator):
+    loaded into a fresh instance, the same batches follow. (A file-backed split's DataLoader
+    workers draw a new base seed for a resumed epoch: their own randomness, if any, differs.)
     """
 
     def __init__(
@@ -105,12 +124,14 @@ class ShardedBatches:
         # Augmentation randomness: per rank, reproducible.
         self.generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
         self.epoch = 0
+        self.position = 0  # batches taken in this epoch
         self._loader: DataLoader | None = None
+        self._resumable = _ResumableSampler(self.sampler)
         if not isinstance(split, TensorSplit):
             self._loader = DataLoader(
                 split,
                 batch_size=batch_size,
-                sampler=self.sampler,
+                sampler=self._resumable,
                 num_workers=num_workers,
                 drop_last=True,
                 persistent_workers=num_workers > 0,
@@ -119,15 +140,28 @@ class ShardedBatches:
         self._it: Iterator = iter(())
         self._start_epoch(0)
 
-    def _start_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def _start_epoch(self, epoch: int, position: int = 0) -> None:
+        """Start ``epoch`` at its batch ``position`` (0: its beginning)."""
+        self.epoch, self.position = epoch, position
         self.sampler.set_epoch(epoch)
         if self._loader is not None:
+            self._resumable.skip = position * self.batch_size
             self._it = iter(self._loader)
         else:
             order = torch.tensor(list(iter(self.sampler)), dtype=torch.long)
             usable = self.steps_per_epoch * self.batch_size
-            self._it = iter(order[:usable].split(self.batch_size))
+            self._it = iter(order[:usable].split(self.batch_size)[position:])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._start_epoch(int(state["epoch"]), int(state["position"]))
+        self.generator.set_state(state["generator"])
 
     def __iter__(self) -> ShardedBatches:
         return self
@@ -138,6 +172,7 @@ class ShardedBatches:
         except StopIteration:
             self._start_epoch(self.epoch + 1)
             item = next(self._it)
+        self.position += 1
         if self._loader is not None:
             x, y = item
         else:
