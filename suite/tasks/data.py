@@ -75,6 +75,7 @@ def shard_size(n: int, world_size: int) -> int:
     the world size, so every rank gets ceil(n / world_size)."""
     return -(-n // world_size)
 
+
 class _ResumableSampler(torch.utils.data.Sampler):
     """The wrapped sampler's indices, the first ``skip`` of them left out once (the batches of
     a resumed epoch that were trained on before the checkpoint)."""
