@@ -83,11 +83,12 @@ def _assert_optuna_and_mlflow_agree(tmp_path: Path) -> None:
 
 
 def test_two_drivers_share_a_study_and_both_finish(tmp_path: Path) -> None:
-    first = _driver(tmp_path, "first", 3)
+    quick = {"SUITE_SWEEP_HEARTBEAT": "1", "SUITE_SWEEP_GRACE": "30"}  # a waiting driver polls
+    first = _driver(tmp_path, "first", 3, **quick)
     # The second driver joins while the first has a trial in flight: today it marked that
     # trial FAIL at start-up and the first driver crashed telling it.
     _wait_for("a running trial", lambda: any(t.state.name == "RUNNING" for t in _trials(tmp_path)))
-    second = _driver(tmp_path, "second", 3)
+    second = _driver(tmp_path, "second", 3, **quick)
     for proc, tag in ((first, "first"), (second, "second")):
         assert proc.wait(timeout=300) == 0, (tmp_path / f"{tag}.err").read_text()
     trials = _trials(tmp_path)
