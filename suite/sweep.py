@@ -17,6 +17,9 @@ as a new trial (Optuna's ``RetryHeartbeatStaleTrialCallback``), which gets its o
 after ``kill -9`` of a driver, resuming the study recovers its trial within the grace period. A
 driver whose own trial was failed that way (its heartbeats stalled for longer than the grace
 period) logs it, drops the result and carries on. Drivers of one study should share the settings.
+A ``suite run`` job that outlives its killed driver is refused by the study at its next pruning
+report; if it still ends its MLflow run FINISHED, the next driver (at start and at its end) sets
+every run of a FAIL trial that is RUNNING or FINISHED to FAILED, so MLflow follows Optuna.
 
 The study's parent MLflow run is set RUNNING by every driver and ended (FINISHED, or KILLED on
 Ctrl-C) by a driver that stops when no trial of the study is RUNNING; a driver that stops while
@@ -278,8 +281,15 @@ def sweep(
     claim = _Slots(study, trials, left, interval)
 
     def work() -> None:
-        while (trial := claim.next()) is not None:
-            run_trial(trial)
+        try:
+            while (trial := claim.next()) is not None:
+                try:
+                    run_trial(trial)
+                finally:
+                    claim.done(trial.number)
+        except BaseException:
+            claim.stop()  # Ctrl-C (or a bug) in one thread: the others start no new trial
+            raise
 
     status = "FINISHED"
     try:
@@ -287,8 +297,13 @@ def sweep(
             work()
         else:
             with ThreadPoolExecutor(n_jobs) as pool:
-                for future in [pool.submit(work) for _ in range(n_jobs)]:
-                    future.result()
+                futures = [pool.submit(work) for _ in range(n_jobs)]
+                try:
+                    for future in futures:
+                        future.result()
+                except BaseException:
+                    claim.stop()
+                    raise
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -345,17 +360,26 @@ class _Slots:
         self.study, self.wanted, self.budget, self.poll = study, wanted, budget, poll
         self.lock = threading.Lock()
         self.waiting_for: tuple[int, ...] = ()
+        self.stopped = False
+        self.mine: set[int] = set()  # trials this driver's threads are running
 
     def refund(self) -> None:
         with self.lock:
             self.budget += 1
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def done(self, number: int) -> None:
+        with self.lock:
+            self.mine.discard(number)
 
     def next(self) -> Any | None:
         from optuna.trial import TrialState
 
         while True:
             with self.lock:
-                if self.budget <= 0:
+                if self.budget <= 0 or self.stopped:
                     return None
                 _fail_stale(self.study)
                 trials = self.study.get_trials(deepcopy=False)
@@ -367,7 +391,12 @@ class _Slots:
                     self.budget -= 1
                     with warnings.catch_warnings():  # "heartbeat ... used with Study.optimize"
                         warnings.simplefilter("ignore", UserWarning)
-                        return self.study.ask()
+                        trial = self.study.ask()
+                    self.mine.add(trial.number)
+                    return trial
+                running = tuple(n for n in running if n not in self.mine)
+                if not running:
+                    return None  # the last trials are this driver's own, run by other threads
                 if running != self.waiting_for:
                     self.waiting_for = running
                     print(

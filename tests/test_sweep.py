@@ -30,12 +30,12 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
-def _driver(tmp_path: Path, tag: str, trials: int, **env: str) -> subprocess.Popen[str]:
+def _driver(tmp_path: Path, tag: str, trials: int, *args: str, **env: str) -> subprocess.Popen[str]:
     """A `suite sweep` in its own process group (so a test can kill it with its job), its
     stderr in ``tmp_path/<tag>.err``."""
     base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return subprocess.Popen(
-        [sys.executable, "-m", "suite", *SWEEP, "--trials", str(trials)],
+        [sys.executable, "-m", "suite", *SWEEP, *args, "--trials", str(trials)],
         cwd=tmp_path,
         env={**base, "PYTHONUNBUFFERED": "1", **env},
         stdout=subprocess.DEVNULL,
@@ -101,7 +101,9 @@ def test_two_drivers_share_a_study_and_both_finish(tmp_path: Path) -> None:
 
 def test_a_killed_drivers_trial_is_retried_and_mlflow_agrees(tmp_path: Path) -> None:
     short = {"SUITE_SWEEP_HEARTBEAT": "1", "SUITE_SWEEP_GRACE": "3"}
-    driver = _driver(tmp_path, "killed", 2, **short)
+    # Jobs that train for seconds (20 steps end before their MLflow run is seen RUNNING).
+    longer = ("--set", "steps=5000", "--set", "eval_every=2500")
+    driver = _driver(tmp_path, "killed", 2, *longer, **short)
 
     def in_flight() -> int | None:
         """The number of a trial whose job has its MLflow run open, after a finished one."""
@@ -114,7 +116,7 @@ def test_a_killed_drivers_trial_is_retried_and_mlflow_agrees(tmp_path: Path) -> 
     os.killpg(driver.pid, signal.SIGKILL)  # the driver, its job, ranks and MLflow writer
     driver.wait(timeout=30)
     resumed = subprocess.run(
-        [sys.executable, "-m", "suite", *SWEEP, "--trials", "2"],
+        [sys.executable, "-m", "suite", *SWEEP, *longer, "--trials", "2"],
         cwd=tmp_path,
         env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | short,
         capture_output=True,
