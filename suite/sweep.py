@@ -185,14 +185,7 @@ def sweep(
     multi = len(space.objectives) > 1
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stale = _StaleTrial(uri, recipe.paper, name, grace)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        rdb = optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=interval,
-            grace_period=grace,
-            heartbeat_stale_trial_callback=stale,
-        )
+    rdb = _storage(url, interval, grace, stale)
     study = optuna.create_study(
         storage=rdb,
         study_name=name,
@@ -200,9 +193,6 @@ def sweep(
         load_if_exists=True,
         pruner=optuna.pruners.NopPruner() if multi else median_pruner(),
     )
-    # Seeded for repeatability, offset by the trials already there so a resumed study does not
-    # draw the same first points again.
-    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
     _fail_stale(study)
     finished = _count_finished(study)
     left = max(0, trials - finished)
@@ -278,7 +268,7 @@ def sweep(
             _close_runs(client, recipe.paper, name, {trial.number}, stale.note)
             claim.refund()  # not this driver's failure: its place is run again
 
-    claim = _Slots(study, trials, left, interval)
+    claim = _Slots(study, trials, left, interval, seed)
 
     def work() -> None:
         try:
@@ -311,6 +301,30 @@ def sweep(
         _close_runs(client, recipe.paper, name, _failed_numbers(study), FAILED_NOTE)
         _summarise(client, parent, study, space, status)
     return 0
+
+
+def _storage(url: str, interval: int, grace: int, stale: _StaleTrial) -> Any:
+    """Optuna's storage with heartbeats on. Drivers started together on a new database race
+    to create its tables (Optuna does not guard that): the loser tries again."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    def make() -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=interval,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=stale,
+            )
+
+    for _ in range(2):
+        try:
+            return make()
+        except SQLAlchemyError:
+            time.sleep(1)
+    return make()
 
 
 def _tell(study: Any, trial: Any, state: Any, values: Any) -> bool:
@@ -356,8 +370,9 @@ class _Slots:
     trials whose driver has died (Optuna fails them and queues them again; ``ask`` takes those
     first)."""
 
-    def __init__(self, study: Any, wanted: int, budget: int, poll: int) -> None:
+    def __init__(self, study: Any, wanted: int, budget: int, poll: int, seed: int) -> None:
         self.study, self.wanted, self.budget, self.poll = study, wanted, budget, poll
+        self.seed = seed
         self.lock = threading.Lock()
         self.waiting_for: tuple[int, ...] = ()
         self.stopped = False
@@ -375,6 +390,7 @@ class _Slots:
             self.mine.discard(number)
 
     def next(self) -> Any | None:
+        import optuna
         from optuna.trial import TrialState
 
         while True:
@@ -389,6 +405,9 @@ class _Slots:
                     return None
                 if finished + len(running) < self.wanted:
                     self.budget -= 1
+                    # Seeded for repeatability, by the trials already there: a resumed study,
+                    # or a second driver, does not draw the same points again.
+                    self.study.sampler = optuna.samplers.TPESampler(seed=self.seed + len(trials))
                     with warnings.catch_warnings():  # "heartbeat ... used with Study.optimize"
                         warnings.simplefilter("ignore", UserWarning)
                         trial = self.study.ask()
@@ -489,9 +508,9 @@ def _parent_run(uri: str, recipe: Recipe, space: str, study: str, storage: str) 
     client = open_client(uri)
     exp = client.get_experiment_by_name(recipe.paper)
     exp_id = exp.experiment_id if exp else client.create_experiment(recipe.paper)
-    found = client.search_runs(
-        [exp_id], filter_string=f"tags.`suite.kind` = 'study' and tags.`suite.study` = '{study}'"
-    )
+    query = f"tags.`suite.kind` = 'study' and tags.`suite.study` = '{study}'"
+    oldest = ["attributes.start_time ASC"]
+    found = client.search_runs([exp_id], filter_string=query, order_by=oldest)
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
@@ -504,7 +523,12 @@ def _parent_run(uri: str, recipe: Recipe, space: str, study: str, storage: str) 
         "suite.space": space,
         "paper": recipe.paper,
     }
-    return client.create_run(exp_id, run_name=f"study {study}", tags=tags).info.run_id
+    run_id = client.create_run(exp_id, run_name=f"study {study}", tags=tags).info.run_id
+    # Drivers starting a new study at once may each have created one: all keep the oldest.
+    first = client.search_runs([exp_id], filter_string=query, order_by=oldest)[0].info.run_id
+    if first != run_id:
+        client.delete_run(run_id)
+    return first
 
 
 def _summarise(client: Any, run_id: str, study: Any, space: Space, status: str) -> None:
