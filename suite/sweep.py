@@ -256,7 +256,7 @@ def sweep(
                 pass  # failed meanwhile by another driver: reported below
             except JobFailed as err:
                 print(f"trial {trial.number} failed: {err}", file=sys.stderr)
-            except KeyboardInterrupt:
+            except BaseException:  # Ctrl-C, or a bug: the trial fails (not retried), as in optimize
                 _tell(study, trial, TrialState.FAIL, None)
                 raise
         if not _tell(study, trial, state, values):
