@@ -3,8 +3,30 @@
 The driver (this process) owns the study; every trial is its own ``suite run`` job, tagged in
 MLflow with the study and trial number and nested under one parent run that summarises the
 study. Storage persists (a SQLite file by default; any database URL lets several machines share
-a study), so an interrupted study resumes: trials it left RUNNING are marked FAIL and the study
-runs until it has ``--trials`` finished (complete or pruned) trials.
+a study), so an interrupted study resumes, and several drivers may work on one study at once.
+Every driver runs trials until the study has ``--trials`` finished (complete or pruned) trials;
+when the rest are running in other drivers it waits for them, so it can take over any whose
+driver dies.
+
+A driver shows it is alive through Optuna's storage heartbeats: while a trial runs, a thread
+of its driver records a heartbeat every ``SUITE_SWEEP_HEARTBEAT`` seconds (default 10). A
+RUNNING trial with no heartbeat for ``SUITE_SWEEP_GRACE`` seconds (default 60) has lost its
+driver (killed, crashed, machine gone): the next driver that looks (before each trial, and while
+it waits) marks it FAIL, marks its MLflow run FAILED with a note, and queues the same point again
+as a new trial (Optuna's ``RetryHeartbeatStaleTrialCallback``), which gets its own MLflow run. So
+after ``kill -9`` of a driver, resuming the study recovers its trial within the grace period. A
+driver whose own trial was failed that way (its heartbeats stalled for longer than the grace
+period) logs it, drops the result and carries on. Drivers of one study should share the settings.
+A ``suite run`` job that outlives its killed driver is refused by the study at its next pruning
+report; if it still ends its MLflow run FINISHED, the next driver (at start and at its end) sets
+every run of a FAIL trial that is RUNNING or FINISHED to FAILED, so MLflow follows Optuna.
+
+The study's parent MLflow run is set RUNNING by every driver and ended (FINISHED, or KILLED on
+Ctrl-C) by a driver that stops when no trial of the study is RUNNING; a driver that stops while
+another still runs a trial only logs its summary and leaves the ending to that one.
+
+Drivers starting trials at the same moment may overshoot ``--trials`` by a trial each: Optuna has
+no atomic "ask if fewer than N", and an extra finished trial does no harm.
 
 A single-objective space prunes: rank 0 of the trial reports test accuracy to the study at each
 evaluation (:class:`OptunaPruner`) and the whole job stops when Optuna's median pruner says so.
@@ -18,9 +40,14 @@ FAIL trial. Any other failed run leaves its trial FAIL and the study goes on.
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +58,14 @@ from suite.reproduce import JobFailed, run_job
 from suite.tracking import open_client
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
+STORAGE_FORMS = (
+    "sqlite:///PATH (a file; sqlite:////ABS/PATH), postgresql://USER:PASSWORD@HOST/DB, "
+    "mysql://USER:PASSWORD@HOST/DB (any SQLAlchemy database URL whose driver is installed)"
+)
+# Seconds between a running trial's heartbeats, and without one before its driver counts as gone.
+HEARTBEAT_S, GRACE_S = 10, 60
+MAX_RETRY = 3  # a trial whose driver died is run again at most this many times
+FAILED_NOTE = "Optuna holds this trial as FAIL (its result is not in the study); so does its run."
 
 
 def median_pruner() -> Any:
@@ -70,12 +105,49 @@ class OptunaPruner:
 
 
 def storage_url(storage: str | None) -> str:
-    """Relative SQLite paths made absolute, so trial processes find the same file."""
+    """The checked storage URL (ConfigError naming the valid forms if SQLAlchemy cannot use it),
+    relative SQLite paths made absolute so trial processes find the same file."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
     url = storage or DEFAULT_STORAGE
+    bad = f"--storage {url!r}"
+    try:
+        dialect = make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        raise ConfigError(f"{bad} is not a database URL; valid forms: {STORAGE_FORMS}") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        raise ConfigError(f"{bad}: its database driver is not installed ({err})") from None
     prefix = "sqlite:///"
+    if dialect.name == "sqlite":
+        path = url[len(prefix) :] if url.startswith(prefix) else ""
+        if path in ("", ":memory:") or path.startswith("file:"):
+            raise ConfigError(f"{bad}: trials need a shared file; valid forms: {STORAGE_FORMS}")
+        if not Path(path).resolve().parent.is_dir():
+            raise ConfigError(f"{bad}: folder {Path(path).resolve().parent} does not exist")
     if url.startswith(prefix) and not url.startswith(prefix + "/"):
         url = prefix + str(Path(url[len(prefix) :]).resolve())
     return url
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds: SUITE_SWEEP_HEARTBEAT and SUITE_SWEEP_GRACE,
+    else the defaults. Tests shorten them; every driver of a study should use the same."""
+    values = []
+    for name, default in (("SUITE_SWEEP_HEARTBEAT", HEARTBEAT_S), ("SUITE_SWEEP_GRACE", GRACE_S)):
+        text = os.environ.get(name, str(default))
+        if not text.isdigit() or int(text) < 1:
+            raise ConfigError(f"{name}={text!r}: expected a whole number of seconds, at least 1")
+        values.append(int(text))
+    interval, grace = values
+    if grace <= interval:
+        raise ConfigError(
+            f"SUITE_SWEEP_GRACE={grace} must exceed SUITE_SWEEP_HEARTBEAT={interval}: "
+            "a live driver would be taken for dead between two heartbeats"
+        )
+    return interval, grace
 
 
 def _space(recipe: Recipe, name: str) -> Space:
@@ -113,19 +185,19 @@ def sweep(
     seed = recipe.profile(profile).seeds[0]
     recipe.resolve(row, profile, seed, extra)  # bad recipe or --set: fail before any trial
     url = storage_url(storage)
+    interval, grace = heartbeat_settings()
     name = study_name or f"{recipe.name}:{space_name}:{profile}"
     multi = len(space.objectives) > 1
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stale = _StaleTrial(uri, recipe.paper, name, grace)
+    rdb = _storage(url, interval, grace, stale)
     study = optuna.create_study(
-        storage=url,
+        storage=rdb,
         study_name=name,
         directions=[d for _, d in space.objectives],
         load_if_exists=True,
         pruner=optuna.pruners.NopPruner() if multi else median_pruner(),
     )
-    # Seeded for repeatability, offset by the trials already there so a resumed study does not
-    # draw the same first points again.
-    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
     _fail_stale(study)
     finished = _count_finished(study)
     left = max(0, trials - finished)
@@ -135,6 +207,7 @@ def sweep(
     )
     parent = _parent_run(uri, recipe, space_name, name, url)
     client = open_client(uri)
+    _close_runs(client, recipe.paper, name, _failed_numbers(study), FAILED_NOTE)
 
     def objective(trial: Any) -> float | tuple[float, ...]:
         chosen = list(space.suggest(trial))
@@ -185,23 +258,260 @@ def sweep(
             raise optuna.TrialPruned()
         return values if multi else values[0]
 
+    def run_trial(trial: Any) -> None:
+        """Run one trial with its heartbeat going and tell the study how it ended."""
+        from optuna.trial import TrialState
+
+        state, values = TrialState.FAIL, None
+        with _heartbeat(rdb, trial._trial_id, interval):
+            try:
+                values = objective(trial)
+                state = TrialState.COMPLETE
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # failed meanwhile by another driver: reported below
+            except JobFailed as err:
+                print(f"trial {trial.number} failed: {err}", file=sys.stderr)
+            except BaseException:  # Ctrl-C, or a bug: the trial fails (not retried), as in optimize
+                _tell(study, trial, TrialState.FAIL, None)
+                raise
+        if not _tell(study, trial, state, values):
+            print(
+                f"trial {trial.number} was marked FAIL by another driver (no heartbeat from "
+                f"this one for {grace} s) and queued again; its result is dropped",
+                file=sys.stderr,
+            )
+            _close_runs(client, recipe.paper, name, {trial.number}, stale.note)
+            claim.refund()  # not this driver's failure: its place is run again
+
+    claim = _Slots(study, trials, left, interval, seed)
+
+    def work() -> None:
+        try:
+            while (trial := claim.next()) is not None:
+                try:
+                    run_trial(trial)
+                finally:
+                    claim.done(trial.number)
+        except BaseException:
+            claim.stop()  # Ctrl-C (or a bug) in one thread: the others start no new trial
+            raise
+
     status = "FINISHED"
     try:
-        study.optimize(objective, n_trials=left, n_jobs=n_jobs, catch=(JobFailed,))
+        if n_jobs == 1:
+            work()
+        else:
+            with ThreadPoolExecutor(n_jobs) as pool:
+                futures = [pool.submit(work) for _ in range(n_jobs)]
+                try:
+                    for future in futures:
+                        future.result()
+                except BaseException:
+                    claim.stop()
+                    raise
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
+        _close_runs(client, recipe.paper, name, _failed_numbers(study), FAILED_NOTE)
         _summarise(client, parent, study, space, status)
     return 0
 
 
+def _storage(url: str, interval: int, grace: int, stale: _StaleTrial) -> Any:
+    """Optuna's storage with heartbeats on. Drivers started together on a new database race
+    to create its tables (Optuna does not guard that): the loser tries again."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    def make() -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=interval,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=stale,
+            )
+
+    for _ in range(2):
+        try:
+            return make()
+        except SQLAlchemyError:
+            time.sleep(1)
+    return make()
+
+
+def _tell(study: Any, trial: Any, state: Any, values: Any) -> bool:
+    """Tell the study how ``trial`` ended; False if it had already been ended (marked FAIL by
+    another driver that took this one for dead)."""
+    if study._storage.get_trial(trial._trial_id).state.is_finished():
+        return False
+    study.tell(trial, values, state=state, skip_if_finished=True)
+    return True
+
+
+@contextmanager
+def _heartbeat(storage: Any, trial_id: int, interval: int) -> Iterator[None]:
+    """Record the trial's heartbeat every ``interval`` s while the body runs. (Optuna's own
+    thread dies at the first storage error; a locked SQLite file must not make a live trial
+    look dead, so errors here are reported and the next beat tries again.)"""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as err:  # any storage error (a locked file): try again next beat
+                print(f"warning: trial heartbeat not recorded: {err}", file=sys.stderr)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+class _Slots:
+    """Hands this driver's threads their next trial while the study needs one.
+
+    A new trial starts while the finished and running trials of the study (all drivers) are
+    fewer than ``wanted``, and this driver has started fewer than ``budget`` (so a job that
+    always fails cannot loop forever). When the rest are running elsewhere it waits, looking for
+    trials whose driver has died (Optuna fails them and queues them again; ``ask`` takes those
+    first)."""
+
+    def __init__(self, study: Any, wanted: int, budget: int, poll: int, seed: int) -> None:
+        self.study, self.wanted, self.budget, self.poll = study, wanted, budget, poll
+        self.seed = seed
+        self.lock = threading.Lock()
+        self.waiting_for: tuple[int, ...] = ()
+        self.stopped = False
+        self.mine: set[int] = set()  # trials this driver's threads are running
+
+    def refund(self) -> None:
+        with self.lock:
+            self.budget += 1
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def done(self, number: int) -> None:
+        with self.lock:
+            self.mine.discard(number)
+
+    def next(self) -> Any | None:
+        import optuna
+        from optuna.trial import TrialState
+
+        while True:
+            with self.lock:
+                if self.budget <= 0 or self.stopped:
+                    return None
+                _fail_stale(self.study)
+                trials = self.study.get_trials(deepcopy=False)
+                finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+                running = tuple(t.number for t in trials if t.state == TrialState.RUNNING)
+                if finished >= self.wanted:
+                    return None
+                if finished + len(running) < self.wanted:
+                    self.budget -= 1
+                    # Seeded for repeatability, by the trials already there: a resumed study,
+                    # or a second driver, does not draw the same points again.
+                    self.study.sampler = optuna.samplers.TPESampler(seed=self.seed + len(trials))
+                    with warnings.catch_warnings():  # "heartbeat ... used with Study.optimize"
+                        warnings.simplefilter("ignore", UserWarning)
+                        trial = self.study.ask()
+                    self.mine.add(trial.number)
+                    return trial
+                running = tuple(n for n in running if n not in self.mine)
+                if not running:
+                    return None  # the last trials are this driver's own, run by other threads
+                if running != self.waiting_for:
+                    self.waiting_for = running
+                    print(
+                        f"waiting for trial(s) {', '.join(map(str, running))} running in "
+                        "another driver (one whose driver is gone is taken over after the "
+                        "grace period)",
+                        file=sys.stderr,
+                    )
+            time.sleep(self.poll)
+
+
 def _fail_stale(study: Any) -> None:
-    """Trials an interrupted driver left RUNNING will never finish: mark them FAIL."""
+    """Optuna's check: RUNNING trials with no heartbeat within the grace period are marked FAIL
+    and handed to the storage's callback (:class:`_StaleTrial`)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+@dataclass(frozen=True)
+class _StaleTrial:
+    """Called by Optuna for a trial it just failed because its driver stopped heartbeating:
+    end the trial's MLflow run FAILED with a note, and queue the same point as a new trial."""
+
+    uri: str
+    experiment: str
+    study: str
+    grace: int
+
+    @property
+    def note(self) -> str:
+        return (
+            f"Its sweep driver stopped (no heartbeat for {self.grace} s), so Optuna marked the "
+            "trial FAIL and queued its parameters again as a new trial with its own run."
+        )
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        import optuna
+
+        print(
+            f"trial {trial.number}: its driver sent no heartbeat for {self.grace} s; "
+            "marked FAIL and queued again",
+            file=sys.stderr,
+        )
+        _close_runs(open_client(self.uri), self.experiment, self.study, {trial.number}, self.note)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        retry(study, trial)
+
+
+def _failed_numbers(study: Any) -> set[int]:
     from optuna.trial import TrialState
 
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    return {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+
+
+def _close_runs(client: Any, experiment: str, study: str, numbers: set[int], note: str) -> None:
+    """MLflow agrees with Optuna: a FAIL trial's run still RUNNING or FINISHED (its driver died,
+    or the trial was failed while its job ran on) is ended FAILED, with ``note`` saying why."""
+    if not numbers:
+        return
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`suite.study` = '{study}' and attributes.status != 'FAILED'",
+        max_results=50000,
+    )
+    for run in runs:
+        number = run.data.tags.get("suite.trial")
+        if number is None or int(number) not in numbers:
+            continue
+        if run.info.status in ("RUNNING", "FINISHED"):
+            client.set_tag(run.info.run_id, "mlflow.note.content", note)
+            client.set_terminated(run.info.run_id, "FAILED")
 
 
 def _count_finished(study: Any) -> int:
@@ -215,9 +525,9 @@ def _parent_run(uri: str, recipe: Recipe, space: str, study: str, storage: str) 
     client = open_client(uri)
     exp = client.get_experiment_by_name(recipe.paper)
     exp_id = exp.experiment_id if exp else client.create_experiment(recipe.paper)
-    found = client.search_runs(
-        [exp_id], filter_string=f"tags.`suite.kind` = 'study' and tags.`suite.study` = '{study}'"
-    )
+    query = f"tags.`suite.kind` = 'study' and tags.`suite.study` = '{study}'"
+    oldest = ["attributes.start_time ASC"]
+    found = client.search_runs([exp_id], filter_string=query, order_by=oldest)
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
@@ -230,12 +540,19 @@ def _parent_run(uri: str, recipe: Recipe, space: str, study: str, storage: str) 
         "suite.space": space,
         "paper": recipe.paper,
     }
-    return client.create_run(exp_id, run_name=f"study {study}", tags=tags).info.run_id
+    run_id = client.create_run(exp_id, run_name=f"study {study}", tags=tags).info.run_id
+    # Drivers starting a new study at once may each have created one: all keep the oldest.
+    first = client.search_runs([exp_id], filter_string=query, order_by=oldest)[0].info.run_id
+    if first != run_id:
+        client.delete_run(run_id)
+    return first
 
 
 def _summarise(client: Any, run_id: str, study: Any, space: Space, status: str) -> None:
-    """The parent run's summary: trials table, best trial(s), final status."""
+    """The parent run's summary: trials table, best trial(s), and its final status, unless a
+    trial is still RUNNING in another driver (which then ends it)."""
     from mlflow.entities import Metric
+    from optuna.trial import TrialState
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -252,4 +569,12 @@ def _summarise(client: Any, run_id: str, study: Any, space: Space, status: str) 
     client.log_batch(run_id, metrics=metrics)
     if len(best) == 1:
         client.log_text(run_id, repr(best[0].params), "best_params.txt")
+    running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    if running:
+        print(
+            f"trial(s) {', '.join(map(str, running))} still running in another driver: the "
+            "study's parent run stays RUNNING until that driver ends it",
+            file=sys.stderr,
+        )
+        return
     client.set_terminated(run_id, status)

@@ -1,0 +1,160 @@
+"""`suite sweep` shared between drivers and stopped hard: Optuna and MLflow stay in step.
+
+Every test drives the real CLI (``python -m suite sweep``) on a tiny space: Local SGD's learning
+rate on digits, 2 ranks, 20 steps (a trial takes about 8 s here).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from conftest import suite_cmd
+from mlflow.tracking import MlflowClient
+
+STUDY = "baseline/periods:lr:smoke"
+SWEEP = [
+    "sweep", "baseline/periods", "--space", "lr",
+    "--set", "nproc=2", "--set", "steps=20", "--set", "eval_every=10",
+    "--set", "eval_per_rank=false",
+]  # fmt: skip
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+# The MLflow status each Optuna state must come with (a pruned job ends its run KILLED).
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def _driver(tmp_path: Path, tag: str, trials: int, *args: str, **env: str) -> subprocess.Popen[str]:
+    """A `suite sweep` in its own process group (so a test can kill it with its job), its
+    stderr in ``tmp_path/<tag>.err``."""
+    base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "suite", *SWEEP, *args, "--trials", str(trials)],
+        cwd=tmp_path,
+        env={**base, "PYTHONUNBUFFERED": "1", **env},
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / f"{tag}.err").open("w"),
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _trials(tmp_path: Path) -> list[optuna.trial.FrozenTrial]:
+    try:
+        study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/optuna.db")
+    except Exception:  # not created yet
+        return []
+    return study.get_trials()
+
+
+def _wait_for(what: str, check: Any, timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _runs(tmp_path: Path) -> tuple[list[Any], list[Any]]:
+    """(trial runs, study parent runs) of the baseline experiment."""
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("baseline")
+    runs = client.search_runs([exp.experiment_id], max_results=1000) if exp else []
+    trial_runs = [r for r in runs if "suite.trial" in r.data.tags]
+    parents = [r for r in runs if r.data.tags.get("suite.kind") == "study"]
+    return trial_runs, parents
+
+
+def _assert_optuna_and_mlflow_agree(tmp_path: Path) -> None:
+    trial_runs, parents = _runs(tmp_path)
+    states = {t.number: t.state.name for t in _trials(tmp_path)}
+    assert trial_runs
+    for run in trial_runs:
+        state = states[int(run.data.tags["suite.trial"])]
+        assert run.info.status == RUN_STATUS[state], (run.data.tags["suite.trial"], state)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+
+
+def test_two_drivers_share_a_study_and_both_finish(tmp_path: Path) -> None:
+    quick = {"SUITE_SWEEP_HEARTBEAT": "1", "SUITE_SWEEP_GRACE": "30"}  # a waiting driver polls
+    first = _driver(tmp_path, "first", 3, **quick)
+    # The second driver joins while the first has a trial in flight: today it marked that
+    # trial FAIL at start-up and the first driver crashed telling it.
+    _wait_for("a running trial", lambda: any(t.state.name == "RUNNING" for t in _trials(tmp_path)))
+    second = _driver(tmp_path, "second", 3, **quick)
+    for proc, tag in ((first, "first"), (second, "second")):
+        assert proc.wait(timeout=300) == 0, (tmp_path / f"{tag}.err").read_text()
+    trials = _trials(tmp_path)
+    finished = [t for t in trials if t.state in FINISHED]
+    # Two drivers may each start a trial at the same moment: one extra at most.
+    assert 3 <= len(finished) <= 4, [t.state.name for t in trials]
+    assert not [t for t in trials if t.state.name in ("FAIL", "RUNNING", "WAITING")]
+    _assert_optuna_and_mlflow_agree(tmp_path)
+
+
+def test_a_killed_drivers_trial_is_retried_and_mlflow_agrees(tmp_path: Path) -> None:
+    short = {"SUITE_SWEEP_HEARTBEAT": "1", "SUITE_SWEEP_GRACE": "3"}
+    # Jobs that train for seconds (20 steps end before their MLflow run is seen RUNNING).
+    longer = ("--set", "steps=5000", "--set", "eval_every=2500")
+    driver = _driver(tmp_path, "killed", 2, *longer, **short)
+
+    def in_flight() -> int | None:
+        """The number of a trial whose job has its MLflow run open, after a finished one."""
+        if not any(t.state in FINISHED for t in _trials(tmp_path)):
+            return None
+        running = [r for r in _runs(tmp_path)[0] if r.info.status == "RUNNING"]
+        return int(running[0].data.tags["suite.trial"]) if running else None
+
+    killed = _wait_for("a second trial in flight", in_flight)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver, its job, ranks and MLflow writer
+    driver.wait(timeout=30)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "suite", *SWEEP, *longer, "--trials", "2"],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | short,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    trials = _trials(tmp_path)
+    by_number = {t.number: t for t in trials}
+    assert by_number[killed].state.name == "FAIL"
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
+    assert len(retried) == 1 and retried[0].state in FINISHED
+    assert retried[0].params == by_number[killed].params
+    assert len([t for t in trials if t.state in FINISHED]) == 2
+    _assert_optuna_and_mlflow_agree(tmp_path)
+
+
+def test_a_driver_whose_trial_another_failed_carries_on(tmp_path: Path) -> None:
+    driver = _driver(tmp_path, "driver", 1)
+
+    def running() -> optuna.trial.FrozenTrial | None:
+        return next((t for t in _trials(tmp_path) if t.state.name == "RUNNING"), None)
+
+    trial = _wait_for("a running trial", running)
+    # What another driver does to a trial it takes for dead (heartbeats stalled too long).
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/optuna.db")
+    storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+    assert driver.wait(timeout=300) == 0, (tmp_path / "driver.err").read_text()
+    assert "marked FAIL by another driver" in (tmp_path / "driver.err").read_text()
+    trials = _trials(tmp_path)
+    assert len([t for t in trials if t.state in FINISHED]) == 1
+    _assert_optuna_and_mlflow_agree(tmp_path)
+
+
+@pytest.mark.parametrize("storage", ["bogus://x", "not-a-url", "sqlite://"])
+def test_a_bad_storage_url_is_refused_before_anything(tmp_path: Path, storage: str) -> None:
+    done = suite_cmd(*SWEEP, "--trials", "1", "--storage", storage, cwd=tmp_path, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "sqlite:///PATH" in done.stderr and "postgresql://" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
