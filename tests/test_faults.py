@@ -11,20 +11,42 @@ directory (ranks, writers and ``suite run`` children all inherit it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 LONG = ["--nproc", "2", "--steps", "100000", "--set", "eval_every=0"]  # stopped by the fault
 SHORT = ["--nproc", "2", "--steps", "3000", "--set", "eval_every=0"]  # ends by itself
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow store, built once: each case starts from a copy (building one runs
+    dozens of migrations, seconds of CPU a case would otherwise spend)."""
+    from suite.tracking import open_client
+
+    db = tmp_path_factory.mktemp("store") / "mlflow.db"
+    open_client(f"sqlite:///{db}")
+    return db
+
+
+@pytest.fixture(autouse=True)
+def _scratch(tmp_path: Path, empty_store: Path) -> Iterator[None]:
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    yield
+    for pid in _job_pids(tmp_path):  # a failed case must not leave its orphans training on
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------------------------
