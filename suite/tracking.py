@@ -155,6 +155,13 @@ def quiet_mlflow() -> None:
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow logs each lock error with a traceback before raising it; patiently() retries
+    # those and says so in one line.
+    logging.getLogger("mlflow.store.db.utils").addFilter(_not_a_lock_error)
+
+
+def _not_a_lock_error(record: logging.LogRecord) -> bool:
+    return "database is locked" not in record.getMessage()
 
 
 def open_client(uri: str) -> Any:
@@ -210,6 +217,12 @@ def patiently(call: Any, *args: Any, **kwargs: Any) -> Any:
         except Exception as err:
             if not _locked(err) or time.monotonic() + pause > deadline:
                 raise
+        if pause == 0.2:
+            print(
+                f"warning: the MLflow store is locked by another process; retrying for up to "
+                f"{LOCK_RETRY_SECONDS:g} s",
+                file=sys.stderr,
+            )
         time.sleep(pause)
         pause = min(pause * 2, 5.0)
 

@@ -214,6 +214,19 @@ def _writer_killed_at_start(tmp: Path) -> tuple[int, str]:
     return _finish(proc, tmp), "FINISHED"
 
 
+def _writer_killed_then_rank_crashes(tmp: Path) -> tuple[int, str]:
+    crash = ["--set", "fault.kind=crash", "--set", "fault.rank=1", "--set", "fault.step=2500"]
+    proc = _start(["run", "allreduce_sgd", *SHORT, *crash], tmp)
+    writer = _writer(proc.pid)
+    _running(tmp)
+    os.kill(writer, signal.SIGKILL)
+    code = _finish(proc, tmp)
+    (run_id, _), *_ = _runs(tmp).items()
+    error = tmp / "mlartifacts" / run_id / "artifacts" / "error.txt"
+    assert "injected fault: rank 1 crashes at step 2500" in error.read_text()
+    return code, "FAILED"
+
+
 def _store_locked(tmp: Path) -> tuple[int, str]:
     proc = _start(["run", "allreduce_sgd", *SHORT], tmp)
     _running(tmp)
@@ -267,6 +280,7 @@ def _launcher_killed(tmp: Path) -> tuple[int, str]:
 RUN_FAULTS = {
     "writer SIGKILL mid-run": (_writer_killed_mid_run, 0),
     "writer SIGKILL before the run exists": (_writer_killed_at_start, 0),
+    "writer SIGKILL, then a rank crashes": (_writer_killed_then_rank_crashes, 1),
     "SQLite store locked for 25 s": (_store_locked, 0),
     "SIGHUP to the process group": (_terminal_closed, 130),
     "launcher and writer SIGKILL": (_launcher_and_writer_killed, 0),
