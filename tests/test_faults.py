@@ -358,3 +358,21 @@ def test_orphans_of_other_hosts_go_by_heartbeat(tmp_path: Path) -> None:
     assert "no heartbeat from host elsewhere" in ended.data.tags["suite.orphaned"]
     for run in (fresh, mine, untagged):
         assert client.get_run(run.info.run_id).info.status == "RUNNING"
+
+
+def test_the_writer_refreshes_its_heartbeat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import queue
+    import threading
+
+    from suite import tracking
+
+    monkeypatch.setattr(tracking, "HEARTBEAT_SECONDS", 0.5)
+    writer = tracking._Writer(queue.Queue(), os.getppid(), 0.2, None)  # owned by our parent
+    writer._open(f"sqlite:///{tmp_path / 'mlflow.db'}", "e", "r", {}, {})
+    beat = lambda: float(writer.client.get_run(writer.run_id).data.tags["suite.heartbeat"])  # noqa: E731
+    first = beat()
+    threading.Timer(2.5, writer.inbox.put, args=(("end",),)).start()
+    assert writer._next() == ("end",)  # idles, beating, until the owner speaks
+    assert beat() >= first + 2
