@@ -373,6 +373,6 @@ def test_the_writer_refreshes_its_heartbeat(
     writer._open(f"sqlite:///{tmp_path / 'mlflow.db'}", "e", "r", {}, {})
     beat = lambda: float(writer.client.get_run(writer.run_id).data.tags["suite.heartbeat"])  # noqa: E731
     first = beat()
-    threading.Timer(2.5, writer.inbox.put, args=(("end",),)).start()
+    threading.Timer(3.5, writer.inbox.put, args=(("end",),)).start()
     assert writer._next() == ("end",)  # idles, beating, until the owner speaks
     assert beat() >= first + 2
