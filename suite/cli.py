@@ -3,17 +3,23 @@
 Exit codes: 0 success; 1 the run failed (a rank crashed or hung: its traceback is printed; or
 it diverged: a non-finite loss or parameter, where and on which rank is printed);
 2 bad input (unknown name or key, bad value, missing data: the message lists the valid choices);
-130 interrupted (Ctrl-C or SIGTERM). Every failure path ends the MLflow run as FAILED.
+130 interrupted: Ctrl-C (SIGINT), SIGTERM or SIGHUP (a closed terminal), for every command. The
+signal stops what the command started (ranks; the ``suite run`` children of ``reproduce`` and
+``sweep``, which also die with their driver if it is killed -9) and ends their MLflow runs FAILED
+(a sweep's parent run KILLED). Every failure path ends the MLflow run as FAILED.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import math
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -242,7 +248,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = Job(cfg, args.target, paper, writer.sink if writer else None, not args.quiet, prune,
               checkpoint)  # fmt: skip
     start = time.perf_counter()
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         if torchrun_rank is not None:
             launcher.init_from_env(args.hang_timeout)
@@ -260,9 +265,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         _end_failed(writer, failure.report())
         _resume_hint(writer, checkpoint)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("\ninterrupted: all ranks stopped", file=sys.stderr)
-        _end_failed(writer, "interrupted (Ctrl-C or SIGTERM)")
+    except KeyboardInterrupt as interrupt:
+        what = f"interrupted ({interrupt.args[0] if interrupt.args else 'SIGINT'})"
+        _say(f"\n{what}: all ranks stopped")
+        _end_failed(writer, what)
         _resume_hint(writer, checkpoint)
         return EXIT_INTERRUPTED
     except Diverged as err:  # this rank's own, under torchrun
@@ -270,20 +276,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except BaseException:  # rank 0 under torchrun raised: the run fails with its traceback
         _end_failed(writer, traceback.format_exc())
         raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if result is None:  # a non-zero rank under torchrun
         return 0
     summary, artifacts = result
     summary["wall_seconds"] = time.perf_counter() - start
-    if writer is not None:
-        try:
-            status = "KILLED" if summary.get("pruned") else "FINISHED"
-            summary["run_id"] = writer.end(status, summary, artifacts)
-        except RuntimeError as err:
-            print(f"error: training finished but {err}", file=sys.stderr)
-            return EXIT_FAILED
-    if checkpoint is not None:  # the run ended as it should: its checkpoints are spent
+    failed = writer is not None and not _end_finished(writer, uri, summary, artifacts)
+    if checkpoint is not None and not failed:  # the run ended as it should: checkpoints spent
         from suite.checkpoint import remove
 
         remove(checkpoint.directory)
@@ -296,7 +294,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_json(line)
     else:
         print(text)
-    return 0
+    return EXIT_FAILED if failed else 0
+
+
+def _end_finished(writer: Any, uri: str, summary: dict[str, Any], artifacts: Any) -> bool:
+    """End the run with rank 0's summary (FINISHED, or KILLED when pruned); False if MLflow
+    could not record it. Either way the summary is also kept in ``suite-summaries/`` next to
+    the store, written before MLflow is asked and again with the run id."""
+    from suite.tracking import keep_summary
+
+    writer.poll()  # the run id, if the writer has created the run
+    summary["run_id"] = writer.run_id
+    path = keep_summary(uri, summary)
+    ok = True
+    try:
+        summary["run_id"] = writer.end(
+            "KILLED" if summary.get("pruned") else "FINISHED", summary, artifacts
+        )
+    except RuntimeError as err:
+        _say(f"error: training finished but {err}")
+        ok = False
+    path = keep_summary(uri, summary, path)
+    _say(f"summary kept in {path}")
+    return ok
+
+
+def _say(text: str) -> None:
+    """A message on stderr that a closed terminal (SIGHUP) cannot turn into a crash."""
+    with contextlib.suppress(OSError):
+        print(text, file=sys.stderr, flush=True)
 
 
 def _print_json(line: dict[str, Any]) -> None:
@@ -496,10 +522,6 @@ def _as_text(value: Any) -> str:
     return str(value)
 
 
-def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def _end_failed(writer: Any, error: str, tags: dict[str, str] | None = None) -> str | None:
     """End the job's MLflow run FAILED, holding the error (and ``tags``); returns its id. A
     tracking error must not hide the run's own failure, so it is only reported."""
@@ -508,10 +530,10 @@ def _end_failed(writer: Any, error: str, tags: dict[str, str] | None = None) -> 
     try:
         run_id = writer.end("FAILED", artifacts={"error.txt": error}, tags=tags)
     except RuntimeError as err:
-        print(f"warning: could not record the failed MLflow run: {err}", file=sys.stderr)
+        _say(f"warning: could not record the failed MLflow run: {err}")
         return None
     if run_id:
-        print(f"MLflow run {run_id} marked FAILED (error.txt holds the error)", file=sys.stderr)
+        _say(f"MLflow run {run_id} marked FAILED (error.txt holds the error)")
     return run_id
 
 
@@ -776,12 +798,69 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _die_with_driver()
     args = build_parser().parse_args(argv)
+    with _signals_interrupt():
+        try:
+            return args.func(args)
+        except (ConfigError, UnknownNameError, UsageError, DataNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            _say("\ninterrupted")
+            return EXIT_INTERRUPTED
+
+
+# ---------------------------------------------------------------------------------------------
+# Signals: SIGTERM and SIGHUP end a command the way Ctrl-C does (exit 130)
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_received: list[int] = []  # signals received by this command so far
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """The first stop signal interrupts the command: KeyboardInterrupt in the main thread, and
+    every running ``suite run`` child is told to stop (from whichever thread started it).
+    Later SIGTERM/SIGHUP are ignored so they cannot cut the clean-up short (ending runs); a
+    second Ctrl-C still interrupts that."""
+    if _received and signum != signal.SIGINT:
+        return
+    _received.append(signum)
+    reproduce = sys.modules.get("suite.reproduce")
+    if reproduce is not None:
+        reproduce.STOP.set()
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Any:
+    """Install :func:`_on_signal` for SIGINT, SIGTERM and SIGHUP while a command runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _received.clear()
+    previous = {sig: signal.signal(sig, _on_signal) for sig in _STOP_SIGNALS}
     try:
-        return args.func(args)
-    except (ConfigError, UnknownNameError, UsageError, DataNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        reproduce = sys.modules.get("suite.reproduce")
+        if reproduce is not None:
+            reproduce.STOP.clear()
+
+
+def _die_with_driver() -> None:
+    """A ``suite run`` that ``suite reproduce``/``sweep`` started (``run_job`` names the driver's
+    pid in SUITE_DRIVER_PID) gets SIGTERM when the driver dies, even by kill -9, and stops like
+    an interrupted run. Set here, by the child itself: the driver starts children from threads,
+    where a preexec_fn is not safe."""
+    driver = os.environ.pop("SUITE_DRIVER_PID", None)
+    if driver is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(driver):  # the driver died before prctl took effect
+        sys.exit(EXIT_INTERRUPTED)

@@ -21,6 +21,10 @@ Failure handling (the guarantees ``suite run`` relies on):
 - Ctrl-C (SIGINT) reaches the launcher only (workers ignore it); it stops every rank and
   re-raises KeyboardInterrupt. Workers die with the launcher (PR_SET_PDEATHSIG on Linux, and a
   watchdog thread elsewhere), so no orphans are left even if the launcher is killed -9.
+  Workers ignore SIGHUP too (a closed terminal): the launcher's owner decides what it means.
+- The job's temporary folder (``$TMPDIR/suite-job-PID-*``, PID the launcher's) is removed
+  however the launch ends; one left by a launcher killed -9 is removed by the next launch on
+  this machine, once its owner (pid and start time, in the folder's ``owner`` file) is gone.
 
 Under torchrun the same worker code runs without this launcher (:func:`init_from_env`); there
 the collective timeout is the hang bound.
@@ -195,6 +199,7 @@ def _worker(
     global _beats, _waiting, _rank
     _die_with_parent(job.parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # so is a closed terminal
     signal.signal(signal.SIGTERM, _on_sigterm)
     _beats, _waiting, _rank = beats, waiting, rank
     errpath = os.path.join(job.jobdir, f"rank{rank}.err")
@@ -355,7 +360,7 @@ def launch(
         for module in FORK_PRELOAD:
             importlib.import_module(module)
     ctx = mp.get_context(method)
-    jobdir = tempfile.mkdtemp(prefix="suite-job-")  # mode 0700: the store lives here
+    jobdir = _make_jobdir()  # mode 0700: the rendezvous store lives here
     job = _Job(nproc, backend_for(device), jobdir, hang_timeout, os.getpid())
     beats = ctx.Array("d", [time.time()] * nproc, lock=False)
     waiting = ctx.Array("b", nproc, lock=False)
@@ -371,6 +376,39 @@ def launch(
     finally:
         _stop(procs)
         shutil.rmtree(jobdir, ignore_errors=True)
+
+
+def _make_jobdir() -> str:
+    """A private (0700) folder for this job, named and marked with its owner (this process),
+    after removing the folders of launchers that were killed before they could."""
+    from suite import liveness
+
+    _remove_stale_jobdirs()
+    jobdir = tempfile.mkdtemp(prefix=f"suite-job-{os.getpid()}-")
+    with open(os.path.join(jobdir, "owner"), "w") as f:
+        f.write(liveness.identity(os.getpid()))
+    return jobdir
+
+
+def _remove_stale_jobdirs() -> None:
+    """Remove this user's job folders whose launcher is gone (killed -9: no cleanup ran)."""
+    from suite import liveness
+
+    root = tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(root):
+            parts = entry.name.split("-")  # suite-job-PID-RANDOM
+            if entry.name.startswith("suite-job-") and len(parts) == 4 and parts[2].isdigit():
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                        continue
+                    try:
+                        with open(os.path.join(entry.path, "owner")) as f:
+                            owner = f.read().strip()
+                    except FileNotFoundError:  # being made right now, or very old
+                        owner = f"{parts[2]}:"
+                    if not liveness.alive(owner):
+                        shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _load_result(jobdir: str, rank: int) -> Any:

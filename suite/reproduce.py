@@ -8,13 +8,20 @@ FAILED or KILLED run with a checkpoint is resumed from it (``suite resume``) rat
 again. A run that diverges is reported as such, its claims fail, and the other runs go on. Every
 row's config is resolved before anything starts, so a recipe naming an unknown algorithm or key
 fails at once (exit 2) with the valid choices.
+
+Stopping: an interrupted driver (Ctrl-C, SIGTERM, SIGHUP: the CLI sets :data:`STOP`) stops every
+child it is running, whichever thread started it: SIGTERM (the child stops its ranks and ends its
+run FAILED), SIGKILL after ``STOP_GRACE`` seconds. A child also gets SIGTERM if its driver dies
+without a word (kill -9): it asks for that itself (SUITE_DRIVER_PID, see ``cli._die_with_driver``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +31,8 @@ from typing import Any
 from suite.recipes import Recipe, Row, config_hash, recipes_of
 
 REPORTS_DIR = Path(__file__).resolve().parents[1] / "reports"
+STOP = threading.Event()  # set when the driver is interrupted: every run_job stops its child
+STOP_GRACE = 30.0  # seconds a stopped child gets to end its run before it is killed
 
 
 class JobFailed(RuntimeError):
@@ -69,12 +78,37 @@ def resume_job(run_id: str, *, uri: str) -> dict[str, Any]:
 
 
 def _run_cli(cmd: list[str]) -> dict[str, Any]:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    """Run a ``suite`` child to its end (stopping it if the driver is interrupted meanwhile)
+    and return its JSON line; JobFailed if it failed."""
+    env = {**os.environ, "SUITE_DRIVER_PID": str(os.getpid())}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        while True:
+            try:
+                stdout, stderr = proc.communicate(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if STOP.is_set():  # the driver was interrupted (in another thread)
+                    raise KeyboardInterrupt from None
+    except BaseException:
+        _stop_child(proc)
+        raise
     if proc.returncode == 130:
         raise KeyboardInterrupt
     if proc.returncode != 0:
-        raise JobFailed(proc.returncode, proc.stderr, _last_json(proc.stdout))
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise JobFailed(proc.returncode, stderr, _last_json(stdout))
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _stop_child(proc: subprocess.Popen) -> None:
+    """SIGTERM (the child ends its run FAILED and exits 130), SIGKILL after ``STOP_GRACE``."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.communicate(timeout=STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
 
 
 def _last_json(stdout: str) -> dict[str, Any] | None:

@@ -55,7 +55,7 @@ from typing import Any
 from suite.config import ConfigError
 from suite.recipes import Recipe, Space, config_hash
 from suite.reproduce import JobFailed, run_job
-from suite.tracking import open_client
+from suite.tracking import ensure_experiment, open_client, owner_tags
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 STORAGE_FORMS = (
@@ -523,13 +523,16 @@ def _count_finished(study: Any) -> int:
 def _parent_run(uri: str, recipe: Recipe, space: str, study: str, storage: str) -> str:
     """The study's MLflow parent run: found again on resume, else created."""
     client = open_client(uri)
-    exp = client.get_experiment_by_name(recipe.paper)
-    exp_id = exp.experiment_id if exp else client.create_experiment(recipe.paper)
+    exp_id = ensure_experiment(client, recipe.paper, uri)
+    # Owned by this driver (no heartbeat: judged orphaned only from this host, by its pid).
+    owner = owner_tags([os.getpid()], heartbeat=False)
     query = f"tags.`suite.kind` = 'study' and tags.`suite.study` = '{study}'"
     oldest = ["attributes.start_time ASC"]
     found = client.search_runs([exp_id], filter_string=query, order_by=oldest)
     if found:
         run_id = found[0].info.run_id
+        for key, value in owner.items():
+            client.set_tag(run_id, key, value)
         client.update_run(run_id, status="RUNNING")
         return run_id
     tags = {
@@ -539,6 +542,7 @@ def _parent_run(uri: str, recipe: Recipe, space: str, study: str, storage: str) 
         "suite.recipe": recipe.name,
         "suite.space": space,
         "paper": recipe.paper,
+        **owner,
     }
     run_id = client.create_run(exp_id, run_name=f"study {study}", tags=tags).info.run_id
     # Drivers starting a new study at once may each have created one: all keep the oldest.

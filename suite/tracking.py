@@ -8,9 +8,27 @@ owner opens and ends the run over a control pipe; rank 0 streams its per-step me
 second pipe (:class:`MetricsSink`) and never waits on MLflow. Metrics go out with ``log_batch``
 every ``flush_seconds`` and at the end, never one write per value.
 
-A run always ends FINISHED or FAILED: the owner ends it with rank 0's summary and artifacts, or
-FAILED with the error (a rank's traceback, Ctrl-C); if the owner itself dies (kill -9), the
-writer notices and ends the run FAILED on its own.
+A run always ends FINISHED or FAILED, whoever dies:
+- the owner ends it with rank 0's summary and artifacts, or FAILED with the error (a rank's
+  traceback, Ctrl-C, SIGTERM, SIGHUP); the writer ignores those signals (they reach the whole
+  process group, a closed terminal sends SIGHUP) and leaves the ending to the owner;
+- if the owner dies (kill -9), the writer notices within a second and ends the run FAILED;
+- if the writer dies, the owner records the run at the end itself, in-process
+  (:func:`record_run`): final metrics, ``summary.json`` and artifacts, or FAILED with
+  ``error.txt``; per-step metrics rank 0 sent after the writer died are lost. The writer sends
+  the run id back as soon as the run exists, so the owner ends that same run;
+- if both die (a crashed machine), the next command that opens the store (:func:`open_client`,
+  used by every command) ends the run FAILED with a ``suite.orphaned`` tag saying why, an
+  ``error.txt`` and the run's description. Runs carry their owner's host, boot and processes
+  (pid and start time, so a reused pid is not mistaken for the owner) as ``suite.owner.*``
+  tags: on the same host a run whose processes are all gone is orphaned at once; from another
+  host, a run whose ``suite.heartbeat`` tag (refreshed by the writer every
+  ``HEARTBEAT_SECONDS``, 30 s) is older than ``STALE_SECONDS`` (10 min) is.
+Every MLflow call retries "database is locked" (another process holding a SQLite write
+transaction past MLflow's own 20 s wait) with backoff for up to ``LOCK_RETRY_SECONDS`` (60 s).
+Finished runs' summaries are also kept in ``suite-summaries/RUN_ID.json`` next to the store
+(:func:`keep_summary`), and artifacts go to ``mlartifacts/`` next to a SQLite store, not to
+``./mlruns`` of whatever directory the command ran in (:func:`ensure_experiment`).
 """
 
 from __future__ import annotations
@@ -27,16 +45,22 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+from suite import liveness
 from suite.divergence import json_safe
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
 _MAX_PARAMS_PER_BATCH = 100
+LOCK_RETRY_SECONDS = 60.0  # how long MLflow calls retry "database is locked"
+HEARTBEAT_SECONDS = 30.0  # the writer refreshes the run's suite.heartbeat tag this often
+STALE_SECONDS = 600.0  # a run of another host whose heartbeat is older than this is orphaned
+SUMMARY_DIR = "suite-summaries"  # next to the store: every finished run's summary, as JSON
 
 
 def tracking_uri(explicit: str | None = None) -> str:
@@ -132,10 +156,19 @@ def quiet_mlflow() -> None:
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow logs each lock error with a traceback before raising it; patiently() retries
+    # those and says so in one line.
+    logging.getLogger("mlflow.store.db.utils").addFilter(_not_a_lock_error)
+
+
+def _not_a_lock_error(record: logging.LogRecord) -> bool:
+    return "database is locked" not in record.getMessage()
 
 
 def open_client(uri: str) -> Any:
-    """An MlflowClient for ``uri``, its SQLite database created atomically if it is new.
+    """An MlflowClient for ``uri`` that retries a locked SQLite store, its database created
+    atomically if it is new; runs whose owner is gone are ended FAILED here (every command
+    opens the store through this).
 
     MLflow builds a new SQLite schema in dozens of migration steps; a process killed among
     them (a rank that crashes in its first seconds) would leave a store no later run can
@@ -156,7 +189,172 @@ def open_client(uri: str) -> Any:
                 pass
             finally:
                 tmp.unlink()
-    return MlflowClient(tracking_uri=uri)
+    client = PatientClient(MlflowClient(tracking_uri=uri))
+    try:
+        end_orphaned_runs(client)
+    except Exception as err:  # housekeeping must not stop the command
+        print(f"warning: could not check for orphaned MLflow runs: {err}", file=sys.stderr)
+    return client
+
+
+def _locked(err: BaseException) -> bool:
+    """A SQLite lock error, however MLflow and SQLAlchemy wrapped it."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if "database is locked" in str(seen) or "database table is locked" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def patiently(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)``, retried with backoff while the store is locked (up to
+    ``LOCK_RETRY_SECONDS``); any other error, or a lock that outlasts that, is raised."""
+    deadline = time.monotonic() + LOCK_RETRY_SECONDS
+    pause = 0.2
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except Exception as err:
+            if not _locked(err) or time.monotonic() + pause > deadline:
+                raise
+        if pause == 0.2:
+            print(
+                f"warning: the MLflow store is locked by another process; retrying for up to "
+                f"{LOCK_RETRY_SECONDS:g} s",
+                file=sys.stderr,
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, 5.0)
+
+
+class PatientClient:
+    """An MlflowClient whose every method retries "database is locked" (:func:`patiently`)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+        return lambda *args, **kwargs: patiently(attr, *args, **kwargs)
+
+
+def store_dir(uri: str) -> Path:
+    """The folder the store lives in: a SQLite file's folder, a file store's parent folder;
+    the working directory for a server or database URL."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :]).resolve().parent
+    if uri.startswith("file:") or ":" not in uri:  # a file store (a plain path is one too)
+        return Path(urlparse(uri).path if uri.startswith("file:") else uri).resolve().parent
+    return Path.cwd()
+
+
+def ensure_experiment(client: Any, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created if missing, with its artifacts in
+    ``mlartifacts/`` next to a SQLite store (MLflow's default is ./mlruns of the working
+    directory, wherever the command happened to run). Every experiment the suite creates
+    comes from here."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (store_dir(uri) / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # another process created it first: use theirs
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def owner_tags(pids: Sequence[int], heartbeat: bool = True) -> dict[str, str]:
+    """Tags naming the processes a run lives by (see the module docstring)."""
+    tags = {
+        "suite.owner.host": liveness.HOST,
+        "suite.owner.boot": liveness.boot_id(),
+        "suite.owner.pids": ",".join(liveness.identity(p) for p in dict.fromkeys(pids)),
+    }
+    if heartbeat:
+        tags["suite.heartbeat"] = f"{time.time():.0f}"
+    return tags
+
+
+def orphan_note(tags: Mapping[str, str], now: float | None = None) -> str | None:
+    """Why a RUNNING run with these tags can never end, or None if it may still be running
+    (or carries no owner tags to tell)."""
+    host = tags.get("suite.owner.host")
+    if host is None:
+        return None
+    now = time.time() if now is None else now
+    if host == liveness.HOST:
+        if tags.get("suite.owner.boot", "") != liveness.boot_id():
+            return f"host {host} has restarted since the run started"
+        idents = [i for i in tags.get("suite.owner.pids", "").split(",") if i]
+        if any(liveness.alive(i) for i in idents):
+            return None
+        pids = ", ".join(i.split(":")[0] for i in idents)
+        return f"its processes (pid {pids}) on host {host} are gone (killed or crashed)"
+    beat = tags.get("suite.heartbeat")
+    try:
+        age = now - float(beat) if beat is not None else None
+    except ValueError:
+        age = None
+    if age is None or age <= STALE_SECONDS:
+        return None
+    return (
+        f"no heartbeat from host {host} for {age:.0f} s (limit {STALE_SECONDS:.0f} s): "
+        "the machine or its processes are gone"
+    )
+
+
+def end_orphaned_runs(client: Any) -> list[str]:
+    """End FAILED every RUNNING run whose owner is gone (:func:`orphan_note`); their ids."""
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    if not exp_ids:
+        return []
+    running = client.search_runs(
+        exp_ids, filter_string="attributes.status = 'RUNNING'", max_results=10000
+    )
+    ended = []
+    for run in running:
+        note = orphan_note(run.data.tags)
+        if note is None:
+            continue
+        text = (
+            f"Marked FAILED by pid {os.getpid()} on {liveness.HOST} at "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}: the run was still RUNNING but {note}, "
+            "so it can never end by itself. Its metrics up to then are kept."
+        )
+        run_id = run.info.run_id
+        client.set_tag(run_id, "suite.orphaned", note)
+        client.set_tag(run_id, "mlflow.note.content", text)
+        client.log_text(run_id, text + "\n", "error.txt")
+        client.set_terminated(run_id, "FAILED")
+        ended.append(run_id)
+    return ended
+
+
+def keep_summary(uri: str, summary: Mapping[str, Any], previous: Path | None = None) -> Path:
+    """Write ``summary`` to ``suite-summaries/RUN_ID.json`` next to the store (a timestamped
+    name while the run id is unknown), atomically, so a finished job's result survives
+    whatever happens to MLflow; ``previous`` (an earlier call's path) is replaced."""
+    folder = store_dir(uri) / SUMMARY_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    run_id = summary.get("run_id")
+    if run_id:
+        path = folder / f"{run_id}.json"
+    else:
+        path = previous or folder / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.json"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, path)
+    if previous is not None and previous != path:
+        previous.unlink(missing_ok=True)
+    return path
 
 
 class MetricsSink:
@@ -208,6 +406,10 @@ class RunWriter:
         ]
         self._child_ends = (control_end, metrics_end)
         self._process: subprocess.Popen | None = None
+        self._opened: tuple | None = None  # open()'s arguments, for recording it ourselves
+        self._ended: tuple | None = None  # the writer's final reply: (run_id, error)
+        self._dead = False  # the control pipe is closed: the writer is gone
+        self._reopened: str | None = None  # the existing run open() was asked to continue
         self.run_id: str | None = None
 
     def start(self) -> RunWriter:
@@ -226,16 +428,34 @@ class RunWriter:
         tags: Mapping[str, str],
         run_id: str | None = None,
     ) -> None:
-        """Create the run (in the writer, asynchronously); with ``run_id``, reopen that existing
-        run instead (``suite resume``: it is set RUNNING again, and ``params`` are not logged
-        again), so what follows lands in it."""
-        self._control.send(("open", uri, experiment, run_name, dict(params), dict(tags), run_id))
+        """Create the run (in the writer, asynchronously; its id comes back by ``run_id``);
+        with ``run_id``, reopen that existing run instead (``suite resume``: it is set RUNNING
+        again, and ``params`` are not logged again), so what follows lands in it."""
+        self._opened = (uri, experiment, run_name, dict(params), dict(tags))
+        self._reopened = run_id
+        with contextlib.suppress(OSError):  # a dead writer: end() records the run itself
+            self._control.send(("open", *self._opened, run_id))
 
     def discard(self) -> None:
         """Stop a writer that was never given a run to open (the job did not start)."""
         if self._process is not None:
             self._process.kill()
             self._process.wait()
+
+    def poll(self, timeout: float = 0.0) -> None:
+        """Read what the writer has sent back (the run id once created), waiting at most
+        ``timeout`` seconds for something."""
+        try:
+            while not self._dead and self._control.poll(timeout):
+                message = self._control.recv()
+                if message[0] == "opened":
+                    self.run_id = message[1]
+                elif message[0] == "ended":
+                    self._ended = message[1:]
+                    return
+                timeout = 0.0
+        except (EOFError, OSError):
+            self._dead = True
 
     def end(
         self,
@@ -247,30 +467,85 @@ class RunWriter:
         tags: Mapping[str, str] | None = None,
     ) -> str:
         """Flush, store the artifacts (and ``summary.json``) and ``tags``, end the run with
-        ``status``; returns the run id once it is all written. Raises RuntimeError if the
-        writer failed."""
+        ``status``; returns the run id once it is all written. If the writer died, hung or
+        failed, the run is recorded from this process instead (:func:`record_run`);
+        RuntimeError if that fails too."""
+        summary, artifacts = dict(summary or {}), dict(artifacts or {})
+        with contextlib.suppress(OSError):
+            self._control.send(("end", status, summary, artifacts, dict(tags or {})))
+        deadline = time.monotonic() + timeout
+        while self._ended is None and not self._dead and time.monotonic() < deadline:
+            self.poll(min(1.0, max(0.0, deadline - time.monotonic())))
         try:
-            message = ("end", status, dict(summary or {}), dict(artifacts or {}), dict(tags or {}))
-            self._control.send(message)
-            if not self._control.poll(timeout):
-                raise RuntimeError(f"the MLflow writer did not finish within {timeout:g} s")
-            run_id, error = self._control.recv()
-        except (EOFError, OSError):
-            raise RuntimeError("the MLflow writer died before ending the run") from None
-        finally:
-            try:
-                self._process.wait(5.0)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-        self.run_id = run_id
-        if error:
-            raise RuntimeError(f"MLflow tracking failed: {error}")
-        return run_id
+            self._process.wait(5.0)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        if self._ended is not None and not self._ended[1]:
+            self.run_id = self._ended[0]
+            return self.run_id
+        if self._ended is not None:
+            why = f"failed ({self._ended[1]})"
+        elif self._dead:
+            code = self._process.returncode
+            why = f"died ({_exit_text(code)})"
+        else:
+            why = f"did not finish within {timeout:g} s"
+        print(
+            f"warning: the MLflow writer {why}; recording the run from this process",
+            file=sys.stderr,
+        )
+        if self._opened is None:
+            raise RuntimeError(f"the MLflow writer {why} before a run was opened")
+        try:
+            known = self.run_id or self._reopened
+            self.run_id = record_run(
+                *self._opened, known, status, summary, artifacts, dict(tags or {})
+            )
+        except Exception as err:
+            raise RuntimeError(
+                f"the MLflow writer {why}, and recording the run here failed too: "
+                f"{type(err).__name__}: {err}"
+            ) from None
+        return self.run_id
+
+
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+def record_run(
+    uri: str,
+    experiment: str,
+    run_name: str | None,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str],
+    run_id: str | None,
+    status: str,
+    summary: Mapping[str, Any],
+    artifacts: Mapping[str, str],
+    end_tags: Mapping[str, str] | None = None,
+) -> str:
+    """What the writer does at the end, done in this process (the writer died): create the
+    run if it never was, then final metrics, ``summary.json``, artifacts and ``status``."""
+    writer = _Writer(queue.Queue(), os.getpid(), 0.0, None)
+    if run_id is None:
+        writer._open(uri, experiment, run_name, dict(params), dict(tags))
+    else:
+        writer.client, writer.run_id = open_client(uri), run_id
+    writer.client.set_tag(writer.run_id, "suite.recorded_by", "owner (the MLflow writer died)")
+    writer._finish(status, dict(summary), dict(artifacts), dict(end_tags or {}))
+    return writer.run_id
 
 
 def _writer_main(control: Any, metrics: Any, owner: int, flush_seconds: float) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the owner's; it ends the run
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so is SIGTERM (it reaches the group)
+    # Ctrl-C, SIGTERM and SIGHUP (a closed terminal) reach the whole process group: they are
+    # the owner's to handle, and it ends the run; if they killed the owner, _next notices.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     inbox: queue.Queue[tuple] = queue.Queue()
 
     def pump(conn: Any) -> None:
@@ -292,12 +567,15 @@ def _writer_main(control: Any, metrics: Any, owner: int, flush_seconds: float) -
 class _Writer:
     """The writer process's loop: a run's whole life, from ``open`` to ``end``."""
 
-    def __init__(self, inbox: queue.Queue, owner: int, flush_seconds: float, reply: Any) -> None:
+    def __init__(
+        self, inbox: queue.Queue, owner: int, flush_seconds: float, reply: Any | None
+    ) -> None:
         self.inbox, self.owner, self.flush_seconds, self.reply = inbox, owner, flush_seconds, reply
         self.client: Any = None
         self.run_id: str | None = None
         self.pending: list[tuple] = []
         self.last_flush = time.monotonic()
+        self.last_beat = time.monotonic()
         self.metrics_done = False
 
     def serve(self) -> None:
@@ -312,6 +590,7 @@ class _Writer:
                 item = self._next()
                 if item[0] == "open":
                     self._open(*item[1:])
+                    self._send(("opened", self.run_id))
                 elif item[0] == "metrics":
                     self.pending.append(item[1:])
                 elif item[0] == "metrics_end":
@@ -335,8 +614,11 @@ class _Writer:
             if self.client is not None and self.run_id is not None:
                 with contextlib.suppress(Exception):
                     self.client.set_terminated(self.run_id, "FAILED")
+        self._send(("ended", self.run_id, error))
+
+    def _send(self, message: tuple) -> None:
         with contextlib.suppress(OSError):  # the owner may be gone
-            self.reply.send((self.run_id, error))
+            self.reply.send(message)
 
     def _next(self) -> tuple:
         """The next message; an owner that died without ending the run ends it FAILED."""
@@ -350,6 +632,13 @@ class _Writer:
                     return ("end", "FAILED", {}, {"error.txt": error}, {})
                 if self.client is not None and self.pending and wait <= 1.0:
                     self._flush()
+                if (
+                    self.client is not None
+                    and time.monotonic() - self.last_beat >= HEARTBEAT_SECONDS
+                ):
+                    self.last_beat = time.monotonic()
+                    with contextlib.suppress(Exception):  # a missed beat is not an error
+                        self.client.set_tag(self.run_id, "suite.heartbeat", f"{time.time():.0f}")
 
     def _drain_metrics(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -375,14 +664,14 @@ class _Writer:
         from mlflow.entities import Param
 
         self.client = client = open_client(uri)
-        if run_id is not None:  # reopen (suite resume)
+        tags = {**tags, **owner_tags([self.owner, os.getpid()])}
+        if run_id is not None:  # reopen (suite resume): now owned by this job
             client.update_run(run_id, status="RUNNING")
             self.run_id = run_id
             for key, value in tags.items():
                 client.set_tag(run_id, key, value)
             return
-        exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+        exp_id = ensure_experiment(client, experiment, uri)
         self.run_id = client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
         items = [Param(k, str(v)) for k, v in sorted(params.items())]
         for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):

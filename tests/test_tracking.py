@@ -189,15 +189,19 @@ def test_a_run_whose_owner_dies_is_ended_failed_by_the_writer(tmp_path: Path) ->
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     owner = subprocess.run([sys.executable, "-c", _OWNER, uri], cwd=tmp_path, timeout=60)
     assert owner.returncode == 0
-    client = _client(tmp_path)
     deadline = time.monotonic() + 60
     status = None
     while time.monotonic() < deadline and status != "FAILED":
         time.sleep(0.5)
+        # Only open the store once the writer has built it: a client of our own would build
+        # it too, racing the writer's migrations.
+        if not (tmp_path / "mlflow.db").exists():
+            continue
         try:
-            status = _only_run(client).info.status
+            status = _only_run(_client(tmp_path)).info.status
         except Exception:  # not created yet
             continue
+    client = _client(tmp_path)
     run = _only_run(client)
     assert run.info.status == "FAILED"
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 5
@@ -234,15 +238,15 @@ def test_ctrl_c_ends_the_run_failed_and_stops_every_rank(tmp_path: Path) -> None
         stderr=subprocess.PIPE,
         text=True,
     )
-    client = _client(tmp_path)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:  # wait until the run exists
         time.sleep(0.5)
-        if (tmp_path / "mlflow.db").exists():
+        if (tmp_path / "mlflow.db").exists():  # built whole by the writer: open it only then
             try:
+                client = _client(tmp_path)
                 if client.search_experiments() and _only_run(client):
                     break
-            except Exception:  # the store may be mid-creation
+            except Exception:  # the run is not there yet
                 continue
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
