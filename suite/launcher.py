@@ -187,6 +187,7 @@ class _Job:
     jobdir: str
     hang_timeout: float
     parent: int
+    emulate: Any = None  # suite.emulate.Emulation: the rank's own namespace and link
 
 
 def _worker(
@@ -202,6 +203,8 @@ def _worker(
     faulthandler.enable(file=errfile, all_threads=True)
     faulthandler.register(signal.SIGUSR1, file=errfile, all_threads=True)
     os.environ["OMP_NUM_THREADS"] = "1"
+    if job.emulate is not None:  # before any socket: into this rank's shaped namespace
+        job.emulate.enter(rank)
     if job.backend == "gloo" and _LOOPBACK and "GLOO_SOCKET_IFNAME" not in os.environ:
         # All ranks are on this host: talk over loopback rather than whatever the hostname
         # resolves to (a DNS lookup that can stall, or an interface that is firewalled).
@@ -342,8 +345,13 @@ def launch(
     device: str = "cpu",
     hang_timeout: float = HANG_TIMEOUT,
     poll: float = 0.2,
+    emulate: Any = None,
 ) -> list[Any]:
     """Run ``fn(*args)`` on ``nproc`` local ranks and return their results in rank order.
+
+    With ``emulate`` (a :class:`suite.emulate.Emulation`) each rank runs in its own network
+    namespace behind a shaped link: wired (and measured) before the ranks start, removed after
+    they stop, whatever the ending.
 
     Raises :class:`RankFailure` if a rank fails or the job hangs, KeyboardInterrupt on Ctrl-C;
     in every case all ranks are stopped before this returns.
@@ -356,7 +364,7 @@ def launch(
             importlib.import_module(module)
     ctx = mp.get_context(method)
     jobdir = tempfile.mkdtemp(prefix="suite-job-")  # mode 0700: the store lives here
-    job = _Job(nproc, backend_for(device), jobdir, hang_timeout, os.getpid())
+    job = _Job(nproc, backend_for(device), jobdir, hang_timeout, os.getpid(), emulate)
     beats = ctx.Array("d", [time.time()] * nproc, lock=False)
     waiting = ctx.Array("b", nproc, lock=False)
     procs = [
@@ -364,13 +372,17 @@ def launch(
         for r in range(nproc)
     ]
     try:
+        if emulate is not None:
+            emulate.wire(nproc)
         for p in procs:
             p.start()
         _monitor(procs, beats, waiting, job, poll)
         return [_load_result(jobdir, r) for r in range(nproc)]
     finally:
-        _stop(procs)
+        _stop([p for p in procs if p.pid is not None])  # wiring may fail before any start
         shutil.rmtree(jobdir, ignore_errors=True)
+        if emulate is not None:
+            emulate.unwire()
 
 
 def _load_result(jobdir: str, rank: int) -> Any:
