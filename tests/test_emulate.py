@@ -193,3 +193,27 @@ def test_killed_launcher_is_cleaned_at_next_start(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert not mine.findall(_ip("netns", "list"))
     assert _host_network() == before
+
+
+def test_interrupted_run_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the launcher) mid-training: exit 130, the namespaces are gone."""
+    before = _host_network()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    argv = [sys.executable, "-m", "suite", *RUN, "--steps", "100000", "--emulate", "1gbit"]
+    proc = subprocess.Popen(
+        argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while f"suite-{proc.pid}-br" not in _ip("netns", "list"):
+            assert proc.poll() is None and time.monotonic() < deadline, "never wired"
+            time.sleep(0.2)
+        time.sleep(2.0)  # into training
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert _host_network() == before
