@@ -312,6 +312,8 @@ def describe(summary: dict[str, Any]) -> str:
     """The summary's emulation figures as text: each link's measured rate beside the set one."""
     rate = summary["emulated_rate_bps"]
     lines = [f"emulated network {summary['emulate']} (set rate {rate / 1e6:,.1f} Mbit/s each way):"]
+    if not summary.get("measured_links"):
+        lines.append("  (one rank: no link to measure)")
     for link in summary.get("measured_links", ()):
         lines.append(
             f"  link {link['src']}->{link['dst']}: measured {link['throughput_bps'] / 1e6:,.1f}"

@@ -4,8 +4,9 @@
 imported once; spawn where CUDA is used), each with one thread, joined into one process group
 (gloo, or NCCL on CUDA) through a FileStore in the job's private folder (mode 0700, made by
 ``tempfile.mkdtemp``). Nothing listens for the rendezvous, and gloo is pinned to the loopback
-interface, so a local job opens no socket beyond 127.0.0.1. Each worker runs ``fn(*args)`` and
-its return value comes back in a list ordered by rank.
+interface, so a local job opens no socket beyond 127.0.0.1 (with ``emulate``, none beyond
+its ranks' own private network namespaces: see :mod:`suite.emulate`). Each worker runs
+``fn(*args)`` and its return value comes back in a list ordered by rank.
 
 Failure handling (the guarantees ``suite run`` relies on):
 - A rank that raises writes its traceback and exits non-zero; a rank that dies without one
