@@ -181,6 +181,10 @@ def format_summary(summary: dict[str, Any], uri: str | None, experiment: str) ->
         f"  {summary['messages']:>9,}   ({_fmt_bytes(summary['bytes_sent'])} sent)"
     )
     lines.append(f"wall time {summary['wall_seconds']:.1f} s")
+    if summary.get("emulate"):
+        from suite.emulate import describe
+
+        lines.append(describe(summary))
     if summary.get("run_id"):
         lines.append(
             f"MLflow run {summary['run_id']} in experiment {experiment!r} at {uri}"
@@ -195,6 +199,22 @@ def _torchrun_rank() -> int | None:
     if "TORCHELASTIC_RUN_ID" in env or {"RANK", "WORLD_SIZE", "MASTER_ADDR"} <= env.keys():
         return int(env["RANK"])
     return None
+
+
+def _emulation(args: argparse.Namespace, cfg: RunConfig, torchrun_rank: int | None) -> Any:
+    """The run's shaped network (a suite.emulate.Emulation) for --emulate, or None; a spec
+    this host cannot emulate is a ConfigError, found before any rank starts."""
+    text = getattr(args, "emulate", None)
+    if text is None:
+        return None
+    from suite import emulate
+    from suite.launcher import resolve_device
+    from suite.network import parse_network
+
+    spec = parse_network(text)
+    device = cfg.device if cfg.device == "cuda" else resolve_device(cfg.device, cfg.nproc)
+    emulate.check(spec, cfg.nproc, device=device, torchrun=torchrun_rank is not None)
+    return emulate.Emulation(spec)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -214,6 +234,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg, paper = build_config(args)
         if torchrun_rank is not None:
             cfg = apply_overrides(cfg, {"nproc": int(os.environ["WORLD_SIZE"])})
+        emulation = _emulation(args, cfg, torchrun_rank)
         preflight(cfg)
         checkpoint = _checkpointing(args, cfg, uri, torchrun_rank)
     except BaseException:
@@ -236,6 +257,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         writer.open(uri, experiment, None, params={}, tags=tags, run_id=resume.run_id)
     elif writer is not None:
         extra_tags = _parse_tags(args.tag)
+        if emulation is not None:
+            extra_tags["suite.emulate"] = str(emulation.spec)
         if checkpoint is not None:
             extra_tags["suite.checkpoint_dir"] = checkpoint.directory
         writer.open(
@@ -245,8 +268,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             params={**flatten(cfg), "target": args.target},
             tags=run_tags(args.target, paper, cfg.nproc, extra_tags),
         )
-    job = Job(cfg, args.target, paper, writer.sink if writer else None, not args.quiet, prune,
-              checkpoint)  # fmt: skip
+    job = Job(
+        cfg, args.target, paper, writer.sink if writer else None, not args.quiet, prune, checkpoint
+    )
     start = time.perf_counter()
     try:
         if torchrun_rank is not None:
@@ -255,8 +279,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             device = launcher.resolve_device(cfg.device, cfg.nproc)
             results = launcher.launch(
-                run_worker, cfg.nproc, (job,), device=device, hang_timeout=args.hang_timeout
-            )
+                run_worker, cfg.nproc, (job,), device=device, hang_timeout=args.hang_timeout,
+                emulate=emulation,
+            )  # fmt: skip
             result = results[0]
     except launcher.RankFailure as failure:
         if isinstance(failure.error, Diverged):
@@ -280,6 +305,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     summary, artifacts = result
     summary["wall_seconds"] = time.perf_counter() - start
+    if emulation is not None:
+        summary.update(emulation.summary())
     failed = writer is not None and not _end_finished(writer, uri, summary, artifacts)
     if checkpoint is not None and not failed:  # the run ended as it should: checkpoints spent
         from suite.checkpoint import remove
@@ -687,6 +714,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     run.add_argument(
         "--tag", action="append", metavar="KEY=VALUE", help="extra MLflow run tag (repeatable)"
+    )
+    run.add_argument(
+        "--emulate",
+        metavar="NETWORK",
+        help="run each rank in its own network namespace behind a link shaped to NETWORK "
+        "(a preset: datacenter, 10g, 1g, wan; or RATE[:LATENCY] such as 100mbit, 1gbit:0); "
+        "needs root and iproute2, and netem for a latency > 0",
     )
     run.add_argument("--optuna-trial", help=argparse.SUPPRESS)  # set by `suite sweep`
     run.add_argument(

@@ -4,8 +4,9 @@
 imported once; spawn where CUDA is used), each with one thread, joined into one process group
 (gloo, or NCCL on CUDA) through a FileStore in the job's private folder (mode 0700, made by
 ``tempfile.mkdtemp``). Nothing listens for the rendezvous, and gloo is pinned to the loopback
-interface, so a local job opens no socket beyond 127.0.0.1. Each worker runs ``fn(*args)`` and
-its return value comes back in a list ordered by rank.
+interface, so a local job opens no socket beyond 127.0.0.1 (with ``emulate``, none beyond
+its ranks' own private network namespaces: see :mod:`suite.emulate`). Each worker runs
+``fn(*args)`` and its return value comes back in a list ordered by rank.
 
 Failure handling (the guarantees ``suite run`` relies on):
 - A rank that raises writes its traceback and exits non-zero; a rank that dies without one
@@ -191,6 +192,7 @@ class _Job:
     jobdir: str
     hang_timeout: float
     parent: int
+    emulate: Any = None  # suite.emulate.Emulation: the rank's own namespace and link
 
 
 def _worker(
@@ -207,6 +209,8 @@ def _worker(
     faulthandler.enable(file=errfile, all_threads=True)
     faulthandler.register(signal.SIGUSR1, file=errfile, all_threads=True)
     os.environ["OMP_NUM_THREADS"] = "1"
+    if job.emulate is not None:  # before any socket: into this rank's shaped namespace
+        job.emulate.enter(rank)
     if job.backend == "gloo" and _LOOPBACK and "GLOO_SOCKET_IFNAME" not in os.environ:
         # All ranks are on this host: talk over loopback rather than whatever the hostname
         # resolves to (a DNS lookup that can stall, or an interface that is firewalled).
@@ -347,8 +351,13 @@ def launch(
     device: str = "cpu",
     hang_timeout: float = HANG_TIMEOUT,
     poll: float = 0.2,
+    emulate: Any = None,
 ) -> list[Any]:
     """Run ``fn(*args)`` on ``nproc`` local ranks and return their results in rank order.
+
+    With ``emulate`` (a :class:`suite.emulate.Emulation`) each rank runs in its own network
+    namespace behind a shaped link: wired (and measured) before the ranks start, removed after
+    they stop, whatever the ending.
 
     Raises :class:`RankFailure` if a rank fails or the job hangs, KeyboardInterrupt on Ctrl-C;
     in every case all ranks are stopped before this returns.
@@ -361,7 +370,7 @@ def launch(
             importlib.import_module(module)
     ctx = mp.get_context(method)
     jobdir = _make_jobdir()  # mode 0700: the rendezvous store lives here
-    job = _Job(nproc, backend_for(device), jobdir, hang_timeout, os.getpid())
+    job = _Job(nproc, backend_for(device), jobdir, hang_timeout, os.getpid(), emulate)
     beats = ctx.Array("d", [time.time()] * nproc, lock=False)
     waiting = ctx.Array("b", nproc, lock=False)
     procs = [
@@ -369,13 +378,18 @@ def launch(
         for r in range(nproc)
     ]
     try:
+        if emulate is not None:
+            emulate.wire(nproc)
+            beats[:] = [time.time()] * nproc  # wiring and measuring the links is no hang
         for p in procs:
             p.start()
         _monitor(procs, beats, waiting, job, poll)
         return [_load_result(jobdir, r) for r in range(nproc)]
     finally:
-        _stop(procs)
+        _stop([p for p in procs if p.pid is not None])  # wiring may fail before any start
         shutil.rmtree(jobdir, ignore_errors=True)
+        if emulate is not None:
+            emulate.unwire()
 
 
 def _make_jobdir() -> str:
