@@ -46,6 +46,7 @@ JSON_KEYS = (
     "test_accuracy",
     "train_loss",
     "bytes_sent",
+    "wire_bytes",
     "messages",
     "wall_seconds",
     "run_id",
