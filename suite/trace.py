@@ -39,6 +39,7 @@ import base64
 import io
 import json
 import os
+import time
 from array import array
 from dataclasses import dataclass
 from typing import Any
@@ -80,14 +81,42 @@ VERSION = 1
 
 
 class Recorder:
-    """One rank's records, appended flat (``WIDTH`` doubles each) to an ``array('d')``."""
+    """One rank's records, appended flat (``WIDTH`` doubles each) to an ``array('d')``, and
+    what the next record needs: the step, the channel id, when the previous record ended."""
 
     def __init__(self) -> None:
         self.data = array("d")
+        self.count = 0
         self.enabled = True
+        self.step = -1
+        self.channel = 0
+        self.last_end = time.perf_counter()
 
     def __len__(self) -> int:
-        return len(self.data) // WIDTH
+        return self.count
+
+    def note(
+        self,
+        kind: int,
+        group: int,
+        peer: int,
+        payload: int,
+        tag: int,
+        t0: float,
+        t1: float,
+        ref: int = -1,
+    ) -> int:
+        """Append the record of an op that ran from ``t0`` to ``t1``; its index (-1: off).
+        Kept lean: it runs on every op."""
+        if not self.enabled:
+            return -1
+        self.data.extend(
+            (self.step, kind, group, peer, payload, tag, self.channel, t0 - self.last_end,
+             t1 - t0, ref)
+        )  # fmt: skip
+        self.last_end = t1
+        self.count += 1
+        return self.count - 1
 
     def records(self) -> np.ndarray:
         """The records as a structured array (see the module docstring)."""
@@ -101,6 +130,7 @@ class Recorder:
         """Replace the records (a resumed run goes on from its checkpoint's)."""
         flat = np.stack([records[name].astype(np.float64) for name in FIELDS], axis=1)
         self.data = array("d", flat.reshape(-1).tobytes())
+        self.count = len(records)
 
 
 @dataclass(frozen=True)

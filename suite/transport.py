@@ -220,15 +220,12 @@ class _Counters:
         self.channels: dict[str, CommStats] = {ALGORITHM: CommStats(), HARNESS: CommStats()}
         self.current = ALGORITHM
         self.active = self.channels[ALGORITHM]
-        # trace: the loop's step, the channel and group tables its records index, when this
-        # rank's previous record ended
-        self.step = -1
+        # trace: the records (with the current step and channel id), and the channel and group
+        # tables they index
         self.trace = _trace.Recorder()
         self.channel_names: list[str] = [ALGORITHM, HARNESS]
-        self.channel_id = 0
         self.groups: list[tuple[int, ...]] = []
         self.group_ids: dict[tuple[int, ...], int] = {}
-        self.last_end = time.perf_counter()
 
     def group_id(self, ranks: tuple[int, ...]) -> int:
         gid = self.group_ids.get(ranks)
@@ -243,29 +240,7 @@ class _Counters:
         if name not in self.channel_names:
             self.channel_names.append(name)
         self.current, self.active = name, self.channels[name]
-        self.channel_id = self.channel_names.index(name)
-
-    def note(
-        self,
-        kind: int,
-        gid: int,
-        peer: int,
-        payload: int,
-        tag: int,
-        t0: float,
-        t1: float,
-        ref: int = -1,
-    ) -> int:
-        """Append a trace record; its index (-1 when tracing is off)."""  # fmt: skip
-        rec = self.trace
-        if not rec.enabled:
-            return -1
-        gap = t0 - self.last_end
-        self.last_end = t1
-        rec.data.extend(
-            (self.step, kind, gid, peer, payload, tag, self.channel_id, gap, t1 - t0, ref)
-        )
-        return len(rec.data) // _trace.WIDTH - 1
+        self.trace.channel = self.channel_names.index(name)
 
 
 class Work:
@@ -301,7 +276,7 @@ class Work:
         self._work = None
         index, gid, peer, n, tag = self._record
         if self._counters is not None and index >= 0:
-            self._counters.note(_WAIT, gid, peer, n, tag, t0, t1, index)
+            self._counters.trace.note(_WAIT, gid, peer, n, tag, t0, t1, index)
 
     def is_completed(self) -> bool:
         return self._work is None or self._work.is_completed()
@@ -372,7 +347,7 @@ class Transport:
 
     def set_step(self, step: int) -> None:
         """The loop's current step, stamped on the trace records that follow."""
-        self._counters.step = step
+        self._counters.trace.step = step
 
     @property
     def tracing(self) -> bool:
@@ -418,7 +393,7 @@ class Transport:
         else:
             wire = ()
         c.active.record(op, seconds=t1 - t0, wire=wire, **counts)
-        self._last_record = c.note(_KIND[op], self._gid, root, payload, tag, t0, t1)
+        self._last_record = c.trace.note(_KIND[op], self._gid, root, payload, tag, t0, t1)
         return out
 
     @property
