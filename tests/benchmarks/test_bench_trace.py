@@ -6,11 +6,13 @@ data, 2 gloo ranks. Two measures, both printed:
 * A/B: the training loop's seconds per step with recording on and off (``Transport.tracing``),
   switched at random step by step within one run so machine noise hits both alike; the ratio
   of the medians, on/off.
-* Direct: the records appended per step times the measured cost of one append
-  (``Recorder.note`` in a tight loop), over the step time. This is the figure asserted: at
-  these step times 1% is tens of microseconds, below the A/B noise on a shared machine.
+* Direct: the records appended per traced step times the measured cost of one append
+  (``Recorder.note`` in a tight loop), over the step time: an upper bound of what recording
+  adds (with recording off the call still happens and returns at once).
 
-Target: direct <= 0.01; the A/B ratio only within noise (<= 1.05).
+Target: direct <= 0.01, asserted. The A/B ratio is reported, not asserted: on the shared 2-core
+machine its noise was +-7% (allreduce_sgd, 1 record per step, swung 0.81 to 1.07 between runs
+while its direct cost is 0.001%), far above the 1% it would check.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from suite.launcher import launch
 from suite.loop import Job, Trainer
 from suite.transport import Transport
 
-TARGET, AB_NOISE = 0.01, 1.05
+TARGET = 0.01
 WARMUP = 3
 CASES = {
     "mlp": (["dataset=digits", "model=mlp"], 600),
@@ -97,4 +99,3 @@ def test_trace_recording_cost_against_a_step(benchmark, algorithm: str, case: st
         f"= {direct:.5f} of a step (target <= {TARGET})"
     )
     assert direct <= TARGET
-    assert ab <= AB_NOISE
