@@ -408,7 +408,11 @@ def fig_curve(
 def _curve_against_metric(
     curves: pd.DataFrame, data: pd.DataFrame, recipe: Recipe, profile: str, curve: Curve
 ) -> Figure | None:
-    xs = curves[curves["metric"] == curve.x][["run_id", "step", "value"]]
+    x, xlabel = curve.x, curve.x_label or curve.x
+    has = curves.loc[curves["metric"] == x, "run_id"].nunique()
+    if x == "wire_bytes" and has < data["run_id"].nunique():  # runs stored before wire bytes
+        x, xlabel = "bytes_sent", f"cumulative {BYTES_LABELS['bytes_sent']}"
+    xs = curves[curves["metric"] == x][["run_id", "step", "value"]]
     data = data.merge(xs.rename(columns={"value": "x"}), on=["run_id", "step"]).dropna()
     if data.empty:
         return None
@@ -417,7 +421,7 @@ def _curve_against_metric(
                  estimator=None, sort=False, alpha=0.8, ax=ax)  # fmt: skip
     if curve.log and (data["value"] > 0).all():
         ax.set_yscale("log")
-    ylabel, xlabel = curve.label or curve.metric, curve.x_label or curve.x
+    ylabel = curve.label or curve.metric
     ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{recipe.key} ({profile}): {ylabel}, one line "
            "per seed")  # fmt: skip
     ax.legend(title=None)
