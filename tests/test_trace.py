@@ -3,6 +3,7 @@ agree with one another, and the same seed gives the same wire bytes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -112,3 +113,34 @@ def test_load_reads_the_artifact_from_a_path(allreduce: tuple, tmp_path) -> None
     path.write_text(artifacts[trace.ARTIFACT])
     tr = trace.load(path)
     assert tr.wire_bytes() == trace.load(artifacts[trace.ARTIFACT]).wire_bytes()
+
+
+def _whole_and_resumed(cfg: RunConfig, folder: str) -> tuple[dict, dict] | None:
+    """Artifacts of a run checkpointed after step 5, and of the same run resumed from there."""
+    from suite import checkpoint as ckpt
+
+    first = Job(cfg, "t", "p", progress=False, checkpoint=ckpt.Checkpointing(folder, every=5))
+    _, whole = Trainer(first, Transport()).run()
+    resumed = dataclasses.replace(first, checkpoint=ckpt.Checkpointing(folder, 5, resume=True))
+    _, again = Trainer(resumed, Transport()).run()
+    return (whole, again) if whole else None
+
+
+def _algorithm_ops(tr: trace.Trace) -> list[list[tuple]]:
+    c = tr.channels.index("algorithm")
+    return [
+        [
+            (int(r["step"]), trace.KINDS[r["kind"]], tr.groups[r["group"]], int(r["peer"]),
+             int(r["payload"]), int(r["tag"]))
+            for r in records[records["channel"] == c]
+        ]
+        for records in tr.ranks
+    ]  # fmt: skip
+
+
+def test_a_resumed_run_keeps_the_trace_of_its_first_life(tmp_path) -> None:
+    cfg = apply_overrides(RunConfig(), [*SMALL, "nproc=3", "algorithm=eventgrad", "steps=8"])
+    whole, again = launch(_whole_and_resumed, 3, (cfg, str(tmp_path)))[0]
+    ops = _algorithm_ops(trace.load(whole[trace.ARTIFACT]))
+    assert {op[0] for op in ops[0]} == set(range(8))
+    assert _algorithm_ops(trace.load(again[trace.ARTIFACT])) == ops
