@@ -28,6 +28,9 @@ seconds    float64  host seconds inside the op (for send/recv the issue; its wai
 ref        int32    for ``wait``: the index of the awaited send/recv record, else -1
 =========  =======  ==========================================================================
 
+A wait made in a background thread (``Work.wait(background=True)``: consensus_backup's real
+clock) leaves no wait record; its send/recv record stands alone.
+
 Wire bytes are not stored: :meth:`Trace.links` derives a record's per-link bytes from
 (kind, group, peer, payload) through :func:`suite.wire.wire_links`, the function the transport
 counts with, so a replay and the summary's ``wire_bytes`` agree by construction.
