@@ -13,6 +13,7 @@ fails at once (exit 2) with the valid choices.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -222,7 +223,8 @@ def reproduce(
             continue
         acc = summary.get("test_accuracy")
         print(
-            f"{label}: accuracy {acc:.4f}, {summary['bytes_sent'] / 1e6:.2f} MB sent, "
+            f"{label}: accuracy {acc:.4f}, {summary.get('wire_bytes', math.nan) / 1e6:.2f} MB "
+            f"on the wire ({summary['bytes_sent'] / 1e6:.2f} MB payload), "
             f"{time.perf_counter() - start:.1f} s",
             file=sys.stderr,
         )
