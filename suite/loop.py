@@ -716,10 +716,10 @@ def _busiest_link(everyone: list[dict[str, Any]]) -> int:
 def _encode_traces(world: int, traces: list[Any]) -> str:
     """Every rank's trace in one artifact, group and channel ids re-mapped onto rank 0's
     tables (extended with any group or channel only other ranks know)."""
-    _, groups, channels = traces[0]
+    _, groups, channels, _ = traces[0]
     groups, channels = list(groups), list(channels)
     ranks = []
-    for records, their_groups, their_channels in traces:
+    for records, their_groups, their_channels, _ in traces:
         for g in their_groups:
             if g not in groups:
                 groups.append(g)
@@ -732,4 +732,4 @@ def _encode_traces(world: int, traces: list[Any]) -> str:
         records["group"] = gmap[records["group"]]
         records["channel"] = cmap[records["channel"]]
         ranks.append(records)
-    return trace.encode(world, groups, channels, ranks)
+    return trace.encode(world, groups, channels, ranks, [t[3] for t in traces])

@@ -355,12 +355,14 @@ class Transport:
 
     @tracing.setter
     def tracing(self, on: bool) -> None:
-        self._counters.trace.enabled = on
+        rec = self._counters.trace
+        rec.enabled = on and not rec.truncated
 
-    def trace_records(self) -> tuple[np.ndarray, list[tuple[int, ...]], list[str]]:
-        """This rank's trace so far: records, group table, channel table."""
+    def trace_records(self) -> tuple[np.ndarray, list[tuple[int, ...]], list[str], bool]:
+        """This rank's trace so far: records, group table, channel table, and whether it
+        stopped at :data:`suite.trace.MAX_RECORDS`."""
         c = self._counters
-        return c.trace.records(), list(c.groups), list(c.channel_names)
+        return c.trace.records(), list(c.groups), list(c.channel_names), c.trace.truncated
 
     @contextlib.contextmanager
     def channel(self, name: str) -> Iterator[None]:

@@ -69,6 +69,7 @@ def test_the_trace_has_one_record_per_op_in_order(allreduce: tuple) -> None:
     tr = trace.load(artifacts[trace.ARTIFACT])
     comm = json.loads(artifacts["comm.json"])
     assert tr.world_size == 3 and tr.channels[:2] == ("algorithm", "harness")
+    assert tr.truncated == (False, False, False)
     for rank, records in enumerate(tr.ranks):
         algo = records[records["channel"] == tr.channels.index("algorithm")]
         assert [trace.KINDS[k] for k in algo["kind"]] == ["all_reduce"] * 4
@@ -144,3 +145,16 @@ def test_a_resumed_run_keeps_the_trace_of_its_first_life(tmp_path) -> None:
     ops = _algorithm_ops(trace.load(whole[trace.ARTIFACT]))
     assert {op[0] for op in ops[0]} == set(range(8))
     assert _algorithm_ops(trace.load(again[trace.ARTIFACT])) == ops
+
+
+def test_a_rank_stops_recording_at_the_limit_and_the_trace_says_so(monkeypatch) -> None:
+    monkeypatch.setattr(trace, "MAX_RECORDS", 3)  # the ranks fork from here
+    summary, artifacts, _ = _run(2, "algorithm=allreduce_sgd", "steps=6")
+    tr = trace.load(artifacts[trace.ARTIFACT])
+    assert tr.truncated == (True, True)
+    assert [len(records) for records in tr.ranks] == [3, 3]
+    assert summary["wire_bytes"] > tr.wire_bytes()  # the counters go on; the trace stopped
+    recorder = trace.Recorder(limit=2)
+    for _ in range(4):
+        recorder.note(0, 0, -1, 8, 0, 1.0, 2.0)
+    assert len(recorder) == 2 and recorder.truncated and not recorder.enabled
