@@ -18,6 +18,7 @@ without a word (kill -9): it asks for that itself (SUITE_DRIVER_PID, see ``cli._
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -256,7 +257,8 @@ def reproduce(
             continue
         acc = summary.get("test_accuracy")
         print(
-            f"{label}: accuracy {acc:.4f}, {summary['bytes_sent'] / 1e6:.2f} MB sent, "
+            f"{label}: accuracy {acc:.4f}, {summary.get('wire_bytes', math.nan) / 1e6:.2f} MB "
+            f"on the wire ({summary['bytes_sent'] / 1e6:.2f} MB payload), "
             f"{time.perf_counter() - start:.1f} s",
             file=sys.stderr,
         )
