@@ -399,8 +399,12 @@ def _make_jobdir() -> str:
 
     _remove_stale_jobdirs()
     jobdir = tempfile.mkdtemp(prefix=f"suite-job-{os.getpid()}-")
-    with open(os.path.join(jobdir, "owner"), "w") as f:
+    # Written whole under a temporary name: another launcher's clean-up must never read a
+    # half-written owner (an empty one would look dead and the live job's folder would go).
+    tmp = os.path.join(jobdir, "owner.tmp")
+    with open(tmp, "w") as f:
         f.write(liveness.identity(os.getpid()))
+    os.replace(tmp, os.path.join(jobdir, "owner"))
     return jobdir
 
 
@@ -418,7 +422,7 @@ def _remove_stale_jobdirs() -> None:
                         continue
                     try:
                         with open(os.path.join(entry.path, "owner")) as f:
-                            owner = f.read().strip()
+                            owner = f.read().strip() or f"{parts[2]}:"  # empty: judge by pid
                     except FileNotFoundError:  # being made right now, or very old
                         owner = f"{parts[2]}:"
                     if not liveness.alive(owner):

@@ -6,8 +6,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,3 +157,23 @@ def test_workers_die_with_a_killed_launcher() -> None:
     proc.kill()
     proc.wait(timeout=10)
     assert _wait_gone(kids, 10) == [], "orphaned workers outlived the launcher"
+
+
+def test_stale_job_folders_go_but_a_live_launchers_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another launcher's clean-up must not take a live job's folder, even one whose owner file
+    is still empty (being written), and must take a dead launcher's."""
+    from suite import launcher
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = tmp_path / f"suite-job-{os.getpid()}-live"
+    gone = tmp_path / f"suite-job-{dead.pid}-gone"
+    for folder in (live, gone):
+        folder.mkdir()
+        (folder / "owner").write_text("")  # created, not yet written
+    launcher._remove_stale_jobdirs()
+    assert live.exists()
+    assert not gone.exists()
