@@ -44,18 +44,26 @@ from suite.recipes import (
 from suite.tracking import git_state, open_client
 
 CURVE_METRICS = (
-    "train_loss", "bytes_sent", "messages", "step_seconds",
+    "train_loss", "bytes_sent", "wire_bytes", "messages", "step_seconds",
     "compute_seconds", "comm_seconds", "test_accuracy", "test_loss",
 )  # fmt: skip
 FINAL_METRICS = (
-    "test_accuracy", "train_loss", "bytes_sent", "messages", "train_seconds", "wall_seconds",
+    "test_accuracy", "train_loss", "bytes_sent", "wire_bytes", "messages", "train_seconds",
+    "wall_seconds",
     "steps", "epochs", "world_size", "compute_seconds", "comm_seconds", "model_comm_seconds",
 )  # fmt: skip
 RUN_COLUMNS = (
     "run_id", "status", "start", "recipe", "row", "profile", "seed", "target", "diverged",
 )  # fmt: skip
 CURVE_COLUMNS = ("run_id", "recipe", "row", "profile", "seed", "step", "metric", "value")
-AXIS_NAMES = {"test_accuracy": "final test accuracy", "bytes_sent": "bytes sent, all ranks (B)"}
+# Wire bytes (suite.wire: what each primitive's algorithm puts on the links) compare methods
+# across primitives; payload bytes (what ranks hand to the backend) stand beside them.
+BYTES_LABELS = {"wire_bytes": "wire bytes (all ranks)", "bytes_sent": "payload bytes (all ranks)"}
+AXIS_NAMES = {
+    "test_accuracy": "final test accuracy",
+    "wire_bytes": "wire bytes (all ranks) (B)",
+    "bytes_sent": "payload bytes (all ranks) (B)",
+}
 MAX_POINTS = 400  # loss curves are binned to about this many steps per line
 
 
@@ -169,19 +177,29 @@ def finals(runs: pd.DataFrame) -> list[tuple[str, dict[str, float]]]:
     ]
 
 
+def bytes_column(frame: pd.DataFrame) -> str:
+    """``wire_bytes`` when every run in ``frame`` has it, else ``bytes_sent`` (payload): runs
+    stored before wire bytes existed lack them, and a mix must not be compared."""
+    if "wire_bytes" in frame and len(frame) and frame["wire_bytes"].notna().all():
+        return "wire_bytes"
+    return "bytes_sent"
+
+
 def _reference(runs: pd.DataFrame, recipe: Recipe) -> str | None:
     """The row others save communication against: the recipe's, else the most bytes."""
-    sent = runs.dropna(subset=["bytes_sent"]).groupby("row")["bytes_sent"].mean()
+    column = bytes_column(runs)
+    sent = runs.dropna(subset=[column]).groupby("row")[column].mean()
     if recipe.reference is not None:
         return recipe.reference if recipe.reference in sent.index else None
     return str(sent.idxmax()) if not sent.empty else None
 
 
 def saved(runs: pd.DataFrame, recipe: Recipe) -> tuple[str | None, pd.Series]:
-    """(reference row, per run: 1 - bytes / the reference row's mean bytes; NaN without one)."""
-    ref = _reference(runs, recipe)
-    ref_bytes = runs.loc[runs["row"] == ref, "bytes_sent"].mean() if ref else float("nan")
-    return ref, 1.0 - runs["bytes_sent"] / (ref_bytes if ref_bytes > 0 else float("nan"))
+    """(reference row, per run: 1 - bytes / the reference row's mean bytes; NaN without one).
+    Wire bytes where every run has them (:func:`bytes_column`), else payload bytes."""
+    ref, column = _reference(runs, recipe), bytes_column(runs)
+    ref_bytes = runs.loc[runs["row"] == ref, column].mean() if ref else float("nan")
+    return ref, 1.0 - runs[column] / (ref_bytes if ref_bytes > 0 else float("nan"))
 
 
 def saved_table(runs: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
@@ -262,19 +280,19 @@ def fig_firing_heatmap(rates: pd.DataFrame, recipe: Recipe) -> plt.Figure | None
     return fig
 
 
-def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
-    """Trials no other trial beats on both accuracy (higher) and bytes (lower)."""
-    acc, sent = points["test_accuracy"], points["bytes_sent"]
+def pareto_front(points: pd.DataFrame, column: str = "bytes_sent") -> pd.DataFrame:
+    """Trials no other trial beats on both accuracy (higher) and bytes (``column``, lower)."""
+    acc, sent = points["test_accuracy"], points[column]
     keep = [
         i
         for i, p in points.iterrows()
         if not (
             (acc >= p["test_accuracy"])
-            & (sent <= p["bytes_sent"])
-            & ((acc > p["test_accuracy"]) | (sent < p["bytes_sent"]))
+            & (sent <= p[column])
+            & ((acc > p["test_accuracy"]) | (sent < p[column]))
         ).any()
     ]
-    return points.loc[keep].sort_values("bytes_sent")
+    return points.loc[keep].sort_values(column)
 
 
 # -- figures: one function each; each returns its figure, or None when there is no data -------
@@ -294,12 +312,17 @@ def _hue(recipe: Recipe, frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def fig_accuracy_vs_bytes(curves: pd.DataFrame, recipe: Recipe, profile: str) -> Figure | None:
-    wanted = curves[curves["metric"].isin(["test_accuracy", "bytes_sent"])]
+    # wire bytes where every run logged them (older runs have payload bytes only)
+    logged = curves.groupby("metric")["run_id"].nunique()
+    column = "bytes_sent"
+    if logged.get("wire_bytes", 0) and logged.get("wire_bytes") == curves["run_id"].nunique():
+        column = "wire_bytes"
+    wanted = curves[curves["metric"].isin(["test_accuracy", column])]
     wide = wanted.pivot_table(index=["row", "seed", "step"], columns="metric", values="value")
-    if not {"test_accuracy", "bytes_sent"} <= set(wide.columns):
+    if not {"test_accuracy", column} <= set(wide.columns):
         return None
     wide = wide.dropna().reset_index()  # evaluation steps only: accuracy joined with bytes
-    wide["MB"] = wide["bytes_sent"] / 1e6
+    wide["MB"] = wide[column] / 1e6
     mean = wide.groupby(["row", "step"], as_index=False)[["MB", "test_accuracy"]].mean()
     fig, ax = _axes()
     sns.lineplot(
@@ -316,7 +339,7 @@ def fig_accuracy_vs_bytes(curves: pd.DataFrame, recipe: Recipe, profile: str) ->
     if len(positive) and positive.max() / positive.min() > 100:
         ax.set_xscale("log")  # a method that saves 100x would sit on the y axis otherwise
     ax.set(
-        xlabel="cumulative bytes sent, all ranks (MB)",
+        xlabel=f"cumulative {BYTES_LABELS[column]} (MB)",
         ylabel="test accuracy",
         title=f"{recipe.key} ({profile}): accuracy against communication, mean of seeds",
     )
@@ -385,7 +408,11 @@ def fig_curve(
 def _curve_against_metric(
     curves: pd.DataFrame, data: pd.DataFrame, recipe: Recipe, profile: str, curve: Curve
 ) -> Figure | None:
-    xs = curves[curves["metric"] == curve.x][["run_id", "step", "value"]]
+    x, xlabel = curve.x, curve.x_label or curve.x
+    has = curves.loc[curves["metric"] == x, "run_id"].nunique()
+    if x == "wire_bytes" and has < data["run_id"].nunique():  # runs stored before wire bytes
+        x, xlabel = "bytes_sent", f"cumulative {BYTES_LABELS['bytes_sent']}"
+    xs = curves[curves["metric"] == x][["run_id", "step", "value"]]
     data = data.merge(xs.rename(columns={"value": "x"}), on=["run_id", "step"]).dropna()
     if data.empty:
         return None
@@ -394,7 +421,7 @@ def _curve_against_metric(
                  estimator=None, sort=False, alpha=0.8, ax=ax)  # fmt: skip
     if curve.log and (data["value"] > 0).all():
         ax.set_yscale("log")
-    ylabel, xlabel = curve.label or curve.metric, curve.x_label or curve.x
+    ylabel = curve.label or curve.metric
     ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{recipe.key} ({profile}): {ylabel}, one line "
            "per seed")  # fmt: skip
     ax.legend(title=None)
@@ -419,7 +446,8 @@ def fig_saved_vs_accuracy(runs: pd.DataFrame, recipe: Recipe, profile: str) -> F
             label=row,
         )
     ax.set(
-        xlabel=f"communication saved vs {_reference(runs, recipe)} (% of bytes)",
+        xlabel=f"communication saved vs {_reference(runs, recipe)} "
+        f"(% of {BYTES_LABELS[bytes_column(runs)]})",
         ylabel="final test accuracy",
         title=f"{recipe.key} ({profile}): bytes saved against accuracy, ±1 std over seeds",
     )
@@ -478,12 +506,13 @@ def fig_time_to_target(
 
 
 def fig_sweep_pareto(trials: pd.DataFrame, study: str, recipe: Recipe) -> Figure | None:
-    trials = trials.dropna(subset=["test_accuracy", "bytes_sent"])
-    trials = trials.assign(MB=trials["bytes_sent"] / 1e6)
+    column = bytes_column(trials.dropna(subset=["test_accuracy"]))
+    trials = trials.dropna(subset=["test_accuracy", column])
+    trials = trials.assign(MB=trials[column] / 1e6)
     done, pruned = trials[trials["status"] == "FINISHED"], trials[trials["status"] == "KILLED"]
     if done.empty:
         return None
-    front = pareto_front(done)
+    front = pareto_front(done, column)
     fig, ax = _axes()
     ax.scatter(done["MB"], done["test_accuracy"], color="0.55", label="finished trial")
     if not pruned.empty:
@@ -504,7 +533,7 @@ def fig_sweep_pareto(trials: pd.DataFrame, study: str, recipe: Recipe) -> Figure
             fontsize=8,
         )
     ax.set(
-        xlabel="bytes sent, all ranks (MB)",
+        xlabel=f"{BYTES_LABELS[column]} (MB)",
         ylabel="final test accuracy",
         title=f"{recipe.key}: accuracy against bytes over {len(done)} trials\nsweep {study}",
     )
@@ -581,6 +610,8 @@ def results_table(
     seeds is a result). Runs in ``diverged`` count as seeds; their row reads "diverged"."""
     ref, fraction = saved(runs, recipe)
     runs = runs.assign(saved=100 * fraction)
+    kind = "wire bytes" if bytes_column(runs) == "wire_bytes" else "payload bytes"
+    has_wire = "wire_bytes" in runs
     lines = []
     for row in recipe.rows_at(profile):
         mine = runs[runs["row"] == row.label]
@@ -593,11 +624,13 @@ def results_table(
                 "row": row.label,
                 "seeds": len(mine) + lost,
                 "final test accuracy": accuracy,
-                "MB sent": _pm(mine["bytes_sent"] / 1e6, "{:.3f}"),
+                # wire bytes head, payload beside; n/a for runs stored before wire bytes
+                "MB on the wire (all ranks)": _pm(mine["wire_bytes"] / 1e6, "{:.3f}")
+                if has_wire and mine["wire_bytes"].notna().any()
+                else "n/a",
+                "MB payload (all ranks)": _pm(mine["bytes_sent"] / 1e6, "{:.3f}"),
                 "messages": _pm(mine["messages"], "{:,.0f}"),
-                f"communication saved vs {ref or '(no reference run)'}": _pm(
-                    mine["saved"], "{:.1f}%"
-                ),
+                f"{kind} saved vs {ref or '(no reference run)'}": _pm(mine["saved"], "{:.1f}%"),
                 **{
                     header: _pm(mine[metric], "{:.4g}") if metric in mine else "n/a"
                     for metric, header in recipe.columns
@@ -676,9 +709,11 @@ def _is_stand_in(target: str) -> bool:
 
 
 CAPTIONS = {
-    "accuracy-vs-bytes": "Test accuracy at each evaluation against the bytes sent up to it.",
+    "accuracy-vs-bytes": "Test accuracy at each evaluation against the wire bytes sent up to it "
+    "(payload bytes for runs stored before wire bytes were counted).",
     "loss": "Training loss per step; the band is ±1 standard deviation over seeds.",
-    "saved-vs-accuracy": "Up and to the right is better: fewer bytes for the same accuracy.",
+    "saved-vs-accuracy": "Up and to the right is better: fewer wire bytes (payload for older "
+    "runs) for the same accuracy.",
     "time-to-target": "Seconds to the first evaluation at the target accuracy: as measured "
     "here, and as the cost model predicts them on a 10 Gbit/s, 50 µs network.",
     "firing": "How often each parameter tensor was sent, per method (event-triggered methods "

@@ -52,6 +52,7 @@ JSON_KEYS = (
     "test_accuracy",
     "train_loss",
     "bytes_sent",
+    "wire_bytes",
     "messages",
     "wall_seconds",
     "run_id",
@@ -169,16 +170,19 @@ def format_summary(summary: dict[str, Any], uri: str | None, experiment: str) ->
         if acc is not None
         else f"train loss {summary['train_loss']:.4f}",
         "communication, algorithm traffic (harness bookkeeping excluded):",
-        f"  {'rank':>4}  {'bytes sent':>14}  {'bytes recv':>14}  {'messages':>9}  {'comm s':>8}",
+        f"  {'rank':>4}  {'bytes sent':>14}  {'bytes recv':>14}  {'messages':>9}  {'comm s':>8}"
+        f"  {'wire bytes':>14}",
     ]
     for r in summary["per_rank"]:
         lines.append(
             f"  {r['rank']:>4}  {r['bytes_sent']:>14,}  {r['bytes_recv']:>14,}"
-            f"  {r['messages']:>9,}  {r['comm_seconds']:>8.3f}"
+            f"  {r['messages']:>9,}  {r['comm_seconds']:>8.3f}  {r['wire_bytes']:>14,}"
         )
     lines.append(
         f"  {'all':>4}  {summary['bytes_sent']:>14,}  {summary['bytes_recv']:>14,}"
-        f"  {summary['messages']:>9,}   ({_fmt_bytes(summary['bytes_sent'])} sent)"
+        f"  {summary['messages']:>9,}  {'':>8}  {summary['wire_bytes']:>14,}"
+        f"   ({_fmt_bytes(summary['bytes_sent'])} payload, "
+        f"{_fmt_bytes(summary['wire_bytes'])} on the wire)"
     )
     lines.append(f"wall time {summary['wall_seconds']:.1f} s")
     if summary.get("emulate"):

@@ -12,13 +12,14 @@ all_reduce    ring                     2 (N-1) n                        2(N-1) a
 all_gather    ring (n per rank)        N (N-1) n                        (N-1) a + (N-1) n b
 broadcast     binomial tree            (N-1) n                          ceil(log2 N) (a + n b)
 reduce        binomial tree            (N-1) n                          ceil(log2 N) (a + n b)
-gather        binomial tree            (N-1) n                          ceil(log2 N) a + (N-1) n b
+gather        binomial tree            n x (sum of tree depths)         ceil(log2 N) a + (N-1) n b
 send          direct                   n                                a + n b
 ============  =======================  ===============================  =========================
 
 ``n`` is the payload of one rank's contribution (the op's ``bytes_sent`` on a sending rank).
-Per-rank wire bytes are the group total divided by N (ring ops are symmetric; for rooted ops it
-is an average).
+The wire column is derived from :func:`suite.wire.wire_links`, the one definition of each
+algorithm's links (the transport records the same per rank and link). Per-rank wire bytes are
+the group total divided by N (ring ops are symmetric; for rooted ops it is an average).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from suite import wire
 from suite.transport import CommStats, OpStats
-
-OPS = ("all_reduce", "all_gather", "broadcast", "reduce", "gather", "send")
+from suite.wire import OPS
 
 
 def _check(op: str, world_size: int) -> None:
@@ -41,16 +42,8 @@ def _check(op: str, world_size: int) -> None:
 def wire_bytes(op: str, payload: float, world_size: int) -> float:
     """Bytes the whole group puts on the wire for one call with ``payload`` bytes per rank."""
     _check(op, world_size)
-    n, N = payload, world_size
-    if op == "send":
-        return n
-    if N == 1:
-        return 0.0
-    if op == "all_reduce":
-        return 2 * (N - 1) * n
-    if op == "all_gather":
-        return N * (N - 1) * n
-    return (N - 1) * n  # broadcast, reduce, gather
+    # every algorithm's group total is linear in n (the ring's uneven chunks sum to n)
+    return payload * wire.total(op, 1, world_size)
 
 
 def wire_bytes_per_rank(op: str, payload: float, world_size: int) -> float:

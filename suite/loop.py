@@ -11,9 +11,11 @@ A rank whose loss turns non-finite (checked every step, before hook 1, so no oth
 its gradients) or whose parameters do (checked every ``log_every`` steps and before evaluations)
 raises :class:`~suite.divergence.Diverged`; the launcher then stops every rank.
 
-Per-step rows (loss, cumulative algorithm bytes and messages, compute and communication
-seconds, the algorithm's own metrics) stay on each rank and go to rank 0 every ``log_every``
-steps in one harness gather; rank 0 shows a progress bar and hands them to MLflow.
+Per-step rows (loss, cumulative algorithm bytes (payload and wire) and messages, compute and
+communication seconds, the algorithm's own metrics) stay on each rank and go to rank 0 every
+``log_every`` steps in one harness gather; rank 0 shows a progress bar and hands them to MLflow.
+At the end rank 0 also gathers every rank's communication trace (:mod:`suite.trace`) and stores
+it with the run as ``trace.npz.b64``.
 
 Evaluation (every ``eval_every`` steps and at the end) measures the averaged model (the mean of
 all ranks' parameters and buffers, each rank scoring an exact share of the test set) and, with
@@ -46,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from suite import checkpoint as ckpt
+from suite import trace
 from suite.algorithms.base import Algorithm, Context
 from suite.config import RunConfig, flatten, to_json
 from suite.costmodel import Network
@@ -59,13 +62,14 @@ from suite.transport import Transport
 
 # Columns of a rank's per-step row, before the algorithm's own metrics.
 # Summed over ranks when gathered (the rest are averaged).
-_SUMMED = {"bytes_sent", "bytes_recv", "messages"}
+_SUMMED = {"bytes_sent", "bytes_recv", "messages", "wire_bytes"}
 _ROW = (
     "train_loss",
     "lr",
     "bytes_sent",
     "bytes_recv",
     "messages",
+    "wire_bytes",
     "step_seconds",
     "comm_seconds",
     "compute_seconds",
@@ -274,6 +278,7 @@ class Trainer:
         self.model.train()
         for step in range(first, self.steps):
             self._maybe_inject_fault(step)
+            self.transport.set_step(step)
             t0 = time.perf_counter()
             comm0 = stats.seconds
             self.optimizer.zero_grad(set_to_none=False)
@@ -371,6 +376,7 @@ class Trainer:
             stats.bytes_sent,
             stats.bytes_recv,
             stats.messages,
+            stats.wire_bytes,
             step_s,
             comm_s,
             step_s - comm_s,
@@ -613,8 +619,9 @@ class Trainer:
         }
         with self.transport.harness():
             everyone = self.transport.gather_object(mine, dst=0)
+            traces = self.transport.gather_object(self.transport.trace_records(), dst=0)
         artifacts = self.algorithm.artifacts() if self.rank == 0 else {}
-        if everyone is None:
+        if everyone is None or traces is None:
             return None, {}
         cfg = self.cfg
         per_rank = [
@@ -623,6 +630,7 @@ class Trainer:
                 "bytes_sent": r["algorithm"]["bytes_sent"],
                 "bytes_recv": r["algorithm"]["bytes_recv"],
                 "messages": r["algorithm"]["messages"],
+                "wire_bytes": r["algorithm"]["wire_bytes"],
                 "comm_seconds": r["algorithm"]["seconds"],
                 "compute_seconds": r["compute_seconds"],
                 "model_comm_seconds": r["model_comm_seconds"],
@@ -653,6 +661,10 @@ class Trainer:
             "bytes_recv": sum(r["bytes_recv"] for r in per_rank),
             "messages": sum(r["messages"] for r in per_rank),
             "harness_bytes_sent": sum(r["harness_bytes_sent"] for r in per_rank),
+            # on the wire under suite.wire's algorithms: all ranks, busiest rank, busiest link
+            "wire_bytes": sum(r["wire_bytes"] for r in per_rank),
+            "wire_bytes_max": max(r["wire_bytes"] for r in per_rank),
+            "link_wire_bytes_max": _busiest_link(everyone),
             # load balance: the busiest rank's and the busiest (src, dst) link's bytes
             "bytes_sent_max": max(r["bytes_sent"] for r in per_rank),
             "link_bytes_max": max(
@@ -690,5 +702,34 @@ class Trainer:
             **artifacts,
             "config.json": to_json(cfg),
             "comm.json": json.dumps(everyone, indent=2),
+            trace.ARTIFACT: _encode_traces(self.world, traces),
         }
         return summary, artifacts
+
+
+def _busiest_link(everyone: list[dict[str, Any]]) -> int:
+    """Wire bytes of the busiest (src, dst) link (each link is recorded by its sender only)."""
+    links = [n for r in everyone for n in r["algorithm"]["wire_links"].values()]
+    return max(links, default=0)
+
+
+def _encode_traces(world: int, traces: list[Any]) -> str:
+    """Every rank's trace in one artifact, group and channel ids re-mapped onto rank 0's
+    tables (extended with any group or channel only other ranks know)."""
+    _, groups, channels = traces[0]
+    groups, channels = list(groups), list(channels)
+    ranks = []
+    for records, their_groups, their_channels in traces:
+        for g in their_groups:
+            if g not in groups:
+                groups.append(g)
+        for name in their_channels:
+            if name not in channels:
+                channels.append(name)
+        gmap = np.array([groups.index(g) for g in their_groups] or [0])
+        cmap = np.array([channels.index(n) for n in their_channels] or [0])
+        records = records.copy()
+        records["group"] = gmap[records["group"]]
+        records["channel"] = cmap[records["channel"]]
+        ranks.append(records)
+    return trace.encode(world, groups, channels, ranks)

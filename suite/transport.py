@@ -24,11 +24,27 @@ with N the group size. Each contribution is counted once, however many ranks it 
 all-reduce moves |x| of the rank's data into the reduction and |x| of result back out,
 whatever algorithm the backend uses underneath. What the backend puts on the wire (ring
 all-reduce sends 2(N-1)/N |x| per rank, a tree broadcast N-1 copies) is the job of the
-analytic model in :mod:`suite.costmodel`, which sits beside these counts, never instead.
+wire accounting below, which sits beside these counts, never instead.
 Per-link volume ``(src, dst)`` is recorded for transfers with one destination: send/isend,
 and the non-root side of reduce and gather. Uneven all_gather/gather first exchange sizes
 unless the caller passes them; that exchange is a real all_gather and is counted as one.
 Nothing is counted on a group of one rank, where nothing is communicated.
+
+Wire bytes
+----------
+Beside the payload, every op records what this rank puts on the wire under the algorithm
+:mod:`suite.wire` documents (ring all_reduce and all_gather, binomial-tree broadcast, reduce and
+gather, direct send): ``wire_bytes`` per op and in total, and per (src, dst) out-link in
+``wire_links``. A rank records only the links it sends on (an inner rank of a broadcast tree
+forwards, so it sends wire bytes with no payload of its own), so summing ranks gives the group's
+wire total without double counting.
+
+Trace
+-----
+Every op (and every wait on an async op) is also appended to this rank's trace
+(:mod:`suite.trace`: kind, group, root or peer, payload, tag, channel, the seconds inside the op
+and the host seconds since the previous record ended); ``set_step`` tells it the loop's step and
+``tracing = False`` turns recording off.
 
 Traffic goes to one of two channels: ``algorithm`` (the default: everything the method under
 test sends, control scalars and event flags included) and ``harness`` (metrics, evaluation,
@@ -46,14 +62,20 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from suite import trace as _trace
 from suite.launcher import communicating
+from suite.wire import rank_out_links
 
 ALGORITHM = "algorithm"
 HARNESS = "harness"
+_KIND = _trace.KIND
+_WAIT = _trace.KIND["wait"]
+_TRACE_KEY = "_trace"  # in state_dict, beside the channels
 
 _REDUCE_OPS = {
     "sum": dist.ReduceOp.SUM,
@@ -87,11 +109,18 @@ class LinkStats:
 
 @dataclass
 class CommStats:
-    """One rank's counters for one channel: per op, per (src, dst) link, and their totals."""
+    """One rank's counters for one channel: per op, per (src, dst) link, and their totals.
+
+    ``links`` holds payload of single-destination transfers. Wire bytes (:mod:`suite.wire`)
+    this rank sent sit beside: in total, per op (``wire_ops``) and per out-link
+    (``wire_links``), every op included."""
 
     ops: dict[str, OpStats] = field(default_factory=dict)
     links: dict[tuple[int, int], LinkStats] = field(default_factory=dict)
     total: OpStats = field(default_factory=OpStats)  # kept current: read every step
+    wire_bytes: int = 0
+    wire_ops: dict[str, int] = field(default_factory=dict)
+    wire_links: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def record(
         self,
@@ -103,6 +132,7 @@ class CommStats:
         seconds: float = 0.0,
         link: tuple[int, int] | None = None,
         call: bool = True,
+        wire: tuple[tuple[int, int, int], ...] = (),
     ) -> None:
         s = self.ops.get(op)
         if s is None:
@@ -113,6 +143,10 @@ class CommStats:
             counter.bytes_sent += sent
             counter.bytes_recv += recv
             counter.seconds += seconds
+        for src, dst, b in wire:  # (src, dst, bytes) of this rank's out-links
+            self.wire_bytes += b
+            self.wire_ops[op] = self.wire_ops.get(op, 0) + b
+            self.wire_links[(src, dst)] = self.wire_links.get((src, dst), 0) + b
         if link is not None and (sent or messages):
             ls = self.links.get(link)
             if ls is None:
@@ -146,6 +180,9 @@ class CommStats:
             "ops": {op: asdict(s) for op, s in self.ops.items()},
             "links": [(a, b, s.messages, s.bytes) for (a, b), s in self.links.items()],
             "total": asdict(self.total),
+            "wire_bytes": self.wire_bytes,
+            "wire_ops": dict(self.wire_ops),
+            "wire_links": [(a, b, n) for (a, b), n in self.wire_links.items()],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -155,6 +192,11 @@ class CommStats:
         self.links.clear()
         self.links.update({(a, b): LinkStats(m, n) for a, b, m, n in state["links"]})
         self.total = OpStats(**state["total"])
+        self.wire_bytes = state.get("wire_bytes", 0)
+        self.wire_ops.clear()
+        self.wire_ops.update(state.get("wire_ops", {}))
+        self.wire_links.clear()
+        self.wire_links.update({(a, b): n for a, b, n in state.get("wire_links", ())})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -165,6 +207,9 @@ class CommStats:
             "seconds": self.seconds,
             "ops": {op: asdict(s) for op, s in sorted(self.ops.items())},
             "links": {f"{a}->{b}": asdict(s) for (a, b), s in sorted(self.links.items())},
+            "wire_bytes": self.wire_bytes,
+            "wire_ops": dict(sorted(self.wire_ops.items())),
+            "wire_links": {f"{a}->{b}": n for (a, b), n in sorted(self.wire_links.items())},
         }
 
 
@@ -174,17 +219,43 @@ class _Counters:
     def __init__(self) -> None:
         self.channels: dict[str, CommStats] = {ALGORITHM: CommStats(), HARNESS: CommStats()}
         self.current = ALGORITHM
+        self.active = self.channels[ALGORITHM]
+        # trace: the records (with the current step and channel id), and the channel and group
+        # tables they index
+        self.trace = _trace.Recorder()
+        self.channel_names: list[str] = [ALGORITHM, HARNESS]
+        self.groups: list[tuple[int, ...]] = []
+        self.group_ids: dict[tuple[int, ...], int] = {}
 
-    @property
-    def active(self) -> CommStats:
-        return self.channels[self.current]
+    def group_id(self, ranks: tuple[int, ...]) -> int:
+        gid = self.group_ids.get(ranks)
+        if gid is None:
+            gid = self.group_ids[ranks] = len(self.groups)
+            self.groups.append(ranks)
+        return gid
+
+    def switch(self, name: str) -> None:
+        if name not in self.channels:
+            self.channels[name] = CommStats()
+        if name not in self.channel_names:
+            self.channel_names.append(name)
+        self.current, self.active = name, self.channels[name]
+        self.trace.channel = self.channel_names.index(name)
 
 
 class Work:
     """Handle of an async send/recv; ``wait()`` adds the time waited to the op's seconds."""
 
-    def __init__(self, work: Any, stats: CommStats, op: str) -> None:
+    def __init__(
+        self,
+        work: Any,
+        stats: CommStats,
+        op: str,
+        counters: _Counters | None = None,
+        record: tuple[int, int, int, int, int] = (-1, 0, -1, 0, 0),
+    ) -> None:
         self._work, self._stats, self._op = work, stats, op
+        self._counters, self._record = counters, record  # record: (index, gid, peer, n, tag)
 
     def wait(self, *, background: bool = False) -> None:
         """Block until done. ``background=True`` is for a helper thread that waits while the
@@ -200,8 +271,12 @@ class Work:
         t0 = time.perf_counter()
         with communicating():
             self._work.wait()
-        self._stats.record(self._op, seconds=time.perf_counter() - t0, call=False)
+        t1 = time.perf_counter()
+        self._stats.record(self._op, seconds=t1 - t0, call=False)
         self._work = None
+        index, gid, peer, n, tag = self._record
+        if self._counters is not None and index >= 0:
+            self._counters.trace.note(_WAIT, gid, peer, n, tag, t0, t1, index)
 
     def is_completed(self) -> bool:
         return self._work is None or self._work.is_completed()
@@ -224,6 +299,9 @@ class Transport:
         self.world_size = len(self.ranks)
         self.group_rank = self.ranks.index(self.rank)
         self._counters = _counters or _Counters()
+        self._ranks_key = tuple(self.ranks)
+        self._gid = self._counters.group_id(self._ranks_key)
+        self._last_record = -1  # trace index of this transport's latest op
 
     # -- accounting ------------------------------------------------------------------------
 
@@ -237,34 +315,85 @@ class Transport:
         return self._counters.channels[HARNESS]
 
     def state_dict(self) -> dict[str, Any]:
-        """The counters of every channel (shared with subgroup transports), for a checkpoint."""
-        return {name: stats.state_dict() for name, stats in self._counters.channels.items()}
+        """The counters of every channel (shared with subgroup transports) and the trace so far,
+        for a checkpoint."""
+        c = self._counters
+        state: dict[str, Any] = {name: stats.state_dict() for name, stats in c.channels.items()}
+        state[_TRACE_KEY] = {
+            "records": torch.from_numpy(c.trace.records().view(np.uint8).copy()),
+            "groups": [list(g) for g in c.groups],
+            "channels": list(c.channel_names),
+        }
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        channels = self._counters.channels
+        c = self._counters
         for name, counters in state.items():
-            channels.setdefault(name, CommStats()).load_state_dict(counters)
+            if name != _TRACE_KEY:
+                c.channels.setdefault(name, CommStats()).load_state_dict(counters)
+        saved = state.get(_TRACE_KEY)
+        if saved is not None:  # ids re-mapped onto this process's tables
+            records = saved["records"].numpy().view(_trace.DTYPE).copy()
+            groups = np.array([c.group_id(tuple(g)) for g in saved["groups"]] or [0])
+            for name in saved["channels"]:
+                if name not in c.channel_names:
+                    c.channel_names.append(name)
+            names = np.array([c.channel_names.index(n) for n in saved["channels"]] or [0])
+            records["group"] = groups[records["group"]]
+            records["channel"] = names[records["channel"]]
+            c.trace.load(records)
+
+    # -- trace -----------------------------------------------------------------------------
+
+    def set_step(self, step: int) -> None:
+        """The loop's current step, stamped on the trace records that follow."""
+        self._counters.trace.step = step
+
+    @property
+    def tracing(self) -> bool:
+        return self._counters.trace.enabled
+
+    @tracing.setter
+    def tracing(self, on: bool) -> None:
+        self._counters.trace.enabled = on
+
+    def trace_records(self) -> tuple[np.ndarray, list[tuple[int, ...]], list[str]]:
+        """This rank's trace so far: records, group table, channel table."""
+        c = self._counters
+        return c.trace.records(), list(c.groups), list(c.channel_names)
 
     @contextlib.contextmanager
     def channel(self, name: str) -> Iterator[None]:
         counters = self._counters
-        if name not in counters.channels:
-            counters.channels[name] = CommStats()
-        previous, counters.current = counters.current, name
+        previous = counters.current
+        counters.switch(name)
         try:
             yield
         finally:
-            counters.current = previous
+            counters.switch(previous)
 
     def harness(self) -> contextlib.AbstractContextManager[None]:
         """Count what runs inside as harness bookkeeping, not algorithm traffic."""
         return self.channel(HARNESS)
 
-    def _timed(self, op: str, fn: Any, **counts: Any) -> Any:
+    def _timed(
+        self, op: str, fn: Any, *, payload: int = 0, root: int = -1, tag: int = 0, **counts: Any
+    ) -> Any:
+        """Run ``fn``; count it (payload ``counts``, and the wire bytes of this rank's
+        out-links for one call of ``op`` with ``payload`` bytes per rank) and trace it."""
+        c = self._counters
         t0 = time.perf_counter()
         with communicating():  # tells the launcher a stall here is a wait, not the cause
             out = fn()
-        self._counters.active.record(op, seconds=time.perf_counter() - t0, **counts)
+        t1 = time.perf_counter()
+        if op == "send":
+            wire = ((self.rank, root, payload),) if payload else ()
+        elif payload and op != "recv":
+            wire = rank_out_links(op, self._ranks_key, root, payload, self.rank)
+        else:
+            wire = ()
+        c.active.record(op, seconds=t1 - t0, wire=wire, **counts)
+        self._last_record = c.trace.note(_KIND[op], self._gid, root, payload, tag, t0, t1)
         return out
 
     @property
@@ -283,6 +412,7 @@ class Transport:
         self._timed(
             "all_reduce",
             lambda: dist.all_reduce(x, op=_REDUCE_OPS[op], group=self.group),
+            payload=n,
             sent=n,
             recv=n,
             messages=1,
@@ -299,6 +429,8 @@ class Transport:
         self._timed(
             "reduce",
             lambda: dist.reduce(x, dst=dst, op=_REDUCE_OPS[op], group=self.group),
+            payload=n,
+            root=dst,
             sent=0 if root else n,
             recv=n if root else 0,
             messages=0 if root else 1,
@@ -316,6 +448,8 @@ class Transport:
         self._timed(
             "broadcast",
             lambda: dist.broadcast(x, src=src, group=self.group),
+            payload=n,
+            root=src,
             sent=n if root else 0,
             recv=0 if root else n,
             messages=1 if root else 0,
@@ -340,6 +474,7 @@ class Transport:
             self._timed(
                 "all_gather",
                 lambda: dist.all_gather(out, x, group=self.group),
+                payload=n,
                 sent=n,
                 recv=n * (self.world_size - 1),
                 messages=1,
@@ -353,6 +488,7 @@ class Transport:
         self._timed(
             "all_gather",
             lambda: dist.all_gather(out, padded, group=self.group),
+            payload=n,
             sent=n,
             recv=n * (self.world_size - 1),
             messages=1,
@@ -378,6 +514,8 @@ class Transport:
         self._timed(
             "gather",
             lambda: dist.gather(x, out, dst=dst, group=self.group),
+            payload=n,
+            root=dst,
             sent=0 if root else n,
             recv=n * (self.world_size - 1) if root else 0,
             messages=0 if root else 1,
@@ -419,24 +557,32 @@ class Transport:
     # -- point to point --------------------------------------------------------------------
 
     def isend(self, x: Tensor, dst: int, tag: int = 0) -> Work:
-        stats = self._counters.active
+        c, n = self._counters, nbytes(x)
+        stats = c.active
         work = self._timed(
             "send",
             lambda: dist.isend(x, dst=dst, group=self.group, tag=tag),
-            sent=nbytes(x),
+            payload=n,
+            root=dst,
+            tag=tag,
+            sent=n,
             messages=1,
             link=(self.rank, dst),
         )
-        return Work(work, stats, "send")
+        return Work(work, stats, "send", c, (self._last_record, self._gid, dst, n, tag))
 
     def irecv(self, x: Tensor, src: int, tag: int = 0) -> Work:
-        stats = self._counters.active
+        c, n = self._counters, nbytes(x)
+        stats = c.active
         work = self._timed(
             "recv",
             lambda: dist.irecv(x, src=src, group=self.group, tag=tag),
-            recv=nbytes(x),
+            payload=n,  # traced as the size received; recv puts nothing on the wire
+            root=src,
+            tag=tag,
+            recv=n,
         )
-        return Work(work, stats, "recv")
+        return Work(work, stats, "recv", c, (self._last_record, self._gid, src, n, tag))
 
     def send(self, x: Tensor, dst: int, tag: int = 0) -> None:
         self.isend(x, dst, tag).wait()

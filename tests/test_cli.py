@@ -63,6 +63,7 @@ def test_run_prints_the_json_summary(tmp_path: Path) -> None:
     assert list(out)[: len(JSON_KEYS)] == list(JSON_KEYS)
     assert out["target"] == "allreduce_sgd" and out["world_size"] == 2 and out["steps"] == 20
     assert out["bytes_sent"] == 20 * 2 * out["num_params"] * 4
+    assert out["wire_bytes"] == 20 * 2 * out["num_params"] * 4  # ring, 2 ranks: n per rank
     assert out["run_id"] is None
     assert "bytes sent" in proc.stderr  # the human table still reaches the terminal
     assert not (tmp_path / "mlflow.db").exists()

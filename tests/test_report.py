@@ -185,8 +185,12 @@ def test_the_readme_tables_say_what_was_measured(built: builder.Report) -> None:
         FULL_ONLY.describe(): "not testable (not at smoke)",
     }
     assert "| 0.97 | 0.88 ± 0.01414 (2 seed(s)) | 0.95 | fails |" in readme  # paper, measured
-    assert "| Dense | 2 | 0.9100 ± 0.0141 | 0.004 ± 0.000 |" in readme
-    assert "| Sparse | 2 | 0.8800 ± 0.0141 | 0.001 ± 0.000 | 10 ± 0 | 75.6% ± 0.0% |" in readme
+    # runs stored before wire bytes: the wire column reads n/a, savings are of payload bytes
+    assert "| Dense | 2 | 0.9100 ± 0.0141 | n/a | 0.004 ± 0.000 |" in readme
+    assert (
+        "| Sparse | 2 | 0.8800 ± 0.0141 | n/a | 0.001 ± 0.000 | 10 ± 0 | 75.6% ± 0.0% |" in readme
+    )
+    assert "payload bytes saved vs Dense" in readme
     assert "1 hold, 1 fail, 1 not testable" in readme and "reproduced" not in readme.lower()
     assert "_No finished runs at this profile._" in readme  # full
     for key in ("Table 3: fabricated runs", "tiny", "2 finished and 1 pruned"):
@@ -318,3 +322,44 @@ def test_firing_rates_come_from_the_artifacts_and_draw_a_heat_map(tmp_path: Path
     fig = builder.fig_firing_heatmap(rates, recipe)
     assert fig is not None and fig.axes[0].get_title().startswith("Firing rate")
     assert builder.fig_firing_heatmap(rates.iloc[0:0], recipe) is None
+
+
+def _mixed_primitives(wire: bool) -> pd.DataFrame:
+    """Dense (a ring all-reduce: wire 1.5x payload at 4 ranks) and Sparse (sends: wire equals
+    payload). By payload Sparse saves 50%; on the wire, 66.7%."""
+    runs = pd.DataFrame(
+        {
+            "row": ["Dense", "Sparse"],
+            "test_accuracy": [0.9, 0.9],
+            "bytes_sent": [2000.0, 1000.0],
+            "wire_bytes": [3000.0, 1000.0] if wire else [math.nan, math.nan],
+            "messages": [10.0, 10.0],
+        }
+    )
+    return runs
+
+
+def test_wire_bytes_are_the_headline_with_payload_beside() -> None:
+    table = builder.results_table(_mixed_primitives(True), RECIPE, "smoke")
+    sparse = table.set_index("row").loc["Sparse"]
+    assert sparse["wire bytes saved vs Dense"] == "66.7%"
+    assert sparse["MB on the wire (all ranks)"] == "0.001"
+    assert sparse["MB payload (all ranks)"] == "0.001"
+    curves = pd.DataFrame(
+        [("a", "Dense", 0, 0, m, v) for m, v in (("test_accuracy", 0.9), ("wire_bytes", 3e6),
+                                                  ("bytes_sent", 2e6))],
+        columns=["run_id", "row", "seed", "step", "metric", "value"],
+    )  # fmt: skip
+    fig = builder.fig_accuracy_vs_bytes(curves, RECIPE, "smoke")
+    assert fig.axes[0].get_xlabel() == "cumulative wire bytes (all ranks) (MB)"
+    plt.close(fig)
+
+
+def test_runs_without_wire_bytes_fall_back_to_payload() -> None:
+    table = builder.results_table(_mixed_primitives(False), RECIPE, "smoke")
+    sparse = table.set_index("row").loc["Sparse"]
+    assert sparse["payload bytes saved vs Dense"] == "50.0%"
+    assert sparse["MB on the wire (all ranks)"] == "n/a"
+    assert builder.bytes_column(_mixed_primitives(False).drop(columns="wire_bytes")) == (
+        "bytes_sent"
+    )

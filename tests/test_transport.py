@@ -220,8 +220,10 @@ def test_wire_bytes_formulas(n: int) -> None:
         2 * (n - 1) / n * payload
     )
     assert costmodel.wire_bytes("all_gather", payload, n) == n * (n - 1) * payload
-    for op in ("broadcast", "reduce", "gather"):
+    for op in ("broadcast", "reduce"):
         assert costmodel.wire_bytes(op, payload, n) == (n - 1) * payload
+    # a tree gather forwards: n times the sum of the binomial tree's depths
+    assert costmodel.wire_bytes("gather", payload, n) == {2: 1, 4: 4, 8: 12}[n] * payload
     assert costmodel.wire_bytes("send", payload, n) == payload
     assert costmodel.wire_bytes("all_reduce", payload, 1) == 0
 

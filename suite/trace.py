@@ -1,0 +1,222 @@
+"""The communication trace of a run: every rank's ops in order, and the compute between them.
+
+The transport appends one record per op (and one per wait on an async op) to a flat
+``array('d')`` (:class:`Recorder`: no per-op objects beyond one tuple), the loop tells it the
+current step, and at the end rank 0 gathers every rank's records (harness traffic, after the
+summary's counters are taken) and stores them with the run as the text artifact
+``trace.npz.b64``: a compressed NumPy ``.npz`` file, base64-encoded because the tracking writer
+stores text artifacts. :func:`load` reads it back (the text, a path to it, or a path to the raw
+``.npz``) as a :class:`Trace`.
+
+Schema (one NumPy structured array per rank, ``Trace.ranks[r]``, records in issue order):
+
+=========  =======  ==========================================================================
+field      dtype    meaning
+=========  =======  ==========================================================================
+step       int32    the loop's step when the op ran (-1 before the first step)
+kind       int8     index into ``KINDS``
+group      int16    index into ``Trace.groups`` (global ranks in group order) of the op's group
+peer       int32    root of broadcast/reduce/gather, dst of send, src of recv, else -1
+payload    int64    payload bytes of one rank's contribution, as :mod:`suite.transport` counts
+                    it (padded for ragged gathers; the received size for recv)
+tag        int32    tag of send/recv, else 0
+channel    int8     index into ``Trace.channels`` ("algorithm", "harness", ...)
+gap        float64  host seconds from the end of this rank's previous record to the start of
+                    this one: compute and other time outside communication (>= 0)
+seconds    float64  host seconds inside the op (for send/recv the issue; its wait is its own
+                    record)
+ref        int32    for ``wait``: the index of the awaited send/recv record, else -1
+=========  =======  ==========================================================================
+
+A wait made in a background thread (``Work.wait(background=True)``: consensus_backup's real
+clock) leaves no wait record; its send/recv record stands alone.
+
+Wire bytes are not stored: :meth:`Trace.links` derives a record's per-link bytes from
+(kind, group, peer, payload) through :func:`suite.wire.wire_links`, the function the transport
+counts with, so a replay and the summary's ``wire_bytes`` agree by construction.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import time
+from array import array
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from suite.wire import Links, wire_links
+
+KINDS = (
+    "all_reduce",
+    "reduce",
+    "broadcast",
+    "all_gather",
+    "gather",
+    "send",
+    "recv",
+    "barrier",
+    "wait",
+)
+KIND = {name: i for i, name in enumerate(KINDS)}
+FIELDS = ("step", "kind", "group", "peer", "payload", "tag", "channel", "gap", "seconds", "ref")
+DTYPE = np.dtype(
+    [
+        ("step", "<i4"),
+        ("kind", "i1"),
+        ("group", "<i2"),
+        ("peer", "<i4"),
+        ("payload", "<i8"),
+        ("tag", "<i4"),
+        ("channel", "i1"),
+        ("gap", "<f8"),
+        ("seconds", "<f8"),
+        ("ref", "<i4"),
+    ]
+)
+WIDTH = len(FIELDS)
+ARTIFACT = "trace.npz.b64"
+VERSION = 1
+
+
+class Recorder:
+    """One rank's records, appended flat (``WIDTH`` doubles each) to an ``array('d')``, and
+    what the next record needs: the step, the channel id, when the previous record ended."""
+
+    def __init__(self) -> None:
+        self.data = array("d")
+        self.count = 0
+        self.enabled = True
+        self.step = -1
+        self.channel = 0
+        self.last_end = time.perf_counter()
+
+    def __len__(self) -> int:
+        return self.count
+
+    def note(
+        self,
+        kind: int,
+        group: int,
+        peer: int,
+        payload: int,
+        tag: int,
+        t0: float,
+        t1: float,
+        ref: int = -1,
+    ) -> int:
+        """Append the record of an op that ran from ``t0`` to ``t1``; its index (-1: off).
+        Kept lean: it runs on every op."""
+        if not self.enabled:
+            return -1
+        self.data.extend(
+            (self.step, kind, group, peer, payload, tag, self.channel, t0 - self.last_end,
+             t1 - t0, ref)
+        )  # fmt: skip
+        self.last_end = t1
+        self.count += 1
+        return self.count - 1
+
+    def records(self) -> np.ndarray:
+        """The records as a structured array (see the module docstring)."""
+        flat = np.frombuffer(self.data, dtype=np.float64).reshape(-1, WIDTH)
+        out = np.empty(len(flat), dtype=DTYPE)
+        for i, name in enumerate(FIELDS):
+            out[name] = flat[:, i]
+        return out
+
+    def load(self, records: np.ndarray) -> None:
+        """Replace the records (a resumed run goes on from its checkpoint's)."""
+        flat = np.stack([records[name].astype(np.float64) for name in FIELDS], axis=1)
+        self.data = array("d", flat.reshape(-1).tobytes())
+        self.count = len(records)
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Every rank's records of one run (see the module docstring for the schema)."""
+
+    world_size: int
+    groups: tuple[tuple[int, ...], ...]
+    channels: tuple[str, ...]
+    ranks: tuple[np.ndarray, ...]
+
+    def kind(self, record: np.void) -> str:
+        return KINDS[int(record["kind"])]
+
+    def links(self, rank: int, record: np.void) -> Links:
+        """The (src, dst) -> wire bytes that ``rank`` puts on its links for ``record``."""
+        kind = KINDS[int(record["kind"])]
+        if kind == "send":
+            return {(rank, int(record["peer"])): int(record["payload"])}
+        if kind in ("recv", "barrier", "wait"):
+            return {}
+        group = self.groups[int(record["group"])]
+        links = wire_links(kind, group, int(record["peer"]), int(record["payload"]))
+        return {link: b for link, b in links.items() if link[0] == rank}
+
+    def link_wire_bytes(self, channel: str = "algorithm") -> dict[tuple[int, int], int]:
+        """Wire bytes per (src, dst) link over the whole run, on one channel."""
+        if channel not in self.channels:
+            return {}
+        c = self.channels.index(channel)
+        out: dict[tuple[int, int], int] = {}
+        for rank, records in enumerate(self.ranks):
+            for record in records[records["channel"] == c]:
+                for link, b in self.links(rank, record).items():
+                    out[link] = out.get(link, 0) + b
+        return out
+
+    def wire_bytes(self, channel: str = "algorithm") -> int:
+        """Wire bytes of every rank on one channel (the summary's ``wire_bytes``)."""
+        return sum(self.link_wire_bytes(channel).values())
+
+
+def encode(
+    world_size: int,
+    groups: list[tuple[int, ...]],
+    channels: list[str],
+    ranks: list[np.ndarray],
+) -> str:
+    """The ``trace.npz.b64`` artifact text."""
+    meta = {
+        "version": VERSION,
+        "world_size": world_size,
+        "groups": [list(g) for g in groups],
+        "channels": list(channels),
+        "kinds": list(KINDS),
+    }
+    buffer = io.BytesIO()
+    arrays = {f"rank{r}": records for r, records in enumerate(ranks)}
+    np.savez_compressed(buffer, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def load(source: str | bytes | os.PathLike[str]) -> Trace:
+    """A :class:`Trace` from the artifact text, its bytes, or a path to either (or to the raw
+    ``.npz``)."""
+    data: bytes
+    if isinstance(source, bytes):
+        data = source
+    elif isinstance(source, os.PathLike) or (len(source) < 4096 and os.path.exists(source)):
+        with open(source, "rb") as f:
+            data = f.read()
+    else:
+        data = source.encode("ascii")
+    if not data.startswith(b"PK"):  # not a zip: base64 text
+        data = base64.b64decode(data)
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        meta: dict[str, Any] = json.loads(npz["meta"].tobytes().decode())
+        if meta.get("version") != VERSION or tuple(meta["kinds"]) != KINDS:
+            raise ValueError(f"unsupported trace version or kinds: {meta}")
+        ranks = tuple(npz[f"rank{r}"] for r in range(meta["world_size"]))
+    return Trace(
+        world_size=meta["world_size"],
+        groups=tuple(tuple(g) for g in meta["groups"]),
+        channels=tuple(meta["channels"]),
+        ranks=ranks,
+    )

@@ -1,0 +1,146 @@
+"""Wire bytes and the trace in a whole run: the summary, the per-step rows and the stored trace
+agree with one another, and the same seed gives the same wire bytes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from suite import trace
+from suite.config import RunConfig, apply_overrides
+from suite.launcher import launch
+from suite.loop import Job, Trainer
+from suite.transport import Transport
+
+SMALL = ["model.hidden=16", "eval_every=0", "eval_per_rank=false", "device=cpu", "log_every=2"]
+
+
+class _Rows:
+    """A metrics sink that keeps what rank 0 logs."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, dict]] = []
+
+    def log(self, step: int, metrics: dict) -> None:
+        self.rows.append((step, dict(metrics)))
+
+    def close(self) -> None:
+        pass
+
+
+def _train(cfg: RunConfig) -> tuple | None:
+    sink = _Rows()
+    transport = Transport()
+    job = Job(cfg, target="test", paper="test", progress=False)
+    summary, artifacts = Trainer(job, transport, sink if transport.rank == 0 else None).run()
+    if summary is None:
+        return None
+    return summary, artifacts, sink.rows
+
+
+def _run(n: int, *items: str) -> tuple[dict, dict, list]:
+    cfg = apply_overrides(RunConfig(), [*SMALL, f"nproc={n}", *items])
+    return launch(_train, n, (cfg,))[0]
+
+
+@pytest.fixture(scope="module")
+def allreduce() -> tuple[dict, dict, list]:
+    return _run(3, "algorithm=allreduce_sgd", "steps=4")
+
+
+def test_summary_and_rows_carry_wire_bytes(allreduce: tuple) -> None:
+    summary, _, rows = allreduce
+    n = summary["num_params"] * 4
+    # ring all-reduce on 3 ranks: 2 (N-1) n per step on the wire, n per rank of payload
+    assert summary["wire_bytes"] == 4 * 2 * 2 * n
+    assert summary["bytes_sent"] == 4 * 3 * n
+    per_rank = [r["wire_bytes"] for r in summary["per_rank"]]
+    assert sum(per_rank) == summary["wire_bytes"] and summary["wire_bytes_max"] == max(per_rank)
+    assert summary["link_wire_bytes_max"] == max(per_rank)  # one out-link per rank: the ring
+    wire_rows = [m["wire_bytes"] for _, m in rows if "wire_bytes" in m]
+    assert wire_rows == [(s + 1) * 2 * 2 * n for s in range(4)]  # cumulative, summed over ranks
+
+
+def test_the_trace_has_one_record_per_op_in_order(allreduce: tuple) -> None:
+    summary, artifacts, _ = allreduce
+    tr = trace.load(artifacts[trace.ARTIFACT])
+    comm = json.loads(artifacts["comm.json"])
+    assert tr.world_size == 3 and tr.channels[:2] == ("algorithm", "harness")
+    for rank, records in enumerate(tr.ranks):
+        algo = records[records["channel"] == tr.channels.index("algorithm")]
+        assert [trace.KINDS[k] for k in algo["kind"]] == ["all_reduce"] * 4
+        assert list(algo["step"]) == [0, 1, 2, 3]
+        assert (records["gap"] >= 0).all() and (records["seconds"] >= 0).all()
+        assert (np.diff(records["step"]) >= 0).all()
+        # every counted call is a record; the end-of-run gather of the counters (a size
+        # exchange and a gather) ran after they were read and before the trace was
+        harness = records[records["channel"] == tr.channels.index("harness")]
+        assert len(algo) == comm[rank]["algorithm"]["calls"]
+        assert len(harness) == comm[rank]["harness"]["calls"] + 2
+    assert tr.wire_bytes() == summary["wire_bytes"]
+    assert max(tr.link_wire_bytes().values()) == summary["link_wire_bytes_max"]
+
+
+def test_a_point_to_point_trace_replays_the_summary_and_waits_point_back() -> None:
+    summary, artifacts, _ = _run(3, "algorithm=eventgrad", "steps=6")
+    tr = trace.load(artifacts[trace.ARTIFACT])
+    assert tr.wire_bytes() == summary["wire_bytes"] > 0
+    for records in tr.ranks:
+        kinds = [trace.KINDS[k] for k in records["kind"]]
+        assert "send" in kinds and "wait" in kinds
+        for i in np.flatnonzero(records["kind"] == trace.KIND["wait"]):
+            ref = records["ref"][i]
+            assert 0 <= ref < i and kinds[ref] in ("send", "recv")
+            assert records["peer"][ref] == records["peer"][i]
+        assert (records["gap"] >= 0).all()
+
+
+def test_the_same_seed_gives_the_same_wire_bytes() -> None:
+    runs = [_run(2, "algorithm=eventgrad", "steps=6", "seed=3") for _ in range(2)]
+    (a, art_a, _), (b, art_b, _) = runs
+    assert a["wire_bytes"] == b["wire_bytes"] > 0
+    assert a["link_wire_bytes_max"] == b["link_wire_bytes_max"]
+    la = trace.load(art_a[trace.ARTIFACT]).link_wire_bytes()
+    assert la == trace.load(art_b[trace.ARTIFACT]).link_wire_bytes()
+
+
+def test_load_reads_the_artifact_from_a_path(allreduce: tuple, tmp_path) -> None:
+    _, artifacts, _ = allreduce
+    path = tmp_path / trace.ARTIFACT
+    path.write_text(artifacts[trace.ARTIFACT])
+    tr = trace.load(path)
+    assert tr.wire_bytes() == trace.load(artifacts[trace.ARTIFACT]).wire_bytes()
+
+
+def _whole_and_resumed(cfg: RunConfig, folder: str) -> tuple[dict, dict] | None:
+    """Artifacts of a run checkpointed after step 5, and of the same run resumed from there."""
+    from suite import checkpoint as ckpt
+
+    first = Job(cfg, "t", "p", progress=False, checkpoint=ckpt.Checkpointing(folder, every=5))
+    _, whole = Trainer(first, Transport()).run()
+    resumed = dataclasses.replace(first, checkpoint=ckpt.Checkpointing(folder, 5, resume=True))
+    _, again = Trainer(resumed, Transport()).run()
+    return (whole, again) if whole else None
+
+
+def _algorithm_ops(tr: trace.Trace) -> list[list[tuple]]:
+    c = tr.channels.index("algorithm")
+    return [
+        [
+            (int(r["step"]), trace.KINDS[r["kind"]], tr.groups[r["group"]], int(r["peer"]),
+             int(r["payload"]), int(r["tag"]))
+            for r in records[records["channel"] == c]
+        ]
+        for records in tr.ranks
+    ]  # fmt: skip
+
+
+def test_a_resumed_run_keeps_the_trace_of_its_first_life(tmp_path) -> None:
+    cfg = apply_overrides(RunConfig(), [*SMALL, "nproc=3", "algorithm=eventgrad", "steps=8"])
+    whole, again = launch(_whole_and_resumed, 3, (cfg, str(tmp_path)))[0]
+    ops = _algorithm_ops(trace.load(whole[trace.ARTIFACT]))
+    assert {op[0] for op in ops[0]} == set(range(8))
+    assert _algorithm_ops(trace.load(again[trace.ARTIFACT])) == ops
