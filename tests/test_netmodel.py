@@ -1,0 +1,215 @@
+"""The network model (suite.netmodel) on hand-built traces: closed forms for one send, a ring
+all-reduce and tree collectives, serialisation on a rank's uplink and downlink, a straggler
+holding a collective, compute_scale, the switch cap, harness ops; and the per-round bytes sum
+to suite.wire's links."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from suite import netmodel, wire
+from suite.config import ConfigError
+from suite.netmodel import Link, Network, replay
+from suite.network import NetworkSpec
+from suite.trace import DTYPE, KIND, Trace
+
+BW = 1e9  # bits/s
+LAT = 1e-3
+NET = NetworkSpec(BW, LAT)
+B = BW / 8  # bytes/s
+
+
+def _trace(world: int, ranks: dict[int, list[tuple]], groups=None) -> Trace:
+    """Records as (step, kind, peer, payload, tag, gap[, ref[, channel]]), group 0 = everyone."""
+    arrays = []
+    for r in range(world):
+        rows = []
+        for rec in ranks.get(r, []):
+            step, kind, peer, n, tag, gap, *rest = rec
+            ref = rest[0] if rest else -1
+            channel = rest[1] if len(rest) > 1 else 0
+            group = rest[2] if len(rest) > 2 else 0
+            rows.append((step, KIND[kind], group, peer, n, tag, channel, gap, 0.0, ref))
+        arrays.append(np.array(rows, dtype=DTYPE))
+    return Trace(world, groups or (tuple(range(world)),), ("algorithm", "harness"), tuple(arrays))
+
+
+def _p2p(*pairs: tuple[str, int, int]) -> list[tuple]:
+    """Blocking sends/recvs (kind, peer, bytes), each an issue plus its wait, step 0."""
+    out = []
+    for kind, peer, n in pairs:
+        out.append((0, kind, peer, n, 0, 0.0))
+        out.append((0, "wait", peer, n, 0, 0.0, len(out) - 1))
+    return out
+
+
+def test_one_send_costs_latency_plus_bytes_over_bandwidth() -> None:
+    n = 1_000_000
+    tl = replay(_trace(2, {0: _p2p(("send", 1, n)), 1: _p2p(("recv", 0, n))}), NET)
+    assert tl.finish[1] == pytest.approx(LAT + n / B)
+    assert tl.finish[0] == pytest.approx(n / B)  # the sender is done when its bytes have left
+    assert tl.network_seconds == pytest.approx(LAT + n / B)
+
+
+@pytest.mark.parametrize("N", [2, 4])
+def test_ring_all_reduce_costs_its_rounds(N: int) -> None:
+    n = 4_000_000
+    tr = _trace(N, {r: [(0, "all_reduce", -1, n, 0, 0.0)] for r in range(N)})
+    expected = 2 * (N - 1) * (LAT + n / N / B)
+    assert replay(tr, NET).network_seconds == pytest.approx(expected)
+
+
+def test_all_gather_and_tree_collectives_cost_their_rounds() -> None:
+    n, N = 1000, 8
+    for kind, expected in [
+        ("all_gather", (N - 1) * (LAT + n / B)),
+        ("broadcast", 3 * (LAT + n / B)),
+        ("reduce", 3 * (LAT + n / B)),
+        ("gather", 3 * LAT + (1 + 2 + 4) * n / B),  # subtrees grow toward the root
+        ("barrier", 3 * LAT),
+    ]:
+        tr = _trace(N, {r: [(0, kind, 0, n, 0, 0.0)] for r in range(N)})
+        assert replay(tr, NET).network_seconds == pytest.approx(expected), kind
+
+
+@pytest.mark.parametrize("N", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("op", ["all_reduce", "all_gather", "broadcast", "reduce", "gather"])
+def test_rounds_sum_to_the_wire_links(op: str, N: int) -> None:
+    group = tuple(range(10, 10 + N))
+    for root in (group[0], group[-1]):
+        total: dict[tuple[int, int], int] = {}
+        for links in netmodel.rounds(op, group, root, 1003):
+            for link, b in links.items():
+                total[link] = total.get(link, 0) + b
+        assert total == wire.wire_links(op, group, root, 1003)
+
+
+def test_two_sends_from_one_rank_serialise_on_its_uplink() -> None:
+    n = 1_000_000
+    tr = _trace(
+        3,
+        {
+            0: [(0, "send", 1, n, 0, 0.0), (0, "send", 2, n, 0, 0.0),
+                (0, "wait", 1, n, 0, 0.0, 0), (0, "wait", 2, n, 0, 0.0, 1)],
+            1: _p2p(("recv", 0, n)),
+            2: _p2p(("recv", 0, n)),
+        },
+    )  # fmt: skip
+    tl = replay(tr, NET)
+    assert tl.finish[1] == pytest.approx(LAT + n / B)
+    assert tl.finish[2] == pytest.approx(LAT + 2 * n / B)
+
+
+def test_two_sends_into_one_rank_serialise_on_its_downlink() -> None:
+    n = 1_000_000
+    tr = _trace(
+        3,
+        {
+            0: _p2p(("send", 2, n)),
+            1: _p2p(("send", 2, n)),
+            2: [(0, "recv", 0, n, 0, 0.0), (0, "recv", 1, n, 0, 0.0),
+                (0, "wait", 0, n, 0, 0.0, 0), (0, "wait", 1, n, 0, 0.0, 1)],
+        },
+    )  # fmt: skip
+    tl = replay(tr, NET)
+    assert tl.finish[2] == pytest.approx(LAT + 2 * n / B)
+    assert sorted(tl.finish[:2]) == pytest.approx([n / B, 2 * n / B])
+
+
+def test_recv_matches_sends_by_tag_and_order() -> None:
+    small, big = 1000, 1_000_000
+    # rank 0 sends tag 1 (big) first, then tag 0 (small); rank 1 waits for tag 0 only
+    tr = _trace(
+        2,
+        {
+            0: [(0, "send", 1, big, 1, 0.0), (0, "send", 1, small, 0, 0.0)],
+            1: [(0, "recv", 0, small, 0, 0.0), (0, "wait", 0, small, 0, 0.0, 0)],
+        },
+    )
+    assert replay(tr, NET).finish[1] == pytest.approx(LAT + (big + small) / B)
+
+
+def test_a_straggler_holds_a_collective_for_everyone() -> None:
+    n, slow = 4_000_000, 0.5
+    tr = _trace(4, {r: [(0, "all_reduce", -1, n, 0, slow if r == 2 else 0.01)] for r in range(4)})
+    tl = replay(tr, NET)
+    assert tl.finish == pytest.approx([slow + 6 * (LAT + n / 4 / B)] * 4)
+
+
+def test_compute_scale_scales_only_compute() -> None:
+    n, gap = 4_000_000, 0.2
+    tr = _trace(4, {r: [(s, "all_reduce", -1, n, 0, gap) for s in range(3)] for r in range(4)})
+    comm = 6 * (LAT + n / 4 / B)
+    assert replay(tr, NET).network_seconds == pytest.approx(3 * (gap + comm))
+    assert replay(tr, NET, compute_scale=0.25).network_seconds == pytest.approx(
+        3 * (gap / 4 + comm)
+    )
+    tl = replay(tr, NET, compute_scale=0)
+    assert tl.step_end[0] == pytest.approx([comm, 2 * comm, 3 * comm])
+
+
+def test_a_switch_cap_slows_concurrent_transfers() -> None:
+    n = 1_000_000
+    tr = _trace(4, {0: _p2p(("send", 1, n)), 1: _p2p(("recv", 0, n)),
+                    2: _p2p(("send", 3, n)), 3: _p2p(("recv", 2, n))})  # fmt: skip
+    free = replay(tr, NET).network_seconds
+    assert free == pytest.approx(LAT + n / B)  # disjoint links: concurrent
+    capped = replay(tr, Network(NET, switch_bps=BW)).network_seconds
+    assert capped == pytest.approx(LAT + 2 * n / B)  # one link's rate for both
+    assert replay(tr, Network(NET, switch_bps=4 * BW)).network_seconds == pytest.approx(free)
+
+
+def test_per_rank_link_overrides_and_measured_latency() -> None:
+    n = 1_000_000
+    tr = _trace(2, {0: _p2p(("send", 1, n)), 1: _p2p(("recv", 0, n))})
+    slow_down = Network(NET, links={1: Link(down_bps=BW / 10)})
+    assert replay(tr, slow_down).network_seconds == pytest.approx(LAT + 10 * n / B)
+    far = Network(NET, links={0: Link(latency_s=0.05)})
+    assert replay(tr, far).network_seconds == pytest.approx(0.05 + n / B)
+    unset = NetworkSpec(BW)  # the spec sets no latency: the measured one, else the default
+    assert replay(tr, Network(unset, measured_latency_s=2e-3)).network_seconds == pytest.approx(
+        2e-3 + n / B
+    )
+    assert replay(tr, unset).network_seconds == pytest.approx(netmodel.DEFAULT_LATENCY_S + n / B)
+
+
+def test_harness_ops_are_skipped_but_their_gaps_kept() -> None:
+    n = 4_000_000
+    recs = [(0, "all_reduce", -1, n, 0, 0.1, -1, 1), (0, "all_reduce", -1, 8, 0, 0.2)]
+    tr = _trace(2, {r: recs for r in range(2)})
+    comm = 2 * (LAT + n / 2 / B), 2 * (LAT + 4 / B)
+    assert replay(tr, NET).network_seconds == pytest.approx(0.3 + comm[1])
+    assert replay(tr, NET, harness=True).network_seconds == pytest.approx(0.3 + sum(comm))
+
+
+def test_step_ends_and_seconds_to_target() -> None:
+    # step 0 and 2 communicate, step 1 does not: its end shares the gap before step 2's op
+    recs = [(0, "barrier", -1, 0, 0, 0.1), (2, "barrier", -1, 0, 0, 0.2)]
+    tl = replay(_trace(2, {0: recs, 1: recs}), NetworkSpec(BW, 0.0), steps=4)
+    assert tl.step_end[0] == pytest.approx([0.1, 0.2, 0.3, 0.4])  # step 3: mean compute
+    assert tl.seconds_to_step(2) == pytest.approx(0.2)
+    assert math.isnan(tl.seconds_to_step(5)) and math.isnan(tl.seconds_to_step(0))
+    out = netmodel.network_seconds(_trace(2, {0: recs, 1: recs}), "wan", steps_to_target=1)
+    assert out["network_seconds_to_target"] == pytest.approx(0.1 + 20e-3)
+    assert math.isnan(
+        netmodel.network_seconds(_trace(2, {0: recs, 1: recs}), "wan", steps_to_target=math.nan)[
+            "network_seconds_to_target"
+        ]
+    )
+
+
+def test_an_inconsistent_trace_is_refused() -> None:
+    tr = _trace(2, {0: [(0, "all_reduce", -1, 8, 0, 0.0)], 1: []})
+    with pytest.raises(ValueError, match="rank 0 blocked"):
+        replay(tr, NET)
+
+
+def test_a_network_by_name() -> None:
+    n = 1_000_000
+    tr = _trace(2, {0: _p2p(("send", 1, n)), 1: _p2p(("recv", 0, n))})
+    assert replay(tr, "wan").network_seconds == pytest.approx(20e-3 + n / (100e6 / 8))
+    with pytest.raises(ConfigError, match="datacenter"):
+        replay(tr, "fast")
