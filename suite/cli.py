@@ -185,10 +185,25 @@ def format_summary(summary: dict[str, Any], uri: str | None, experiment: str) ->
         f"{_fmt_bytes(summary['wire_bytes'])} on the wire)"
     )
     lines.append(f"wall time {summary['wall_seconds']:.1f} s")
+    if summary.get("network_seconds") is not None:
+        text = (
+            f"network model on {summary['network']}: {summary['network_seconds']:.3f} s,"
+            f" {summary['network_seconds_per_step'] * 1e3:.2f} ms/step"
+        )
+        if "network_seconds_to_target" in summary:
+            text += f", {summary['network_seconds_to_target']:.3f} s to the target"
+        lines.append(text + " (simulated: the run's trace replayed, suite.netmodel)")
     if summary.get("emulate"):
         from suite.emulate import describe
 
         lines.append(describe(summary))
+        if "emulated_model_seconds_per_step" in summary:
+            measured = summary["train_seconds"] / max(summary["steps"], 1)
+            lines.append(
+                f"  network model on {summary['emulate']}:"
+                f" {summary['emulated_model_seconds_per_step'] * 1e3:.2f} ms/step predicted,"
+                f" {measured * 1e3:.2f} ms/step measured (training time / steps)"
+            )
     if summary.get("run_id"):
         lines.append(
             f"MLflow run {summary['run_id']} in experiment {experiment!r} at {uri}"
@@ -219,6 +234,28 @@ def _emulation(args: argparse.Namespace, cfg: RunConfig, torchrun_rank: int | No
     device = cfg.device if cfg.device == "cuda" else resolve_device(cfg.device, cfg.nproc)
     emulate.check(spec, cfg.nproc, device=device, torchrun=torchrun_rank is not None)
     return emulate.Emulation(spec)
+
+
+def _emulated_model(summary: dict[str, Any], artifacts: Any, spec: Any) -> dict[str, float]:
+    """What the network model predicts for the emulated network itself, from this run's trace
+    (the set rate; half the measured round trip where the spec sets no latency): beside the
+    measured seconds, a check of the model against real links."""
+    from suite import netmodel, trace
+
+    rtt = summary.get("measured_rtt_s")
+    network = netmodel.Network(spec, measured_latency_s=None if rtt is None else rtt / 2)
+    try:
+        timeline = netmodel.replay(
+            trace.load(artifacts[trace.ARTIFACT]), network, steps=summary["steps"]
+        )
+    except (KeyError, ValueError) as err:
+        _say(f"warning: network model on the emulated network: {err}")
+        return {}
+    seconds = timeline.network_seconds
+    return {
+        "emulated_model_seconds": seconds,
+        "emulated_model_seconds_per_step": seconds / max(timeline.steps, 1),
+    }
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -311,6 +348,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary["wall_seconds"] = time.perf_counter() - start
     if emulation is not None:
         summary.update(emulation.summary())
+        summary.update(_emulated_model(summary, artifacts, emulation.spec))
     failed = writer is not None and not _end_finished(writer, uri, summary, artifacts)
     if checkpoint is not None and not failed:  # the run ended as it should: checkpoints spent
         from suite.checkpoint import remove

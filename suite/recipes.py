@@ -20,13 +20,14 @@ Recipes live in ``reproduce/<paper>/`` and register themselves in ``RECIPES`` un
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from suite.config import ConfigError, RunConfig, apply_overrides, to_json
+from suite.config import ConfigError, RunConfig, apply_overrides, flatten
 
 PROFILES = ("smoke", "full")
 HOLDS, FAILS, UNTESTABLE = "holds", "fails", "not testable"
@@ -267,8 +268,12 @@ def slug(text: str) -> str:
 
 
 def config_hash(target: str, cfg: RunConfig) -> str:
-    """Identity of a run for skipping: the target and the whole resolved config."""
-    return hashlib.sha256(f"{target}\n{to_json(cfg)}".encode()).hexdigest()[:16]
+    """Identity of a run for skipping: the target and the whole resolved config, less
+    ``network`` (a reporting knob: a stored run's trace replays on any network, so changing
+    it forces no rerun, and runs stored before it existed keep their hashes)."""
+    flat = {k: v for k, v in flatten(cfg).items() if k != "network"}
+    text = json.dumps(flat, indent=2, sort_keys=True)  # as config.to_json
+    return hashlib.sha256(f"{target}\n{text}".encode()).hexdigest()[:16]
 
 
 def recipes_of(paper: str) -> list[Recipe]:

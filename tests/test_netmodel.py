@@ -10,11 +10,14 @@ import math
 import numpy as np
 import pytest
 
-from suite import netmodel, wire
-from suite.config import ConfigError
+from suite import netmodel, trace, wire
+from suite.config import ConfigError, RunConfig, apply_overrides
+from suite.launcher import launch
+from suite.loop import Job, Trainer
 from suite.netmodel import Link, Network, replay
 from suite.network import NetworkSpec
 from suite.trace import DTYPE, KIND, Trace
+from suite.transport import Transport
 
 BW = 1e9  # bits/s
 LAT = 1e-3
@@ -213,3 +216,33 @@ def test_a_network_by_name() -> None:
     assert replay(tr, "wan").network_seconds == pytest.approx(20e-3 + n / (100e6 / 8))
     with pytest.raises(ConfigError, match="datacenter"):
         replay(tr, "fast")
+
+
+# -- in a run ----------------------------------------------------------------------------------
+
+
+def _train(cfg: RunConfig) -> tuple | None:
+    job = Job(cfg, target="test", paper="test", progress=False)
+    summary, artifacts = Trainer(job, Transport(), None).run()
+    return None if summary is None else (summary, artifacts)
+
+
+def test_a_run_summary_has_its_network_seconds() -> None:
+    cfg = apply_overrides(
+        RunConfig(),
+        ["algorithm=dpsgd", "nproc=3", "steps=20", "model.hidden=16", "device=cpu",
+         "eval_every=5", "target_accuracy=0.05", "network=wan"],
+    )  # fmt: skip
+    summary, artifacts = launch(_train, 3, (cfg,))[0]
+    art = artifacts[trace.ARTIFACT]
+    assert summary["network"] == "wan" and summary["steps_to_target"] == 5
+    # the summary's figures are the stored trace's replay, and a replay is deterministic
+    again = netmodel.network_seconds(art, "wan", steps=20, steps_to_target=5)
+    assert again == netmodel.network_seconds(art, "wan", steps=20, steps_to_target=5)
+    assert {k: summary[k] for k in again} == again
+    assert 0 < summary["network_seconds_to_target"] < summary["network_seconds"]
+    # 20 steps of gossip with 2 neighbours each, at least 20 ms latency per step on wan
+    assert summary["network_seconds"] > 20 * 20e-3
+    fast = netmodel.network_seconds(art, "datacenter", steps=20)["network_seconds"]
+    assert fast < summary["network_seconds"]
+    assert "model_comm_seconds" not in summary  # one model: the replay replaced the estimate
