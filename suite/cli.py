@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -646,6 +647,64 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay a stored run's trace (RUN_ID, or a trace.npz.b64 file) on networks."""
+    from suite import netmodel
+    from suite.network import PRESETS, parse_network
+
+    networks = [parse_network(text) for text in args.network or PRESETS]  # ConfigError: exit 2
+    if not (math.isfinite(args.compute_scale) and args.compute_scale >= 0):
+        raise UsageError(f"--compute-scale must be finite and >= 0, got {args.compute_scale}")
+    tr, steps, to_target = _stored_trace(args.run, args.tracking_uri)
+    rows = []
+    for spec in networks:
+        figures = netmodel.network_seconds(
+            tr, spec, steps=steps, steps_to_target=to_target, compute_scale=args.compute_scale
+        )
+        rows.append({"network": str(spec), **figures})
+    if args.json:
+        for row in rows:
+            _print_json(row)
+        return 0
+    print(f"{'network':<16} {'seconds':>10} {'ms/step':>10} {'s to target':>12}")
+    for row in rows:
+        target = row.get("network_seconds_to_target")
+        print(
+            f"{row['network']:<16} {row['network_seconds']:>10.3f}"
+            f" {row['network_seconds_per_step'] * 1e3:>10.2f}"
+            f" {'' if target is None else f'{target:.3f}':>12}"
+        )
+    return 0
+
+
+def _stored_trace(run: str, explicit_uri: str | None) -> tuple[Any, int | None, float | None]:
+    """The trace of a trace file or a tracked run, with the run's steps and steps to target."""
+    from suite import trace
+
+    if os.path.isfile(run):
+        try:
+            return trace.load(run), None, None
+        except (ValueError, OSError, KeyError) as err:
+            raise UsageError(f"{run} is not a trace artifact ({trace.ARTIFACT}): {err}") from None
+    from suite.tracking import open_client
+
+    uri = _checked_uri(explicit_uri)
+    client = open_client(uri)
+    try:
+        stored = client.get_run(run)
+    except Exception:  # MlflowException: no such run
+        raise UsageError(f"no run or trace file {run!r} (store {uri})") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run, trace.ARTIFACT, tmp)
+        except Exception:
+            raise UsageError(f"run {run} has no {trace.ARTIFACT} (stored before traces)") from None
+        tr = trace.load(path)
+    metrics = stored.data.metrics
+    steps = metrics.get("final.steps")
+    return tr, None if steps is None else int(steps), metrics.get("final.steps_to_target")
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from suite.reproduce import reproduce
 
@@ -796,6 +855,27 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--hang-timeout", type=float, default=40.0, help="as for `suite run`")
     res.set_defaults(func=cmd_resume)
 
+    rp = sub.add_parser(
+        "replay",
+        help="simulated time of a stored run on other networks (its trace replayed)",
+        description="Replay RUN_ID's communication trace (or a trace.npz.b64 file) on each "
+        "NETWORK (default: every preset) with suite.netmodel and print simulated seconds, per "
+        "step and to the run's target accuracy. NETWORK: " + _network_help(),
+    )
+    rp.add_argument("run", metavar="RUN_ID", help="MLflow run id, or a trace.npz.b64 file")
+    rp.add_argument(
+        "--network", action="append", metavar="NETWORK", help="repeatable; default: the presets"
+    )
+    rp.add_argument(
+        "--compute-scale",
+        type=float,
+        default=1.0,
+        help="multiply the measured compute (0.1: a 10x faster accelerator; default 1)",
+    )
+    rp.add_argument("--tracking-uri", help="MLflow store (default as for `suite run`)")
+    rp.add_argument("--json", action="store_true", help="one JSON line per network")
+    rp.set_defaults(func=cmd_replay)
+
     rep = sub.add_parser(
         "reproduce",
         help="run a paper's recipes, check its claims, write reports/PAPER/",
@@ -851,6 +931,12 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--data-dir", required=True)
     dl.set_defaults(func=cmd_data)
     return parser
+
+
+def _network_help() -> str:
+    from suite.network import GRAMMAR, describe_presets
+
+    return f"a preset ({describe_presets()}) or {GRAMMAR}"
 
 
 def _seconds(text: str) -> float:

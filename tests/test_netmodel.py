@@ -5,10 +5,13 @@ to suite.wire's links."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import last_json, suite_cmd
 
 from suite import netmodel, trace, wire
 from suite.config import ConfigError, RunConfig, apply_overrides
@@ -246,3 +249,31 @@ def test_a_run_summary_has_its_network_seconds() -> None:
     fast = netmodel.network_seconds(art, "datacenter", steps=20)["network_seconds"]
     assert fast < summary["network_seconds"]
     assert "model_comm_seconds" not in summary  # one model: the replay replaced the estimate
+    # the same seed gives the same ops, so the same simulated communication time
+    art2 = launch(_train, 3, (cfg,))[0][1][trace.ARTIFACT]
+    comm = [netmodel.replay(trace.load(a), "wan", compute_scale=0) for a in (art, art2)]
+    assert comm[0].network_seconds == comm[1].network_seconds
+    assert comm[0].step_end.tolist() == comm[1].step_end.tolist()
+
+
+def test_suite_replay_reads_a_tracked_run_and_agrees_with_its_summary(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = suite_cmd(
+        "run", "allreduce_sgd", "--nproc", "2", "--steps", "10", "--json", "--quiet",
+        "--tracking-uri", uri, "--set", "model.hidden=16", "--set", "eval_every=5",
+        "--set", "target_accuracy=0.05", "--set", "network=wan", cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    summary = last_json(run.stdout)
+    assert summary["network"] == "wan" and summary["steps_to_target"] == 5
+    proc = suite_cmd(
+        "replay", summary["run_id"], "--network", "wan", "--network", "datacenter", "--json",
+        "--tracking-uri", uri, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    wan, datacenter = (json.loads(line) for line in proc.stdout.splitlines())
+    for key in ("network_seconds", "network_seconds_per_step", "network_seconds_to_target"):
+        assert wan[key] == pytest.approx(summary[key], rel=1e-12)
+    assert datacenter["network_seconds"] < wan["network_seconds"]
+    bad = suite_cmd("replay", summary["run_id"], "--network", "10mb", cwd=tmp_path)
+    assert bad.returncode == 2 and "wan (100mbit:20ms)" in bad.stderr
