@@ -182,15 +182,39 @@ def rounds(
 # -- the replay --------------------------------------------------------------------------------
 
 
+class Links:
+    """Every rank's uplink and downlink, and the switch, as FIFO servers in simulated time: the
+    link model a replay and the straggler clock (:class:`suite.stragglers.VirtualClock`) share."""
+
+    def __init__(self, network: Network | NetworkSpec | str, world_size: int) -> None:
+        net = as_network(network)
+        self.up, self.down, self.lat = net.rank_figures(world_size)
+        self.switch = None if net.switch_bps is None else net.switch_bps / 8
+        self.switch_free = 0.0
+        self.up_free = [0.0] * world_size
+        self.down_free = [0.0] * world_size
+
+    def transfer(self, src: int, dst: int, n: int, t: float) -> tuple[float, float]:
+        """Place ``n`` bytes from ``src`` to ``dst`` issued at ``t`` (after every transfer placed
+        before it on either link); (time its bytes have left, time they have arrived)."""
+        start = max(t, self.up_free[src], self.down_free[dst])
+        end = start + n / min(self.up[src], self.down[dst])
+        if self.switch is not None:
+            self.switch_free = max(self.switch_free, start) + n / self.switch
+            end = max(end, self.switch_free)
+        self.up_free[src] = self.down_free[dst] = end
+        return end, end + max(self.lat[src], self.lat[dst])
+
+
 class _Sim:
     def __init__(self, trace: Trace, net: Network, compute_scale: float, harness: bool) -> None:
         self.trace = trace
         self.W = trace.world_size
-        self.up, self.down, self.lat = net.rank_figures(self.W)
-        self.switch = None if net.switch_bps is None else net.switch_bps / 8
-        self.switch_free = 0.0
-        self.up_free = [0.0] * self.W
-        self.down_free = [0.0] * self.W
+        self.links = Links(net, self.W)
+        self.up, self.down, self.lat = self.links.up, self.links.down, self.links.lat
+        self.switch = self.links.switch
+        self.up_free, self.down_free = self.links.up_free, self.links.down_free
+        self.transfer = self.links.transfer
         self.scale = compute_scale
         self.records = [self._prepare(r, harness) for r in range(self.W)]
         self.costs: dict[tuple[int, int, int, int], float] = {}
@@ -217,16 +241,6 @@ class _Sim:
                         new_index[ref] if kind == _WAIT else -1])  # fmt: skip
             carry = 0.0
         return out
-
-    def transfer(self, src: int, dst: int, n: int, t: float) -> tuple[float, float]:
-        """Place one transfer issued at ``t``; (time its bytes have left, arrival time)."""
-        start = max(t, self.up_free[src], self.down_free[dst])
-        end = start + n / min(self.up[src], self.down[dst])
-        if self.switch is not None:
-            self.switch_free = max(self.switch_free, start) + n / self.switch
-            end = max(end, self.switch_free)
-        self.up_free[src] = self.down_free[dst] = end
-        return end, end + max(self.lat[src], self.lat[dst])
 
     def collective(self, kind: int, g: int, root: int, n: int) -> float:
         """Seconds of one call, from its rounds (cached: a run repeats a few calls)."""

@@ -19,6 +19,7 @@ from suite.launcher import launch
 from suite.loop import Job, Trainer
 from suite.netmodel import Link, Network, replay
 from suite.network import NetworkSpec
+from suite.stragglers import StragglerConfig, StragglerModel, VirtualClock
 from suite.trace import DTYPE, KIND, Trace
 from suite.transport import Transport
 
@@ -277,3 +278,60 @@ def test_suite_replay_reads_a_tracked_run_and_agrees_with_its_summary(tmp_path: 
     assert datacenter["network_seconds"] < wan["network_seconds"]
     bad = suite_cmd("replay", summary["run_id"], "--network", "10mb", cwd=tmp_path)
     assert bad.returncode == 2 and "wan (100mbit:20ms)" in bad.stderr
+
+
+# -- the straggler clock on the same links -----------------------------------------------------
+
+
+@pytest.mark.parametrize("slow", [(), (1,)])
+@pytest.mark.parametrize("peers", ["ring", "complete"])
+def test_the_straggler_clock_and_the_replay_agree(slow: tuple[int, ...], peers: str) -> None:
+    """Full wait (b = 0), constant compute: a rank's iteration ends when its neighbours' models
+    have crossed the links, on both clocks."""
+    W, n, steps, tau = 4, 500_000, 6, 0.002
+    in_peers = [
+        sorted({(i - 1) % W, (i + 1) % W}) if peers == "ring" else [j for j in range(W) if j != i]
+        for i in range(W)
+    ]
+    cfg = StragglerConfig(kind="constant", base=tau, slow_ranks=slow, slow_factor=3.0,
+                          network="1gbit:1ms")  # fmt: skip
+    clock = VirtualClock(StragglerModel(cfg, W), in_peers, message_bytes=n)
+    ends = np.array([clock.step([0] * W).end.tolist() for _ in range(steps)]).T
+    records: dict[int, list[tuple]] = {}
+    for r in range(W):
+        gap = tau * (3.0 if r in slow else 1.0)
+        outs = [i for i in range(W) if r in in_peers[i]]
+        mine: list[tuple] = []
+        for t in range(steps):
+            mine += [(t, "send", i, n, t, gap if k == 0 else 0.0) for k, i in enumerate(outs)]
+            first = len(mine)
+            mine += [(t, "recv", j, n, t, 0.0) for j in in_peers[r]]
+            mine += [(t, "wait", j, n, t, 0.0, first + k) for k, j in enumerate(in_peers[r])]
+        records[r] = mine
+    tl = replay(_trace(W, records), "1gbit:1ms")
+    assert tl.step_end == pytest.approx(ends, rel=1e-9)
+    # the links are what makes an iteration long: 1 ms latency plus the model's transfers
+    assert ends[0, 0] > tau + 1e-3 + n / B
+
+
+def test_consensus_backup_clock_crosses_the_network() -> None:
+    base = ["algorithm=consensus_backup", "nproc=3", "steps=5", "model.hidden=16", "device=cpu",
+            "eval_every=0", "eval_per_rank=false", "algorithm.straggler.scale=0"]  # fmt: skip
+    seconds = {}
+    for net in ("", "wan"):
+        cfg = apply_overrides(RunConfig(), [*base, f"algorithm.straggler.network={net}"])
+        seconds[net] = launch(_train, 3, (cfg,))[0][0]["virtual_seconds"]
+    assert seconds[""] == pytest.approx(5 * 1.0)  # constant 1 s compute, instant links
+    # each iteration: 20 ms latency plus two models (one per peer) serialised on an uplink
+    assert seconds["wan"] > 5 * (1.0 + 20e-3)
+
+
+def test_the_network_knobs_and_a_runs_identity() -> None:
+    """``network`` only reports: it stays out of the hash reproduce skips by; the straggler
+    clock's network changes training, so it is in, except at '' (as runs stored before it)."""
+    from suite.recipes import config_hash
+
+    dybw = apply_overrides(RunConfig(), ["algorithm=dybw"])
+    assert config_hash("t", dybw) == config_hash("t", apply_overrides(dybw, ["network=wan"]))
+    slowed = apply_overrides(dybw, ["algorithm.straggler.network=wan"])
+    assert config_hash("t", dybw) != config_hash("t", slowed)
