@@ -37,6 +37,10 @@ Semantics, per rank, record by record (:mod:`suite.trace`'s schema):
 * harness-channel ops (the suite's own bookkeeping: metrics gathers, evaluation all-reduces,
   checkpoints) are skipped by default (``harness=False``), their gaps kept as compute.
 
+:class:`Links` is the link state alone (the straggler clock, :mod:`suite.stragglers`, sends
+over it); :func:`op_seconds` is one call's time on an idle network (the alpha-beta costs);
+:func:`network_seconds` gives a summary's figures from a trace or a stored artifact.
+
 Records before the first step (step -1: setup such as the initial parameter broadcast) are
 replayed without their gaps (model building and data loading are not training). A step's end
 on a rank is the end of its last record of that step; steps without records share the gap
@@ -55,7 +59,7 @@ import numpy as np
 
 from suite import wire
 from suite.network import NetworkSpec, parse_network
-from suite.trace import KIND, Trace, load
+from suite.trace import DTYPE, KIND, Trace, load
 
 DEFAULT_LATENCY_S = 50e-6  # one switched LAN hop, for a spec that sets no latency
 
@@ -394,6 +398,28 @@ def _step_ends(
     for s in range(prev_step + 1, steps):  # no records left: the mean compute per step
         out[s] = prev_end + (s - prev_step) * per_step
     return out, max(float(out[-1]) if steps else 0.0, prev_end)
+
+
+def op_seconds(
+    op: str, payload: int, world_size: int, network: Network | NetworkSpec | str
+) -> float:
+    """Seconds of one call of ``op`` (``payload`` bytes per rank, root 0, ranks ``0..N-1``) on
+    an otherwise idle network: a one-op trace replayed, so the same model as a run's."""
+    if op not in wire.OPS:
+        raise ValueError(f"no network model for op {op!r}; valid choices: {', '.join(wire.OPS)}")
+    ranks: dict[int, list[tuple]] = {}
+    if op == "send":
+        world_size = 2
+        ranks = {0: [(0, KIND["send"], 0, 1, payload, 0, 0, 0.0, 0.0, -1),
+                     (0, _WAIT, 0, 1, payload, 0, 0, 0.0, 0.0, 0)],
+                 1: [(0, _RECV, 0, 0, payload, 0, 0, 0.0, 0.0, -1),
+                     (0, _WAIT, 0, 0, payload, 0, 0, 0.0, 0.0, 0)]}  # fmt: skip
+    else:
+        one = (0, KIND[op], 0, 0, payload, 0, 0, 0.0, 0.0, -1)
+        ranks = {r: [one] for r in range(world_size)}
+    arrays = tuple(np.array(ranks[r], dtype=DTYPE) for r in range(world_size))
+    trace = Trace(world_size, (tuple(range(world_size)),), ("algorithm",), arrays)
+    return replay(trace, network).network_seconds
 
 
 def network_seconds(

@@ -335,3 +335,15 @@ def test_the_network_knobs_and_a_runs_identity() -> None:
     assert config_hash("t", dybw) == config_hash("t", apply_overrides(dybw, ["network=wan"]))
     slowed = apply_overrides(dybw, ["algorithm.straggler.network=wan"])
     assert config_hash("t", dybw) != config_hash("t", slowed)
+
+
+def test_op_seconds_give_the_alpha_beta_costs() -> None:
+    """One call on an idle network (what costmodel's Network.time gave): the same replay."""
+    net = NetworkSpec(8e6, 1e-3)  # 1 MB/s
+    # ring all-reduce of 1 MB on 4 ranks: 6 latencies + 2*3/4 MB at 1 MB/s
+    assert netmodel.op_seconds("all_reduce", 10**6, 4, net) == pytest.approx(6e-3 + 1.5)
+    assert netmodel.op_seconds("broadcast", 10**6, 4, net) == pytest.approx(2 * (1e-3 + 1.0))
+    assert netmodel.op_seconds("gather", 10**6, 4, net) == pytest.approx(2e-3 + 3.0)
+    assert netmodel.op_seconds("send", 10**6, 4, net) == pytest.approx(1e-3 + 1.0)
+    with pytest.raises(ValueError, match="valid choices"):
+        netmodel.op_seconds("alltoall", 1, 2, net)
