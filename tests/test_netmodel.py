@@ -347,3 +347,21 @@ def test_op_seconds_give_the_alpha_beta_costs() -> None:
     assert netmodel.op_seconds("send", 10**6, 4, net) == pytest.approx(1e-3 + 1.0)
     with pytest.raises(ValueError, match="valid choices"):
         netmodel.op_seconds("alltoall", 1, 2, net)
+
+
+def test_an_emulated_run_gets_the_models_prediction_beside_its_time(tmp_path: Path) -> None:
+    """--emulate: the model's seconds for the emulated network from the run's own trace (needs
+    root and iproute2, as tests/test_emulate.py's runs). Ring all-reduce of a 1.2 MB model on 2
+    ranks at 100 Mbit/s: about 0.1 s a step, measured and predicted (generous bounds)."""
+    proc = suite_cmd(
+        "run", "allreduce_sgd", "--nproc", "2", "--steps", "10", "--emulate", "100mbit",
+        "--json", "--quiet", "--no-track", "--set", "model.hidden=512,512",
+        "--set", "eval_every=0", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = last_json(proc.stdout)
+    predicted = out["emulated_model_seconds_per_step"]
+    assert predicted == pytest.approx(out["emulated_model_seconds"] / 10)
+    n = out["num_params"] * 4  # 2 rounds of n/2 bytes each at 12.5 MB/s
+    assert predicted > n / 12.5e6
+    assert 0.5 < out["train_seconds"] / 10 / predicted < 2.0
