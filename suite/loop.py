@@ -14,8 +14,9 @@ raises :class:`~suite.divergence.Diverged`; the launcher then stops every rank.
 Per-step rows (loss, cumulative algorithm bytes (payload and wire) and messages, compute and
 communication seconds, the algorithm's own metrics) stay on each rank and go to rank 0 every
 ``log_every`` steps in one harness gather; rank 0 shows a progress bar and hands them to MLflow.
-At the end rank 0 also gathers every rank's communication trace (:mod:`suite.trace`) and stores
-it with the run as ``trace.npz.b64``.
+At the end rank 0 also gathers every rank's communication trace (:mod:`suite.trace`), stores
+it with the run as ``trace.npz.b64`` and replays it on the config's ``network``
+(:mod:`suite.netmodel`) for the summary's ``network_seconds`` (and to the target).
 
 Evaluation (every ``eval_every`` steps and at the end) measures the averaged model (the mean of
 all ranks' parameters and buffers, each rank scoring an exact share of the test set) and, with
