@@ -659,8 +659,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     rows = []
     for spec in networks:
         figures = netmodel.network_seconds(
-            tr, spec, steps=steps, steps_to_target=to_target, compute_scale=args.compute_scale
-        )
+            tr, spec, steps=steps, steps_to_target=to_target, compute_scale=args.compute_scale,
+            harness=args.harness,
+        )  # fmt: skip
         rows.append({"network": str(spec), **figures})
     if args.json:
         for row in rows:
@@ -871,6 +872,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="multiply the measured compute (0.1: a 10x faster accelerator; default 1)",
+    )
+    rp.add_argument(
+        "--harness",
+        action="store_true",
+        help="also replay the harness's own ops (metric gathers, evaluations; default: skipped)",
     )
     rp.add_argument("--tracking-uri", help="MLflow store (default as for `suite run`)")
     rp.add_argument("--json", action="store_true", help="one JSON line per network")

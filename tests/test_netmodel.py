@@ -365,3 +365,21 @@ def test_an_emulated_run_gets_the_models_prediction_beside_its_time(tmp_path: Pa
     n = out["num_params"] * 4  # 2 rounds of n/2 bytes each at 12.5 MB/s
     assert predicted > n / 12.5e6
     assert 0.5 < out["train_seconds"] / 10 / predicted < 2.0
+
+
+def test_suite_replay_of_a_trace_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from suite import cli
+
+    recs = [(0, "all_reduce", -1, 10**6, 0, 0.1, -1, 1), (0, "all_reduce", -1, 8, 0, 0.2)]
+    tr = _trace(2, {r: recs for r in range(2)})
+    path = tmp_path / trace.ARTIFACT
+    path.write_text(trace.encode(2, list(tr.groups), list(tr.channels), list(tr.ranks)))
+    rows = {}
+    for flags in ((), ("--harness",)):
+        assert cli.main(["replay", str(path), "--network", "1gbit:1ms", "--json", *flags]) == 0
+        rows[flags] = json.loads(capsys.readouterr().out)
+    comm = 2 * (LAT + 10**6 / 2 / B), 2 * (LAT + 4 / B)
+    assert rows[()]["network_seconds"] == pytest.approx(0.3 + comm[1])
+    assert rows[("--harness",)]["network_seconds"] == pytest.approx(0.3 + sum(comm))
+    assert cli.main(["replay", str(path), "--network", "fast"]) == 2
+    assert "wan (100mbit:20ms)" in capsys.readouterr().err
