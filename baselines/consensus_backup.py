@@ -105,9 +105,11 @@ class ConsensusBackupConfig:
             raise ValueError(f"max_staleness must be >= 1, got {self.max_staleness}")
         if self.time_scale <= 0:
             raise ValueError(f"time_scale must be > 0, got {self.time_scale}")
-        if self.clock == "real" and (self.straggler.link_delay or self.straggler.link_jitter):
+        straggler = self.straggler
+        if self.clock == "real" and (straggler.link_delay or straggler.link_jitter
+                                     or straggler.network):  # fmt: skip
             raise ValueError("clock=real does not simulate link delays: set straggler.link_delay "
-                             "and straggler.link_jitter to 0")  # fmt: skip
+                             "and straggler.link_jitter to 0, straggler.network to ''")  # fmt: skip
 
     def check_world(self, nproc: int) -> None:
         """Ranks named in the straggler model must exist (checked before any rank starts)."""
@@ -187,10 +189,11 @@ class ConsensusBackup(Algorithm):
         self.out_peers = topology.out_peers(self.rank)
         self.real = config.clock == "real"
         self.straggler_model = StragglerModel(config.straggler, n, run_seed=ctx.seed)
-        self.clock = VirtualClock(
-            self.straggler_model, self.in_peers, config.late, config.max_staleness
-        )
         self.params = trainable(self.model.parameters())
+        message = sum(p.numel() * p.element_size() for p in self.params)  # the flat model sent
+        self.clock = VirtualClock(
+            self.straggler_model, self.in_peers, config.late, config.max_staleness, message
+        )
         self.last: Iteration | None = None
         self.waited_total = 0.0
         self.sent = 0

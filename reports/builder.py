@@ -50,7 +50,7 @@ CURVE_METRICS = (
 FINAL_METRICS = (
     "test_accuracy", "train_loss", "bytes_sent", "wire_bytes", "messages", "train_seconds",
     "wall_seconds",
-    "steps", "epochs", "world_size", "compute_seconds", "comm_seconds", "model_comm_seconds",
+    "steps", "epochs", "world_size", "compute_seconds", "comm_seconds", "network_seconds",
 )  # fmt: skip
 RUN_COLUMNS = (
     "run_id", "status", "start", "recipe", "row", "profile", "seed", "target", "diverged",
@@ -227,8 +227,9 @@ def target_accuracy(runs: pd.DataFrame, recipe: Recipe) -> tuple[float, str] | N
 
 def time_to_target(runs: pd.DataFrame, curves: pd.DataFrame, target: float) -> pd.DataFrame:
     """Per run: steps to the first evaluation at ``target`` accuracy or better, and the seconds
-    it took, measured (sum of step_seconds) and from the cost model (that fraction of the run's
-    compute seconds plus its modelled communication seconds). NaN where never reached."""
+    it took, measured (sum of step_seconds) and from the network model (that fraction of the
+    run's ``network_seconds``: its trace replayed on its ``network``, suite.netmodel). NaN where
+    never reached, and the model's NaN for runs stored before the network model."""
     out = []
     for run in runs.itertuples():
         mine = curves[curves["run_id"] == run.run_id]
@@ -241,7 +242,7 @@ def time_to_target(runs: pd.DataFrame, curves: pd.DataFrame, target: float) -> p
             secs = mine[(mine["metric"] == "step_seconds") & (mine["step"] <= step)]["value"]
             measured = float(secs.sum()) if not secs.empty else float("nan")
             if run.steps > 0:  # NaN compares False: a run without final.steps gets no model
-                model = steps / run.steps * (run.compute_seconds + run.model_comm_seconds)
+                model = steps / run.steps * run.network_seconds
         out.append(
             {"row": run.row, "seed": run.seed, "steps": steps, "measured": measured, "model": model}
         )
@@ -470,7 +471,7 @@ def fig_time_to_target(
     order = _hue(recipe, times)["hue_order"]
     kinds = {
         "measured": "measured on this machine",
-        "model": "cost model: compute + 10 Gbit/s, 50 µs network",
+        "model": "network model: the run's trace replayed on its network",
     }
     colors = sns.color_palette("colorblind", 4)[2:]
     top = float(times[list(kinds)].max().max()) if times[list(kinds)].notna().any().any() else 1.0
@@ -715,7 +716,8 @@ CAPTIONS = {
     "saved-vs-accuracy": "Up and to the right is better: fewer wire bytes (payload for older "
     "runs) for the same accuracy.",
     "time-to-target": "Seconds to the first evaluation at the target accuracy: as measured "
-    "here, and as the cost model predicts them on a 10 Gbit/s, 50 µs network.",
+    "here, and as the network model predicts them (suite.netmodel: the run's trace replayed on "
+    "its config's network, 1 Gbit/s and 50 µs unless set).",
     "firing": "How often each parameter tensor was sent, per method (event-triggered methods "
     "only; rank 0, mean over seeds).",
 }

@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -185,10 +186,25 @@ def format_summary(summary: dict[str, Any], uri: str | None, experiment: str) ->
         f"{_fmt_bytes(summary['wire_bytes'])} on the wire)"
     )
     lines.append(f"wall time {summary['wall_seconds']:.1f} s")
+    if summary.get("network_seconds") is not None:
+        text = (
+            f"network model on {summary['network']}: {summary['network_seconds']:.3f} s,"
+            f" {summary['network_seconds_per_step'] * 1e3:.2f} ms/step"
+        )
+        if "network_seconds_to_target" in summary:
+            text += f", {summary['network_seconds_to_target']:.3f} s to the target"
+        lines.append(text + " (simulated: the run's trace replayed, suite.netmodel)")
     if summary.get("emulate"):
         from suite.emulate import describe
 
         lines.append(describe(summary))
+        if "emulated_model_seconds_per_step" in summary:
+            measured = summary["train_seconds"] / max(summary["steps"], 1)
+            lines.append(
+                f"  network model on {summary['emulate']}:"
+                f" {summary['emulated_model_seconds_per_step'] * 1e3:.2f} ms/step predicted,"
+                f" {measured * 1e3:.2f} ms/step measured (training time / steps)"
+            )
     if summary.get("run_id"):
         lines.append(
             f"MLflow run {summary['run_id']} in experiment {experiment!r} at {uri}"
@@ -219,6 +235,28 @@ def _emulation(args: argparse.Namespace, cfg: RunConfig, torchrun_rank: int | No
     device = cfg.device if cfg.device == "cuda" else resolve_device(cfg.device, cfg.nproc)
     emulate.check(spec, cfg.nproc, device=device, torchrun=torchrun_rank is not None)
     return emulate.Emulation(spec)
+
+
+def _emulated_model(summary: dict[str, Any], artifacts: Any, spec: Any) -> dict[str, float]:
+    """What the network model predicts for the emulated network itself, from this run's trace
+    (the set rate; half the measured round trip where the spec sets no latency): beside the
+    measured seconds, a check of the model against real links."""
+    from suite import netmodel, trace
+
+    rtt = summary.get("measured_rtt_s")
+    network = netmodel.Network(spec, measured_latency_s=None if rtt is None else rtt / 2)
+    try:
+        timeline = netmodel.replay(
+            trace.load(artifacts[trace.ARTIFACT]), network, steps=summary["steps"]
+        )
+    except (KeyError, ValueError) as err:
+        _say(f"warning: network model on the emulated network: {err}")
+        return {}
+    seconds = timeline.network_seconds
+    return {
+        "emulated_model_seconds": seconds,
+        "emulated_model_seconds_per_step": seconds / max(timeline.steps, 1),
+    }
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -311,6 +349,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary["wall_seconds"] = time.perf_counter() - start
     if emulation is not None:
         summary.update(emulation.summary())
+        summary.update(_emulated_model(summary, artifacts, emulation.spec))
     failed = writer is not None and not _end_finished(writer, uri, summary, artifacts)
     if checkpoint is not None and not failed:  # the run ended as it should: checkpoints spent
         from suite.checkpoint import remove
@@ -608,6 +647,65 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay a stored run's trace (RUN_ID, or a trace.npz.b64 file) on networks."""
+    from suite import netmodel
+    from suite.network import PRESETS, parse_network
+
+    networks = [parse_network(text) for text in args.network or PRESETS]  # ConfigError: exit 2
+    if not (math.isfinite(args.compute_scale) and args.compute_scale >= 0):
+        raise UsageError(f"--compute-scale must be finite and >= 0, got {args.compute_scale}")
+    tr, steps, to_target = _stored_trace(args.run, args.tracking_uri)
+    rows = []
+    for spec in networks:
+        figures = netmodel.network_seconds(
+            tr, spec, steps=steps, steps_to_target=to_target, compute_scale=args.compute_scale,
+            harness=args.harness,
+        )  # fmt: skip
+        rows.append({"network": str(spec), **figures})
+    if args.json:
+        for row in rows:
+            _print_json(row)
+        return 0
+    print(f"{'network':<16} {'seconds':>10} {'ms/step':>10} {'s to target':>12}")
+    for row in rows:
+        target = row.get("network_seconds_to_target")
+        print(
+            f"{row['network']:<16} {row['network_seconds']:>10.3f}"
+            f" {row['network_seconds_per_step'] * 1e3:>10.2f}"
+            f" {'' if target is None else f'{target:.3f}':>12}"
+        )
+    return 0
+
+
+def _stored_trace(run: str, explicit_uri: str | None) -> tuple[Any, int | None, float | None]:
+    """The trace of a trace file or a tracked run, with the run's steps and steps to target."""
+    from suite import trace
+
+    if os.path.isfile(run):
+        try:
+            return trace.load(run), None, None
+        except (ValueError, OSError, KeyError) as err:
+            raise UsageError(f"{run} is not a trace artifact ({trace.ARTIFACT}): {err}") from None
+    from suite.tracking import open_client
+
+    uri = _checked_uri(explicit_uri)
+    client = open_client(uri)
+    try:
+        stored = client.get_run(run)
+    except Exception:  # MlflowException: no such run
+        raise UsageError(f"no run or trace file {run!r} (store {uri})") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run, trace.ARTIFACT, tmp)
+        except Exception:
+            raise UsageError(f"run {run} has no {trace.ARTIFACT} (stored before traces)") from None
+        tr = trace.load(path)
+    metrics = stored.data.metrics
+    steps = metrics.get("final.steps")
+    return tr, None if steps is None else int(steps), metrics.get("final.steps_to_target")
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from suite.reproduce import reproduce
 
@@ -758,6 +856,32 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--hang-timeout", type=float, default=40.0, help="as for `suite run`")
     res.set_defaults(func=cmd_resume)
 
+    rp = sub.add_parser(
+        "replay",
+        help="simulated time of a stored run on other networks (its trace replayed)",
+        description="Replay RUN_ID's communication trace (or a trace.npz.b64 file) on each "
+        "NETWORK (default: every preset) with suite.netmodel and print simulated seconds, per "
+        "step and to the run's target accuracy. NETWORK: " + _network_help(),
+    )
+    rp.add_argument("run", metavar="RUN_ID", help="MLflow run id, or a trace.npz.b64 file")
+    rp.add_argument(
+        "--network", action="append", metavar="NETWORK", help="repeatable; default: the presets"
+    )
+    rp.add_argument(
+        "--compute-scale",
+        type=float,
+        default=1.0,
+        help="multiply the measured compute (0.1: a 10x faster accelerator; default 1)",
+    )
+    rp.add_argument(
+        "--harness",
+        action="store_true",
+        help="also replay the harness's own ops (metric gathers, evaluations; default: skipped)",
+    )
+    rp.add_argument("--tracking-uri", help="MLflow store (default as for `suite run`)")
+    rp.add_argument("--json", action="store_true", help="one JSON line per network")
+    rp.set_defaults(func=cmd_replay)
+
     rep = sub.add_parser(
         "reproduce",
         help="run a paper's recipes, check its claims, write reports/PAPER/",
@@ -813,6 +937,12 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--data-dir", required=True)
     dl.set_defaults(func=cmd_data)
     return parser
+
+
+def _network_help() -> str:
+    from suite.network import GRAMMAR, describe_presets
+
+    return f"a preset ({describe_presets()}) or {GRAMMAR}"
 
 
 def _seconds(text: str) -> float:

@@ -150,6 +150,9 @@ class RunConfig:
     # to the first evaluation at this test accuracy or better (NaN if never reached)
     target_accuracy: float = 0.0
     fault: FaultConfig = field(default_factory=FaultConfig)
+    # the network the run's trace is replayed on for the summary's network_seconds (a preset or
+    # RATE[:LATENCY], see suite.network): reporting only, training does not depend on it
+    network: str = "1g"
 
 
 # Which registry each component field draws its names from: the run's own components, and
@@ -424,6 +427,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"target_accuracy must be in [0, 1], got {cfg.target_accuracy}")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise ConfigError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    from suite.network import parse_network  # here: suite.network imports this module
+
+    parse_network(cfg.network)  # ConfigError listing the presets and the grammar
     if cfg.fault.kind != "none" and not 0 <= cfg.fault.rank < cfg.nproc:
         raise ConfigError(f"fault.rank must be in [0, {cfg.nproc - 1}], got {cfg.fault.rank}")
     check_world = getattr(cfg.algorithm.args, "check_world", None)

@@ -1,9 +1,10 @@
-"""Analytic wire-cost model, beside (never instead of) the counts in :mod:`suite.transport`.
+"""Whole-group wire formulas, beside (never instead of) the counts in :mod:`suite.transport`.
 
 The transport counts what each rank hands to the backend. This module says what standard
-algorithms put on the wire for the same op, and how long that takes on a network with per-message
-latency ``alpha`` (seconds) and per-link bandwidth ``bandwidth`` (bytes/second), the usual
-alpha-beta model with beta = 1/bandwidth (Thakur, Rabenseifner and Gropp 2005):
+algorithms put on the wire for the same op. Time is :mod:`suite.netmodel`'s alone (one model:
+a run's trace replayed, or :func:`suite.netmodel.op_seconds` for one call); on an idle network
+of latency ``a`` and per-link bandwidth ``1/b`` (bytes/s) its rounds give the usual alpha-beta
+costs (Thakur, Rabenseifner and Gropp 2005) in the time column:
 
 ============  =======================  ===============================  =========================
 op            algorithm                wire bytes sent, whole group     time
@@ -24,11 +25,7 @@ the group total divided by N (ring ops are symmetric; for rooted ops it is an av
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 from suite import wire
-from suite.transport import CommStats, OpStats
 from suite.wire import OPS
 
 
@@ -51,51 +48,3 @@ def wire_bytes_per_rank(op: str, payload: float, world_size: int) -> float:
     if op == "send":
         return wire_bytes(op, payload, world_size)
     return wire_bytes(op, payload, world_size) / world_size
-
-
-@dataclass(frozen=True)
-class Network:
-    """A homogeneous network: per-message latency (s) and per-link bandwidth (bytes/s)."""
-
-    latency: float = 50e-6
-    bandwidth: float = 10e9 / 8  # 10 Gbit/s
-
-    def time(self, op: str, payload: float, world_size: int) -> float:
-        """Seconds for one call of ``op`` with ``payload`` bytes per rank."""
-        _check(op, world_size)
-        a, b, n, N = self.latency, 1.0 / self.bandwidth, payload, world_size
-        if op == "send":
-            return a + n * b
-        if N == 1:
-            return 0.0
-        depth = math.ceil(math.log2(N))
-        if op == "all_reduce":
-            return 2 * (N - 1) * a + 2 * (N - 1) / N * n * b
-        if op == "all_gather":
-            return (N - 1) * a + (N - 1) * n * b
-        if op == "gather":
-            return depth * a + (N - 1) * n * b
-        return depth * (a + n * b)  # broadcast, reduce
-
-    def estimate(self, stats: CommStats, world_size: int) -> float:
-        """Modelled seconds for one rank's counted traffic, op by op.
-
-        Every formula is linear in the number of calls and in the payload, so a rank's totals
-        suffice. Collectives are assumed to span ``world_size`` ranks; receives cost nothing
-        here (their sender pays).
-        """
-        total = 0.0
-        for op, s in stats.ops.items():
-            if op not in OPS or s.calls == 0:
-                continue
-            total += s.calls * self.time(op, payload_per_call(op, s, world_size), world_size)
-        return total
-
-
-def payload_per_call(op: str, s: OpStats, world_size: int) -> float:
-    """The per-rank payload n of one call, recovered from any participant's counters."""
-    if op in ("broadcast", "reduce"):  # the root sees n on the other side
-        return max(s.bytes_sent, s.bytes_recv) / s.calls
-    if op == "gather":
-        return max(s.bytes_sent, s.bytes_recv / max(world_size - 1, 1)) / s.calls
-    return s.bytes_sent / s.calls

@@ -14,8 +14,9 @@ raises :class:`~suite.divergence.Diverged`; the launcher then stops every rank.
 Per-step rows (loss, cumulative algorithm bytes (payload and wire) and messages, compute and
 communication seconds, the algorithm's own metrics) stay on each rank and go to rank 0 every
 ``log_every`` steps in one harness gather; rank 0 shows a progress bar and hands them to MLflow.
-At the end rank 0 also gathers every rank's communication trace (:mod:`suite.trace`) and stores
-it with the run as ``trace.npz.b64``.
+At the end rank 0 also gathers every rank's communication trace (:mod:`suite.trace`), stores
+it with the run as ``trace.npz.b64`` and replays it on the config's ``network``
+(:mod:`suite.netmodel`) for the summary's ``network_seconds`` (and to the target).
 
 Evaluation (every ``eval_every`` steps and at the end) measures the averaged model (the mean of
 all ranks' parameters and buffers, each rank scoring an exact share of the test set) and, with
@@ -48,10 +49,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from suite import checkpoint as ckpt
-from suite import trace
+from suite import netmodel, trace
 from suite.algorithms.base import Algorithm, Context
 from suite.config import RunConfig, flatten, to_json
-from suite.costmodel import Network
 from suite.divergence import Diverged
 from suite.launcher import heartbeat, placement, resolve_device
 from suite.optim import LARS, lars_param_groups
@@ -611,7 +611,6 @@ class Trainer:
             "algorithm": stats.to_dict(),
             "harness": self.transport.harness_stats.to_dict(),
             "compute_seconds": self.compute_seconds,
-            "model_comm_seconds": Network().estimate(stats, self.world),
             "totals": self.algorithm.totals(),
             "params_sha256": _state_digest(self.model),
             "checkpoints": self.checkpoint_timer.count,
@@ -633,7 +632,6 @@ class Trainer:
                 "wire_bytes": r["algorithm"]["wire_bytes"],
                 "comm_seconds": r["algorithm"]["seconds"],
                 "compute_seconds": r["compute_seconds"],
-                "model_comm_seconds": r["model_comm_seconds"],
                 "harness_bytes_sent": r["harness"]["bytes_sent"],
             }
             for r in everyone
@@ -673,10 +671,9 @@ class Trainer:
             ),
             "train_seconds": train_seconds,
             "samples_per_second": samples / max(train_seconds, 1e-9),
-            # means over ranks; the modelled time is on the default costmodel.Network
+            # means over ranks
             "compute_seconds": _mean(r["compute_seconds"] for r in per_rank),
             "comm_seconds": _mean(r["comm_seconds"] for r in per_rank),
-            "model_comm_seconds": _mean(r["model_comm_seconds"] for r in per_rank),
             "per_rank": per_rank,
             # every rank's parameters and buffers, bit for bit (equal runs have equal digests)
             "params_sha256": hashlib.sha256(
@@ -693,6 +690,8 @@ class Trainer:
         if cfg.target_accuracy:
             steps, seconds, clock = self.reached or (math.nan, math.nan, math.nan)
             summary.update(steps_to_target=steps, seconds_to_target=seconds, clock_to_target=clock)
+        merged = _merge_traces(self.world, traces)
+        summary.update(self._network_figures(merged))
         summary.update(totals)
         summary.update(self.algorithm.derived(totals) if totals else {})
         for key in ("test_accuracy_rank_mean", "test_accuracy_rank_min", "test_accuracy_rank_max"):
@@ -702,9 +701,32 @@ class Trainer:
             **artifacts,
             "config.json": to_json(cfg),
             "comm.json": json.dumps(everyone, indent=2),
-            trace.ARTIFACT: _encode_traces(self.world, traces),
+            trace.ARTIFACT: trace.encode(
+                merged.world_size,
+                list(merged.groups),
+                list(merged.channels),
+                list(merged.ranks),
+                list(merged.truncated),
+            ),
         }
         return summary, artifacts
+
+    def _network_figures(self, merged: trace.Trace) -> dict[str, Any]:
+        """The run's trace replayed on ``cfg.network`` (:mod:`suite.netmodel`): simulated
+        seconds in all, per step and, with ``target_accuracy``, to the target."""
+        target = None
+        if self.cfg.target_accuracy:
+            target = self.reached[0] if self.reached else math.nan
+        try:
+            figures = netmodel.network_seconds(
+                merged, self.cfg.network, steps=self.steps_run, steps_to_target=target
+            )
+        except ValueError as err:  # a trace the model cannot replay must not lose the run
+            print(f"warning: network model: {err}", file=sys.stderr, flush=True)
+            figures = {"network_seconds": math.nan, "network_seconds_per_step": math.nan}
+            if target is not None:
+                figures["network_seconds_to_target"] = math.nan
+        return {"network": self.cfg.network, **figures}
 
 
 def _busiest_link(everyone: list[dict[str, Any]]) -> int:
@@ -713,7 +735,7 @@ def _busiest_link(everyone: list[dict[str, Any]]) -> int:
     return max(links, default=0)
 
 
-def _encode_traces(world: int, traces: list[Any]) -> str:
+def _merge_traces(world: int, traces: list[Any]) -> trace.Trace:
     """Every rank's trace in one artifact, group and channel ids re-mapped onto rank 0's
     tables (extended with any group or channel only other ranks know)."""
     _, groups, channels, _ = traces[0]
@@ -732,4 +754,6 @@ def _encode_traces(world: int, traces: list[Any]) -> str:
         records["group"] = gmap[records["group"]]
         records["channel"] = cmap[records["channel"]]
         ranks.append(records)
-    return trace.encode(world, groups, channels, ranks, [t[3] for t in traces])
+    return trace.Trace(
+        world, tuple(groups), tuple(channels), tuple(ranks), tuple(t[3] for t in traces)
+    )

@@ -20,13 +20,14 @@ Recipes live in ``reproduce/<paper>/`` and register themselves in ``RECIPES`` un
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from suite.config import ConfigError, RunConfig, apply_overrides, to_json
+from suite.config import ConfigError, RunConfig, apply_overrides, flatten
 
 PROFILES = ("smoke", "full")
 HOLDS, FAILS, UNTESTABLE = "holds", "fails", "not testable"
@@ -266,9 +267,23 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+# Keys left out of a run's identity while at these values: knobs added after runs were stored,
+# whose value here reproduces those runs exactly (so they keep their hashes and are not rerun).
+ADDED_AT_NO_EFFECT = {"algorithm.straggler.network": ""}
+
+
 def config_hash(target: str, cfg: RunConfig) -> str:
-    """Identity of a run for skipping: the target and the whole resolved config."""
-    return hashlib.sha256(f"{target}\n{to_json(cfg)}".encode()).hexdigest()[:16]
+    """Identity of a run for skipping: the target and the whole resolved config, less
+    ``network`` (a reporting knob: a stored run's trace replays on any network, so changing
+    it forces no rerun, and runs stored before it existed keep their hashes) and the keys of
+    ``ADDED_AT_NO_EFFECT`` at their no-effect values."""
+    flat = {
+        k: v
+        for k, v in flatten(cfg).items()
+        if k != "network" and not (k in ADDED_AT_NO_EFFECT and v == ADDED_AT_NO_EFFECT[k])
+    }
+    text = json.dumps(flat, indent=2, sort_keys=True)  # as config.to_json
+    return hashlib.sha256(f"{target}\n{text}".encode()).hexdigest()[:16]
 
 
 def recipes_of(paper: str) -> list[Recipe]:

@@ -53,6 +53,10 @@ class StragglerConfig:
     slow_ranks: ranks that straggle; each is ``slow_factor`` times slower at an iteration with
         probability ``slow_prob`` (1: persistently slow; < 1: intermittently).
     link_delay, link_jitter: a message takes link_delay + Exp(mean link_jitter) to arrive.
+    network: "" (none), or a network (a preset or RATE[:LATENCY], :mod:`suite.network`) whose
+        links a message also crosses: :class:`suite.netmodel.Links`, the network model's own
+        link state (the sender's uplink and the receiver's downlink, FIFO, then the latency),
+        carrying the model's bytes; its seconds are virtual seconds.
     seed: draws of step t depend only on (seed, the run's seed, t), so every rank computes
         the same tables and each training seed meets its own stragglers.
     """
@@ -66,6 +70,7 @@ class StragglerConfig:
     link_delay: float = 0.0
     link_jitter: float = 0.0
     seed: int = 0
+    network: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in ("constant", "shifted_exp", "lognormal"):
@@ -80,6 +85,10 @@ class StragglerConfig:
             raise ValueError("link_delay and link_jitter must be >= 0")
         if not 0 <= self.seed <= 2**32 - 1:
             raise ValueError(f"straggler seed must be in [0, {2**32 - 1}], got {self.seed}")
+        if self.network:
+            from suite.network import parse_network
+
+            parse_network(self.network)  # a ConfigError (a ValueError) listing the presets
 
 
 class StragglerModel:
@@ -238,12 +247,17 @@ class VirtualClock:
     ``in_peers[i]`` are the neighbours whose models rank i may average with; ``step(b)`` advances
     every rank one iteration, rank i waiting for all but ``b[i]`` of them. ``late`` and
     ``max_staleness``: what happens to messages not waited for (see the module docstring); each
-    rank's messages are in ``inboxes[i]``."""
+    rank's messages are in ``inboxes[i]``. With the model's ``network`` set, every message of
+    ``message_bytes`` also crosses the network model's links (:class:`suite.netmodel.Links`):
+    each iteration the ranks send in order of their compute ends (then rank), each to its
+    out-peers in rank order, so the same exchange replayed by :func:`suite.netmodel.replay`
+    takes the same time."""
 
     model: StragglerModel
     in_peers: list[list[int]]
     late: Literal["drop", "use"] = "drop"
     max_staleness: int = 8
+    message_bytes: int = 0
     now: Tensor = field(init=False)  # each rank's end of its last iteration
     t: int = field(init=False, default=0)
     inboxes: list[Inbox] = field(init=False)
@@ -253,6 +267,24 @@ class VirtualClock:
             raise ValueError("in_peers needs one list of neighbours per rank")
         self.now = torch.zeros(self.model.world_size, dtype=torch.float64)
         self.inboxes = [Inbox(list(p), self.late, self.max_staleness) for p in self.in_peers]
+        self.links = None
+        if self.model.config.network:
+            from suite.netmodel import Links
+
+            self.links = Links(self.model.config.network, self.model.world_size)
+
+    def _link_delays(self, compute_end: Tensor) -> Tensor:
+        """[src, dst] seconds from src's compute end to its message's arrival at dst on the
+        network model's links (0 where src does not send to dst)."""
+        n = self.model.world_size
+        out = torch.zeros((n, n), dtype=torch.float64)
+        ends = compute_end.tolist()
+        for j in sorted(range(n), key=lambda j: (ends[j], j)):
+            for i in range(n):
+                if j in self.in_peers[i]:
+                    _, arrival = self.links.transfer(j, i, self.message_bytes, ends[j])
+                    out[j, i] = arrival - ends[j]
+        return out
 
     def finish(self) -> list[int]:
         """End of the run: drop every pending message; per rank, how many were dropped."""
@@ -265,6 +297,8 @@ class VirtualClock:
         use now and then); the rest of its n_i are the fastest."""
         tau, delays, slow = self.model.draw(self.t)
         start, compute_end = self.now, self.now + tau
+        if self.links is not None:
+            delays = delays + self._link_delays(compute_end)
         end = compute_end.clone()
         used: list[list[int]] = []
         arrivals: list[Tensor] = []

@@ -154,7 +154,8 @@ class Trace:
     groups: tuple[tuple[int, ...], ...]
     channels: tuple[str, ...]
     ranks: tuple[np.ndarray, ...]
-    truncated: tuple[bool, ...]  # per rank: records stop at MAX_RECORDS, before the run's end
+    # per rank: records stop at MAX_RECORDS, before the run's end (empty: none truncated)
+    truncated: tuple[bool, ...] = ()
 
     def kind(self, record: np.void) -> str:
         return KINDS[int(record["kind"])]
@@ -192,9 +193,10 @@ def encode(
     groups: list[tuple[int, ...]],
     channels: list[str],
     ranks: list[np.ndarray],
-    truncated: list[bool],
+    truncated: list[bool] | None = None,
 ) -> str:
-    """The ``trace.npz.b64`` artifact text."""
+    """The ``trace.npz.b64`` artifact text (``truncated``: per rank, default none)."""
+    truncated = truncated if truncated is not None else [False] * len(ranks)
     meta = {
         "version": VERSION,
         "world_size": world_size,

@@ -144,6 +144,22 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ),
     ("kept-smoothing-inf", [*RUN, "--set", "label_smoothing=inf"], ["in [0, 1)"]),
     ("kept-target-nan", [*RUN, "--set", "target_accuracy=nan"], ["in [0, 1]"]),
+    # the network the trace is replayed on: presets and the grammar listed
+    (
+        "new-network-unknown",
+        [*RUN, "--set", "network=10mb"],
+        [
+            "unknown network '10mb'",
+            "datacenter (100gbit:5us)",
+            "wan (100mbit:20ms)",
+            "RATE[:LATENCY]",
+        ],
+    ),
+    (
+        "new-network-rate-zero",
+        [*RUN, "--set", "network=0gbit:1ms"],
+        ["network '0gbit:1ms'", "bandwidth must be finite and > 0", "1g (1gbit:50us)"],
+    ),
     (
         "kept-compressor-ratio-nan",
         [
@@ -207,7 +223,9 @@ def test_bad_input_is_refused_before_any_rank_starts(
     assert os.listdir(no_start) == []  # no mlflow.db, no mlruns, nothing
 
 
-@pytest.mark.parametrize("case", ["new-nproc-64", "new-epochs-nan", "new-hang-timeout-nan"])
+@pytest.mark.parametrize(
+    "case", ["new-nproc-64", "new-epochs-nan", "new-hang-timeout-nan", "new-network-unknown"]
+)
 def test_the_real_cli_refuses_them_too(tmp_path: Path, case: str) -> None:
     argv, fragments = next(c[1:] for c in CASES if c[0] == case)
     proc = suite_cmd(*argv, cwd=tmp_path)

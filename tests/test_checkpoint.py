@@ -57,7 +57,9 @@ NOISY = {
     "samples_per_second",
     "compute_seconds",
     "comm_seconds",
-    "model_comm_seconds",
+    "network_seconds",  # replays measured compute gaps
+    "network_seconds_per_step",
+    "network_seconds_to_target",
     "per_rank",
     "run_id",
     "checkpoints",

@@ -76,6 +76,8 @@ def _deterministic(summary: dict) -> dict:
         "samples_per_second",
         "compute_seconds",
         "comm_seconds",
+        "network_seconds",  # replays the measured compute gaps
+        "network_seconds_per_step",
         "run_id",
         "per_rank",
     }

@@ -72,7 +72,7 @@ def _fake_run(client, exp_id: str, seed: int, acc: float, total: float, **kw) ->
         if step % 5 == 4:  # evaluations at steps 4 and 9
             metrics.append(Metric("test_accuracy", acc - (0.1 if step == 4 else 0.0), 0, step))
     finals = {"test_accuracy": acc, "bytes_sent": total, "messages": 10.0, "steps": STEPS}
-    finals |= {"compute_seconds": 0.05, "model_comm_seconds": 0.01}
+    finals |= {"compute_seconds": 0.05, "network_seconds": 0.06}
     metrics += [Metric(f"final.{k}", v, 0, STEPS) for k, v in finals.items()]
     client.log_batch(run_id, metrics=metrics, params=[Param("seed", str(seed))])
     client.set_terminated(run_id, kw.get("status", "FINISHED"))
@@ -138,7 +138,7 @@ def test_load_runs_keeps_recipe_runs_and_their_curves(store: str) -> None:
     assert plain["seed"].dtype.kind == "i" and set(plain["status"]) == {"FINISHED"}
     trials = runs[runs["study"] == STUDY].set_index("trial")
     assert trials["status"].to_dict() == {n: s for n, (_, _, s) in TRIALS.items()}
-    assert {"test_accuracy", "bytes_sent", "model_comm_seconds", "wall_seconds"} <= set(runs)
+    assert {"test_accuracy", "bytes_sent", "network_seconds", "wall_seconds"} <= set(runs)
     assert math.isnan(runs["wall_seconds"].iloc[0])  # never logged: NaN, not a KeyError
     assert list(curves.columns) == list(builder.CURVE_COLUMNS)
     assert set(curves["run_id"]) == set(plain["run_id"])  # trials carry no curves
@@ -267,7 +267,7 @@ def test_an_empty_experiment_gives_a_report_that_checked_nothing(
 def test_time_to_target_measured_and_modelled() -> None:
     runs = pd.DataFrame(
         {"run_id": ["a", "b"], "row": ["A", "B"], "seed": [0, 0], "steps": [10.0, 10.0]}
-    ).assign(compute_seconds=0.5, model_comm_seconds=0.1)
+    ).assign(compute_seconds=0.5, network_seconds=0.6)
     curves = pd.DataFrame(
         [("a", s, "step_seconds", 0.1 * (s + 1)) for s in range(10)]
         + [("a", 4, "test_accuracy", 0.6), ("a", 9, "test_accuracy", 0.9)]
@@ -277,7 +277,7 @@ def test_time_to_target_measured_and_modelled() -> None:
     times = builder.time_to_target(runs, curves, 0.55).set_index("row")
     assert times.loc["A", "steps"] == 5  # first evaluation at or above the target: step 4
     assert times.loc["A", "measured"] == pytest.approx(0.1 + 0.2 + 0.3 + 0.4 + 0.5)
-    assert times.loc["A", "model"] == pytest.approx(5 / 10 * (0.5 + 0.1))
+    assert times.loc["A", "model"] == pytest.approx(5 / 10 * 0.6)
     assert times.loc["B", ["steps", "measured", "model"]].isna().all()  # never reached
 
 

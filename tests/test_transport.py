@@ -7,7 +7,7 @@ import torch
 
 from suite import costmodel
 from suite.launcher import launch
-from suite.transport import CommStats, Transport
+from suite.transport import Transport
 
 N_BYTES = 5 * 4  # the payload below: 5 float32
 
@@ -226,24 +226,3 @@ def test_wire_bytes_formulas(n: int) -> None:
     assert costmodel.wire_bytes("gather", payload, n) == {2: 1, 4: 4, 8: 12}[n] * payload
     assert costmodel.wire_bytes("send", payload, n) == payload
     assert costmodel.wire_bytes("all_reduce", payload, 1) == 0
-
-
-def test_alpha_beta_times() -> None:
-    net = costmodel.Network(latency=1e-3, bandwidth=1e6)
-    # ring all-reduce of 1 MB on 4 ranks: 6 latencies + 2*3/4 MB at 1 MB/s
-    assert net.time("all_reduce", 1e6, 4) == pytest.approx(6e-3 + 1.5)
-    assert net.time("broadcast", 1e6, 4) == pytest.approx(2 * (1e-3 + 1.0))
-    assert net.time("send", 1e6, 4) == pytest.approx(1e-3 + 1.0)
-    with pytest.raises(ValueError, match="valid choices"):
-        net.time("alltoall", 1, 2)
-
-
-def test_estimate_is_linear_in_calls_and_recovers_root_payloads() -> None:
-    net = costmodel.Network(latency=1e-3, bandwidth=1e6)
-    stats = CommStats()
-    for _ in range(3):
-        stats.record("all_reduce", sent=1000, recv=1000, messages=1)
-    stats.record("reduce", recv=500)  # as the root sees it
-    stats.record("recv", recv=10**6)  # receivers do not pay
-    expect = 3 * net.time("all_reduce", 1000, 4) + net.time("reduce", 500, 4)
-    assert net.estimate(stats, 4) == pytest.approx(expect)
