@@ -853,7 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--tracking-uri", help="MLflow store (default as for `suite run`)")
     res.add_argument("--json", action="store_true", help="print one final JSON line on stdout")
     res.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
-    res.add_argument("--hang-timeout", type=float, default=40.0, help="as for `suite run`")
+    res.add_argument("--hang-timeout", type=_seconds, default=40.0, help="as for `suite run`")
     res.set_defaults(func=cmd_resume)
 
     rp = sub.add_parser(

@@ -38,6 +38,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from suite import liveness
 from suite.config import ConfigError
 from suite.network import NetworkSpec, format_spec
 
@@ -201,22 +202,12 @@ def _remove_namespaces(names: list[str]) -> None:
             _ip("netns", "delete", name)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale() -> list[str]:
     """Delete the namespaces of runs whose launcher is gone (killed with SIGKILL); their names."""
     stale = [
         name
         for name in _namespaces()
-        if (m := _STALE.match(name)) and int(m[1]) != os.getpid() and not _alive(int(m[1]))
+        if (m := _STALE.match(name)) and int(m[1]) != os.getpid() and not liveness.alive(m[1])
     ]
     _remove_namespaces(stale)
     return stale
