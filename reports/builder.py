@@ -5,6 +5,7 @@
 per-step histories), checks each recipe's claims per profile on the mean over seeds, draws the
 figures and writes ``README.md`` plus a self-contained ``report.html``. Nothing is recomputed
 from training: the store is the single source, so a report can be rebuilt anywhere it is copied.
+The directory is built aside and swapped in whole, so a failed build never leaves half a report.
 
 Simulated time: each run's stored communication trace (``trace.npz.b64``, :mod:`suite.trace`)
 is downloaded once per build and replayed (:mod:`suite.netmodel`) once per network it is asked
@@ -12,7 +13,6 @@ about (:class:`Replays`), giving the time to the target accuracy on the ``NETWOR
 (a table and a ranking per profile), on a sweep of link rates (``SWEEP_BPS`` at
 ``SWEEP_LATENCY_S``, a figure), and the ``FIELD@NETWORK`` metrics of simulated-time claims
 (:func:`suite.recipes.simulated_metric`). Runs stored without a trace read "n/a".
-The directory is built aside and swapped in whole, so a failed build never leaves half a report.
 """
 
 from __future__ import annotations
