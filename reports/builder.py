@@ -336,11 +336,11 @@ def network_times(
         steps = reached.get(run.run_id)
         total = int(run.steps) if pd.notna(run.steps) and run.steps > 0 else None
         for net in networks:
-            timeline = replays.timeline(run.run_id, net, total)
             status, seconds = NO_TRACE, float("nan")
-            if timeline is not None and steps is None:
-                status, seconds = NOT_REACHED, float("inf")
-            elif timeline is not None:
+            if steps is None:  # never reached: no replay needed, only whether a trace exists
+                if replays.trace(run.run_id) is not None:
+                    status, seconds = NOT_REACHED, float("inf")
+            elif (timeline := replays.timeline(run.run_id, net, total)) is not None:
                 seconds = timeline.seconds_to_step(int(steps))
                 status = NO_TRACE if np.isnan(seconds) else REACHED  # steps past the trace
             out.append(

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import last_json, suite_cmd
 from mlflow.entities import Metric, Param
 
 import reports.builder as builder
 from suite import trace
 from suite.config import ConfigError
+from suite.network import parse_network
 from suite.recipes import Claim, Profile, Recipe, Row
 from suite.tracking import open_client
 
@@ -178,11 +180,37 @@ def test_the_sweep_is_monotone_replays_each_run_once_and_marks_the_crossing(
         assert np.isfinite(seconds).all() and (np.diff(seconds) <= 1e-12).all(), run_id
         assert seconds[0] > 1.5 * seconds[-1]  # the rate matters at all
     traced = int(runs["row"].isin([ALLREDUCE, GOSSIP, SLOW]).sum())
-    assert replays.replayed == traced * len(builder.SWEEP_BPS)
+    reached = int(runs["row"].isin([ALLREDUCE, GOSSIP]).sum())  # Slow's runs need no replay
+    assert replays.replayed == reached * len(builder.SWEEP_BPS)
     builder.bandwidth_sweep(runs, curves, 0.8, replays)  # again: all cached
-    assert replays.replayed == traced * len(builder.SWEEP_BPS)
+    assert replays.replayed == reached * len(builder.SWEEP_BPS)
     assert len(list(tmp_path.glob(f"*/{trace.ARTIFACT}"))) == traced  # one download per run
     (mark,) = builder.crossings(sweep, RECIPE)
     # gossip: L + 2P/B, all-reduce: 2L + P/B per step; equal at B = P/L (1.6 Gbit/s)
     assert (mark["row"], mark["other"], mark["faster_below"]) == (GOSSIP, ALLREDUCE, False)
     assert 8 * P / builder.SWEEP_LATENCY_S / 2 < mark["bps"] < 8 * P / builder.SWEEP_LATENCY_S * 2
+
+
+def test_a_real_all_reduce_run_sweeps_monotone_and_agrees_with_its_summary(tmp_path: Path) -> None:
+    """A real 2-rank run on wan: the report's replay to the target is the summary's figure, and
+    its sweep never gets slower with more bandwidth."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = suite_cmd(
+        "run", "allreduce_sgd", "--nproc", "2", "--steps", "20", "--json", "--quiet",
+        "--tracking-uri", uri, "--experiment", "real", "--set", "model.hidden=16",
+        "--set", "eval_every=5", "--set", "target_accuracy=0.05", "--set", "network=wan",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    summary = last_json(run.stdout)
+    client = open_client(uri)
+    for key, value in (("suite.recipe", RECIPE.name), ("suite.row", ALLREDUCE)):
+        client.set_tag(summary["run_id"], key, value)  # as `suite reproduce` tags its runs
+    runs, curves = builder.load_runs(uri, "real")
+    replays = builder.Replays(client, tmp_path / "cache")
+    (wan,) = builder.network_times(runs, curves, 0.05, replays, [parse_network("wan")])["seconds"]
+    assert wan == pytest.approx(summary["network_seconds_to_target"], rel=1e-12)
+    sweep = builder.bandwidth_sweep(runs, curves, 0.05, replays).sort_values("bps")
+    seconds = sweep["seconds"].to_numpy()
+    assert len(seconds) == len(builder.SWEEP_BPS) and np.isfinite(seconds).all()
+    assert (np.diff(seconds) <= 1e-12).all() and seconds[0] > seconds[-1]

@@ -81,7 +81,9 @@ def _claims(paper_savings: float, source: str) -> tuple[Claim, ...]:
             profiles=("smoke",),
             source=SPEC + " (payload bytes; both rows send point to point only)",
         ),
-        # in simulated time: each run's trace replayed on the wan preset (100 Mbit/s, 20 ms)
+        # in simulated time: each run's trace replayed on the wan preset (100 Mbit/s, 20 ms).
+        # Written before the runs; at smoke it failed when first checked (3.65 s against 2.02):
+        # the flags go out before the tensors, two 20 ms rounds a step against D-PSGD's one.
         Claim(
             "network_seconds_to_target@wan",
             H1,
