@@ -88,9 +88,10 @@ def _run(client, exp_id: str, row: str, seed: int) -> str:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    uri = f"sqlite:///{tmp_path_factory.mktemp('netstore') / 'mlflow.db'}"
+    root = tmp_path_factory.mktemp("netstore")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
     client = open_client(uri)
-    exp_id = client.create_experiment("fakenet")
+    exp_id = client.create_experiment("fakenet", artifact_location=(root / "art").as_uri())
     for row in ROWS:
         for seed in (0, 1):
             _run(client, exp_id, row, seed)
