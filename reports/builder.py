@@ -6,6 +6,13 @@ per-step histories), checks each recipe's claims per profile on the mean over se
 figures and writes ``README.md`` plus a self-contained ``report.html``. Nothing is recomputed
 from training: the store is the single source, so a report can be rebuilt anywhere it is copied.
 The directory is built aside and swapped in whole, so a failed build never leaves half a report.
+
+Simulated time: each run's stored communication trace (``trace.npz.b64``, :mod:`suite.trace`)
+is downloaded once per build and replayed (:mod:`suite.netmodel`) once per network it is asked
+about (:class:`Replays`), giving the time to the target accuracy on the ``NETWORKS`` presets
+(a table and a ranking per profile), on a sweep of link rates (``SWEEP_BPS`` at
+``SWEEP_LATENCY_S``, a figure), and the ``FIELD@NETWORK`` metrics of simulated-time claims
+(:func:`suite.recipes.simulated_metric`). Runs stored without a trace read "n/a".
 """
 
 from __future__ import annotations
@@ -26,10 +33,15 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on CI machines or clusters
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from suite import netmodel
+from suite import trace as tracing
+from suite.netmodel import Timeline
+from suite.network import NetworkSpec, format_spec, parse_network
 from suite.recipes import (
     FAILS,
     HOLDS,
@@ -39,6 +51,7 @@ from suite.recipes import (
     Verdict,
     aggregate,
     recipes_of,
+    simulated_metric,
     slug,
 )
 from suite.tracking import git_state, open_client
@@ -65,6 +78,14 @@ AXIS_NAMES = {
     "bytes_sent": "payload bytes (all ranks) (B)",
 }
 MAX_POINTS = 400  # loss curves are binned to about this many steps per line
+# Time to the target beyond the run's own network: every run's trace replayed on these presets
+# (suite.network), and on a sweep of link rates with the latency held at one switched LAN hop
+# (the 1g preset's), so the sweep shows the effect of bandwidth alone.
+NETWORKS = ("datacenter", "1g", "wan")
+SWEEP_BPS = tuple(float(b) for b in np.logspace(7, 11, 12))  # 10 Mbit/s .. 100 Gbit/s
+SWEEP_LATENCY_S = 50e-6
+# rows the bandwidth sweep marks crossings against (besides the recipe's reference row)
+BASELINE_TARGETS = ("allreduce_sgd", "dpsgd")
 
 
 @dataclass(frozen=True)
@@ -247,6 +268,204 @@ def time_to_target(runs: pd.DataFrame, curves: pd.DataFrame, target: float) -> p
             {"row": run.row, "seed": run.seed, "steps": steps, "measured": measured, "model": model}
         )
     return pd.DataFrame(out, columns=["row", "seed", "steps", "measured", "model"])
+
+
+def steps_to_target(curves: pd.DataFrame, target: float) -> pd.Series:
+    """Per run id: steps (1-based) to its first evaluation at ``target`` accuracy or better;
+    runs that never reached it are absent."""
+    acc = curves[(curves["metric"] == "test_accuracy") & (curves["value"] >= target)]
+    return acc.groupby("run_id")["step"].min() + 1  # logged at the 0-based index of the step
+
+
+class Replays:
+    """Each run's stored trace, downloaded once into ``cache``, and its replays on networks
+    (:func:`suite.netmodel.replay`), each done once per (run, network). None for a run stored
+    without a trace (or with one the model cannot read)."""
+
+    def __init__(self, client: Any, cache: Path) -> None:
+        self.client, self.cache = client, Path(cache)
+        self._traces: dict[str, tracing.Trace | None] = {}
+        self._timelines: dict[tuple[str, NetworkSpec], Timeline | None] = {}
+        self.replayed = 0  # replays done, for tests: none is repeated
+
+    def trace(self, run_id: str) -> tracing.Trace | None:
+        if run_id not in self._traces:
+            found = None
+            if tracing.ARTIFACT in {a.path for a in self.client.list_artifacts(run_id)}:
+                where = self.cache / run_id
+                where.mkdir(parents=True, exist_ok=True)
+                path = self.client.download_artifacts(run_id, tracing.ARTIFACT, str(where))
+                try:
+                    found = tracing.load(Path(path))
+                except (ValueError, KeyError, OSError) as err:  # another version, truncated file
+                    warnings.warn(f"run {run_id}: unreadable trace ({err})", stacklevel=2)
+            self._traces[run_id] = found
+        return self._traces[run_id]
+
+    def timeline(self, run_id: str, network: NetworkSpec, steps: int | None) -> Timeline | None:
+        """The run's trace replayed on ``network``; ``steps``: the run's step count."""
+        key = (run_id, network)
+        if key not in self._timelines:
+            trace, timeline = self.trace(run_id), None
+            if trace is not None:
+                try:
+                    timeline = netmodel.replay(trace, network, steps=steps)
+                    self.replayed += 1
+                except ValueError as err:  # a trace the model cannot replay: n/a, not a crash
+                    warnings.warn(f"run {run_id}: replay failed ({err})", stacklevel=2)
+            self._timelines[key] = timeline
+        return self._timelines[key]
+
+
+REACHED, NOT_REACHED, NO_TRACE = "reached", "not reached", "n/a"
+
+
+def network_times(
+    runs: pd.DataFrame,
+    curves: pd.DataFrame,
+    target: float,
+    replays: Replays,
+    networks: list[NetworkSpec],
+) -> pd.DataFrame:
+    """Per run and network: simulated seconds to the run's first evaluation at ``target``
+    accuracy, its trace replayed on that network. ``status`` is "reached", "not reached"
+    (seconds inf) or "n/a" (no trace: seconds NaN)."""
+    reached = steps_to_target(curves, target)
+    out = []
+    for run in runs.itertuples():
+        steps = reached.get(run.run_id)
+        total = int(run.steps) if pd.notna(run.steps) and run.steps > 0 else None
+        for net in networks:
+            status, seconds = NO_TRACE, float("nan")
+            if steps is None:  # never reached: no replay needed, only whether a trace exists
+                if replays.trace(run.run_id) is not None:
+                    status, seconds = NOT_REACHED, float("inf")
+            elif (timeline := replays.timeline(run.run_id, net, total)) is not None:
+                seconds = timeline.seconds_to_step(int(steps))
+                status = NO_TRACE if np.isnan(seconds) else REACHED  # steps past the trace
+            out.append(
+                {"run_id": run.run_id, "row": run.row, "seed": run.seed, "network": str(net),
+                 "bps": net.bandwidth_bps, "seconds": seconds, "status": status}
+            )  # fmt: skip
+    columns = ["run_id", "row", "seed", "network", "bps", "seconds", "status"]
+    return pd.DataFrame(out, columns=columns)
+
+
+def simulated_finals(
+    runs: pd.DataFrame, curves: pd.DataFrame, recipe: Recipe, replays: Replays
+) -> pd.DataFrame:
+    """``runs`` with a column per simulated-time metric its recipe's claims name
+    (``network_seconds_to_target@wan``: suite.recipes.simulated_metric), from replays of each
+    run's trace: inf where the run never reached the target, NaN without a trace (or, for
+    ``..._to_target``, without a target accuracy)."""
+    wanted = {c.metric: simulated_metric(c.metric) for c in recipe.claims}
+    wanted = {metric: parsed for metric, parsed in wanted.items() if parsed is not None}
+    if not wanted or runs.empty:
+        return runs
+    chosen = target_accuracy(runs, recipe)
+    columns = {}
+    for metric, (field, name) in wanted.items():
+        net = parse_network(name)
+        if field == "network_seconds_to_target":
+            if chosen is None:
+                columns[metric] = float("nan")
+                continue
+            times = network_times(runs, curves, chosen[0], replays, [net])
+            columns[metric] = times["seconds"].to_numpy()
+            continue
+        values = []
+        for run in runs.itertuples():
+            total = int(run.steps) if pd.notna(run.steps) and run.steps > 0 else None
+            timeline = replays.timeline(run.run_id, net, total)
+            seconds = timeline.network_seconds if timeline is not None else float("nan")
+            per = seconds / max(timeline.steps, 1) if timeline is not None else float("nan")
+            values.append(seconds if field == "network_seconds" else per)
+        columns[metric] = values
+    return runs.assign(**columns)
+
+
+def network_table(times: pd.DataFrame, recipe: Recipe, profile: str) -> pd.DataFrame:
+    """Rows x networks: simulated seconds to the target, mean ± std over the seeds that
+    reached it; "not reached" where none did, "n/a" where no run has a trace."""
+    lines = []
+    for row in recipe.rows_at(profile):
+        line = {"row": row.label}
+        for network, group in times[times["row"] == row.label].groupby("network", sort=False):
+            line[f"{network} ({format_spec(parse_network(network))})"] = _time_cell(group)
+        lines.append(line)
+    return pd.DataFrame(lines).fillna(NO_TRACE)
+
+
+def _time_cell(group: pd.DataFrame) -> str:
+    traced = group[group["status"] != NO_TRACE]
+    hit = traced.loc[traced["status"] == REACHED, "seconds"]
+    if traced.empty:
+        return NO_TRACE
+    if hit.empty:
+        return NOT_REACHED
+    cell = _pm(hit, "{:.4g}") + " s"
+    return cell if len(hit) == len(group) else f"{cell} ({len(hit)}/{len(group)} seeds reached)"
+
+
+def network_ranking(times: pd.DataFrame) -> list[str]:
+    """Per network, one line: rows from fastest to slowest to the target (mean over the seeds
+    that reached it), then those that did not reach it and those without a trace."""
+    lines = []
+    for network, group in times.groupby("network", sort=False):
+        hit = group[group["status"] == REACHED].groupby("row", sort=False)["seconds"].mean()
+        ranked = [f"{i}. {row} ({sec:.4g} s)" for i, (row, sec) in
+                  enumerate(hit.sort_values().items(), 1)]  # fmt: skip
+        rest = []
+        for status in (NOT_REACHED, NO_TRACE):
+            rows = [r for r in dict.fromkeys(group.loc[group["status"] == status, "row"])
+                    if r not in hit.index]  # fmt: skip
+            if rows:
+                rest.append(f"{status}: {', '.join(rows)}")
+        lines.append(f"**{network}**: " + "; ".join([", ".join(ranked) or "none reached", *rest]))
+    return lines
+
+
+def bandwidth_sweep(
+    runs: pd.DataFrame, curves: pd.DataFrame, target: float, replays: Replays
+) -> pd.DataFrame:
+    """:func:`network_times` on ``SWEEP_BPS`` links at ``SWEEP_LATENCY_S``."""
+    nets = [NetworkSpec(bps, SWEEP_LATENCY_S) for bps in SWEEP_BPS]
+    return network_times(runs, curves, target, replays, nets)
+
+
+def crossings(sweep: pd.DataFrame, recipe: Recipe) -> list[dict[str, Any]]:
+    """Where a row's mean time to the target crosses a baseline row's (the recipe's reference
+    and rows of ``BASELINE_TARGETS``) between two swept rates: the rate and time at the
+    crossing (interpolated on log-log axes), and whether the row is faster below it."""
+    hit = sweep[sweep["status"] == REACHED]
+    mean = hit.pivot_table(index="bps", columns="row", values="seconds", aggfunc="mean")
+    bases = [r.label for r in recipe.rows if r.target in BASELINE_TARGETS]
+    bases = list(dict.fromkeys([*([recipe.reference] if recipe.reference else []), *bases]))
+    out, seen = [], set()
+    for base in [b for b in bases if b in mean]:
+        for row in [r.label for r in recipe.rows if r.label in mean and r.label != base]:
+            if frozenset((row, base)) in seen:  # two baselines: their crossing once
+                continue
+            seen.add(frozenset((row, base)))
+            pair = mean[[row, base]].dropna()
+            x, a, b = np.log(pair.index.to_numpy()), np.log(pair[row]), np.log(pair[base])
+            d = (a - b).to_numpy()
+            for i in range(len(d) - 1):
+                if d[i] * d[i + 1] < 0:  # strictly opposite signs: a crossing between them
+                    t = d[i] / (d[i] - d[i + 1])
+                    at = x[i] + t * (x[i + 1] - x[i])
+                    secs = a.iloc[i] + t * (a.iloc[i + 1] - a.iloc[i])
+                    out.append({"row": row, "other": base, "bps": float(np.exp(at)),
+                                "seconds": float(np.exp(secs)),
+                                "faster_below": bool(d[i] < 0)})  # fmt: skip
+    return out
+
+
+def _rate(bps: float) -> str:
+    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
+        if bps >= scale:
+            return f"{bps / scale:.3g} {unit}"
+    return f"{bps:.3g} bit/s"
 
 
 def firing_rates(uri: str, runs: pd.DataFrame) -> pd.DataFrame:
@@ -506,6 +725,31 @@ def fig_time_to_target(
     return fig
 
 
+def fig_bandwidth_sweep(
+    sweep: pd.DataFrame, marks: list[dict[str, Any]], recipe: Recipe, profile: str, title: str
+) -> Figure | None:
+    data = sweep[sweep["status"] == REACHED]
+    if data.empty:
+        return None
+    data = data.assign(Mbps=data["bps"] / 1e6)
+    fig, ax = _axes()
+    sns.lineplot(data, x="Mbps", y="seconds", **_hue(recipe, data), errorbar="sd", marker="o",
+                 ax=ax)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for i, mark in enumerate(marks):
+        label = "crossing with a baseline" if i == 0 else None
+        ax.plot(mark["bps"] / 1e6, mark["seconds"], "kX", markersize=9, label=label)
+    ax.set(
+        xlabel=f"link bandwidth per rank, up and down (Mbit/s; latency {SWEEP_LATENCY_S * 1e6:g} "
+        "µs)",
+        ylabel="simulated seconds to the target",
+        title=f"{recipe.key} ({profile}): {title}",
+    )
+    ax.legend(title=None, fontsize=8)
+    return fig
+
+
 def fig_sweep_pareto(trials: pd.DataFrame, study: str, recipe: Recipe) -> Figure | None:
     column = bytes_column(trials.dropna(subset=["test_accuracy"]))
     trials = trials.dropna(subset=["test_accuracy", column])
@@ -645,6 +889,8 @@ def claims_table(verdicts: list[Verdict]) -> pd.DataFrame:
     def measured(v: Verdict) -> str:
         if v.mean is None:
             return "—"
+        if v.mean == float("inf"):  # a simulated time to a target some seed never reached
+            return f"not reached ({v.detail})"
         return f"{_num(v.mean)}{f' ± {_num(v.std)}' if v.std else ''} ({v.detail})"
 
     return pd.DataFrame(
@@ -718,6 +964,11 @@ CAPTIONS = {
     "time-to-target": "Seconds to the first evaluation at the target accuracy: as measured "
     "here, and as the network model predicts them (suite.netmodel: the run's trace replayed on "
     "its config's network, 1 Gbit/s and 50 µs unless set).",
+    "bandwidth-sweep": "Simulated seconds to the target accuracy against the link rate of "
+    "every rank (log-log; latency fixed, see the x axis): each run's stored trace replayed by "
+    "the network model (suite.netmodel) with its measured compute; mean ±1 std over the seeds "
+    "that reached the target. Crosses mark where a method's line crosses a baseline's (the "
+    "reference row, all-reduce, D-PSGD).",
     "firing": "How often each parameter tensor was sent, per method (event-triggered methods "
     "only; rank 0, mean over seeds).",
 }
@@ -758,7 +1009,8 @@ def build_report(paper: str, uri: str, out_dir: Path, *, experiment: str | None 
     experiment = experiment or paper
     wanted = [m for r in recipes for c in r.curves for m in (c.metric, c.x)]
     extra = tuple(dict.fromkeys(m for m in wanted if m not in ("step", "epoch")))
-    runs, curves, parents = _load(open_client(uri), experiment, extra)
+    client = open_client(uri)
+    runs, curves, parents = _load(client, experiment, extra)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-new-", dir=out_dir.parent))
@@ -767,14 +1019,16 @@ def build_report(paper: str, uri: str, out_dir: Path, *, experiment: str | None 
     try:
         doc = _Doc(work / "figures")
         doc.dir.mkdir()
+        replays = Replays(client, work / ".traces")  # downloads, removed before the swap
         doc.md(_header(paper, experiment, uri, len(runs)))
         for recipe in recipes:
             doc.md(_card(recipe))
             for profile in recipe.profiles:
-                checked = _profile_section(doc, recipe, profile, runs, curves, uri)
+                checked = _profile_section(doc, recipe, profile, runs, curves, uri, replays)
                 if checked is not None:
                     verdicts[(recipe.name, profile)] = checked
             _sweep_section(doc, recipe, runs, parents)
+        shutil.rmtree(work / ".traces", ignore_errors=True)
         lines = [f"`{name}` at `{prof}`: {_tally(vs)}." for (name, prof), vs in verdicts.items()]
         summary = "\n\n".join(lines) or "_No finished recipe runs: nothing was checked._"
         doc.sections.insert(1, ("md", f"## Summary\n\n{summary}\n"))
@@ -791,7 +1045,13 @@ def build_report(paper: str, uri: str, out_dir: Path, *, experiment: str | None 
 
 
 def _profile_section(
-    doc: _Doc, recipe: Recipe, profile: str, runs: pd.DataFrame, curves: pd.DataFrame, uri: str
+    doc: _Doc,
+    recipe: Recipe,
+    profile: str,
+    runs: pd.DataFrame,
+    curves: pd.DataFrame,
+    uri: str,
+    replays: Replays,
 ) -> list[Verdict] | None:
     """Results, claims and figures of one recipe at one profile; None if it has no runs."""
     note = recipe.profiles[profile].note
@@ -803,15 +1063,19 @@ def _profile_section(
     if mine.empty and diverged.empty:
         doc.md("_No finished runs at this profile._\n")
         return None
+    mc = curves[curves["run_id"].isin(mine["run_id"])]
+    mine = simulated_finals(mine, mc, recipe, replays)  # FIELD@NETWORK metrics of the claims
     verdicts = recipe.check(aggregate(finals(mine)), profile, set(diverged["row"]))
     doc.md("#### Results\n")
     doc.table(results_table(mine, recipe, profile, diverged))
+    chosen = target_accuracy(mine, recipe) if not mine.empty else None
+    if chosen is not None:
+        _network_section(doc, recipe, profile, mine, mc, chosen, replays)
     doc.md(f"#### Claims ({_tally(verdicts)})\n")
     doc.table(claims_table(verdicts))
     if mine.empty:  # every run diverged: nothing to draw
         return verdicts
     doc.md("#### Figures\n")
-    mc = curves[curves["run_id"].isin(mine["run_id"])]
     base = f"{slug(recipe.name)}-{profile}"
     if recipe.reference is not None and _reference(mine, recipe) is None:
         doc.md(f"_No finished runs of the reference row {recipe.reference}: no savings shown._\n")
@@ -827,6 +1091,43 @@ def _profile_section(
         name = f"{base}-{slug(curve.metric)}-vs-{slug(curve.x)}"
         doc.figure(fig_curve(mc, mine, recipe, profile, curve), name, curve.caption)
     return verdicts
+
+
+def _network_section(
+    doc: _Doc,
+    recipe: Recipe,
+    profile: str,
+    runs: pd.DataFrame,
+    curves: pd.DataFrame,
+    chosen: tuple[float, str],
+    replays: Replays,
+) -> None:
+    """Time to the target on the ``NETWORKS`` presets (table and ranking) and against link
+    bandwidth (figure), from replays of each run's trace."""
+    target, how = chosen
+    times = network_times(runs, curves, target, replays, [parse_network(n) for n in NETWORKS])
+    doc.md(
+        f"#### Time to the target on simulated networks\n\nSimulated seconds to the first "
+        f"evaluation at test accuracy {target:.3f} ({how}): each run's stored communication "
+        "trace replayed by the network model (suite.netmodel) on each network, with the compute "
+        "measured here; mean ± std over the seeds that reached the target. _not reached_: no "
+        "seed reached it; _n/a_: runs stored without a trace.\n"
+    )
+    doc.table(network_table(times, recipe, profile))
+    doc.md("Ranking, fastest first:\n\n" + "\n\n".join(network_ranking(times)) + "\n")
+    sweep = bandwidth_sweep(runs, curves, target, replays)
+    marks = crossings(sweep, recipe)
+    name = f"{slug(recipe.name)}-{profile}-bandwidth-sweep"
+    title = f"time to accuracy {target:.3f} against link bandwidth"
+    doc.figure(fig_bandwidth_sweep(sweep, marks, recipe, profile, title), name,
+               CAPTIONS["bandwidth-sweep"])  # fmt: skip
+    lines = [
+        f"{m['row']} is faster than {m['other']} {'below' if m['faster_below'] else 'above'} "
+        f"about {_rate(m['bps'])}"
+        for m in marks
+    ]
+    if lines:
+        doc.md("Crossings in the sweep: " + "; ".join(lines) + ".\n")
 
 
 def _sweep_section(doc: _Doc, recipe: Recipe, runs: pd.DataFrame, parents: dict) -> None:

@@ -13,6 +13,12 @@ threshold) or with another row's mean, scaled: ``bytes_sent of "Local SGD H=4" <
 ``not testable`` (the claim is not checked at this profile, or a row it needs has no finished
 run).
 
+A claim can be stated in simulated time on any network: the metric ``FIELD@NETWORK`` (FIELD one
+of ``SIMULATED_FIELDS``, NETWORK a preset or spec of :mod:`suite.network`), e.g.
+``network_seconds_to_target@wan``, is measured by replaying each run's stored trace on that
+network (:mod:`suite.netmodel`, done by the report builder); a run that never reached the
+target counts as infinitely slow, a run stored without a trace leaves the claim not testable.
+
 Recipes live in ``reproduce/<paper>/`` and register themselves in ``RECIPES`` under
 ``<paper>/<label-slug>``; search spaces for ``suite sweep`` sit beside them (:class:`Space`).
 """
@@ -28,8 +34,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from suite.config import ConfigError, RunConfig, apply_overrides, flatten
+from suite.network import parse_network
 
 PROFILES = ("smoke", "full")
+# the network model's figures a claim can state on another network: "FIELD@NETWORK"
+SIMULATED_FIELDS = ("network_seconds", "network_seconds_per_step", "network_seconds_to_target")
 HOLDS, FAILS, UNTESTABLE = "holds", "fails", "not testable"
 Op = Literal[">=", "<=", "within"]
 
@@ -79,6 +88,7 @@ class Claim:
             raise ValueError(f"claim op {self.op!r}; valid choices: >=, <=, within")
         if (self.value is None) == (self.other is None):
             raise ValueError("a claim compares with exactly one of: value, other")
+        simulated_metric(self.metric)  # a bad FIELD@NETWORK fails at import, not in a report
 
     def describe(self) -> str:
         ref = f"{self.value:g}" if self.other is None else f"{self.other}"
@@ -95,7 +105,12 @@ class Claim:
         theirs = None if self.other is None else stats.get(self.other, {}).get(self.metric)
         if mine is None or (self.other is not None and theirs is None):
             missing = self.row if mine is None else self.other
-            return Verdict(self, UNTESTABLE, None, None, None, f"no finished runs of {missing}")
+            detail = f"no finished runs of {missing}"
+            if missing in stats:  # runs, but none measured this metric
+                detail = f"no {self.metric} for {missing}"
+                if simulated_metric(self.metric):
+                    detail += " (runs stored without a trace)"
+            return Verdict(self, UNTESTABLE, None, None, None, detail)
         mean, std, n = mine
         ref = self.value if theirs is None else self.scale * theirs[0]
         assert ref is not None
@@ -242,6 +257,21 @@ class Recipe:
             else:
                 out.append(claim.check(stats))
         return out
+
+
+def simulated_metric(metric: str) -> tuple[str, str] | None:
+    """``(field, network)`` of a simulated-time metric ``FIELD@NETWORK``, None for any other;
+    ConfigError for an unknown field or network."""
+    field, at, network = metric.partition("@")
+    if not at:
+        return None
+    if field not in SIMULATED_FIELDS:
+        raise ConfigError(
+            f"simulated metric {metric!r}: unknown field {field!r}; valid choices: "
+            + ", ".join(SIMULATED_FIELDS)
+        )
+    parse_network(network)  # ConfigError listing the presets and the grammar
+    return field, network
 
 
 def aggregate(

@@ -50,6 +50,15 @@ register(
                 source=BY_CONSTRUCTION,
                 profiles=("smoke",),
             ),
+            # in simulated time: each run's trace replayed on the wan preset (100 Mbit/s, 20 ms)
+            Claim(
+                "network_seconds_to_target@wan",
+                LOCAL4,
+                "<=",
+                other=ALLREDUCE,
+                source="expectation: averaging every H steps reaches the target sooner where "
+                "the network is slow (simulated: traces replayed on the wan preset)",
+            ),
             Claim(
                 "test_accuracy",
                 LOCAL4,
