@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import suite_cmd
 
 LONG = ["--nproc", "2", "--steps", "100000", "--set", "eval_every=0"]  # stopped by the fault
 SHORT = ["--nproc", "2", "--steps", "3000", "--set", "eval_every=0"]  # ends by itself
@@ -161,16 +162,7 @@ def _finish(proc: subprocess.Popen, tmp: Path, limit: float = 120) -> int:
 
 
 def _suite(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["TMPDIR"] = str(tmp / "tmp")
-    return subprocess.run(
-        [sys.executable, "-m", "suite", *args],
-        cwd=tmp,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return suite_cmd(*args, cwd=tmp, env={"TMPDIR": str(tmp / "tmp")})
 
 
 def _assert_nothing_left(tmp: Path) -> None:
