@@ -96,9 +96,10 @@ class Report:
     figures: list[Path]
 
     def all_hold(self, profile: str) -> bool:
-        """No claim checked at ``profile`` fails, and some recipe has finished runs there."""
+        """No claim checked at ``profile`` fails (known deviations aside), and some recipe has
+        finished runs there."""
         ran = [vs for (_, p), vs in self.verdicts.items() if p == profile]
-        return bool(ran) and all(v.verdict != FAILS for vs in ran for v in vs)
+        return bool(ran) and not any(v.counts_as_failure for vs in ran for v in vs)
 
 
 # -- frames ------------------------------------------------------------------------------------
@@ -902,16 +903,29 @@ def claims_table(verdicts: list[Verdict]) -> pd.DataFrame:
                 "measured (mean ± std)": measured(v),
                 "compared with": _num(v.reference),
                 # with no measurement (not testable, or a row diverged) the reason is the verdict
-                "verdict": f"{v.verdict} ({v.detail})" if v.mean is None else v.verdict,
+                "verdict": f"{v.label} ({v.detail})" if v.mean is None else v.label,
+                "known deviation": _known(v),
             }
             for v in verdicts
         ]
     )
 
 
+def _known(v: Verdict) -> str:
+    if v.known is None:
+        return "—"
+    if v.is_unexpected_pass:
+        return f"**unexpected pass**: expected to fail as {v.known.reason} ({v.known.evidence})"
+    return f"{v.known.reason} ({v.known.evidence})"
+
+
 def _tally(verdicts: list[Verdict]) -> str:
     n = {k: sum(v.verdict == k for v in verdicts) for k in (HOLDS, FAILS, UNTESTABLE)}
-    return f"{n[HOLDS]} hold, {n[FAILS]} fail, {n[UNTESTABLE]} not testable"
+    known = sum(v.is_known_failure for v in verdicts)
+    surprise = sum(v.is_unexpected_pass for v in verdicts)
+    fails = f"{n[FAILS]} fail" + (f" ({known} known)" if known else "")
+    holds = f"{n[HOLDS]} hold" + (f" ({surprise} unexpectedly)" if surprise else "")
+    return f"{holds}, {fails}, {n[UNTESTABLE]} not testable"
 
 
 def _header(paper: str, experiment: str, uri: str, runs: int) -> str:
@@ -923,8 +937,10 @@ def _header(paper: str, experiment: str, uri: str, runs: int) -> str:
         f"{' with local changes' if dirty else ''}.\n\nClaims are checked on the mean over "
         "seeds of the finished runs: **holds** and **fails** are measured outcomes; *not "
         "testable* means the claim is not checked at that profile or a row it needs has no "
-        "finished run; a claim on a row whose run diverged fails. Only claims marked holds "
-        "are borne out by this report.\n"
+        "finished run; a claim on a row whose run diverged fails. *fails (known)* is a failure "
+        "the recipe expects at that profile, with its reason and evidence beside it (it does "
+        "not fail the command); *holds (unexpected pass)* flags a claim expected to fail. Only "
+        "claims marked holds are borne out by this report.\n"
     )
 
 

@@ -13,6 +13,12 @@ threshold) or with another row's mean, scaled: ``bytes_sent of "Local SGD H=4" <
 ``not testable`` (the claim is not checked at this profile, or a row it needs has no finished
 run).
 
+A claim a correct implementation is known not to meet at some profile carries a :class:`Known`
+deviation for it (like pytest's ``xfail``, never silent): the reason and the evidence (a section
+of the paper's notes in ``reproduce/<paper>/``). Its verdict still reads ``fails``, marked
+known, and does not fail ``suite reproduce``; if it holds, the verdict is flagged as an
+unexpected pass. A row that diverged still fails the claim: that is never the known failure.
+
 A claim can be stated in simulated time on any network: the metric ``FIELD@NETWORK`` (FIELD one
 of ``SIMULATED_FIELDS``, NETWORK a preset or spec of :mod:`suite.network`), e.g.
 ``network_seconds_to_target@wan``, is measured by replaying each run's stored trace on that
@@ -30,7 +36,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from suite.config import ConfigError, RunConfig, apply_overrides, flatten
@@ -65,6 +71,23 @@ class Profile:
 
 
 @dataclass(frozen=True)
+class Known:
+    """An expected failure of a claim at ``profile``: why, and where that is shown."""
+
+    profile: str
+    reason: str  # one sentence a report reader understands
+    evidence: str  # where the failure is explained, e.g. "reproduce/eventgrad/NOTES.md#flags"
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(
+                f"known deviation at profile {self.profile!r}; valid choices: {', '.join(PROFILES)}"
+            )
+        if not self.reason.strip() or not self.evidence.strip():
+            raise ValueError("a known deviation needs a reason and its evidence")
+
+
+@dataclass(frozen=True)
 class Claim:
     """``metric`` of ``row`` compared by ``op`` with ``value`` or with ``scale`` x ``other``'s.
 
@@ -82,6 +105,7 @@ class Claim:
     paper_value: float | None = None
     source: str = ""
     profiles: tuple[str, ...] = PROFILES
+    known: tuple[Known, ...] = ()  # expected failures, per profile (see the module docstring)
 
     def __post_init__(self) -> None:
         if self.op not in (">=", "<=", "within"):
@@ -89,6 +113,14 @@ class Claim:
         if (self.value is None) == (self.other is None):
             raise ValueError("a claim compares with exactly one of: value, other")
         simulated_metric(self.metric)  # a bad FIELD@NETWORK fails at import, not in a report
+        at = [k.profile for k in self.known]
+        if len(set(at)) != len(at):
+            raise ValueError(f"claim {self.describe()}: two known deviations at one profile")
+        if set(at) - set(self.profiles):
+            raise ValueError(f"claim {self.describe()}: known deviation where it is not checked")
+
+    def known_at(self, profile: str) -> Known | None:
+        return next((k for k in self.known if k.profile == profile), None)
 
     def describe(self) -> str:
         ref = f"{self.value:g}" if self.other is None else f"{self.other}"
@@ -133,6 +165,31 @@ class Verdict:
     std: float | None
     reference: float | None  # what the mean was compared with
     detail: str = ""
+    known: Known | None = None  # the claim's known deviation at the checked profile
+
+    @property
+    def is_known_failure(self) -> bool:
+        """Fails as the known deviation expects (measured: a diverged row is never known)."""
+        return self.verdict == FAILS and self.known is not None and self.mean is not None
+
+    @property
+    def is_unexpected_pass(self) -> bool:
+        """Holds although a known deviation expected it to fail: flagged in the report."""
+        return self.verdict == HOLDS and self.known is not None
+
+    @property
+    def counts_as_failure(self) -> bool:
+        """A failure that fails ``suite reproduce``: not explained by a known deviation."""
+        return self.verdict == FAILS and not self.is_known_failure
+
+    @property
+    def label(self) -> str:
+        """The verdict as shown: ``fails (known)``, ``holds (unexpected pass)``, or plain."""
+        if self.is_known_failure:
+            return f"{FAILS} (known)"
+        if self.is_unexpected_pass:
+            return f"{HOLDS} (unexpected pass)"
+        return self.verdict
 
 
 @dataclass(frozen=True)
@@ -255,7 +312,7 @@ class Recipe:
             elif bad:
                 out.append(Verdict(claim, FAILS, None, None, None, f"{bad[0]} diverged"))
             else:
-                out.append(claim.check(stats))
+                out.append(replace(claim.check(stats), known=claim.known_at(profile)))
         return out
 
 

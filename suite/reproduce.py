@@ -271,7 +271,9 @@ def reproduce(
             continue
         for v in verdicts:
             measured = f" ({v.detail})" if v.mean is None else f" (measured {v.mean:.4g})"
-            print(f"  {v.verdict:>12}: {recipe}: {v.claim.describe()}{measured}")
+            print(f"  {v.label:>12}: {recipe}: {v.claim.describe()}{measured}")
+            if v.known is not None and (v.is_known_failure or v.is_unexpected_pass):
+                print(f"{'':>16}known deviation: {v.known.reason} ({v.known.evidence})")
     if failed:
         print(f"{failed} run(s) failed", file=sys.stderr)
         return 1

@@ -15,7 +15,17 @@ from mlflow.tracking import MlflowClient
 
 import suite.reproduce as reproduce_mod
 from suite import cli
-from suite.recipes import FAILS, HOLDS, UNTESTABLE, Claim, Profile, Recipe, Row, aggregate
+from suite.recipes import (
+    FAILS,
+    HOLDS,
+    UNTESTABLE,
+    Claim,
+    Known,
+    Profile,
+    Recipe,
+    Row,
+    aggregate,
+)
 from suite.sweep import OptunaPruner
 
 STATS = {
@@ -217,3 +227,45 @@ def test_every_registered_recipe_resolves_every_row_and_space(name: str) -> None
         assert at, f"space row {row.label!r} runs at no profile"
         for profile in at:
             recipe.resolve(row, profile, seed=0, extra=space.suggest(study.ask()))
+
+
+KNOWN = Known("smoke", "the flag round costs a latency", "reproduce/x/NOTES.md#flags")
+
+
+def test_a_known_deviation_marks_a_failure_known_and_a_pass_unexpected() -> None:
+    failing = Claim("test_accuracy", "A", ">=", value=0.95, known=(KNOWN,))
+    holding = Claim("test_accuracy", "A", ">=", value=0.5, known=(KNOWN,))
+    plain = Claim("test_accuracy", "A", ">=", value=0.95)
+    recipe = _tiny_recipe(claims=(failing, holding, plain))
+    known_fail, surprise, real_fail = recipe.check(STATS, "smoke")
+    assert known_fail.verdict == FAILS and known_fail.is_known_failure
+    assert not known_fail.counts_as_failure and known_fail.label == "fails (known)"
+    assert surprise.verdict == HOLDS and surprise.is_unexpected_pass
+    assert surprise.label == "holds (unexpected pass)"
+    assert real_fail.counts_as_failure and real_fail.label == "fails"
+    # the deviation is known at smoke only: at full the same failure counts
+    (at_full, *_) = recipe.check(STATS, "full")
+    assert at_full.known is None and at_full.counts_as_failure
+
+
+def test_a_diverged_row_is_never_a_known_failure() -> None:
+    recipe = _tiny_recipe(claims=(Claim("test_accuracy", "A", ">=", value=0.95, known=(KNOWN,)),))
+    (verdict,) = recipe.check(STATS, "smoke", diverged={"A"})
+    assert verdict.verdict == FAILS and verdict.counts_as_failure
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Known("huge", "r", "e"), "valid choices: smoke, full"),
+        (lambda: Known("smoke", " ", "e"), "needs a reason and its evidence"),
+        (
+            lambda: Claim("x", "A", ">=", value=1, profiles=("full",), known=(KNOWN,)),
+            "where it is not checked",
+        ),
+        (lambda: Claim("x", "A", ">=", value=1, known=(KNOWN, KNOWN)), "two known deviations"),
+    ],
+)
+def test_known_deviations_are_checked_when_written(make, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -19,7 +20,7 @@ from mlflow.entities import Metric, Param
 
 import reports.builder as builder
 from suite.config import ConfigError
-from suite.recipes import Claim, Profile, Recipe, Row, Space, Verdict, aggregate
+from suite.recipes import Claim, Known, Profile, Recipe, Row, Space, Verdict, aggregate
 from suite.tracking import open_client
 
 HOLDING = Claim("bytes_sent", "Sparse", "<=", other="Dense", scale=0.5, source="Table 3")
@@ -291,6 +292,20 @@ def test_all_hold_ignores_untestable_claims_but_needs_runs() -> None:
     assert not report("holds", "fails").all_hold("smoke")
     assert not report(runs=False).all_hold("smoke")
     assert not report("holds").all_hold("full")
+
+
+def test_a_known_failure_keeps_all_hold_and_is_explained_in_the_claims_table() -> None:
+    known = Known("smoke", "the flag round costs a latency", "reproduce/x/NOTES.md#flags")
+    claim = replace(HOLDING, known=(known,))
+    checked = [Verdict(claim, "fails", 0.5, 0.0, 0.9, "1 seed(s)", known)]
+    report = builder.Report("fake", Path("."), {("r", "smoke"): checked}, [])
+    assert report.all_hold("smoke")
+    table = builder.claims_table(checked)
+    assert table.loc[0, "verdict"] == "fails (known)"
+    assert "flag round" in table.loc[0, "known deviation"]
+    surprise = [Verdict(claim, "holds", 0.95, 0.0, 0.9, "1 seed(s)", known)]
+    assert "unexpected pass" in builder.claims_table(surprise).loc[0, "known deviation"]
+    assert "1 hold (1 unexpectedly)" in builder._tally(surprise)
 
 
 def test_pareto_front_keeps_only_undominated_points() -> None:
