@@ -11,7 +11,8 @@ PROFILE ?= smoke
 # Every folder of reproduce/ is a paper with a `make reproduce-<paper>` target.
 PAPERS := $(patsubst reproduce/%/__init__.py,%,$(wildcard reproduce/*/__init__.py))
 
-.PHONY: install run job test bench ui lint format clean reproduce-all $(addprefix reproduce-,$(PAPERS))
+.PHONY: install run job data test bench bench-baseline bench-compare ui lint format clean \
+	reproduce-all $(addprefix reproduce-,$(PAPERS))
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -41,11 +42,47 @@ reproduce-crossover: reproduce-crossover_sgd
 
 reproduce-all: $(addprefix reproduce-,$(PAPERS))
 
+# Fashion-MNIST (60k/10k real 28x28 images, MNIST's format; dataset fashion_mnist): Debian's
+# package puts it in /usr/share/datasets/fashion-mnist, where the suite reads it by default.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then \
+		echo "fashion_mnist: installed in /usr/share/datasets/fashion-mnist"; \
+	elif command -v apt-get >/dev/null; then \
+		$(SUDO) apt-get install -y dataset-fashion-mnist \
+		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist; }; \
+	else \
+		echo "no apt-get here: fetch Fashion-MNIST with torchvision into a folder DIR and pass"; \
+		echo "--data-dir DIR:  $(BIN)/suite data download fashion_mnist --data-dir DIR"; \
+	fi
+
 test:
 	$(BIN)/pytest -q
 
+# pytest-benchmark. Saved results live in benchmarks/ (tracked), one folder per machine kind
+# (Linux-CPython-3.11-64bit ...). bench-compare reruns the cheap benchmarks (BENCH_CHEAP: a few
+# seconds to a minute each) and fails when a minimum is more than BENCH_MARGIN slower than the
+# latest saved baseline of this machine kind; bench-baseline saves a new one (commit it).
+# The margin is on the minimum, which load on a shared machine moves least; 60% is above the
+# swings seen on the loaded 2-core machine the baseline was saved on (up to +39%, see README).
+BENCH_STORAGE := file://./benchmarks
+BENCH_CHEAP := tests/benchmarks/test_bench_cli.py tests/benchmarks/test_bench_compressors.py \
+	tests/benchmarks/test_bench_divergence.py
+BENCH_CHEAP_K := typo or first_line or throughput and 1e5 or parameter_check
+BENCH_MARGIN ?= min:60%
+BENCH_ARGS := -q -m bench --benchmark-columns=min,mean,max,rounds \
+	--benchmark-storage=$(BENCH_STORAGE)
+
 bench:
-	$(BIN)/pytest -q -m bench --benchmark-columns=min,mean,max,rounds tests/benchmarks
+	$(BIN)/pytest $(BENCH_ARGS) tests/benchmarks
+
+# One torch thread: a parallel op waits for its slowest thread, which load elsewhere stalls.
+bench-baseline:
+	OMP_NUM_THREADS=1 $(BIN)/pytest $(BENCH_ARGS) -k '$(BENCH_CHEAP_K)' --benchmark-save=baseline $(BENCH_CHEAP)
+
+bench-compare:
+	OMP_NUM_THREADS=1 $(BIN)/pytest $(BENCH_ARGS) -k '$(BENCH_CHEAP_K)' --benchmark-compare \
+		--benchmark-compare-fail=$(BENCH_MARGIN) $(BENCH_CHEAP)
 
 ui:
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000
