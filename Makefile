@@ -60,29 +60,33 @@ test:
 	$(BIN)/pytest -q
 
 # pytest-benchmark. Saved results live in benchmarks/ (tracked), one folder per machine kind
-# (Linux-CPython-3.11-64bit ...). bench-compare reruns the cheap benchmarks (BENCH_CHEAP: a few
-# seconds to a minute each) and fails when a minimum is more than BENCH_MARGIN slower than the
-# latest saved baseline of this machine kind; bench-baseline saves a new one (commit it).
-# The margin is on the minimum, which load on a shared machine moves least; 60% is above the
-# swings seen on the loaded 2-core machine the baseline was saved on (up to +39%, see README).
+# (Linux-CPython-3.11-64bit ...). bench-baseline saves the cheap benchmarks' figures there
+# (commit the file); bench-compare reruns them and fails when a minimum is slower than the
+# latest saved baseline by more than its group's margin. Margins are on the minimum, which load
+# moves least, and sit above what the loaded 2-core machine the baseline was saved on showed
+# over four comparisons (README): compressor throughput (in-process, 30 rounds) up to +14%, so
+# 25%; whole CLI processes (first contact) up to +79%, so 100%. One torch thread throughout: a
+# parallel op waits for whichever of its threads load elsewhere stalls.
 BENCH_STORAGE := file://./benchmarks
-BENCH_CHEAP := tests/benchmarks/test_bench_cli.py tests/benchmarks/test_bench_compressors.py \
-	tests/benchmarks/test_bench_divergence.py
-BENCH_CHEAP_K := typo or first_line or throughput and 1e5 or parameter_check
-BENCH_MARGIN ?= min:60%
 BENCH_ARGS := -q -m bench --benchmark-columns=min,mean,max,rounds \
 	--benchmark-storage=$(BENCH_STORAGE)
+BENCH_KERNELS := -k 'throughput and 1e5' tests/benchmarks/test_bench_compressors.py
+BENCH_CLI := tests/benchmarks/test_bench_cli.py
+BENCH_KERNELS_MARGIN ?= min:25%
+BENCH_CLI_MARGIN ?= min:100%
+BENCH_COMPARE := OMP_NUM_THREADS=1 $(BIN)/pytest $(BENCH_ARGS) --benchmark-compare
 
 bench:
 	$(BIN)/pytest $(BENCH_ARGS) tests/benchmarks
 
-# One torch thread: a parallel op waits for its slowest thread, which load elsewhere stalls.
 bench-baseline:
-	OMP_NUM_THREADS=1 $(BIN)/pytest $(BENCH_ARGS) -k '$(BENCH_CHEAP_K)' --benchmark-save=baseline $(BENCH_CHEAP)
+	OMP_NUM_THREADS=1 $(BIN)/pytest $(BENCH_ARGS) --benchmark-save=baseline \
+		-k 'throughput and 1e5 or test_bench_cli' tests/benchmarks/test_bench_compressors.py \
+		$(BENCH_CLI)
 
 bench-compare:
-	OMP_NUM_THREADS=1 $(BIN)/pytest $(BENCH_ARGS) -k '$(BENCH_CHEAP_K)' --benchmark-compare \
-		--benchmark-compare-fail=$(BENCH_MARGIN) $(BENCH_CHEAP)
+	$(BENCH_COMPARE) --benchmark-compare-fail=$(BENCH_KERNELS_MARGIN) $(BENCH_KERNELS)
+	$(BENCH_COMPARE) --benchmark-compare-fail=$(BENCH_CLI_MARGIN) $(BENCH_CLI)
 
 ui:
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000

@@ -10,9 +10,9 @@ measured:
   printed before the heavy imports; the job is stopped once the line is read. Target: <= 2 s.
 
 Asserted on the minimum over the rounds, the figure machine load moves least (what the CLI
-itself costs; on the shared 2-core machine, load 15, the mean of a typo's exit swung from 0.3 s
-to 1.1 s between runs while its minimum stayed near 0.3 s); the mean is printed beside it.
-``make bench-compare`` compares the minima against the saved baseline.
+itself costs: on the shared 2-core machine at load 15, a typo's mean exit ranged 0.25-1.13 s
+between runs, its minimum 0.19-0.80 s); the mean is printed beside it. ``make bench-compare``
+compares the minima against the saved baseline.
 """
 
 from __future__ import annotations
