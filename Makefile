@@ -11,7 +11,8 @@ PROFILE ?= smoke
 # Every folder of reproduce/ is a paper with a `make reproduce-<paper>` target.
 PAPERS := $(patsubst reproduce/%/__init__.py,%,$(wildcard reproduce/*/__init__.py))
 
-.PHONY: install run job test bench ui lint format clean reproduce-all $(addprefix reproduce-,$(PAPERS))
+.PHONY: install run job data test bench bench-baseline bench-compare ui lint format clean \
+	reproduce-all $(addprefix reproduce-,$(PAPERS))
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -41,11 +42,51 @@ reproduce-crossover: reproduce-crossover_sgd
 
 reproduce-all: $(addprefix reproduce-,$(PAPERS))
 
+# Fashion-MNIST (60k/10k real 28x28 images, MNIST's format; dataset fashion_mnist): Debian's
+# package puts it in /usr/share/datasets/fashion-mnist, where the suite reads it by default.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then \
+		echo "fashion_mnist: installed in /usr/share/datasets/fashion-mnist"; \
+	elif command -v apt-get >/dev/null; then \
+		$(SUDO) apt-get install -y dataset-fashion-mnist \
+		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist; }; \
+	else \
+		echo "no apt-get here: fetch Fashion-MNIST with torchvision into a folder DIR and pass"; \
+		echo "--data-dir DIR:  $(BIN)/suite data download fashion_mnist --data-dir DIR"; \
+	fi
+
 test:
 	$(BIN)/pytest -q
 
+# pytest-benchmark. Saved results live in benchmarks/ (tracked), one folder per machine kind
+# (Linux-CPython-3.11-64bit ...). bench-baseline saves the cheap benchmarks' figures there
+# (commit the file); bench-compare reruns them and fails when a minimum is slower than the
+# latest saved baseline by more than its group's margin. Margins are on the minimum, which load
+# moves least, and sit above what the loaded 2-core machine the baseline was saved on showed
+# over four comparisons (README): compressor throughput (in-process, 30 rounds) up to +14%, so
+# 25%; whole CLI processes (first contact) up to +79%, so 100%. One torch thread throughout: a
+# parallel op waits for whichever of its threads load elsewhere stalls.
+BENCH_STORAGE := file://./benchmarks
+BENCH_ARGS := -q -m bench --benchmark-columns=min,mean,max,rounds \
+	--benchmark-storage=$(BENCH_STORAGE)
+BENCH_KERNELS := -k 'throughput and 1e5' tests/benchmarks/test_bench_compressors.py
+BENCH_CLI := tests/benchmarks/test_bench_cli.py
+BENCH_KERNELS_MARGIN ?= min:25%
+BENCH_CLI_MARGIN ?= min:100%
+BENCH_COMPARE := OMP_NUM_THREADS=1 $(BIN)/pytest $(BENCH_ARGS) --benchmark-compare
+
 bench:
-	$(BIN)/pytest -q -m bench --benchmark-columns=min,mean,max,rounds tests/benchmarks
+	$(BIN)/pytest $(BENCH_ARGS) tests/benchmarks
+
+bench-baseline:
+	OMP_NUM_THREADS=1 $(BIN)/pytest $(BENCH_ARGS) --benchmark-save=baseline \
+		-k 'throughput and 1e5 or test_bench_cli' tests/benchmarks/test_bench_compressors.py \
+		$(BENCH_CLI)
+
+bench-compare:
+	$(BENCH_COMPARE) --benchmark-compare-fail=$(BENCH_KERNELS_MARGIN) $(BENCH_KERNELS)
+	$(BENCH_COMPARE) --benchmark-compare-fail=$(BENCH_CLI_MARGIN) $(BENCH_CLI)
 
 ui:
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000

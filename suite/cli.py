@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import difflib
 import json
 import math
 import os
@@ -36,6 +37,7 @@ from suite.config import (
     describe_type,
     flatten,
     make_component,
+    precheck,
     settable_keys,
 )
 from suite.divergence import Diverged, json_safe
@@ -68,13 +70,38 @@ class UsageError(Exception):
 # Targets
 
 
+def _did_you_mean(name: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_target(target: str) -> None:
+    """An unknown algorithm (or preset) name is bad input; checked against suite.names, so
+    without importing torch."""
+    from suite import names
+
+    if target not in names.ALGORITHMS:
+        hint = "; recipes run with `suite reproduce PAPER`" if target in names.RECIPES else ""
+        raise ConfigError(
+            f"unknown target {target!r}{_did_you_mean(target, list(names.ALGORITHMS))}; valid "
+            f"choices: {', '.join(names.ALGORITHMS)}{hint}"
+        )
+
+
+def check_paper(paper: str) -> None:
+    """An unknown paper is bad input (checked against suite.names, without torch)."""
+    from suite import names
+
+    if paper not in names.PAPERS:
+        raise ConfigError(
+            f"no recipes for paper {paper!r}{_did_you_mean(paper, names.PAPERS)}; valid "
+            f"choices: {', '.join(names.PAPERS)}"
+        )
+
+
 def resolve_target(target: str) -> tuple[RunConfig, str]:
     """(base config, paper) of an algorithm (or preset) name."""
-    if target not in ALGORITHMS:
-        hint = "; recipes run with `suite reproduce PAPER`" if target in RECIPES else ""
-        raise ConfigError(
-            f"unknown target {target!r}; valid choices: {', '.join(ALGORITHMS.names())}{hint}"
-        )
+    check_target(target)
     entry = ALGORITHMS.get(target)
     cfg = RunConfig(algorithm=make_component("algorithm", target))
     world = entry.meta.get("world_size")
@@ -83,8 +110,8 @@ def resolve_target(target: str) -> tuple[RunConfig, str]:
     return cfg, entry.paper or "baseline"
 
 
-def build_config(args: argparse.Namespace) -> tuple[RunConfig, str]:
-    cfg, paper = resolve_target(args.target)
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` and the flags that stand for config keys, as ``key=value`` overrides."""
     overrides = list(args.set or [])
     for flag in ("nproc", "seed", "steps", "epochs", "data_dir", "device"):
         value = getattr(args, flag, None)
@@ -92,7 +119,30 @@ def build_config(args: argparse.Namespace) -> tuple[RunConfig, str]:
             overrides.append(f"{flag}={value}")
     if args.steps is not None and args.epochs is None:
         overrides.append("epochs=0")  # an explicit step count beats a recipe's epochs
-    return apply_overrides(cfg, overrides), paper
+    return overrides
+
+
+def build_config(args: argparse.Namespace) -> tuple[RunConfig, str]:
+    cfg, paper = resolve_target(args.target)
+    return apply_overrides(cfg, _overrides(args)), paper
+
+
+def quick_check(args: argparse.Namespace, world_size: int | None = None) -> RunConfig:
+    """Names, keys and the run's own values checked before torch is imported (exit 2 at
+    once); returns the config as far as that check knows it (see config.precheck)."""
+    check_target(args.target)
+    extra = [] if world_size is None else [f"nproc={world_size}"]
+    return precheck(args.target, [*_overrides(args), *extra])
+
+
+def _plan(target: str, cfg: RunConfig, torchrun: bool) -> str:
+    """The first line ``suite run`` prints, before its heavy imports."""
+    length = f"{cfg.epochs:g} epochs" if cfg.epochs > 0 else f"{cfg.steps} steps"
+    where = "this torchrun job's" if torchrun else "local"
+    return (
+        f"{target}: starting {cfg.nproc} {where} rank(s), {cfg.dataset.name}/{cfg.model.name}, "
+        f"{length} ..."
+    )
 
 
 def preflight(cfg: RunConfig) -> None:
@@ -264,12 +314,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     torchrun_rank = _torchrun_rank()
     _parse_tags(args.tag)  # bad input fails before anything starts
+    world = int(os.environ["WORLD_SIZE"]) if torchrun_rank is not None else None
+    plan = quick_check(args, world)  # typos exit 2 here, before torch and MLflow load
     uri = None if args.no_track else tracking_uri(args.tracking_uri)
     if uri is not None:
         try:
             check_uri(uri)
         except ValueError as err:
             raise UsageError(str(err)) from None
+    if not args.quiet and not torchrun_rank:
+        _say(_plan(args.target, plan, torchrun_rank is not None))
     # The MLflow writer starts first: its imports then overlap the job's own start-up.
     writer = RunWriter().start() if uri is not None and not torchrun_rank else None
     try:
@@ -614,7 +668,10 @@ def _end_failed(writer: Any, error: str, tags: dict[str, str] | None = None) -> 
 def _kind(name: str) -> str:
     kind = name if name in REGISTRIES else name + "s"
     if kind not in REGISTRIES:
-        raise UsageError(f"unknown kind {name!r}; valid choices: {', '.join(REGISTRIES)}")
+        raise UsageError(
+            f"unknown kind {name!r}{_did_you_mean(name, list(REGISTRIES))}; valid choices: "
+            f"{', '.join(REGISTRIES)}"
+        )
     return kind
 
 
@@ -636,6 +693,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     """Print the resolved config of a target: every key --set accepts, its value and type."""
     args.nproc = args.seed = args.steps = args.epochs = args.data_dir = args.device = None
+    quick_check(args)
     cfg, paper = build_config(args)
     types = settable_keys(cfg)
     flat = flatten(cfg)
@@ -707,6 +765,8 @@ def _stored_trace(run: str, explicit_uri: str | None) -> tuple[Any, int | None, 
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    check_paper(args.paper)
+    precheck(None, args.set or ())
     from suite.reproduce import reproduce
 
     return reproduce(
@@ -721,11 +781,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    check_paper(args.paper)  # an unknown paper is bad input: exit 2 with the valid ones
     from reports.builder import build_report
     from suite.recipes import recipes_of
     from suite.reproduce import REPORTS_DIR
 
-    recipes_of(args.paper)  # an unknown paper is bad input: exit 2 with the valid ones
+    recipes_of(args.paper)
     out = Path(args.out) if args.out else REPORTS_DIR / args.paper
     uri = _checked_uri(args.tracking_uri)
     report = build_report(args.paper, uri, out, experiment=args.experiment)
@@ -734,6 +795,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from suite import names
+
+    if args.recipe not in names.RECIPES:
+        raise ConfigError(
+            str(UnknownNameError("recipe", args.recipe, list(names.RECIPES)))
+            + "; `suite list recipes` describes them"
+        )
+    precheck(None, args.set or ())
     from suite.sweep import sweep
 
     recipe = RECIPES.get(args.recipe).obj
@@ -764,10 +833,12 @@ def _checked_uri(explicit: str | None) -> str:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from suite.registry import DATASETS
+    from suite import names
+
+    if args.name not in names.DATASETS:
+        raise UnknownNameError("dataset", args.name, list(names.DATASETS))
     from suite.tasks.datasets import download_dataset
 
-    DATASETS.get(args.name)
     download_dataset(args.name, args.data_dir)
     print(f"{args.name} is ready under {args.data_dir}")
     return 0
@@ -776,8 +847,23 @@ def cmd_data(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a "did you mean" for a mistyped choice (a subcommand, --profile ...)."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        choices = action.choices
+        if choices is not None and value not in choices:
+            listed = [str(c) for c in choices]
+            hint = _did_you_mean(str(value), listed)
+            if hint:
+                raise argparse.ArgumentError(
+                    action, f"invalid choice: {value!r}{hint}; choose from {', '.join(listed)}"
+                )
+        super()._check_value(action, value)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="suite",
         description="Benchmark suite for communication-efficient distributed SGD.",
     )

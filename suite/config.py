@@ -19,6 +19,7 @@ included) must be finite: :func:`validate` refuses inf and nan unless the field 
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import math
@@ -369,10 +370,98 @@ def apply_overrides(cfg: RunConfig, items: Iterable[str] | Mapping[str, Any]) ->
         try:
             cfg = _set_path(cfg, key.split("."), text, key)
         except KeyError:
-            valid = ", ".join(sorted(settable_keys(cfg)))
-            raise ConfigError(f"unknown config key {key!r}; valid keys: {valid}") from None
+            raise _unknown_key(key, settable_keys(cfg)) from None
     validate(cfg)
     return cfg
+
+
+def _unknown_key(key: str, valid: Iterable[str]) -> ConfigError:
+    keys = sorted(valid)
+    close = difflib.get_close_matches(key, keys, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}; valid keys: {', '.join(keys)}")
+
+
+def _check_name(kind: str, name: str, choices: Iterable[str]) -> str:
+    if name not in choices:
+        raise ConfigError(str(UnknownNameError(kind, name, sorted(choices))))
+    return name
+
+
+def precheck(algorithm: str | None, items: Iterable[str]) -> RunConfig:
+    """The checks that need no registry module, so no torch: ``algorithm`` and every
+    component name against :mod:`suite.names`, every key (with a "did you mean"), and the
+    values and ranges of the run's own fields (optim, fault, nproc ...). Run it first so bad
+    input exits at once; :func:`apply_overrides` then checks the rest (knob values).
+
+    ``algorithm`` None: the overrides apply to runs of any algorithm, with any world size (a
+    recipe's rows), so algorithm knobs and ranks named in fields are left to the full check.
+
+    Returns the config with the overrides of the run's own fields and the component names
+    applied (component knobs left unset), enough to say what the run will be."""
+    from suite import names
+
+    cfg = RunConfig()
+    if algorithm is not None:
+        cfg = RunConfig(algorithm=Component(_check_name("algorithm", algorithm, names.ALGORITHMS)))
+        if algorithm in names.WORLD_SIZES:
+            cfg = replace(cfg, nproc=names.WORLD_SIZES[algorithm])
+    named = {"algorithm"} if algorithm is not None else set()
+    pairs = sorted((split_override(i) for i in items), key=_names_first)
+    for key, text in pairs:
+        path = key.split(".")
+        if path[0] not in names.COMPONENTS:  # the run's own fields: parsed and set here
+            try:
+                cfg = _set_path(cfg, path, text, key)
+            except KeyError:
+                raise _unknown_key(key, _precheck_keys(cfg)) from None
+            continue
+        kind = path[0]
+        if len(path) == 1:
+            cfg = replace(cfg, **{kind: Component(_check_name(kind, text, names.COMPONENTS[kind]))})
+            named.add(kind)
+            continue
+        if kind == "algorithm" and kind not in named:
+            continue  # knobs of whichever algorithm a recipe's row runs
+        knobs = names.COMPONENTS[kind][getattr(cfg, kind).name]
+        if path[1] not in knobs:
+            raise _unknown_key(key, _precheck_keys(cfg))
+        if len(path) == 2 and path[1] in names.NESTED:  # algorithm.compressor=NAME
+            try:
+                _check_name(path[1], text, names.NESTED[path[1]])
+            except ConfigError as err:
+                raise ConfigError(f"bad value {text!r} for {key}: {err}") from None
+    _check_fields(cfg, world_known="algorithm" in named)
+    if "algorithm" not in named:
+        return cfg
+    world = names.WORLD_SIZES.get(cfg.algorithm.name)
+    if world is not None and cfg.nproc != world:
+        raise ConfigError(
+            f"algorithm {cfg.algorithm.name!r} runs on exactly {world} process(es); "
+            f"got nproc={cfg.nproc}"
+        )
+    for key, value in _nonfinite(cfg):
+        raise ConfigError(f"{key} must be a finite number, got {_as_text(value)}")
+    return cfg
+
+
+def _precheck_keys(cfg: RunConfig) -> list[str]:
+    """The keys --set accepts for ``cfg`` as :mod:`suite.names` knows them (knobs of nested
+    components, such as ``algorithm.compressor.ratio``, left out)."""
+    from suite import names
+
+    keys = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, Component):
+            keys.append(f.name)
+            knobs = names.COMPONENTS[f.name].get(value.name, ())
+            keys.extend(f"{f.name}.{knob}" for knob in knobs)
+        elif is_dataclass(value):
+            keys.extend(f"{f.name}.{sub.name}" for sub in fields(value))
+        else:
+            keys.append(f.name)
+    return keys
 
 
 def _nonfinite(obj: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -400,6 +489,26 @@ def validate(cfg: RunConfig) -> None:
 
     Every float knob must be finite (inf and nan are refused) unless its field's metadata has
     a ``"nonfinite"`` entry saying what they mean for it."""
+    _check_fields(cfg)
+    check_world = getattr(cfg.algorithm.args, "check_world", None)
+    if check_world is not None:  # knobs that depend on the world size (ranks named in them)
+        try:
+            check_world(cfg.nproc)
+        except ValueError as err:
+            raise ConfigError(f"algorithm.{err}") from None
+    entry = ALGORITHMS.get(cfg.algorithm.name)
+    world = entry.meta.get("world_size")
+    if world is not None and cfg.nproc != world:
+        raise ConfigError(
+            f"algorithm {entry.name!r} runs on exactly {world} process(es); got nproc={cfg.nproc}"
+        )
+    for key, value in _nonfinite(cfg):
+        raise ConfigError(f"{key} must be a finite number, got {_as_text(value)}")
+
+
+def _check_fields(cfg: RunConfig, world_known: bool = True) -> None:
+    """The checks of :func:`validate` on the run's own fields (no registry needed); those that
+    depend on the world size only if ``world_known``."""
     positive = ("nproc", "batch_size", "micro_batches", "eval_batch_size", "log_every")
     for name in positive:
         if getattr(cfg, name) < 1:
@@ -430,22 +539,8 @@ def validate(cfg: RunConfig) -> None:
     from suite.network import parse_network  # here: suite.network imports this module
 
     parse_network(cfg.network)  # ConfigError listing the presets and the grammar
-    if cfg.fault.kind != "none" and not 0 <= cfg.fault.rank < cfg.nproc:
+    if world_known and cfg.fault.kind != "none" and not 0 <= cfg.fault.rank < cfg.nproc:
         raise ConfigError(f"fault.rank must be in [0, {cfg.nproc - 1}], got {cfg.fault.rank}")
-    check_world = getattr(cfg.algorithm.args, "check_world", None)
-    if check_world is not None:  # knobs that depend on the world size (ranks named in them)
-        try:
-            check_world(cfg.nproc)
-        except ValueError as err:
-            raise ConfigError(f"algorithm.{err}") from None
-    entry = ALGORITHMS.get(cfg.algorithm.name)
-    world = entry.meta.get("world_size")
-    if world is not None and cfg.nproc != world:
-        raise ConfigError(
-            f"algorithm {entry.name!r} runs on exactly {world} process(es); got nproc={cfg.nproc}"
-        )
-    for key, value in _nonfinite(cfg):
-        raise ConfigError(f"{key} must be a finite number, got {_as_text(value)}")
 
 
 def from_flat(flat: Mapping[str, Any]) -> RunConfig:
@@ -464,6 +559,7 @@ __all__ = [
     "from_flat",
     "make_component",
     "parse_value",
+    "precheck",
     "resolve",
     "settable_keys",
     "to_json",

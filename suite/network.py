@@ -17,6 +17,7 @@ Pure: no I/O, nothing imported beyond the standard library and :class:`ConfigErr
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -81,8 +82,11 @@ def parse_network(text: str) -> NetworkSpec:
         return PRESETS[key]
     match = _SPEC.fullmatch(key)
     if match is None:
+        close = difflib.get_close_matches(key, list(PRESETS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(
-            f"unknown network {text!r}; valid: a preset ({describe_presets()}) or a spec {GRAMMAR}"
+            f"unknown network {text!r}{hint}; valid: a preset ({describe_presets()}) or a spec "
+            f"{GRAMMAR}"
         )
     rate = float(match["rate"]) * _RATE_UNITS[match["runit"]]
     if match["zero"] is not None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import pickle
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,9 @@ from suite.tracking import RunWriter
 
 RUN = ["run", "allreduce_sgd", "--steps", "2"]
 SWEEP = ["sweep", "baseline/periods", "--space", "period", "--trials", "1"]
+
+# Kinds of name whose error had a "did you mean" already (the registry's own lookups)
+_HAD_ONE = {"dataset", "model", "algorithm", "compressor", "recipe", "data-name"}
 
 # (id, argv, fragments the message must hold: the problem and the valid range)
 CASES: list[tuple[str, list[str], list[str]]] = [
@@ -180,6 +185,51 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ),
     ("kept-mnist-no-dir", [*RUN, "--set", "dataset=mnist"], ["--data-dir"]),
     ("kept-tracking-uri", [*RUN, "--tracking-uri", "ftp://x"], ["valid schemes"]),
+    # "did you mean" for every kind of name and key (registry names had one: kept-)
+    *[
+        (
+            f"{'kept' if kind in _HAD_ONE else 'new'}-mean-{kind}",
+            argv,
+            [*fragments, f"(did you mean {meant!r}?)"],
+        )
+        for kind, argv, fragments, meant in [
+            ("target", ["run", "allreduce"], ["unknown target 'allreduce'"], "allreduce_sgd"),
+            ("key", [*RUN, "--set", "optim.lrr=1"], ["unknown config key"], "optim.lr"),
+            ("knob", ["run", "local_sgd", "--set", "algorithm.perod=2"], [], "algorithm.period"),
+            (
+                "show-knob",
+                ["show", "eventgrad", "--set", "algorithm.horizn=2"],
+                [],
+                "algorithm.horizon",
+            ),
+            ("dataset", [*RUN, "--set", "dataset=digit"], ["unknown dataset 'digit'"], "digits"),
+            ("model", [*RUN, "--set", "model=mpl"], ["unknown model 'mpl'"], "mlp"),
+            ("algorithm", [*RUN, "--set", "algorithm=dpsdg"], ["unknown algorithm"], "dpsgd"),
+            (
+                "compressor",
+                ["run", "ef_sgd", "--set", "algorithm.compressor=topk"],
+                ["unknown compressor 'topk'"],
+                "top_k",
+            ),
+            ("network", [*RUN, "--set", "network=wna"], ["unknown network 'wna'"], "wan"),
+            ("preset", ["run", "eventgrad_tpk"], ["unknown target"], "eventgrad_topk"),
+            ("paper", ["reproduce", "eventgrd"], ["no recipes for paper 'eventgrd'"], "eventgrad"),
+            ("report-paper", ["report", "dybww"], ["no recipes for paper"], "dybw"),
+            ("profile", ["reproduce", "dybw", "--profile", "smok"], ["--profile"], "smoke"),
+            (
+                "recipe",
+                [*SWEEP[:1], "baseline/period", *SWEEP[2:]],
+                ["unknown recipe"],
+                "baseline/periods",
+            ),
+            ("reproduce-key", ["reproduce", "dybw", "--set", "optim.lrr=1"], [], "optim.lr"),
+            ("sweep-key", [*SWEEP, "--set", "batch_sise=8"], [], "batch_size"),
+            ("device", [*RUN, "--device", "cdua"], ["--device"], "cuda"),
+            ("subcommand", ["rnu", "allreduce_sgd"], ["invalid choice: 'rnu'"], "run"),
+            ("list-kind", ["list", "algoritms"], ["unknown kind"], "algorithms"),
+            ("data-name", ["data", "download", "mnsit", "--data-dir", "d"], [], "mnist"),
+        ]
+    ],
 ]
 
 
@@ -234,6 +284,59 @@ def test_the_real_cli_refuses_them_too(tmp_path: Path, case: str) -> None:
         assert fragment in proc.stderr
     assert "Traceback" not in proc.stderr and "rank 0" not in proc.stderr
     assert os.listdir(tmp_path) == []
+
+
+# Bad names, keys and values of the run's own fields are refused before torch or MLflow is
+# imported (they take seconds to load on a busy machine); knob values are checked after.
+FAST = [
+    *("new-mean-" + kind for kind in ("target", "knob", "paper", "report-paper")),
+    *("new-mean-" + kind for kind in ("sweep-key", "network")),
+    *("kept-mean-" + kind for kind in ("recipe", "data-name", "compressor")),
+    *("new-lr-nan", "kept-world-size", "kept-fault-rank", "kept-bad-choice"),
+]
+
+_IMPORTS_AT_EXIT = """
+import atexit, sys
+atexit.register(lambda: print(sorted({"torch", "mlflow"} & set(sys.modules)), file=sys.stderr))
+from suite.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("case", FAST)
+def test_bad_input_exits_before_torch_or_mlflow_is_imported(tmp_path: Path, case: str) -> None:
+    argv, fragments = next(c[1:] for c in CASES if c[0] == case)
+    proc = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_AT_EXIT, *argv], cwd=tmp_path, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    for fragment in fragments:
+        assert fragment in proc.stderr
+    assert proc.stderr.rstrip().endswith("[]"), proc.stderr  # neither was imported
+
+
+def test_suite_run_says_what_it_starts_before_importing_torch(tmp_path: Path) -> None:
+    """The plan is the first line, printed before the config is built (which loads torch)."""
+    script = """
+import sys
+from suite import cli
+def stop(args):
+    print("torch" in sys.modules, file=sys.stderr)
+    sys.exit(0)
+cli.build_config = stop
+sys.exit(cli.main(sys.argv[1:]))
+"""
+    argv = ["run", "dpsgd", "--no-track", "--nproc", "3", "--epochs", "1.5", "--set", "model=cnn2"]
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *argv], cwd=tmp_path, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "dpsgd: starting 3 local rank(s), digits/cnn2, 1.5 epochs ...",
+        "False",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

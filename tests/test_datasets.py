@@ -14,7 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
+from suite import cli
 from suite.registry import DATASETS
+from suite.tasks import datasets
 from suite.tasks.data import DataNotFoundError, Dataset, TensorSplit
 from suite.tasks.datasets import (
     DownloadError,
@@ -416,6 +418,60 @@ def test_image_folder_layout_errors(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Fashion-MNIST: MNIST's format in torchvision's FashionMNIST/raw/, or the system copy
+
+
+@pytest.mark.parametrize(
+    ("subdir", "gz"), list(itertools.product(["FashionMNIST/raw", ""], [False, True]))
+)
+def test_fashion_mnist_reads_idx_plain_and_gz_in_both_layouts(
+    tmp_path: Path, subdir: str, gz: bool
+) -> None:
+    arrays = mnist_arrays()
+    write_mnist(tmp_path / subdir if subdir else tmp_path, arrays, gz)
+    check("fashion_mnist", tmp_path)  # no error
+    ds = load("fashion_mnist", tmp_path)
+    assert ds.name == "fashion_mnist" and ds.num_classes == 10
+    assert ds.input_shape == (1, 28, 28) and ds.train.x.dtype == torch.uint8
+    assert torch.equal(ds.train.x[:, 0], torch.from_numpy(arrays["train_x"]))
+    assert torch.equal(ds.test.x[:, 0], torch.from_numpy(arrays["test_x"]))
+    assert ds.train.y.tolist() == [3, 1, 4] and ds.test.y.tolist() == [1, 5]
+    out = ds.preprocess(ds.train.x, True, None)  # Fashion-MNIST's own statistics
+    assert out[0, 0, 0, 1].item() == pytest.approx((7 / 255 - 0.2860) / 0.3530, rel=1e-5)
+
+
+def test_fashion_mnist_reads_the_system_copy_without_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no --data-dir: the folder Debian's dataset-fashion-mnist installs (gzipped files)."""
+    system = tmp_path / "usr-share-datasets-fashion-mnist"
+    write_mnist(system, mnist_arrays(), gz=True)
+    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", str(system))
+    check("fashion_mnist", "")
+    ds = load("fashion_mnist", "")
+    assert ds.train.y.tolist() == [3, 1, 4] and ds.test.x.shape == (2, 1, 28, 28)
+    # A --data-dir still wins over the system copy.
+    with pytest.raises(DataNotFoundError, match="FashionMNIST/raw/train-images-idx3-ubyte"):
+        check("fashion_mnist", tmp_path / "elsewhere")
+
+
+def test_fashion_mnist_absent_is_exit_2_naming_the_file_and_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    system = tmp_path / "not-installed"
+    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", str(system))
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "allreduce_sgd", "--no-track", "--set", "dataset=fashion_mnist"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{system}/train-images-idx3-ubyte (or {system}/train-images-idx3-ubyte.gz)" in err
+    assert "apt-get install dataset-fashion-mnist" in err
+    assert "suite data download fashion_mnist --data-dir DIR" in err
+    assert "torchvision.datasets.FashionMNIST('DIR', download=True)" in err
+    assert "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------------
 # Missing data
 
 MISSING = {
@@ -527,6 +583,7 @@ def test_download_without_torchvision_gives_manual_instructions(
     monkeypatch.setitem(sys.modules, "torchvision", None)  # makes `import torchvision` fail
     for name, url in (
         ("mnist", "https://ossci-datasets.s3.amazonaws.com/mnist/"),
+        ("fashion_mnist", "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
         ("cifar10", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
         ("cifar100", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
     ):

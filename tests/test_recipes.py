@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import suite.reproduce as reproduce_mod
-from suite import cli
+from suite import cli, names
 from suite.recipes import (
     FAILS,
     HOLDS,
@@ -95,6 +95,7 @@ def test_a_bad_recipe_fails_before_any_process_starts(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys, rows, expected: str
 ) -> None:
     monkeypatch.setattr(reproduce_mod, "recipes_of", lambda paper: [_tiny_recipe(rows)])
+    monkeypatch.setattr(names, "PAPERS", (*names.PAPERS, "tiny"))  # the CLI's first check
     started = []
     monkeypatch.setattr(reproduce_mod, "run_job", lambda *a, **k: started.append(a))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

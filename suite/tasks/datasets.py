@@ -12,6 +12,10 @@ the torchvision one-liner and a hand-extracted archive all give the same tree (`
     are accepted too. IDX format: a 4-byte magic number (two zero bytes, a type code, 0x08 for
     unsigned bytes, and the number of dimensions), one big-endian uint32 per dimension, then the
     values in row-major order.
+``fashion_mnist``
+    The same four file names and format in ``DIR/FashionMNIST/raw/`` (or ``DIR``); with no
+    ``--data-dir``, the gzipped files Debian's package ``dataset-fashion-mnist`` installs in
+    ``/usr/share/datasets/fashion-mnist/``.
 ``cifar10``
     ``DIR/cifar-10-batches-py/{data_batch_1, ..., data_batch_5, test_batch}``, Python pickles of
     dicts with ``b"data"`` (uint8, one row of 3072 per image: the 1024 red values, then green,
@@ -97,6 +101,7 @@ class _Source:
 
 
 _MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+_FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 _CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 _CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 
@@ -108,6 +113,15 @@ _SOURCES = {
         "  t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz from\n"
         f"  {_MNIST_URL} (torchvision's mirror of http://yann.lecun.com/exdb/mnist/)\n"
         "  into {dir}/MNIST/raw/ (gunzipping them is optional)",
+    ),
+    "fashion_mnist": _Source(
+        "{dir}/FashionMNIST/raw/ (the four IDX files, plain or .gz)",
+        "FashionMNIST",
+        "  or, on Debian or Ubuntu: sudo apt-get install dataset-fashion-mnist (or `make data`),\n"
+        "  which puts them in /usr/share/datasets/fashion-mnist (read when --data-dir is unset)\n"
+        "  or by hand: download train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,\n"
+        "  t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz from\n"
+        f"  {_FASHION_MNIST_URL} into {{dir}}/FashionMNIST/raw/",
     ),
     "cifar10": _Source(
         "{dir}/cifar-10-batches-py/",
@@ -419,11 +433,11 @@ _MNIST_FILES = {
 _IDX_IMAGES, _IDX_LABELS = 0x00000803, 0x00000801
 
 
-def _mnist_files(data_dir: str) -> dict[str, str]:
-    """Paths of the four MNIST files: torchvision's layout first, then ``data_dir`` itself."""
-    root = _require_data_dir("mnist", data_dir)
+def _find_idx(folders: Sequence[str]) -> tuple[dict[str, str] | None, list[str]]:
+    """The four MNIST-named files (plain or .gz) in the first folder holding all of them, or
+    None; and the paths looked for."""
     looked_for = []
-    for folder in (os.path.join(root, "MNIST", "raw"), root):
+    for folder in folders:
         found = {}
         for key, base in _MNIST_FILES.items():
             path = os.path.join(folder, base)
@@ -434,8 +448,22 @@ def _mnist_files(data_dir: str) -> dict[str, str]:
             else:
                 looked_for.append(f"{path} (or {path}.gz)")
         if len(found) == len(_MNIST_FILES):
-            return found
-    _not_found("mnist", data_dir, looked_for)
+            return found, looked_for
+    return None, looked_for
+
+
+def _idx_files(name: str, folder: str, data_dir: str) -> dict[str, str]:
+    """Paths of the four IDX files of ``name``: torchvision's layout ``DIR/<folder>/raw/``
+    first, then ``data_dir`` itself."""
+    root = _require_data_dir(name, data_dir)
+    found, looked_for = _find_idx([os.path.join(root, folder, "raw"), root])
+    if found is None:
+        _not_found(name, data_dir, looked_for)
+    return found
+
+
+def _mnist_files(data_dir: str) -> dict[str, str]:
+    return _idx_files("mnist", "MNIST", data_dir)
 
 
 def check_mnist(data_dir: str) -> None:
@@ -456,19 +484,26 @@ class MnistArgs:
 )
 def mnist(args: MnistArgs, data_dir: str) -> Dataset:
     """MNIST from its IDX files, stored as uint8 (N, 1, 28, 28); no augmentation."""
-    files = _mnist_files(data_dir)
+    mean, std = ((0.1307,), (0.3081,)) if args.normalize else (None, None)
+    return _idx_dataset("mnist", _mnist_files(data_dir), mean, std)
+
+
+def _idx_dataset(
+    name: str, files: dict[str, str], mean: Sequence[float] | None, std: Sequence[float] | None
+) -> Dataset:
+    """A 10-class dataset from the four MNIST-format files, images stored as uint8 (N, 1, H, W)."""
 
     def load(images_key: str, labels_key: str) -> TensorSplit:
         images = read_idx(files[images_key], _IDX_IMAGES)
         labels = read_idx(files[labels_key], _IDX_LABELS)
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise ValueError(
-                f"mnist: {files[images_key]} holds images of shape {images.shape} but "
+                f"{name}: {files[images_key]} holds images of shape {images.shape} but "
                 f"{files[labels_key]} labels of shape {labels.shape}; expected (N, rows, cols) "
                 f"and (N,)"
             )
         if labels.size and labels.max() > 9:
-            raise ValueError(f"mnist: {files[labels_key]} has label {labels.max()}, not 0..9")
+            raise ValueError(f"{name}: {files[labels_key]} has label {labels.max()}, not 0..9")
         return TensorSplit(
             torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
         )
@@ -476,16 +511,65 @@ def mnist(args: MnistArgs, data_dir: str) -> Dataset:
     train = load("train_images", "train_labels")
     test = load("test_images", "test_labels")
     if train.x.shape[1:] != test.x.shape[1:]:
-        raise ValueError(f"mnist: train images {train.x.shape[1:]} but test {test.x.shape[1:]}")
-    mean, std = ((0.1307,), (0.3081,)) if args.normalize else (None, None)
+        raise ValueError(f"{name}: train images {train.x.shape[1:]} but test {test.x.shape[1:]}")
     return Dataset(
-        name="mnist",
+        name=name,
         input_shape=tuple(train.x.shape[1:]),
         num_classes=10,
         train=train,
         test=test,
         preprocess=_float_preprocess(mean, std, 255.0),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Fashion-MNIST
+
+# Where Debian's package dataset-fashion-mnist installs the four files (gzipped); read when no
+# --data-dir is given.
+FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def _fashion_mnist_files(data_dir: str) -> dict[str, str]:
+    """The four Fashion-MNIST files: under ``data_dir`` as for mnist (``FashionMNIST/raw/``,
+    torchvision's layout, or the folder itself), or with no ``data_dir`` the system copy."""
+    if data_dir:
+        return _idx_files("fashion_mnist", "FashionMNIST", data_dir)
+    found, looked_for = _find_idx([FASHION_MNIST_SYSTEM_DIR])
+    if found is None:
+        lines = [
+            "dataset 'fashion_mnist': no --data-dir given, and the system copy is not "
+            f"installed in {FASHION_MNIST_SYSTEM_DIR}.",
+            "Looked for:",
+            *(f"  {path}" for path in looked_for),
+            _instructions("fashion_mnist", ""),
+        ]
+        raise DataNotFoundError("\n".join(lines))
+    return found
+
+
+def check_fashion_mnist(data_dir: str) -> None:
+    """Raise DataNotFoundError unless the four Fashion-MNIST files are where it looks."""
+    _fashion_mnist_files(data_dir)
+
+
+@dataclass(frozen=True)
+class FashionMnistArgs:
+    normalize: bool = True  # (x/255 - 0.2860) / 0.3530 (the training set's); False feeds x/255
+
+
+@DATASETS.register(
+    "fashion_mnist",
+    config=FashionMnistArgs,
+    description="Fashion-MNIST 28x28 clothing images, 60k/10k, MNIST's format and size "
+    "(--data-dir, or Debian's dataset-fashion-mnist package)",
+    check=check_fashion_mnist,
+)
+def fashion_mnist(args: FashionMnistArgs, data_dir: str) -> Dataset:
+    """Fashion-MNIST (Zalando, 2017) from its IDX files: a drop-in for MNIST, same file format,
+    sizes and 10 classes, that can be installed here; stored as uint8 (N, 1, 28, 28)."""
+    mean, std = ((0.2860,), (0.3530,)) if args.normalize else (None, None)
+    return _idx_dataset("fashion_mnist", _fashion_mnist_files(data_dir), mean, std)
 
 
 # --------------------------------------------------------------------------------------------
@@ -899,11 +983,17 @@ def imagenet(args: ImagenetArgs, data_dir: str) -> Dataset:
 
 _CHECKS: dict[str, Callable[[str], None]] = {
     "mnist": check_mnist,
+    "fashion_mnist": check_fashion_mnist,
     "cifar10": check_cifar10,
     "cifar100": check_cifar100,
     "imagenet": check_imagenet,
 }
-_TORCHVISION_CLASSES = {"mnist": "MNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+_TORCHVISION_CLASSES = {
+    "mnist": "MNIST",
+    "fashion_mnist": "FashionMNIST",
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+}
 
 
 def download_dataset(name: str, data_dir: str) -> None:
