@@ -279,11 +279,12 @@ class VirtualClock:
         n = self.model.world_size
         out = torch.zeros((n, n), dtype=torch.float64)
         ends = compute_end.tolist()
-        for j in sorted(range(n), key=lambda j: (ends[j], j)):
-            for i in range(n):
-                if j in self.in_peers[i]:
-                    _, arrival = self.links.transfer(j, i, self.message_bytes, ends[j])
-                    out[j, i] = arrival - ends[j]
+        # gloo's rendezvous, as in a replay: i posts its receives at its compute end
+        pairs = [(j, i) for j in sorted(range(n), key=lambda j: (ends[j], j))
+                 for i in range(n) if j in self.in_peers[i]]  # fmt: skip
+        flows = [(j, i, self.message_bytes, ends[j], ends[i]) for j, i in pairs]
+        for (j, i), (_, arrival) in zip(pairs, self.links.exchange(flows), strict=True):
+            out[j, i] = arrival - ends[j]
         return out
 
     def finish(self) -> list[int]:
