@@ -288,16 +288,16 @@ def _emulation(args: argparse.Namespace, cfg: RunConfig, torchrun_rank: int | No
 
 
 def _emulated_model(summary: dict[str, Any], artifacts: Any, spec: Any) -> dict[str, float]:
-    """What the network model predicts for the emulated network itself, from this run's trace
-    (the set rate; half the measured round trip where the spec sets no latency): beside the
-    measured seconds, a check of the model against real links."""
+    """What the network model predicts for the emulated network itself, from this run's trace:
+    beside the measured seconds, a check of the model against real links (see
+    :func:`suite.netmodel.emulated_network`); harness ops included, as the training time
+    measured includes them."""
     from suite import netmodel, trace
 
-    rtt = summary.get("measured_rtt_s")
-    network = netmodel.Network(spec, measured_latency_s=None if rtt is None else rtt / 2)
+    network = netmodel.emulated_network(spec, summary)
     try:
         timeline = netmodel.replay(
-            trace.load(artifacts[trace.ARTIFACT]), network, steps=summary["steps"]
+            trace.load(artifacts[trace.ARTIFACT]), network, steps=summary["steps"], harness=True
         )
     except (KeyError, ValueError) as err:
         _say(f"warning: network model on the emulated network: {err}")

@@ -17,25 +17,35 @@ Semantics, per rank, record by record (:mod:`suite.trace`'s schema):
 
 * compute: before each op the rank spends the record's measured ``gap`` times
   ``compute_scale`` (e.g. 0.1 for an accelerator ten times faster).
-* send (issue): a transfer of the payload from the sender's uplink to the receiver's downlink.
-  It starts when both are free (FIFO in the order transfers are issued, in simulated time),
-  occupies both for ``bytes / min(uplink, downlink)`` and arrives ``latency`` later. The send
-  completes when its bytes have left; a recv completes on arrival of the matching send, matched
-  by (src, dst, tag) and order. Issuing costs nothing; a ``wait`` record blocks the rank until
-  its op completes (an op without a wait record, e.g. a background wait, never blocks).
-* collective: the group's n-th collective starts when its last member arrives (and its links
-  are free of earlier transfers) and costs its algorithm's rounds, as :mod:`suite.wire`
-  defines the algorithm (ring all_reduce: 2(N-1) rounds, ring all_gather: N-1 rounds, binomial
-  tree broadcast/reduce/gather: ceil(log2 N) rounds). A round takes the latency plus its
-  busiest rank link's bytes over that link's rate (or the round's total bytes over the switch
-  cap, if slower); the per-round bytes come from :mod:`suite.wire` (:func:`rounds`), so they sum
-  to the bytes the summary's ``wire_bytes`` counts. Every member leaves at the end.
-  barrier: the synchronisation plus ceil(log2 N) rounds of latency (dissemination).
-* switch cap: every transfer and round also needs ``bytes / switch_bps`` of the switch, a FIFO
-  server (work-conserving: concurrent transfers share the cap, a lone one is not slowed below
-  its link rate).
+* links (:class:`Links`): a fluid model. Every message is a flow over the sender's uplink and
+  the receiver's downlink (and the switch, if capped); the flows moving at a moment share each
+  link max-min fairly (progressive filling: TCP's fair share), so two flows through one link
+  get half its rate each and a flow that finishes frees its share for the others. The flows of
+  one direction of a rank pair move one at a time, in order (gloo keeps one TCP connection per
+  pair). A message arrives ``latency + message_overhead_s`` after its last byte has left.
+* send / recv: gloo's rendezvous. A recv sends the sender a notice (no bytes, in the pair's
+  order: behind whatever the receiver already sends on that pair); a send's bytes move once
+  the send is issued and the notice has arrived, matched by (src, dst, tag) and order, so a
+  message whose receive is posted when it is sent costs two latencies plus its bytes. The
+  send completes when its bytes have left, the recv when they have arrived. Issuing costs
+  nothing; a ``wait`` record blocks the rank until its op completes (an op without a wait
+  record, e.g. a background wait, never blocks).
+* collective: the group's n-th collective starts when its last member arrives and runs its
+  algorithm's rounds, as :mod:`suite.wire` defines the algorithm (ring all_reduce: 2(N-1)
+  rounds, ring all_gather: N-1 rounds, binomial tree broadcast/reduce/gather: ceil(log2 N)
+  rounds): a round's transfers (from :func:`rounds`, summing to the summary's ``wire_bytes``)
+  start together as flows on the shared links, and the next round starts when all have
+  arrived. On an idle network a round takes the latency plus its busiest link's bytes over its
+  rate (the alpha-beta cost). Every member leaves at the end. barrier: ceil(log2 N) rounds of
+  latency (dissemination).
+* switch cap: ``switch_bps`` is one more link every flow crosses (a lone flow is not slowed
+  below its link rate when the cap is higher).
 * harness-channel ops (the suite's own bookkeeping: metrics gathers, evaluation all-reduces,
   checkpoints) are skipped by default (``harness=False``), their gaps kept as compute.
+
+Checked against real shaped links (``suite run --emulate``, README "Network time" and
+``tests/benchmarks/test_bench_netmodel_emulation.py``): :func:`emulated_network` is the
+network such a run had (measured rate and round trip, gloo's measured per-message cost).
 
 :class:`Links` is the link state alone (the straggler clock, :mod:`suite.stragglers`, sends
 over it); :func:`op_seconds` is one call's time on an idle network (the alpha-beta costs);
@@ -62,6 +72,11 @@ from suite.network import NetworkSpec, parse_network
 from suite.trace import DTYPE, KIND, Trace, load
 
 DEFAULT_LATENCY_S = 50e-6  # one switched LAN hop, for a spec that sets no latency
+# gloo's own cost per message over TCP (its notices, framing, wake-ups), beyond the link's
+# latency: 8-byte all_reduce (6 messages) 0.61 ms and send (a notice and the bytes) 0.43 ms on
+# 4 emulated 1 Gbit/s ranks of this 2-core machine (notes in README, "Network time").
+GLOO_MESSAGE_OVERHEAD_S = 1e-4
+_EPS = 1e-6  # bytes: a flow with less left has left
 
 _SEND, _RECV, _WAIT, _BARRIER = KIND["send"], KIND["recv"], KIND["wait"], KIND["barrier"]
 _NAMES = {v: k for k, v in KIND.items()}
@@ -78,12 +93,14 @@ class Link:
 
 @dataclass(frozen=True)
 class Network:
-    """A network to replay on: the spec, per-rank link overrides and a switch cap (bits/s)."""
+    """A network to replay on: the spec, per-rank link overrides, a switch cap (bits/s) and a
+    fixed cost per message (s, beyond the latency; 0 by default, see emulated_network)."""
 
     spec: NetworkSpec
     measured_latency_s: float | None = None
     links: dict[int, Link] = field(default_factory=dict)
     switch_bps: float | None = None
+    message_overhead_s: float = 0.0
 
     @property
     def latency_s(self) -> float:
@@ -102,6 +119,20 @@ class Network:
             down.append((link.down_bps or self.spec.bandwidth_bps) / 8)
             lat.append(self.latency_s if link.latency_s is None else link.latency_s)
         return up, down, lat
+
+
+def emulated_network(spec: NetworkSpec, measured: dict[str, Any]) -> Network:
+    """The network an emulated run (``suite run --emulate``) really had, from its summary's
+    measured figures: the links' measured throughput (median) as the rate, half the measured
+    round trip where the spec sets no latency, and gloo's per-message cost
+    (``GLOO_MESSAGE_OVERHEAD_S``)."""
+    rate = measured.get("measured_throughput_bps") or spec.bandwidth_bps
+    rtt = measured.get("measured_rtt_s")
+    return Network(
+        NetworkSpec(rate, spec.latency_s, spec.name),
+        measured_latency_s=None if rtt is None else rtt / 2,
+        message_overhead_s=GLOO_MESSAGE_OVERHEAD_S,
+    )
 
 
 def as_network(network: Network | NetworkSpec | str) -> Network:
@@ -187,41 +218,199 @@ def rounds(
 
 
 class Links:
-    """Every rank's uplink and downlink, and the switch, as FIFO servers in simulated time: the
-    link model a replay and the straggler clock (:class:`suite.stragglers.VirtualClock`) share."""
+    """Every rank's uplink and downlink, and the switch, as a fluid network in simulated time:
+    the link model a replay and the straggler clock (:class:`suite.stragglers.VirtualClock`)
+    share. The flows moving at a moment share every link max-min fairly (progressive filling,
+    the fluid model of TCP's fair share); the flows of one direction of a rank pair move one at
+    a time, in order (gloo keeps one TCP connection per pair). Start flows with :meth:`start` at
+    non-decreasing times, finish them with :meth:`pop`; :meth:`exchange` runs a batch of
+    point-to-point messages (the straggler clock's step)."""
 
     def __init__(self, network: Network | NetworkSpec | str, world_size: int) -> None:
         net = as_network(network)
         self.up, self.down, self.lat = net.rank_figures(world_size)
+        self.overhead = net.message_overhead_s
         self.switch = None if net.switch_bps is None else net.switch_bps / 8
-        self.switch_free = 0.0
-        self.up_free = [0.0] * world_size
-        self.down_free = [0.0] * world_size
+        self.now = 0.0
+        self.queues: dict[tuple[int, int], deque[int]] = {}  # directed pair -> its flows
+        self.flows: dict[int, list[Any]] = {}  # id -> [src, dst, bytes left, rate, ...]
+        self.busy_until: dict[tuple, float] = {}  # link -> when its last flow left
+        self.active: list[int] = []  # every pair's first flow: the ones moving
+        self._ids = 0
 
-    def transfer(self, src: int, dst: int, n: int, t: float) -> tuple[float, float]:
-        """Place ``n`` bytes from ``src`` to ``dst`` issued at ``t`` (after every transfer placed
-        before it on either link); (time its bytes have left, time they have arrived)."""
-        start = max(t, self.up_free[src], self.down_free[dst])
-        end = start + n / min(self.up[src], self.down[dst])
+    def delay(self, src: int, dst: int) -> float:
+        """A message's time from its last byte leaving to its arrival."""
+        return max(self.lat[src], self.lat[dst]) + self.overhead
+
+    def start(self, src: int, dst: int, n: int, t: float) -> int:
+        """Queue ``n`` bytes from ``src`` to ``dst`` at ``t``; the flow's id, which :meth:`pop`
+        gives back when it has left. A ``t`` before the last event (the straggler clock asks
+        step by step) is kept where the flow's links have been idle since ``t``, which makes it
+        exact; else the flow starts at the last event."""
+        fid = self._ids
+        self._ids += 1
+        queue = self.queues.setdefault((src, dst), deque())
+        flow = [src, dst, float(n), 0.0, None]  # [..., time it left, if in the past]
+        self.flows[fid] = flow
+        if t < self.now and not queue and self._idle_since(src, dst) <= t:
+            rate = min(self.up[src], self.down[dst])
+            if n <= rate * (self.now - t):
+                flow[2], flow[4] = 0.0, t + n / rate
+            else:
+                flow[2] = n - rate * (self.now - t)
+        self._advance(max(t, self.now))
+        queue.append(fid)
+        if len(queue) == 1:
+            self.active.append(fid)
+            self._rates()
+        return fid
+
+    def _idle_since(self, src: int, dst: int) -> float:
+        """Since when neither link of the flow ``src`` to ``dst`` has carried bytes (inf: one
+        does now, or a switch cap couples every flow)."""
         if self.switch is not None:
-            self.switch_free = max(self.switch_free, start) + n / self.switch
-            end = max(end, self.switch_free)
-        self.up_free[src] = self.down_free[dst] = end
-        return end, end + max(self.lat[src], self.lat[dst])
+            return math.inf
+        res = ("up", src), ("down", dst)
+        if any(r in self._resources(*self.flows[f][:2]) for f in self.active for r in res):
+            return math.inf
+        return max(self.busy_until.get(r, 0.0) for r in res)
+
+    def next_time(self) -> float:
+        """When the next flow's last byte leaves at the current rates (inf if none moves)."""
+        best = math.inf
+        for fid in self.active:
+            _, _, left, rate, _ = self.flows[fid]
+            if left <= _EPS:
+                return self.now
+            if rate > 0:
+                best = min(best, self.now + left / rate)
+        return best
+
+    def pop(self) -> tuple[int, float]:
+        """Finish the next flow: (its id, the time its last byte has left)."""
+        when = self.next_time()
+        if math.isinf(when):
+            raise ValueError("no flow is moving")
+        self._advance(when)
+        fid = min(self.active, key=lambda f: self.flows[f][2] / (self.flows[f][3] or 1e-300))
+        src, dst, _, _, past = self.flows.pop(fid)
+        if past is not None:
+            when = past
+        for res in self._resources(src, dst):
+            self.busy_until[res] = max(self.busy_until.get(res, 0.0), when)
+        self.active.remove(fid)
+        queue = self.queues[(src, dst)]
+        queue.popleft()
+        if queue:
+            self.active.append(queue[0])
+        self._rates()
+        return fid, when
+
+    def exchange(
+        self, messages: list[tuple[int, int, int, float, float]]
+    ) -> list[tuple[float, float]]:
+        """Point-to-point messages ``(src, dst, bytes, sent at, receive posted at)`` under
+        gloo's rendezvous, as a replay runs them: the receiver's notice (no bytes, ``dst`` to
+        ``src``, in that pair's order) leaves when the receive is posted, and the bytes move
+        once the sender has sent and heard the notice. Per message (time its bytes have left,
+        time they have arrived); returns when every one has arrived."""
+        out = [(math.nan, math.nan)] * len(messages)
+        events = [(recv_at, 1, k) for k, (*_, recv_at) in enumerate(messages)]
+        heapq.heapify(events)  # at a tie a rank's bytes start before its notices, as a replay's
+        roles: dict[int, tuple[int, int]] = {}
+        left = len(messages)
+        while left:
+            flow_at = self.next_time() if self.active else math.inf
+            if events and events[0][0] < flow_at:
+                t, kind, k = heapq.heappop(events)
+                src, dst, n = messages[k][:3]
+                fid = self.start(dst, src, 0, t) if kind else self.start(src, dst, n, t)
+                roles[fid] = (kind, k)
+                continue
+            fid, when = self.pop()
+            kind, k = roles.pop(fid, (-1, -1))
+            if kind == 1:
+                src, dst, _, sent_at, _ = messages[k]
+                heapq.heappush(events, (max(sent_at, when + self.delay(dst, src)), 0, k))
+            elif kind == 0:
+                out[k] = (when, when + self.delay(*messages[k][:2]))
+                left -= 1
+        return out
+
+    def _advance(self, t: float) -> None:
+        dt = t - self.now
+        if dt > 0:
+            for fid in self.active:
+                flow = self.flows[fid]
+                flow[2] = max(flow[2] - flow[3] * dt, 0.0)
+        self.now = max(self.now, t)
+
+    def _rates(self) -> None:
+        """Max-min fair rates by progressive filling: raise every unfrozen flow's rate alike
+        until a link is full, freeze the flows through it, repeat."""
+        uses: dict[tuple, list[int]] = {}
+        for fid in self.active:
+            src, dst = self.flows[fid][:2]
+            for res in self._resources(src, dst):
+                uses.setdefault(res, []).append(fid)
+        left = {res: self._capacity(res) for res in uses}
+        free = set(self.active)
+        while free:
+            shares = {}
+            for res, fids in uses.items():
+                count = sum(1 for f in fids if f in free)
+                if count:
+                    shares[res] = left[res] / count
+            share = min(shares.values())
+            for res, s in shares.items():
+                if s > share * (1 + 1e-12):
+                    continue
+                for fid in uses[res]:
+                    if fid in free:
+                        free.discard(fid)
+                        self.flows[fid][3] = share
+                        for other in self._resources(*self.flows[fid][:2]):
+                            left[other] -= share
+
+    def _resources(self, src: int, dst: int) -> list[tuple]:
+        return [("up", src), ("down", dst)] + ([("switch",)] if self.switch is not None else [])
+
+    def _capacity(self, res: tuple) -> float:
+        if res[0] == "up":
+            return self.up[res[1]]
+        if res[0] == "down":
+            return self.down[res[1]]
+        return float(self.switch)
 
 
 class _Sim:
     def __init__(self, trace: Trace, net: Network, compute_scale: float, harness: bool) -> None:
         self.trace = trace
         self.W = trace.world_size
+        self.net = net
         self.links = Links(net, self.W)
-        self.up, self.down, self.lat = self.links.up, self.links.down, self.links.lat
-        self.switch = self.links.switch
-        self.up_free, self.down_free = self.links.up_free, self.links.down_free
-        self.transfer = self.links.transfer
         self.scale = compute_scale
         self.records = [self._prepare(r, harness) for r in range(self.W)]
         self.costs: dict[tuple[int, int, int, int], float] = {}
+
+    def idle_cost(self, kind: int, g: int, root: int, n: int) -> float:
+        """Seconds of one collective of every rank on an idle network: nothing else can move
+        while it runs, so its rounds on fresh links are exact (cached: a run repeats a few)."""
+        key = (kind, g, root, n)
+        if key not in self.costs:
+            group, links, t = self.trace.groups[g], Links(self.net, self.W), 0.0
+            for plan in rounds(_NAMES[kind], group, root, n):
+                ends, sd = [t], {}
+                for (src, dst), b in plan.items():
+                    sd[links.start(src, dst, b, t)] = (src, dst)
+                while links.active:
+                    fid, when = links.pop()
+                    ends.append(when + links.delay(*sd[fid]))
+                if not plan:  # barrier: latency only
+                    ends.append(t + max(links.delay(a, b) for a in group for b in group if a != b))
+                t = max(ends)
+            self.costs[key] = t
+        return self.costs[key]
 
     def _prepare(self, rank: int, harness: bool) -> list[list[Any]]:
         """The rank's records as lists [step, kind, group, peer, payload, tag, gap, ref], harness
@@ -246,44 +435,28 @@ class _Sim:
             carry = 0.0
         return out
 
-    def collective(self, kind: int, g: int, root: int, n: int) -> float:
-        """Seconds of one call, from its rounds (cached: a run repeats a few calls)."""
-        key = (kind, g, root, n)
-        cost = self.costs.get(key)
-        if cost is None:
-            group = self.trace.groups[g]
-            cost = 0.0
-            for links in rounds(_NAMES[kind], group, root, n):
-                up: dict[int, int] = {}
-                down: dict[int, int] = {}
-                for (s, d), b in links.items():
-                    up[s] = up.get(s, 0) + b
-                    down[d] = down.get(d, 0) + b
-                busy = max([b / self.up[s] for s, b in up.items()]
-                           + [b / self.down[d] for d, b in down.items()], default=0.0)  # fmt: skip
-                if self.switch is not None:
-                    busy = max(busy, sum(links.values()) / self.switch)
-                lat = max([max(self.lat[s], self.lat[d]) for s, d in links]
-                          or [max(self.lat[r] for r in group)])  # fmt: skip
-                cost += lat + busy
-            self.costs[key] = cost
-        return cost
-
     def run(self) -> list[list[float]]:
-        """Every record's end time, per rank."""
-        W, records = self.W, self.records
+        """Every record's end time, per rank: an event loop over the ranks' records, flows
+        leaving the links and messages arriving, in simulated time order."""
+        W, records, links = self.W, self.records, self.links
         ends: list[list[float]] = [[0.0] * len(records[r]) for r in range(W)]
         t = [0.0] * W
         pos = [0] * W
         gap_done = [False] * W
         done: list[dict[int, float]] = [{} for _ in range(W)]  # record -> completion time
-        arrivals: dict[tuple[int, int, int], deque[float]] = {}  # (src, dst, tag) -> arrivals
-        recvs: dict[tuple[int, int, int], deque[tuple[int, int]]] = {}  # pending (rank, index)
-        waiting: dict[tuple[int, int], int] = {}  # (rank, recv index) -> its wait's index
+        waiting: dict[tuple[int, int], int] = {}  # (rank, op index) -> its wait's index
+        sends: dict[tuple[int, int, int], deque[tuple[int, int, float]]] = {}  # unmatched
+        ready: dict[tuple[int, int, int], deque[float]] = {}  # recv-ready notices arrived
+        recvs: dict[tuple[int, int, int], deque[int]] = {}  # posted recvs, in order
         calls: dict[int, dict[int, list[tuple[int, float]]]] = {}  # group -> call -> arrivals
         ncalls = [dict[int, int]() for _ in range(W)]
-        heap = [(0.0, r) for r in range(W) if records[r]]
-        heapq.heapify(heap)
+        on_left: dict[int, Any] = {}  # flow id -> what its end does
+        heap: list[tuple[float, int, Any]] = []
+        seq = [0]
+
+        def at(when: float, fn: Any) -> None:
+            seq[0] += 1
+            heapq.heappush(heap, (when, seq[0], fn))
 
         def finish(r: int, when: float) -> None:
             ends[r][pos[r]] = when
@@ -291,61 +464,120 @@ class _Sim:
             pos[r] += 1
             gap_done[r] = False
             if pos[r] < len(records[r]):
-                heapq.heappush(heap, (when, r))
+                at(when, lambda: advance(r, when))
 
-        def complete_recv(r: int, i: int, when: float) -> None:
+        def complete(r: int, i: int, when: float) -> None:
             done[r][i] = when
             w = waiting.pop((r, i), None)
-            if w is not None:  # the rank is blocked on this recv's wait
+            if w is not None:  # the rank is blocked on this op's wait
                 finish(r, max(t[r], when))
 
-        while heap:
-            now, r = heapq.heappop(heap)
+        def data(r: int, i: int, peer: int, n: int, key: tuple, when: float) -> None:
+            """The matched send's bytes start; the peer's first posted recv gets them."""
+            j = recvs[key].popleft()
+            fid = links.start(r, peer, n, when)
+
+            def left(tl: float) -> None:
+                complete(r, i, tl)
+                complete(peer, j, tl + links.delay(r, peer))
+
+            on_left[fid] = left
+
+        def match(key: tuple) -> None:
+            while sends.get(key) and ready.get(key):
+                r, i, issued = sends[key].popleft()
+                notice = ready[key].popleft()
+                rec = records[r][i]
+                when = max(issued, notice)
+                at(when, lambda r=r, i=i, p=rec[3], n=rec[4], w=when: data(r, i, p, n, key, w))
+
+        def collective(group: tuple[int, ...], members: list[int], kind: int, root: int,
+                       n: int, when: float) -> None:  # fmt: skip
+            plan = rounds(_NAMES[kind], group, root, n)
+
+            def round_(k: int, start: float) -> None:
+                if k == len(plan):
+                    for m in members:
+                        finish(m, start)
+                    return
+                flows = [(s, d, b) for (s, d), b in plan[k].items()]
+                if not flows:  # barrier: latency only
+                    lat = max(links.delay(a, b) for a in group for b in group if a != b)
+                    at(start + lat, lambda: round_(k + 1, start + lat))
+                    return
+                pending = [len(flows), start]
+
+                def left(s: int, d: int, tl: float) -> None:
+                    pending[0] -= 1
+                    pending[1] = max(pending[1], tl + links.delay(s, d))
+                    if pending[0] == 0:
+                        at(pending[1], lambda: round_(k + 1, pending[1]))
+
+                for s, d, b in flows:
+                    on_left[links.start(s, d, b, start)] = lambda tl, s=s, d=d: left(s, d, tl)
+
+            round_(0, when)
+
+        def advance(r: int, now: float) -> None:
             rec = records[r][pos[r]]
             _, kind, g, peer, n, tag, gap, ref = rec
             if not gap_done[r]:  # compute first, then come back at the op's start
                 gap_done[r] = True
                 t[r] = now + gap * self.scale
-                heapq.heappush(heap, (t[r], r))
-                continue
+                at(t[r], lambda: advance(r, t[r]))
+                return
             i = pos[r]
-            if kind == _SEND:
-                left, arrival = self.transfer(r, peer, n, now)
-                done[r][i] = left
+            if kind == _SEND:  # gloo: the bytes move once the receiver's recv-ready arrives
                 key = (r, peer, tag)
-                pending = recvs.get(key)
-                if pending:
-                    complete_recv(*pending.popleft(), arrival)
-                else:
-                    arrivals.setdefault(key, deque()).append(arrival)
+                sends.setdefault(key, deque()).append((r, i, now))
+                match(key)
                 finish(r, now)
-            elif kind == _RECV:
+            elif kind == _RECV:  # a recv-ready notice to the sender, behind what we send it
                 key = (peer, r, tag)
-                ready = arrivals.get(key)
-                if ready:
-                    done[r][i] = ready.popleft()
-                else:
-                    recvs.setdefault(key, deque()).append((r, i))
+                recvs.setdefault(key, deque()).append(i)
+                fid = links.start(r, peer, 0, now)
+
+                def noticed(tl: float, key: tuple = key, r: int = r, p: int = peer) -> None:
+                    ready.setdefault(key, deque()).append(tl + links.delay(r, p))
+                    match(key)
+
+                on_left[fid] = noticed
                 finish(r, now)
             elif kind == _WAIT:
                 if ref in done[r]:
                     finish(r, max(now, done[r][ref]))
-                else:  # blocked until the matching send is issued
+                else:  # blocked until the op completes
                     waiting[(r, ref)] = i
             else:
                 group = self.trace.groups[g]
                 c = ncalls[r].get(g, 0)
                 ncalls[r][g] = c + 1
-                here = max(now, self.up_free[r], self.down_free[r])
                 arrived = calls.setdefault(g, {}).setdefault(c, [])
-                arrived.append((r, here))
+                arrived.append((r, now))
                 if len(arrived) == len(group):
                     del calls[g][c]
                     start = max(a for _, a in arrived)
-                    end = start + self.collective(kind, g, peer, n)
-                    for m, _ in arrived:
-                        self.up_free[m] = self.down_free[m] = end
-                        finish(m, end)
+                    members = [m for m, _ in arrived]
+                    if len(group) == W and not links.active:  # the fast, exact path
+                        end = start + self.idle_cost(kind, g, peer, n)
+                        for m in members:
+                            finish(m, end)
+                    else:
+                        collective(group, members, kind, peer, n, start)
+
+        for r in range(W):
+            if records[r]:
+                at(0.0, lambda r=r: advance(r, 0.0))
+        while heap or links.active:
+            flow_at = links.next_time() if links.active else math.inf
+            if heap and heap[0][0] < flow_at:
+                _, _, fn = heapq.heappop(heap)
+                fn()
+            elif math.isfinite(flow_at):
+                fid, when = links.pop()
+                on_left.pop(fid)(when)
+            else:
+                break
         stuck = [r for r in range(W) if pos[r] < len(records[r])]
         if stuck:
             r = stuck[0]

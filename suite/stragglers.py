@@ -55,8 +55,9 @@ class StragglerConfig:
     link_delay, link_jitter: a message takes link_delay + Exp(mean link_jitter) to arrive.
     network: "" (none), or a network (a preset or RATE[:LATENCY], :mod:`suite.network`) whose
         links a message also crosses: :class:`suite.netmodel.Links`, the network model's own
-        link state (the sender's uplink and the receiver's downlink, FIFO, then the latency),
-        carrying the model's bytes; its seconds are virtual seconds.
+        link state (fair shares of the sender's uplink and the receiver's downlink after the
+        receiver's notice, then the latency), carrying the model's bytes; its seconds are
+        virtual seconds.
     seed: draws of step t depend only on (seed, the run's seed, t), so every rank computes
         the same tables and each training seed meets its own stragglers.
     """
@@ -249,9 +250,11 @@ class VirtualClock:
     ``max_staleness``: what happens to messages not waited for (see the module docstring); each
     rank's messages are in ``inboxes[i]``. With the model's ``network`` set, every message of
     ``message_bytes`` also crosses the network model's links (:class:`suite.netmodel.Links`):
-    each iteration the ranks send in order of their compute ends (then rank), each to its
-    out-peers in rank order, so the same exchange replayed by :func:`suite.netmodel.replay`
-    takes the same time."""
+    each iteration every rank sends and posts its receives at its compute end, through
+    :meth:`suite.netmodel.Links.exchange` (gloo's rendezvous, fair-shared links), so the same
+    exchange replayed by :func:`suite.netmodel.replay` takes the same time. The clock answers
+    an iteration's messages before the next one's are known: exact while no message shares a
+    link with a later iteration's (one that does starts when the links are free)."""
 
     model: StragglerModel
     in_peers: list[list[int]]
@@ -279,11 +282,12 @@ class VirtualClock:
         n = self.model.world_size
         out = torch.zeros((n, n), dtype=torch.float64)
         ends = compute_end.tolist()
-        for j in sorted(range(n), key=lambda j: (ends[j], j)):
-            for i in range(n):
-                if j in self.in_peers[i]:
-                    _, arrival = self.links.transfer(j, i, self.message_bytes, ends[j])
-                    out[j, i] = arrival - ends[j]
+        # gloo's rendezvous, as in a replay: i posts its receives at its compute end
+        pairs = [(j, i) for j in sorted(range(n), key=lambda j: (ends[j], j))
+                 for i in range(n) if j in self.in_peers[i]]  # fmt: skip
+        flows = [(j, i, self.message_bytes, ends[j], ends[i]) for j, i in pairs]
+        for (j, i), (_, arrival) in zip(pairs, self.links.exchange(flows), strict=True):
+            out[j, i] = arrival - ends[j]
         return out
 
     def finish(self) -> list[int]:
