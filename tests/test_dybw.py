@@ -200,3 +200,17 @@ def test_static_backups_never_hear_a_persistent_straggler_and_dybw_does() -> Non
     assert static["used_from_rank0"] == 40 * 3  # ranks 1, 2 and 3 use rank 0 every time
     assert dybw["least_heard_share"] >= 0.5  # of the models it sent (it skips most steps)
     assert dybw["used_from_rank3"] > 0
+
+
+def test_dybw_reaches_the_target_sooner_than_full_wait_at_matched_accuracy() -> None:
+    """The recipe's claim on a small run: a straggler x5 with probability 0.3, as at smoke."""
+    from suite.launcher import launch
+
+    common = ("nproc=4", "steps=120", "eval_every=10", "target_accuracy=0.7",
+              "algorithm.straggler.slow_ranks=3", "algorithm.straggler.slow_prob=0.3")  # fmt: skip
+    full = launch(_train, 4, (_cfg("algorithm=consensus_backup", "algorithm.backups=0",
+                                   *common),))[0]["summary"]  # fmt: skip
+    dybw = launch(_train, 4, (_cfg("algorithm=dybw", *common),))[0]["summary"]
+    assert dybw["clock_to_target"] < 0.8 * full["clock_to_target"]
+    assert dybw["test_accuracy"] >= full["test_accuracy"] - 0.03
+    assert dybw["b_rise"] > 0 and dybw["least_heard_share"] > 0.3
