@@ -28,8 +28,9 @@ its derivation is in reproduce/dybw/NOTES.md#the-stand-in-rule:
   it before it started t skips that iteration: it takes the mean of the newer models plus its
   own last update, sends nothing and computes nothing, rather than mixing its stale model in.
 
-On the virtual clock every rank computes every rank's rule (each rank's (G, S, D) is shared by
-an all-gather of three numbers on the harness channel, so not counted as algorithm traffic),
+On the virtual clock every rank computes every rank's rule (each rank's (lr, G, S, D) is shared
+by an all-gather of four numbers every ``share_every`` steps on the harness channel, so not
+counted as algorithm traffic),
 which keeps the clock deterministic; in real time each rank runs only its own. Everything else
 (clocks, late messages, accounting, metrics) is baselines.consensus_backup.
 """
@@ -58,6 +59,9 @@ class DyBWConfig(ConsensusBackupConfig):
     window: iterations of a rank's own observations its time estimates use.
     beta: weight of the past in the exponential averages of G, S and D (in [0, 1)).
     skip_ahead: a rank that falls behind skips ahead (virtual clock only).
+    share_every: virtual clock: the ranks' estimates are all-gathered every ``share_every``
+        steps and every rule uses the last ones shared (they are slow exponential averages;
+        a collective every step would double the lock-step syncs of a run).
     """
 
     backups: int = 0
@@ -65,6 +69,7 @@ class DyBWConfig(ConsensusBackupConfig):
     window: int = 20
     beta: float = 0.9
     skip_ahead: bool = True
+    share_every: int = 10
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -72,6 +77,8 @@ class DyBWConfig(ConsensusBackupConfig):
             raise ValueError(f"window must be >= 1, got {self.window}")
         if not 0.0 <= self.beta < 1.0:
             raise ValueError(f"beta must be in [0, 1), got {self.beta}")
+        if self.share_every < 1:
+            raise ValueError(f"share_every must be >= 1, got {self.share_every}")
 
 
 def progress(n: int, lr: float, grad_sq: float, noise: float, disagreement: float) -> float:
@@ -186,7 +193,7 @@ class DyBW(ConsensusBackup):
             return [math.inf] * self.world_size  # no disagreement seen yet: full wait
         if self.real or self.world_size == 1:
             self.rule.update(self.rank, *mine)
-        else:
+        elif (step - 1) % self.config.share_every == 0:  # the same steps on every rank
             with self.transport.harness():
                 every = self.transport.all_gather(torch.tensor(mine, dtype=torch.float64))
             for i, est in enumerate(every):
