@@ -24,7 +24,8 @@ With b = 0 and uniform topology weights (ring: 1/3 each) it is exactly D-PSGD.
 Real time (``clock="real"``; for systems experiments). Each rank sleeps its drawn compute time
 tau_i(t) x ``time_scale`` seconds after its gradient, isends its model tagged with the iteration t
 to every out-peer and posts an irecv tagged t for every in-peer; then it waits until n_i of its
-iteration-t receives have completed (and every required one), in completion order. gloo's
+iteration-t receives have completed (and every required one), in completion order (a dynamic
+rule's ``deadlines`` instead: all of them, or what completed by the deadline, at least one). gloo's
 ``is_completed()`` on a receive only turns true after ``wait()``, so one background thread per
 peer waits on that peer's posted operations in order and reports each completion (peer,
 iteration, time) to the main thread: a message has *arrived* when its receive completed; link
