@@ -24,7 +24,8 @@ With b = 0 and uniform topology weights (ring: 1/3 each) it is exactly D-PSGD.
 Real time (``clock="real"``; for systems experiments). Each rank sleeps its drawn compute time
 tau_i(t) x ``time_scale`` seconds after its gradient, isends its model tagged with the iteration t
 to every out-peer and posts an irecv tagged t for every in-peer; then it waits until n_i of its
-iteration-t receives have completed (and every required one), in completion order. gloo's
+iteration-t receives have completed (and every required one), in completion order (a dynamic
+rule's ``deadlines`` instead: all of them, or what completed by the deadline, at least one). gloo's
 ``is_completed()`` on a receive only turns true after ``wait()``, so one background thread per
 peer waits on that peer's posted operations in order and reports each completion (peer,
 iteration, time) to the main thread: a message has *arrived* when its receive completed; link
@@ -45,6 +46,7 @@ sent == used_fresh + used_late + dropped exactly (``messages_unaccounted`` = 0).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
@@ -83,6 +85,11 @@ class ConsensusBackupConfig:
     clock: "virtual" (deterministic virtual time: convergence experiments) or "real" (actual
         sleeps and asynchronous receives: systems experiments).
     time_scale: real seconds per virtual second of compute in real time.
+    skip_ahead: virtual clock only (real time ignores it: a rank cannot see ahead). A rank
+        that is behind (an in-peer's model of iteration t reached it before it started t)
+        skips the iteration: it sends nothing, takes the mean of the in-peers' iteration-t
+        models that arrived, keeps its own last update on top of it, and applies no gradient
+        (suite.stragglers.VirtualClock).
     """
 
     topology: str = "complete"
@@ -92,6 +99,7 @@ class ConsensusBackupConfig:
     max_staleness: int = 8
     clock: Literal["virtual", "real"] = "virtual"
     time_scale: float = 0.01
+    skip_ahead: bool = False
 
     def __post_init__(self) -> None:
         check_topology(self.topology)
@@ -191,9 +199,11 @@ class ConsensusBackup(Algorithm):
         self.straggler_model = StragglerModel(config.straggler, n, run_seed=ctx.seed)
         self.params = trainable(self.model.parameters())
         message = sum(p.numel() * p.element_size() for p in self.params)  # the flat model sent
-        self.clock = VirtualClock(
-            self.straggler_model, self.in_peers, config.late, config.max_staleness, message
-        )
+        self.clock = VirtualClock(self.straggler_model, self.in_peers, config.late,
+                                  config.max_staleness, message, config.skip_ahead)  # fmt: skip
+        self._anchor: Tensor | None = None  # the model this rank last averaged to (skip_ahead)
+        self.b_split = [0.0, 0.0, 0.0, 0.0]  # b summed and counted: an in-peer slowed, or none
+        self.skipped = 0  # iterations this rank skipped (skip_ahead)
         self.last: Iteration | None = None
         self.waited_total = 0.0
         self.sent = 0
@@ -226,6 +236,11 @@ class ConsensusBackup(Algorithm):
         """Neighbours each rank must wait for at ``step``, whatever its b (None: none)."""
         return None
 
+    def deadlines(self, step: int) -> list[float] | None:
+        """Per rank, seconds after its start of ``step`` until which it takes whatever arrived
+        (``inf``: none; None: no rank has one), instead of a count of neighbours."""
+        return None
+
     def observe(self, obs: list[Observation]) -> None:
         """What a dynamic rule learns from an iteration (virtual: every rank's; real: this
         rank's, whose ``arrivals`` are filled in later as late receives complete)."""
@@ -246,11 +261,32 @@ class ConsensusBackup(Algorithm):
         mixed = mine.clone()
         for x in (*fresh, *late):
             mixed.add_(x)
-        assign_params(self.params, mixed.div_(1 + len(fresh) + len(late)))
+        self._anchor = mixed.div_(1 + len(fresh) + len(late))
+        assign_params(self.params, mixed)
+
+    def _skip(self, mine: Tensor, models: list[Tensor]) -> None:
+        """Skip ahead: the mean of the newer ``models``, plus this rank's own last update (its
+        model minus what it last averaged to), which it would otherwise lose; no gradient is
+        applied at this iteration (the rank computed none)."""
+        for p in self.params:
+            p.grad = None  # the optimizer leaves a parameter without a gradient alone
+        if not models:  # every in-peer skipped too: nothing newer to take
+            return
+        ahead = torch.stack(models).mean(0)
+        if self._anchor is not None:
+            ahead.add_(mine - self._anchor)
+        self._anchor = ahead
+        assign_params(self.params, ahead)
 
     def _virtual_step(self, step: int) -> None:
-        self.last = it = self.clock.step(self.backups(step), self.required(step))
+        self.last = it = self.clock.step(self.backups(step), self.required(step),
+                                         self.deadlines(step))  # fmt: skip
         r = self.rank
+        self.skipped += it.skipped[r]
+        if not it.skipped[r] and self.in_peers[r]:  # b while an in-peer was slowed, or not
+            active = any(bool(it.straggled[j]) and not it.skipped[j] for j in self.in_peers[r])
+            self.b_split[0 if active else 2] += it.backups[r]
+            self.b_split[1 if active else 3] += 1
         self.waited_total += float(it.waited[r])
         self.observe(observations(it, self.in_peers))
         if self.rank == 0:
@@ -265,18 +301,24 @@ class ConsensusBackup(Algorithm):
             "late_used": float(len(it.late_used[r])),
             "dropped": float(it.dropped[r]),
             "backups": float(it.backups[r]),
+            "skipped": float(it.skipped[r]),
         }
         if self.per_rank_b_metrics:
             self.metrics.update({f"b_rank{i}": float(b) for i, b in enumerate(it.backups)})
         if self.world_size == 1:
             return
         mine = flatten_params(self.params)
-        sends = dict.fromkeys(self.out_peers, mine)
-        received = exchange(self.transport, sends, self.in_peers[r], mine, self._recv)
+        # a rank that skipped the iteration sends nothing (every rank knows the clock)
+        sends = {} if it.skipped[r] else dict.fromkeys(self.out_peers, mine)
+        sources = [j for j in self.in_peers[r] if not it.skipped[j]]
+        received = exchange(self.transport, sends, sources, mine, self._recv)
         self.sent += len(sends)
         fresh = [received[j] for j in it.used[r]]
         late = [self._kept.pop((j, s)) for j, s in it.late_used[r].items()]
-        self._mix(mine, fresh, late)
+        if it.skipped[r]:
+            self._skip(mine, fresh + late)
+        else:
+            self._mix(mine, fresh, late)
         pending = self.inbox.pending
         for key in [k for k in self._kept if k not in pending]:
             del self._kept[key]
@@ -304,6 +346,10 @@ class ConsensusBackup(Algorithm):
         time.sleep(tau * self.config.time_scale)
         compute_end = time.perf_counter()
         b = min(max(int(self.backups(step)[r]), 0), max(len(peers) - 1, 0))
+        deadlines = self.deadlines(step)
+        deadline = math.inf if deadlines is None else start + deadlines[r]
+        if deadline < math.inf:
+            b = 0  # wait for all, or until the deadline
         req = self.required(step)
         must = set(req[r]) & set(peers) if req else set()
         fresh: list[int] = []
@@ -329,7 +375,16 @@ class ConsensusBackup(Algorithm):
             arrived_now: list[int] = []
 
             def satisfied() -> bool:
-                return len(arrived_now) >= need and must <= set(arrived_now)
+                if not must <= set(arrived_now):
+                    return False
+                if len(arrived_now) >= need:
+                    return True
+                return bool(arrived_now) and time.perf_counter() >= deadline
+
+            def timeout() -> float | None:  # block until the deadline, once one model is in
+                if deadline == math.inf or not arrived_now:
+                    return None
+                return max(deadline - time.perf_counter(), 0.0)
 
             while True:  # what completed already, without blocking
                 try:
@@ -340,13 +395,15 @@ class ConsensusBackup(Algorithm):
                 t0 = time.perf_counter()
                 with communicating():  # waiting on peers, for the launcher's hang detector
                     while not satisfied():
-                        self._handle(self._done.get(), step, arrived_now)
+                        with contextlib.suppress(queue.Empty):  # Empty: the deadline passed
+                            self._handle(self._done.get(timeout=timeout()), step, arrived_now)
                 # the receives' waits ran on helper threads: charge the time this rank was
                 # blocked on them as its communication time
                 self.transport.stats.record("recv", seconds=time.perf_counter() - t0, call=False)
             end = time.perf_counter()
             extra = [j for j in arrived_now if j not in must]
-            fresh = sorted(must | set(extra[: need - len(must)]))
+            fresh = sorted(must | set(extra[: max(need - len(must), 0)]))
+            b = len(peers) - len(fresh)
             late, dropped = self.inbox.close(step, fresh, end)
             fresh_models = [self._kept.pop((j, step)) for j in fresh]
             late_models = [self._kept.pop((j, s)) for j, s in late.items()]
@@ -440,6 +497,11 @@ class ConsensusBackup(Algorithm):
             "messages_used_fresh": float(box.used_fresh),
             "messages_used_late": float(box.used_late),
             "messages_dropped": float(box.dropped),
+            "iterations_skipped": float(self.skipped),
+            "b_slowed_sum": self.b_split[0],
+            "b_slowed_n": self.b_split[1],
+            "b_calm_sum": self.b_split[2],
+            "b_calm_n": self.b_split[3],
             # who was heard: summed over ranks, how many of each rank's messages were used
             f"sent_by_rank{self.rank}": float(self.sent),
             **{f"used_from_rank{j}": float(n) for j, n in box.used_from.items()},
@@ -464,6 +526,12 @@ class ConsensusBackup(Algorithm):
         ]
         if shares:
             out["least_heard_share"] = min(shares)
+        # b while an in-peer is slowed against b while none is (virtual clock; skipped
+        # iterations left out): a dynamic rule should skip more neighbours when one straggles
+        if totals.get("b_slowed_n", 0.0) and totals.get("b_calm_n", 0.0):
+            out["b_while_slowed"] = totals["b_slowed_sum"] / totals["b_slowed_n"]
+            out["b_while_calm"] = totals["b_calm_sum"] / totals["b_calm_n"]
+            out["b_rise"] = out["b_while_slowed"] - out["b_while_calm"]
         out["messages_unaccounted"] = totals["messages_sent"] - (
             totals["messages_used_fresh"] + totals["messages_used_late"]
             + totals["messages_dropped"])  # fmt: skip

@@ -30,6 +30,12 @@ be used at iteration t + 1 (too stale) are dropped. Left-overs at the end of a r
 (:meth:`VirtualClock.finish`). So for every run: messages sent = used fresh + used late + dropped.
 The same :class:`Inbox` does this bookkeeping for the real-time mode (baselines.consensus_backup),
 with arrival = when the receive completed.
+
+A rank may instead stop at a deadline (``deadlines``: it uses every model arrived by then, at
+least one), and with ``skip_ahead`` a rank that is behind (some in-peer's iteration-t model
+reached it before it started t) skips iteration t: no compute (c_i = f_i = s_i), no message (its
+model never arrives anywhere), and it takes the models of iteration t that reached it by s_i.
+Without a deadline or skip_ahead the clock is as above (the DyBW stand-in uses both).
 """
 
 from __future__ import annotations
@@ -232,6 +238,7 @@ class Iteration:
     dropped: list[int] = field(default_factory=list)  # per rank, messages dropped at this end
     backups: list[int] = field(default_factory=list)  # per rank, b_i after clipping
     t: int = 0  # the iteration's index
+    skipped: list[bool] = field(default_factory=list)  # per rank: skipped ahead (skip_ahead)
 
     def mixed(self, rank: int) -> dict[int, int]:
         """{peer: iteration of the message} rank averaged with at this iteration."""
@@ -261,6 +268,7 @@ class VirtualClock:
     late: Literal["drop", "use"] = "drop"
     max_staleness: int = 8
     message_bytes: int = 0
+    skip_ahead: bool = False
     now: Tensor = field(init=False)  # each rank's end of its last iteration
     t: int = field(init=False, default=0)
     inboxes: list[Inbox] = field(init=False)
@@ -276,15 +284,16 @@ class VirtualClock:
 
             self.links = Links(self.model.config.network, self.model.world_size)
 
-    def _link_delays(self, compute_end: Tensor) -> Tensor:
+    def _link_delays(self, compute_end: Tensor, skipped: list[bool]) -> Tensor:
         """[src, dst] seconds from src's compute end to its message's arrival at dst on the
-        network model's links (0 where src does not send to dst)."""
+        network model's links (0 where src does not send to dst, or skipped the iteration)."""
         n = self.model.world_size
         out = torch.zeros((n, n), dtype=torch.float64)
         ends = compute_end.tolist()
-        # gloo's rendezvous, as in a replay: i posts its receives at its compute end
-        pairs = [(j, i) for j in sorted(range(n), key=lambda j: (ends[j], j))
-                 for i in range(n) if j in self.in_peers[i]]  # fmt: skip
+        # gloo's rendezvous, as in a replay: i posts its receives at its compute end; a rank
+        # that skips ahead sends nothing
+        senders = sorted((j for j in range(n) if not skipped[j]), key=lambda j: (ends[j], j))
+        pairs = [(j, i) for j in senders for i in range(n) if j in self.in_peers[i]]
         flows = [(j, i, self.message_bytes, ends[j], ends[i]) for j, i in pairs]
         for (j, i), (_, arrival) in zip(pairs, self.links.exchange(flows), strict=True):
             out[j, i] = arrival - ends[j]
@@ -294,35 +303,64 @@ class VirtualClock:
         """End of the run: drop every pending message; per rank, how many were dropped."""
         return [len(box.finish()) for box in self.inboxes]
 
-    def step(self, backups: list[int], required: list[set[int]] | None = None) -> Iteration:
+    def step(
+        self,
+        backups: list[int],
+        required: list[set[int]] | None = None,
+        deadlines: list[float] | None = None,
+    ) -> Iteration:
         """Advance one iteration; ``backups[i]`` = b_i, the neighbours rank i does not wait for
         (clipped to [0, deg_i - 1]: a rank always averages with at least one neighbour).
         ``required[i]``: neighbours rank i waits for whatever b_i says (to keep every edge in
-        use now and then); the rest of its n_i are the fastest."""
+        use now and then); the rest of its n_i are the fastest. ``deadlines[i]`` (seconds after
+        rank i's start; ``inf``: none): rank i uses every model that arrived by the later of its
+        compute end and the deadline (at least the first to arrive), and b_i is what it did not
+        wait for. With ``skip_ahead``, a rank that some in-peer's iteration-t model reaches
+        before it even starts iteration t is behind: it skips the iteration (no compute, no
+        message: ``skipped``), takes the in-peers' iteration-t models that arrived by its start,
+        and ends the iteration there."""
         tau, delays, slow = self.model.draw(self.t)
-        start, compute_end = self.now, self.now + tau
+        n = self.model.world_size
+        start = self.now
+        skipped = [False] * n
+        if self.skip_ahead:
+            ready = start + tau  # where each rank would be, were nobody to skip
+            skipped = [bool(peers) and min(float(ready[j] + delays[j, i]) for j in peers)
+                       <= float(start[i]) for i, peers in enumerate(self.in_peers)]  # fmt: skip
+        compute_end = torch.where(torch.tensor(skipped), start, start + tau)
         if self.links is not None:
-            delays = delays + self._link_delays(compute_end)
+            delays = delays + self._link_delays(compute_end, skipped)
         end = compute_end.clone()
         used: list[list[int]] = []
         arrivals: list[Tensor] = []
         clipped: list[int] = []
         for i, peers in enumerate(self.in_peers):
-            arrival = torch.stack([compute_end[j] + delays[j, i] for j in peers]) if peers else (
-                torch.zeros(0, dtype=torch.float64))  # fmt: skip
+            # a skipped rank sends nothing: its model never arrives
+            arrival = torch.tensor([math.inf if skipped[j] else float(compute_end[j] + delays[j, i])
+                                    for j in peers], dtype=torch.float64)  # fmt: skip
             arrivals.append(arrival)
-            if not peers:
+            sent = [k for k, j in enumerate(peers) if not skipped[j]]
+            for k in sent:
+                self.inboxes[i].post(peers[k], self.t, float(arrival[k]))
+            if not sent:
                 used.append([])
-                clipped.append(0)
+                clipped.append(len(peers))
                 continue
-            for k, j in enumerate(peers):
-                self.inboxes[i].post(j, self.t, float(arrival[k]))
-            b = min(max(int(backups[i]), 0), len(peers) - 1)
-            clipped.append(b)
-            must = {k for k, j in enumerate(peers) if required and j in required[i]}
-            order = sorted(range(len(peers)), key=lambda k: (float(arrival[k]), peers[k]))
-            chosen = sorted(must) + [k for k in order if k not in must]
-            chosen = chosen[: max(len(peers) - b, len(must))]
+            order = sorted(sent, key=lambda k: (float(arrival[k]), peers[k]))
+            if skipped[i] or (deadlines is not None and deadlines[i] < math.inf):
+                by = (
+                    float(start[i])
+                    if skipped[i]
+                    else max(float(compute_end[i]), float(start[i]) + deadlines[i])
+                )
+                chosen = [k for k in order if float(arrival[k]) <= by] or order[:1]
+                clipped.append(len(peers) - len(chosen))
+            else:
+                b = min(max(int(backups[i]), 0), len(sent) - 1)
+                must = {k for k in sent if required and peers[k] in required[i]}
+                chosen = sorted(must) + [k for k in order if k not in must]
+                chosen = chosen[: max(len(sent) - b, len(must))]
+                clipped.append(b + len(peers) - len(sent))
             used.append(sorted(peers[k] for k in chosen))
             end[i] = max(float(compute_end[i]), max(float(arrival[k]) for k in chosen))
         late_used: list[dict[int, int]] = []
@@ -332,7 +370,7 @@ class VirtualClock:
             late_used.append(late)
             dropped.append(len(gone))
         it = Iteration(compute_end, end, end - compute_end, used, slow, start, arrivals,
-                       late_used, dropped, clipped, self.t)  # fmt: skip
+                       late_used, dropped, clipped, self.t, skipped)  # fmt: skip
         self.now = end
         self.t += 1
         return it

@@ -265,3 +265,32 @@ def test_each_training_seed_meets_its_own_stragglers() -> None:
     same = [StragglerModel(cfg, 4, run_seed=7).draw(5)[0] for _ in range(2)]
     other = StragglerModel(cfg, 4, run_seed=8).draw(5)[0]
     assert torch.equal(same[0], same[1]) and not torch.equal(same[0], other)
+
+
+# -- skip ahead ---------------------------------------------------------------------------------
+
+
+def test_a_rank_that_falls_behind_skips_ahead_and_sends_nothing_meanwhile() -> None:
+    """With skip_ahead, a rank some neighbour's iteration-t model reached before it started t
+    skips t: no compute, no message, it ends where it started; the clocks stay together."""
+    cfg = StragglerConfig(slow_ranks=(3,), slow_factor=5.0)
+    plain = VirtualClock(StragglerModel(cfg, 4), COMPLETE4, late="use")
+    clock = VirtualClock(StragglerModel(cfg, 4), COMPLETE4, late="use", skip_ahead=True)
+    its = []
+    for _ in range(100):
+        plain.step([1, 1, 1, 0])
+        its.append(clock.step([1, 1, 1, 0]))
+    assert not any(any(it.skipped) for it in its[:1])
+    skips = [it for it in its if it.skipped[3]]
+    assert len(skips) >= 60  # rank 3 is five times slower: it computes about one step in five
+    for it in skips:
+        assert float(it.compute_end[3]) == float(it.start[3]) == float(it.end[3])
+        assert all(3 not in it.used[i] for i in range(3))
+        assert all(it.arrivals[i][-1] == float("inf") for i in range(3))  # never sent
+    # the others' inboxes got rank 3's messages only when it computed
+    assert clock.inboxes[0].posted == sum(not it.skipped[j] for it in its for j in (1, 2, 3))
+    clock.finish()
+    for box in clock.inboxes:
+        assert box.posted == box.used_fresh + box.used_late + box.dropped
+    assert float(clock.now.max() - clock.now.min()) < 10  # rank 3 keeps up with the others
+    assert float(plain.now.max() - plain.now.min()) > 200  # without skipping it falls behind

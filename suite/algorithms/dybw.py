@@ -1,39 +1,49 @@
 """DyBW: consensus SGD with a dynamic number of backup workers per rank. STAND-IN for the rule.
 
 Xiong, Yan, Singh, Li, "Straggler-Resilient Distributed Machine Learning with Dynamic Backup
-Workers", arXiv 2102.06280. Only the abstract was available (../shared/papers/dybw.md): each
+Workers", arXiv 2102.06280. Only the abstract was available (reproduce/dybw/NOTES.md): each
 worker waits only for its fastest neighbours and a fully distributed rule picks its number of
 backup workers b_i dynamically. The paper's rule was not available to us; the rule below is OURS,
-adapting DBW (Xu, Neglia, Sebastianelli, arXiv 2004.14696: the parameter server picks b to
-maximise the expected progress per unit time) to neighbour sets:
+DBW's (Xu, Neglia, Sebastianelli, arXiv 2004.14696: the parameter server waits for as many
+gradients as maximise the expected loss decrease per unit time) carried over to neighbour sets;
+its derivation is in reproduce/dybw/NOTES.md#the-stand-in-rule:
 
-- each rank keeps, from its own observations only, a window of its last ``window`` iterations:
-  its own compute time c and each in-peer's arrival offset (arrival of the peer's model of that
-  iteration minus the rank's own start of it; in real time a model not arrived yet counts as
-  arrived now, a lower bound that grows until it does);
-- for each candidate n in 1..deg it estimates E[T(n)] = mean over the window of
-  max(c, n-th smallest offset), and picks the n that maximises gain(n) / E[T(n)] with
-  gain(n) = 1 - consensus_weight / (n + 1) (averaging n + 1 models shrinks the disagreement by
-  1 / (n + 1)); ties go to the larger n; b_i = deg - n. With no observation yet, b_i = 0;
-- connectivity: every edge j -> i must be used (fresh or late) at least once in every
-  ``connect_every`` consecutive iterations; an edge that was not used in the last
-  connect_every - 1 iterations is required (waited for) at the next one. With ``late="use"``
-  (the default here) a straggler's late model counts as a use, so the forcing rarely triggers
-  while the straggler's messages are at most ``max_staleness`` iterations old.
+- progress of rank i when it averages its model with n neighbours' (descent lemma with
+  L = 1/lr, the largest step with guaranteed descent):
+      gain(n) = lr/2 (G - S / (n + 1)) + D / (4 lr) * n / (n + 1)
+  G ~ ||grad f||^2 and S ~ the gradient noise, from exponential averages (``beta``) of the
+  rank's own mini-batch gradients; D ~ the mean squared distance between its model and the
+  models it averaged with (the disagreement that averaging n + 1 models shrinks by n / (n + 1));
+- time: from the last ``window`` iterations the rank saw (its compute time and the sorted
+  arrival offsets of its neighbours' models: empirical order statistics), it picks a deadline
+  theta maximising  E[gain(n(theta))] / E[T(theta)],  where n(theta) is how many models arrived
+  by max(compute, theta) and T(theta) when it stops (the deadline, all arrived, or the first
+  arrival, never before its own compute ends). At an iteration it takes every model that
+  arrived by the deadline: b_i rises exactly at the iterations when a neighbour is slow. No
+  observation or estimate yet, or no positive gain: full wait;
+- connectivity without forced waits: a neighbour's model that arrived after the deadline is
+  mixed in at a later iteration as that neighbour's newest arrived model (``late="use"``, at
+  most ``max_staleness`` iterations old);
+- skip ahead (``skip_ahead``): a rank so far behind that a neighbour's iteration-t model reached
+  it before it started t skips that iteration: it takes the mean of the newer models plus its
+  own last update, sends nothing and computes nothing, rather than mixing its stale model in.
 
-On the virtual clock every rank computes every rank's rule from the clock's iteration (only
-rank-local quantities enter each rank's rule), which keeps the clock deterministic; in real time
-each rank runs only its own. Everything else (clocks, late messages, accounting, metrics) is
-baselines.consensus_backup.
+On the virtual clock every rank computes every rank's rule (each rank's (lr, G, S, D) is shared
+by an all-gather of four numbers every ``share_every`` steps on the harness channel, so not
+counted as algorithm traffic),
+which keeps the clock deterministic; in real time each rank runs only its own. Everything else
+(clocks, late messages, accounting, metrics) is baselines.consensus_backup.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal
+
+import torch
+from torch import Tensor
 
 from baselines.consensus_backup import ConsensusBackup, ConsensusBackupConfig, Observation
 from suite.algorithms.base import Context
@@ -45,27 +55,35 @@ class DyBWConfig(ConsensusBackupConfig):
     """Knobs of DyBW (stand-in rule); the rest as consensus_backup.
 
     backups: unused (b is chosen per rank and iteration).
-    late: "use" by default (a late model counts as a use of its edge).
-    window: iterations of a rank's own observations its estimates use.
-    consensus_weight: in [0, 1]; gain(n) = 1 - consensus_weight / (n + 1). 0: only time counts
-        (wait for one neighbour); 1: averaging over more neighbours is worth more.
-    connect_every [B]: every edge is used at least once every B iterations.
+    late: "use" by default (keeps every edge in use without forcing waits).
+    window: iterations of a rank's own observations its time estimates use.
+    beta: weight of the past in the exponential averages of G, S and D (in [0, 1)).
+    skip_ahead: a rank that falls behind skips ahead (virtual clock only).
+    share_every: virtual clock: the ranks' estimates are all-gathered every ``share_every``
+        steps and every rule uses the last ones shared (they are slow exponential averages;
+        a collective every step would double the lock-step syncs of a run).
     """
 
     backups: int = 0
     late: Literal["drop", "use"] = "use"
     window: int = 20
-    consensus_weight: float = 1.0
-    connect_every: int = 10
+    beta: float = 0.9
+    skip_ahead: bool = True
+    share_every: int = 10
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.window < 1:
             raise ValueError(f"window must be >= 1, got {self.window}")
-        if not 0.0 <= self.consensus_weight <= 1.0:
-            raise ValueError(f"consensus_weight must be in [0, 1], got {self.consensus_weight}")
-        if self.connect_every < 1:
-            raise ValueError(f"connect_every must be >= 1, got {self.connect_every}")
+        if not 0.0 <= self.beta < 1.0:
+            raise ValueError(f"beta must be in [0, 1), got {self.beta}")
+        if self.share_every < 1:
+            raise ValueError(f"share_every must be >= 1, got {self.share_every}")
+
+
+def progress(n: int, lr: float, grad_sq: float, noise: float, disagreement: float) -> float:
+    """Expected progress of one iteration that averages with ``n`` neighbours (NOTES.md)."""
+    return lr / 2 * (grad_sq - noise / (n + 1)) + disagreement / (4 * lr) * n / (n + 1)
 
 
 class DyBWRule:
@@ -76,59 +94,60 @@ class DyBWRule:
         in_peers: list[list[int]],
         ranks: list[int],
         window: int = 20,
-        consensus_weight: float = 1.0,
-        connect_every: int = 10,
         clock: Literal["virtual", "real"] = "virtual",
     ) -> None:
-        self.in_peers, self.ranks = in_peers, list(ranks)
-        self.weight, self.connect_every, self.real = (
-            consensus_weight,
-            connect_every,
-            clock == "real",
-        )
+        self.in_peers, self.ranks, self.real = in_peers, list(ranks), clock == "real"
         self.windows = {i: deque(maxlen=window) for i in self.ranks}
-        self.last_use = {i: dict.fromkeys(in_peers[i], -1) for i in self.ranks}
-        self.current = [0] * len(in_peers)
+        # per rank: (lr, G, S, D); None until the rank has averaged once
+        self.estimates: dict[int, tuple[float, float, float, float] | None] = dict.fromkeys(
+            self.ranks
+        )
+        self.current = [math.inf] * len(in_peers)
 
-    def choose(self, rank: int) -> int:
-        """b of ``rank`` from its window (0 while it is empty)."""
-        deg, window = len(self.in_peers[rank]), self.windows[rank]
-        if deg == 0 or not window:
-            return 0
-        now = time.perf_counter() if self.real else math.inf
-        totals = [0.0] * deg
-        for obs in window:
-            c = obs.compute_end - obs.start
-            offsets = sorted(min(a, now) - obs.start for a in obs.arrivals.values())
-            for n in range(1, deg + 1):
-                totals[n - 1] += max(c, offsets[n - 1])
-        best, best_score = deg, -math.inf
-        for n in range(1, deg + 1):
-            mean = totals[n - 1] / len(window)
-            gain = 1.0 - self.weight / (n + 1)
-            score = gain / mean if mean > 0 else math.inf
-            if score >= best_score:
-                best, best_score = n, score
-        return deg - best
+    def update(self, rank: int, lr: float, grad_sq: float, noise: float, disagreement: float):
+        self.estimates[rank] = (lr, grad_sq, noise, disagreement)
 
-    def backups(self) -> list[int]:
+    def deadline(self, rank: int) -> float:
+        """Seconds after its start until which ``rank`` takes what arrived (inf: wait for
+        all)."""
+        deg, window, est = len(self.in_peers[rank]), self.windows[rank], self.estimates[rank]
+        if deg == 0 or not window or est is None:
+            return math.inf
+        gains = torch.tensor([0.0] + [progress(n, *est) for n in range(1, deg + 1)],
+                             dtype=torch.float64)  # fmt: skip
+        if float(gains.max()) <= 0:
+            return math.inf  # averaging is all the progress there is: wait for all
+        c = torch.tensor([o.compute_end - o.start for o in window], dtype=torch.float64)
+        a = torch.tensor(
+            [sorted(x - o.start for x in o.arrivals.values()) for o in window], dtype=torch.float64
+        )  # fmt: skip  (inf: never arrived)
+        theta = torch.cat([c, a.flatten()])
+        theta = torch.unique(theta[torch.isfinite(theta)])  # candidate deadlines, ascending
+        # when each observed iteration would have stopped under each deadline [K, W]
+        last = torch.minimum(theta[:, None], a[None, :, -1])
+        stop = torch.maximum(torch.maximum(c, a[:, 0])[None, :], last)
+        n = (a[None] <= stop[..., None]).sum(-1)
+        rate = gains[n].mean(1) / stop.mean(1)
+        best = int(torch.nonzero(rate >= rate.max() - 1e-12 * abs(float(rate.max())))[-1])
+        return float(theta[best])  # ties: the later deadline (more averaging)
+
+    def deadlines(self) -> list[float]:
         for i in self.ranks:
-            self.current[i] = self.choose(i)
+            self.current[i] = self.deadline(i)
         return list(self.current)
 
-    def required(self, step: int) -> list[set[int]]:
-        out: list[set[int]] = [set() for _ in self.in_peers]
-        for i in self.ranks:
-            out[i] = {j for j, t in self.last_use[i].items() if step - t >= self.connect_every}
-        return out
+    def backups(self) -> list[int]:
+        """No fixed b: every rank waits for all but what misses its deadline."""
+        return [0] * len(self.in_peers)
+
+    def required(self, step: int) -> None:
+        """No forced waits: connectivity comes from late models (module docstring)."""
+        return None
 
     def observe(self, obs: list[Observation]) -> None:
         for o in obs:
-            if o.rank not in self.windows:
-                continue
-            self.windows[o.rank].append(o)
-            for j in o.used:
-                self.last_use[o.rank][j] = o.t
+            if o.rank in self.windows and o.compute_end > o.start:  # a skipped one says nothing
+                self.windows[o.rank].append(o)
 
 
 @ALGORITHMS.register(
@@ -136,9 +155,9 @@ class DyBWRule:
     config=DyBWConfig,
     paper="dybw",
     stand_in=True,
-    description="stand-in: the DyBW paper's rule was not available; per-rank dynamic b maximising "
-    "expected consensus progress per unit time (DBW adapted to neighbour sets), every edge used "
-    "once every connect_every iterations",
+    description="stand-in: the DyBW paper's rule was not available; per-rank deadline for "
+    "neighbours' models maximising expected progress per unit time (DBW adapted to neighbour "
+    "sets), late models keep every edge in use, a rank that falls behind skips ahead",
 )
 class DyBW(ConsensusBackup):
     """Consensus SGD with a dynamic b per rank: STAND-IN rule (DBW adapted), see the module."""
@@ -148,14 +167,50 @@ class DyBW(ConsensusBackup):
     def __init__(self, config: DyBWConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
         ranks = [self.rank] if self.real else list(range(self.world_size))
-        self.rule = DyBWRule(self.in_peers, ranks, config.window, config.consensus_weight,
-                             config.connect_every, config.clock)  # fmt: skip
+        self.rule = DyBWRule(self.in_peers, ranks, config.window, config.clock)
+        self.grad_mean: Tensor | None = None  # exponential averages of the gradient and its
+        self.grad_sq = 0.0  # squared norm (G, S) and of the disagreement (D)
+        self.disagreement = 0.0
+        self.averaged = False
+
+    def _estimate(self) -> list[float]:
+        """This rank's (lr, G, S, D) from its gradient of this step (before any wait)."""
+        beta = self.config.beta
+        g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                       for p in self.params]).double()  # fmt: skip
+        if self.grad_mean is None:
+            self.grad_mean, self.grad_sq = g.clone(), float(g @ g)
+        else:
+            self.grad_mean.mul_(beta).add_(g, alpha=1 - beta)
+            self.grad_sq = beta * self.grad_sq + (1 - beta) * float(g @ g)
+        grad = float(self.grad_mean @ self.grad_mean)
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        return [lr, grad, max(self.grad_sq - grad, 0.0), self.disagreement]
+
+    def deadlines(self, step: int) -> list[float]:
+        mine = self._estimate()
+        if step == 0 or (self.real and not self.averaged):
+            return [math.inf] * self.world_size  # no disagreement seen yet: full wait
+        if self.real or self.world_size == 1:
+            self.rule.update(self.rank, *mine)
+        elif (step - 1) % self.config.share_every == 0:  # the same steps on every rank
+            with self.transport.harness():
+                every = self.transport.all_gather(torch.tensor(mine, dtype=torch.float64))
+            for i, est in enumerate(every):
+                self.rule.update(i, *est.tolist())
+        return self.rule.deadlines()
 
     def backups(self, step: int) -> list[int]:
         return self.rule.backups()
 
-    def required(self, step: int) -> list[set[int]] | None:
-        return self.rule.required(step)
-
     def observe(self, obs: list[Observation]) -> None:
         self.rule.observe(obs)
+
+    def _mix(self, mine: Tensor, fresh: list[Tensor], late: list[Tensor]) -> None:
+        models = [*fresh, *late]
+        if models:  # D: mean squared distance to the models averaged with
+            d = sum(float((x - mine).double().square().sum()) for x in models) / len(models)
+            beta = self.config.beta if self.averaged else 0.0
+            self.disagreement = beta * self.disagreement + (1 - beta) * d
+            self.averaged = True
+        super()._mix(mine, fresh, late)
