@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
 
-import reports.builder as builder
+from reports import builder, figures, frames, paper_figures, text
 from suite.config import ConfigError
 from suite.recipes import Claim, Known, Profile, Recipe, Row, Space, Verdict, aggregate
 from suite.tracking import open_client
@@ -127,11 +127,12 @@ def built(store: str, tmp_path_factory: pytest.TempPathFactory) -> builder.Repor
 def _claim_verdicts(readme: str) -> dict[str, str]:
     """claim text -> verdict cell, from the markdown claims tables (claims read "X of ROW")."""
     cells = [line.strip("|").split(" | ") for line in readme.splitlines() if line.startswith("|")]
-    return {c[0].strip(): c[-1].strip() for c in cells if " of " in c[0]}
+    at = next(c for c in cells if c[0].strip() == "claim").index("verdict")
+    return {c[0].strip(): c[at].strip() for c in cells if " of " in c[0]}
 
 
 def test_load_runs_keeps_recipe_runs_and_their_curves(store: str) -> None:
-    runs, curves = builder.load_runs(store, "fake")
+    runs, curves = frames.load_runs(store, "fake")
     plain = runs[runs["study"].isna()]
     # neither the hand-started run nor the FAILED one
     pairs = sorted(zip(plain["row"], plain["seed"], strict=True))
@@ -141,7 +142,7 @@ def test_load_runs_keeps_recipe_runs_and_their_curves(store: str) -> None:
     assert trials["status"].to_dict() == {n: s for n, (_, _, s) in TRIALS.items()}
     assert {"test_accuracy", "bytes_sent", "network_seconds", "wall_seconds"} <= set(runs)
     assert math.isnan(runs["wall_seconds"].iloc[0])  # never logged: NaN, not a KeyError
-    assert list(curves.columns) == list(builder.CURVE_COLUMNS)
+    assert list(curves.columns) == list(frames.CURVE_COLUMNS)
     assert set(curves["run_id"]) == set(plain["run_id"])  # trials carry no curves
     acc = curves[(curves["metric"] == "test_accuracy") & (curves["row"] == "Sparse")]
     assert sorted(acc["step"].unique()) == [4, 9] and len(acc) == 4
@@ -153,14 +154,14 @@ def test_a_rerun_replaces_the_seed_it_reran(store: str, tmp_path: Path) -> None:
     client = open_client(uri)
     exp_id = client.get_experiment_by_name("fake").experiment_id
     _fake_run(client, exp_id, 0, 0.99, 1000.0, row="Sparse")  # a later --force rerun of seed 0
-    runs, _ = builder.load_runs(uri, "fake")
+    runs, _ = frames.load_runs(uri, "fake")
     sparse = runs[(runs["row"] == "Sparse") & runs["study"].isna()].set_index("seed")
     assert sparse["test_accuracy"].to_dict() == {0: 0.99, 1: 0.87}
 
 
 def test_aggregate_gives_mean_and_sample_std_over_seeds(store: str) -> None:
-    runs, _ = builder.load_runs(store, "fake")
-    stats = aggregate(builder.finals(runs[runs["study"].isna()]))
+    runs, _ = frames.load_runs(store, "fake")
+    stats = aggregate(frames.finals(runs[runs["study"].isna()]))
     mean, std, n = stats["Dense"]["bytes_sent"]
     assert (mean, n) == (4100.0, 2) and std == pytest.approx(math.sqrt(2 * 100.0**2))
     mean, std, n = stats["Sparse"]["test_accuracy"]
@@ -275,7 +276,7 @@ def test_time_to_target_measured_and_modelled() -> None:
         + [("b", 9, "test_accuracy", 0.5)],
         columns=["run_id", "step", "metric", "value"],
     )
-    times = builder.time_to_target(runs, curves, 0.55).set_index("row")
+    times = frames.time_to_target(runs, curves, 0.55).set_index("row")
     assert times.loc["A", "steps"] == 5  # first evaluation at or above the target: step 4
     assert times.loc["A", "measured"] == pytest.approx(0.1 + 0.2 + 0.3 + 0.4 + 0.5)
     assert times.loc["A", "model"] == pytest.approx(5 / 10 * 0.6)
@@ -300,26 +301,26 @@ def test_a_known_failure_keeps_all_hold_and_is_explained_in_the_claims_table() -
     checked = [Verdict(claim, "fails", 0.5, 0.0, 0.9, "1 seed(s)", known)]
     report = builder.Report("fake", Path("."), {("r", "smoke"): checked}, [])
     assert report.all_hold("smoke")
-    table = builder.claims_table(checked)
+    table = text.claims_table(checked)
     assert table.loc[0, "verdict"] == "fails (known)"
     assert "flag round" in table.loc[0, "known deviation"]
     surprise = [Verdict(claim, "holds", 0.95, 0.0, 0.9, "1 seed(s)", known)]
-    assert "unexpected pass" in builder.claims_table(surprise).loc[0, "known deviation"]
-    assert "1 hold (1 unexpectedly)" in builder._tally(surprise)
+    assert "unexpected pass" in text.claims_table(surprise).loc[0, "known deviation"]
+    assert "1 hold (1 unexpectedly)" in text.tally(surprise)
 
 
 def test_pareto_front_keeps_only_undominated_points() -> None:
     points = pd.DataFrame(
         {"test_accuracy": [0.9, 0.8, 0.85, 0.7, 0.9], "bytes_sent": [10.0, 2.0, 12.0, 3.0, 11.0]}
     )
-    assert sorted(builder.pareto_front(points).index) == [0, 1]
+    assert sorted(frames.pareto_front(points).index) == [0, 1]
 
 
 def test_firing_rates_come_from_the_artifacts_and_draw_a_heat_map(tmp_path: Path) -> None:
     import json
 
     uri = f"sqlite:///{tmp_path / 'firing.db'}"
-    client = builder.open_client(uri)
+    client = open_client(uri)
     exp = client.create_experiment("p")
     ids = []
     for rate in (0.2, 0.4):
@@ -328,15 +329,15 @@ def test_firing_rates_come_from_the_artifacts_and_draw_a_heat_map(tmp_path: Path
         ids.append(run_id)
     plain = client.create_run(exp).info.run_id  # an algorithm without a trigger: no artifact
     runs = pd.DataFrame({"run_id": [*ids, plain], "row": ["E", "E", "D"]})
-    rates = builder.firing_rates(uri, runs)
+    rates = paper_figures.firing_rates(uri, runs)
     assert rates.groupby("tensor")["rate"].mean().to_dict() == pytest.approx({"w": 0.3, "b": 1.0})
     assert set(rates["row"]) == {"E"}
     recipe = Recipe(
         "p", "T", "t", (Row("D", "dpsgd"), Row("E", "eventgrad")), (), {"smoke": Profile()}
     )
-    fig = builder.fig_firing_heatmap(rates, recipe)
+    fig = paper_figures.fig_firing_heatmap(rates, recipe)
     assert fig is not None and fig.axes[0].get_title().startswith("Firing rate")
-    assert builder.fig_firing_heatmap(rates.iloc[0:0], recipe) is None
+    assert paper_figures.fig_firing_heatmap(rates.iloc[0:0], recipe) is None
 
 
 def _mixed_primitives(wire: bool) -> pd.DataFrame:
@@ -355,7 +356,7 @@ def _mixed_primitives(wire: bool) -> pd.DataFrame:
 
 
 def test_wire_bytes_are_the_headline_with_payload_beside() -> None:
-    table = builder.results_table(_mixed_primitives(True), RECIPE, "smoke")
+    table = text.results_table(_mixed_primitives(True), RECIPE, "smoke")
     sparse = table.set_index("row").loc["Sparse"]
     assert sparse["wire bytes saved vs Dense"] == "66.7%"
     assert sparse["MB on the wire (all ranks)"] == "0.001"
@@ -365,16 +366,16 @@ def test_wire_bytes_are_the_headline_with_payload_beside() -> None:
                                                   ("bytes_sent", 2e6))],
         columns=["run_id", "row", "seed", "step", "metric", "value"],
     )  # fmt: skip
-    fig = builder.fig_accuracy_vs_bytes(curves, RECIPE, "smoke")
+    fig = figures.fig_accuracy_vs_bytes(curves, RECIPE, "smoke")
     assert fig.axes[0].get_xlabel() == "cumulative wire bytes (all ranks) (MB)"
     plt.close(fig)
 
 
 def test_runs_without_wire_bytes_fall_back_to_payload() -> None:
-    table = builder.results_table(_mixed_primitives(False), RECIPE, "smoke")
+    table = text.results_table(_mixed_primitives(False), RECIPE, "smoke")
     sparse = table.set_index("row").loc["Sparse"]
     assert sparse["payload bytes saved vs Dense"] == "50.0%"
     assert sparse["MB on the wire (all ranks)"] == "n/a"
-    assert builder.bytes_column(_mixed_primitives(False).drop(columns="wire_bytes")) == (
+    assert frames.bytes_column(_mixed_primitives(False).drop(columns="wire_bytes")) == (
         "bytes_sent"
     )
