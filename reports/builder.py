@@ -16,8 +16,10 @@ report.html). This module runs them in order.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +31,19 @@ from reports.figures import (
     fig_bandwidth_sweep,
     fig_curve,
     fig_loss_vs_step,
-    fig_saved_vs_accuracy,
     fig_time_to_target,
+    fig_tradeoff,
 )
-from reports.frames import AXIS_NAMES, _load, finals, reference_row, target_accuracy
-from reports.paper_figures import fig_firing_heatmap, firing_rates
+from reports.frames import (
+    AXIS_NAMES,
+    _load,
+    finals,
+    identical_rows,
+    reference_row,
+    target_accuracy,
+    time_to_target,
+)
+from reports.paper_figures import FIGURES
 from reports.render import Doc, markdown, swap, to_html
 from reports.simtime import (
     NETWORKS,
@@ -47,10 +57,29 @@ from reports.simtime import (
     simulated_finals,
 )
 from reports.sweeps import fig_sweep_pareto, optuna_figures
-from reports.text import CAPTIONS, card, claims_table, header, results_table, tally
+from reports.text import (
+    CAPTIONS,
+    card,
+    claims_table,
+    definitions,
+    header,
+    identical_note,
+    results_table,
+    tally,
+    time_notes,
+)
+from suite.config import ConfigError
 from suite.network import parse_network
 from suite.recipes import Recipe, Verdict, aggregate, recipes_of, slug
 from suite.tracking import open_client
+
+DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
+
+
+def run_links(base: str | None, experiment_id: str) -> Callable[[str], str]:
+    """A run id's page in the MLflow UI at ``base`` (its single-page route)."""
+    base = (base or os.environ.get("SUITE_MLFLOW_UI") or DEFAULT_MLFLOW_UI).rstrip("/")
+    return lambda run_id: f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 @dataclass(frozen=True)
@@ -67,14 +96,32 @@ class Report:
         return bool(ran) and not any(v.counts_as_failure for vs in ran for v in vs)
 
 
-def build_report(paper: str, uri: str, out_dir: Path, *, experiment: str | None = None) -> Report:
-    """Rebuild ``out_dir`` (README.md, report.html, figures/) for ``paper`` from the store."""
+def build_report(
+    paper: str,
+    uri: str,
+    out_dir: Path,
+    *,
+    experiment: str | None = None,
+    mlflow_ui: str | None = None,
+) -> Report:
+    """Rebuild ``out_dir`` (README.md, report.html, figures/) for ``paper`` from the store.
+    ``mlflow_ui``: the MLflow UI that each results row links its runs to (default
+    ``$SUITE_MLFLOW_UI``, else ``DEFAULT_MLFLOW_UI``, where ``make ui`` serves it)."""
     recipes = recipes_of(paper)  # an unknown paper raises ConfigError before anything is read
+    for recipe in recipes:
+        unknown = [name for name in recipe.figures if name not in FIGURES]
+        if unknown:
+            raise ConfigError(
+                f"recipe {recipe.name}: unknown figures {unknown}; valid choices: "
+                + ", ".join(FIGURES)
+            )
     experiment = experiment or paper
     wanted = [m for r in recipes for c in r.curves for m in (c.metric, c.x)]
     extra = tuple(dict.fromkeys(m for m in wanted if m not in ("step", "epoch")))
     client = open_client(uri)
     runs, curves, parents = _load(client, experiment, extra)
+    exp = client.get_experiment_by_name(experiment)
+    run_url = run_links(mlflow_ui, exp.experiment_id if exp is not None else "0")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-new-", dir=out_dir.parent))
@@ -88,14 +135,16 @@ def build_report(paper: str, uri: str, out_dir: Path, *, experiment: str | None 
         for recipe in recipes:
             doc.md(card(recipe))
             for profile in recipe.profiles:
-                checked = _profile_section(doc, recipe, profile, runs, curves, uri, replays)
+                checked = _profile_section(
+                    doc, recipe, profile, runs, curves, uri, replays, run_url
+                )
                 if checked is not None:
                     verdicts[(recipe.name, profile)] = checked
             _sweep_section(doc, recipe, runs, parents)
         shutil.rmtree(work / ".traces", ignore_errors=True)
         lines = [f"`{name}` at `{prof}`: {tally(vs)}." for (name, prof), vs in verdicts.items()]
         summary = "\n\n".join(lines) or "_No finished recipe runs: nothing was checked._"
-        doc.sections.insert(1, ("md", f"## Summary\n\n{summary}\n"))
+        doc.sections[1:1] = [("md", f"## Summary\n\n{summary}\n"), ("md", definitions(recipes))]
         (work / "README.md").write_text(markdown(doc.sections), encoding="utf-8")
         (work / "report.html").write_text(to_html(paper, doc.sections), encoding="utf-8")
         swap(work, out_dir)
@@ -116,6 +165,7 @@ def _profile_section(
     curves: pd.DataFrame,
     uri: str,
     replays: Replays,
+    run_url: Callable[[str], str],
 ) -> list[Verdict] | None:
     """Results, claims and figures of one recipe at one profile; None if it has no runs."""
     note = recipe.profiles[profile].note
@@ -131,7 +181,7 @@ def _profile_section(
     mine = simulated_finals(mine, mc, recipe, replays)  # FIELD@NETWORK metrics of the claims
     verdicts = recipe.check(aggregate(finals(mine)), profile, set(diverged["row"]))
     doc.md("#### Results\n")
-    doc.table(results_table(mine, recipe, profile, diverged))
+    doc.table(results_table(mine, recipe, profile, diverged, run_url))
     chosen = target_accuracy(mine, recipe) if not mine.empty else None
     if chosen is not None:
         _network_section(doc, recipe, profile, mine, mc, chosen, replays)
@@ -143,14 +193,20 @@ def _profile_section(
     base = f"{slug(recipe.name)}-{profile}"
     if recipe.reference is not None and reference_row(mine, recipe) is None:
         doc.md(f"_No finished runs of the reference row {recipe.reference}: no savings shown._\n")
+    doc.md(identical_note(identical_rows(mine, mc)))
     for kind, draw in (
         ("accuracy-vs-bytes", lambda: fig_accuracy_vs_bytes(mc, recipe, profile)),
         ("loss", lambda: fig_loss_vs_step(mc, recipe, profile)),
-        ("saved-vs-accuracy", lambda: fig_saved_vs_accuracy(mine, recipe, profile)),
+        ("tradeoff", lambda: fig_tradeoff(mine, recipe, profile)),
         ("time-to-target", lambda: fig_time_to_target(mine, mc, recipe, profile)),
-        ("firing", lambda: fig_firing_heatmap(firing_rates(uri, mine), recipe)),
     ):
         doc.figure(draw(), f"{base}-{kind}", CAPTIONS[kind])
+    if chosen is not None:  # said in words beside the time-to-target figure
+        times = time_to_target(mine, mc, chosen[0])
+        doc.md(time_notes(times, reference_row(mine, recipe)))
+    for name in recipe.figures:  # declared by the recipe: checked in build_report
+        extra = FIGURES[name]
+        doc.figure(extra.draw(uri, mine, recipe), f"{base}-{name}", extra.caption)
     for curve in recipe.curves:
         name = f"{base}-{slug(curve.metric)}-vs-{slug(curve.x)}"
         doc.figure(fig_curve(mc, mine, recipe, profile, curve), name, curve.caption)

@@ -3,12 +3,14 @@ its figure, or None when there is no data to draw; the caller saves and closes i
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on CI machines or clusters
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
@@ -16,8 +18,11 @@ from matplotlib.figure import Figure
 from reports.frames import (
     BYTES_LABELS,
     bytes_column,
+    pareto_front,
     reference_row,
+    row_means,
     saved_table,
+    spans_orders,
     target_accuracy,
     time_to_target,
 )
@@ -32,12 +37,38 @@ def axes() -> tuple[Figure, Any]:
         return plt.subplots(figsize=(7.0, 4.4))
 
 
-def hue(recipe: Recipe, frame: pd.DataFrame) -> dict[str, Any]:
-    """Row colours fixed by the recipe's row order, so a row looks the same in every figure."""
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+DASHES = ((), (5, 2), (1, 1.5), (6, 2, 1, 2), (3, 3), (8, 2, 2, 2, 2, 2))
+
+
+def styles(recipe: Recipe) -> dict[str, tuple[Any, str, tuple]]:
+    """Per row of the recipe: (colour, marker, dashes), fixed by the row order so a row looks
+    the same in every figure, and distinct so rows that coincide stay visible."""
     labels = [r.label for r in recipe.rows]
-    colors = dict(zip(labels, sns.color_palette("colorblind", len(labels)), strict=True))
+    colors = sns.color_palette("colorblind", len(labels))
+    return {
+        label: (colors[i], MARKERS[i % len(MARKERS)], DASHES[i % len(DASHES)])
+        for i, label in enumerate(labels)
+    }
+
+
+def hue(recipe: Recipe, frame: pd.DataFrame, markers: bool = False) -> dict[str, Any]:
+    """seaborn keywords: colour and line style by row (markers too where lines are sparse)."""
+    style = styles(recipe)
     order = [r.label for r in recipe.rows if r.label in set(frame["row"])]
-    return {"hue": "row", "hue_order": order, "palette": colors}
+    out = {"hue": "row", "hue_order": order, "palette": {k: v[0] for k, v in style.items()}}
+    out |= {"style": "row", "style_order": order, "dashes": {k: style[k][2] for k in order}}
+    if markers:
+        out["markers"] = {k: style[k][1] for k in order}
+    return out
+
+
+def row_ticks(ax: Any, labels: list[str]) -> None:
+    """Row names as x tick labels that never collide: each wrapped onto lines no wider than
+    its share of the axis (about 80 characters of 8 pt text across a 7 inch figure)."""
+    width = max(6, 80 // max(1, len(labels)))
+    wrapped = [textwrap.fill(label, width, break_long_words=True) for label in labels]
+    ax.set_xticks(range(len(labels)), wrapped, fontsize=8)
 
 
 def fig_accuracy_vs_bytes(curves: pd.DataFrame, recipe: Recipe, profile: str) -> Figure | None:
@@ -52,27 +83,25 @@ def fig_accuracy_vs_bytes(curves: pd.DataFrame, recipe: Recipe, profile: str) ->
         return None
     wide = wide.dropna().reset_index()  # evaluation steps only: accuracy joined with bytes
     wide["MB"] = wide[column] / 1e6
-    mean = wide.groupby(["row", "step"], as_index=False)[["MB", "test_accuracy"]].mean()
+    stats = wide.groupby(["row", "step"])[["MB", "test_accuracy"]].agg(["mean", "std"])
+    style = styles(recipe)
     fig, ax = axes()
-    sns.lineplot(
-        mean.sort_values("step"),
-        x="MB",
-        y="test_accuracy",
-        **hue(recipe, mean),
-        estimator=None,
-        sort=False,
-        marker="o",
-        ax=ax,
-    )
-    positive = mean.loc[mean["MB"] > 0, "MB"]
-    if len(positive) and positive.max() / positive.min() > 100:
-        ax.set_xscale("log")  # a method that saves 100x would sit on the y axis otherwise
+    for row in hue(recipe, wide)["hue_order"]:
+        line = stats.loc[row].sort_index()
+        color, marker, dashes = style[row]
+        ax.errorbar(line[("MB", "mean")], line[("test_accuracy", "mean")],
+                    yerr=line[("test_accuracy", "std")].fillna(0), color=color, marker=marker,
+                    dashes=dashes or (None, None), capsize=2, elinewidth=0.8, markersize=5,
+                    label=row)  # fmt: skip
+    if spans_orders(wide.groupby("row")["MB"].max()):
+        log_x(ax)  # a method that saves 10x would sit on the y axis otherwise
     ax.set(
         xlabel=f"cumulative {BYTES_LABELS[column]} (MB)",
         ylabel="test accuracy",
-        title=f"{recipe.key} ({profile}): accuracy against communication, mean of seeds",
+        title=f"{recipe.key} ({profile}): accuracy against communication,\nmean ± std over "
+        "seeds at each evaluation",
     )
-    ax.legend(title=None)
+    ax.legend(title=None, fontsize=8)
     return fig
 
 
@@ -157,31 +186,73 @@ def _curve_against_metric(
     return fig
 
 
-def fig_saved_vs_accuracy(runs: pd.DataFrame, recipe: Recipe, profile: str) -> Figure | None:
-    table = saved_table(runs, recipe).dropna(subset=["saved", "acc"])
-    if table.empty:
+def fig_tradeoff(runs: pd.DataFrame, recipe: Recipe, profile: str) -> Figure | None:
+    """Final accuracy against total bytes: each seed a faint point, each row its mean ± std
+    over seeds (labelled with the bytes it saves), the Pareto frontier of the row means, the
+    reference row's accuracy and the tolerance band of the recipe's accuracy claims against
+    it. The byte axis is logarithmic where rows differ by an order of magnitude or more."""
+    column = bytes_column(runs)
+    data = runs.dropna(subset=["test_accuracy", column])
+    if data.empty:
         return None
-    colors = hue(recipe, runs)["palette"]
+    data = data.assign(MB=data[column] / 1e6)
+    means = row_means(data, "MB")
+    ref = reference_row(runs, recipe)
+    saved = saved_table(runs, recipe)["saved"]
+    style = styles(recipe)
     fig, ax = axes()
-    for row, r in table.iterrows():
-        ax.errorbar(
-            100 * r["saved"],
-            r["acc"],
-            xerr=100 * _nz(r["saved_std"]),
-            yerr=_nz(r["acc_std"]),
-            fmt="o",
-            capsize=4,
-            color=colors.get(row),
-            label=row,
-        )
+    for row in [r.label for r in recipe.rows if r.label in means.index]:
+        color, marker, _ = style[row]
+        mine, m = data[data["row"] == row], means.loc[row]
+        ax.scatter(mine["MB"], mine["test_accuracy"], color=color, marker=marker, alpha=0.3,
+                   s=18)  # fmt: skip
+        share = saved.get(row)
+        label = row if row == ref or pd.isna(share) else f"{row} ({100 * share:.1f}% saved)"
+        ax.errorbar(m["MB"], m["test_accuracy"], xerr=_nz(m["bytes_std"]),
+                    yerr=_nz(m["acc_std"]), fmt=marker, color=color, capsize=4, markersize=8,
+                    label=label)  # fmt: skip
+    front = pareto_front(means.reset_index(), "MB")
+    ax.plot(front["MB"], front["test_accuracy"], color="0.4", linestyle=":", marker="o",
+            markersize=14, markerfacecolor="none", label="Pareto frontier (row means)")  # fmt: skip
+    if ref is not None and ref in means.index:
+        base = float(means.loc[ref, "test_accuracy"])
+        ax.axhline(base, color="0.25", linewidth=0.9, label=f"{ref}'s accuracy")
+        for (low, high), rows in tolerance_bands(recipe, profile, ref).items():
+            label = f"tolerance -{low:g}/+{high:g} claimed for {', '.join(rows)}"
+            ax.axhspan(base - low, base + high, color="0.5", alpha=0.12, label=label)
+    if spans_orders(means["MB"]):
+        log_x(ax)
     ax.set(
-        xlabel=f"communication saved vs {reference_row(runs, recipe)} "
-        f"(% of {BYTES_LABELS[bytes_column(runs)]})",
+        xlabel=f"{BYTES_LABELS[column]} per run (MB)",
         ylabel="final test accuracy",
-        title=f"{recipe.key} ({profile}): bytes saved against accuracy, ±1 std over seeds",
+        title=f"{recipe.key} ({profile}): accuracy cost of the communication saved,\n"
+        "each seed and mean ± std over seeds",
     )
-    ax.legend()
+    ax.legend(fontsize=7, loc="best")
     return fig
+
+
+def tolerance_bands(recipe: Recipe, profile: str, ref: str) -> dict[tuple[float, float], list]:
+    """{(below, above): rows}: how far from the reference row's accuracy the recipe's accuracy
+    claims against it accept at ``profile`` (``>=``: that much below; ``within``: both
+    sides; ``<=``: above), for the claims with a tolerance."""
+    bands: dict[tuple[float, float], list] = {}
+    for c in recipe.claims:
+        if c.metric != "test_accuracy" or c.other != ref or profile not in c.profiles:
+            continue
+        if c.tolerance and c.scale == 1.0:
+            low = c.tolerance if c.op in (">=", "within") else 0.0
+            high = c.tolerance if c.op in ("<=", "within") else 0.0
+            bands.setdefault((low, high), []).append(c.row)
+    return bands
+
+
+def log_x(ax: Any) -> None:
+    """A logarithmic x axis with plain numbers (0.5, 20) rather than powers of ten."""
+    ax.set_xscale("log")
+    plain = mticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
 
 
 def _nz(x: float) -> float:
@@ -197,6 +268,7 @@ def fig_time_to_target(
     target, how = chosen
     times = time_to_target(runs, curves, target)
     order = hue(recipe, times)["hue_order"]
+    ref = reference_row(runs, recipe)
     kinds = {
         "measured": "measured on this machine",
         "model": "network model: the run's trace replayed on its network",
@@ -222,16 +294,37 @@ def fig_time_to_target(
             ax.text(i, 0.02 * top, "not reached", ha="center", va="bottom", color="0.3")
         elif reached < len(mine):
             ax.text(i, 1.02 * top, f"{reached}/{len(mine)} seeds reached", ha="center", fontsize=8)
-    ax.set_xticks(range(len(order)), order, rotation=10)
+        ratio = _against(times, row, ref)
+        if ratio is not None:  # said plainly: a method that gets there later is slower
+            slower = ratio > 1
+            ax.text(i, 1.08 * top, f"{ratio:.2f}x {ref}\n({'slower' if slower else 'faster'})",
+                    ha="center", va="bottom", fontsize=7,
+                    color="#cf222e" if slower else "#1a7f37")  # fmt: skip
+    row_ticks(ax, order)
+    ax.set_ylim(0, 1.35 * top)  # room for the notes above the bars
     handles, labels = ax.get_legend_handles_labels()
     if handles:  # one legend entry per kind, not per bar
         unique = dict(zip(labels, handles, strict=True))
-        ax.legend(unique.values(), unique.keys())
-    ax.set(
-        ylabel="seconds to reach the target (mean ± std over seeds)",
-        title=f"{recipe.key} ({profile}): time to test accuracy {target:.3f} ({how})",
+        ax.legend(unique.values(), unique.keys(), fontsize=7, loc="upper left")
+    title = (
+        f"{recipe.key} ({profile}): seconds until test accuracy first reaches {target:.3f} "
+        f"(target: {how}); above the bars: measured time against {ref}"
     )
+    ax.set_ylabel("seconds to the target (mean ± std over seeds)")
+    ax.set_title(textwrap.fill(title, 80), fontsize=10)
     return fig
+
+
+def _against(times: pd.DataFrame, row: str, ref: str | None) -> float | None:
+    """Row's mean measured time to the target over the reference row's; None if either is
+    missing or the row is the reference."""
+    if ref is None or row == ref:
+        return None
+    mean = times.groupby("row")["measured"].mean()
+    mine, theirs = mean.get(row), mean.get(ref)
+    if mine is None or theirs is None or pd.isna(mine) or pd.isna(theirs) or theirs <= 0:
+        return None
+    return float(mine / theirs)
 
 
 def fig_bandwidth_sweep(
@@ -242,7 +335,7 @@ def fig_bandwidth_sweep(
         return None
     data = data.assign(Mbps=data["bps"] / 1e6)
     fig, ax = axes()
-    sns.lineplot(data, x="Mbps", y="seconds", **hue(recipe, data), errorbar="sd", marker="o",
+    sns.lineplot(data, x="Mbps", y="seconds", **hue(recipe, data, markers=True), errorbar="sd",
                  ax=ax)  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")

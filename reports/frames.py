@@ -233,3 +233,46 @@ def pareto_front(points: pd.DataFrame, column: str = "bytes_sent") -> pd.DataFra
         ).any()
     ]
     return points.loc[keep].sort_values(column)
+
+
+def identical_rows(runs: pd.DataFrame, curves: pd.DataFrame) -> list[tuple[str, str]]:
+    """Pairs of rows whose runs are identical: the same seeds, and for each seed the same final
+    metrics and the same per-step histories (e.g. EventGraD at threshold 0, which fires every
+    tensor every step, and D-PSGD). Their lines would hide each other in every figure."""
+    metrics = [m for m in ("test_accuracy", "train_loss", "bytes_sent", "wire_bytes", "messages")
+               if m in runs]  # fmt: skip
+    history = curves.sort_values(["metric", "step"]).groupby("run_id")
+    signature: dict[str, tuple] = {}
+    for row, group in runs.groupby("row", sort=False):
+        per_seed = []
+        for run in group.sort_values("seed").itertuples():
+            mine = history.get_group(run.run_id) if run.run_id in history.groups else curves[:0]
+            finals = tuple(None if pd.isna(v) else float(v) for v in
+                           (getattr(run, m) for m in metrics))  # fmt: skip
+            steps = tuple(zip(mine["metric"], mine["step"], mine["value"], strict=True))
+            per_seed.append((run.seed, finals, steps))
+        signature[str(row)] = tuple(per_seed)
+    rows = list(signature)
+    return [
+        (a, b)
+        for i, a in enumerate(rows)
+        for b in rows[i + 1 :]
+        if signature[a] and signature[a] == signature[b]
+    ]
+
+
+def row_means(runs: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Per row: mean and std over seeds of final test accuracy and of ``column`` (bytes)."""
+    return runs.groupby("row", sort=False).agg(
+        test_accuracy=("test_accuracy", "mean"),
+        acc_std=("test_accuracy", "std"),
+        **{column: (column, "mean")},
+        bytes_std=(column, "std"),
+    )
+
+
+def spans_orders(values: pd.Series, ratio: float = 10.0) -> bool:
+    """Positive values whose largest is at least ``ratio`` x the smallest: a linear axis would
+    squeeze the small ones against zero, so the axis goes on a log scale."""
+    positive = values[values > 0].dropna()
+    return len(positive) > 1 and positive.max() / positive.min() >= ratio

@@ -24,7 +24,8 @@ class Doc:
         self.figures: list[Path] = []
 
     def md(self, text: str) -> None:
-        self.sections.append(("md", text))
+        if text:  # an empty note (nothing to say) adds no section
+            self.sections.append(("md", text))
 
     def table(self, frame: pd.DataFrame) -> None:
         self.sections.append(("table", frame))
@@ -88,7 +89,7 @@ def to_html(paper: str, sections: list[tuple]) -> str:
         if kind == "md":
             body.append(_md_to_html(item))
         elif kind == "table":
-            table = item.to_html(index=False, border=0, escape=True)
+            table = _links(item.to_html(index=False, border=0, escape=True))
             body.append(
                 re.sub(r"<td>(holds|fails)([^<]*)</td>", r'<td class="\1">\1\2</td>', table)
             )
@@ -106,16 +107,24 @@ def to_html(paper: str, sections: list[tuple]) -> str:
     )
 
 
+def _links(text: str) -> str:
+    """Markdown links ``[text](http...)`` (escaped HTML already) as anchors."""
+    return re.sub(r"\[([^\]]+)\]\((https?://[^)\s]+)\)", r'<a href="\2">\1</a>', text)
+
+
 def _md_to_html(text: str) -> str:
     """The little markdown this module writes: headings, paragraphs, `code`, **bold**, _em_."""
     out = []
     for block in text.strip().split("\n\n"):
         block = html.escape(block.strip(), quote=False)
-        block = re.sub(r"`([^`]+)`", r"<code>\1</code>", block)
+        block = _links(re.sub(r"`([^`]+)`", r"<code>\1</code>", block))
         block = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", block)
         block = re.sub(r"(?<![\w*])[*_]([^*_]+)[*_](?![\w*])", r"<em>\1</em>", block)
         level = len(block) - len(block.lstrip("#"))
-        if 0 < level <= 6 and block[level : level + 1] == " ":
+        items = block.split("\n")
+        if all(item.startswith("- ") for item in items):
+            out.append("<ul>" + "".join(f"<li>{item[2:]}</li>" for item in items) + "</ul>")
+        elif 0 < level <= 6 and block[level : level + 1] == " ":
             out.append(f"<h{level}>{block[level + 1 :]}</h{level}>")
         elif block:
             out.append(f"<p>{block}</p>")

@@ -10,8 +10,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from reports.figures import axes
-from reports.frames import BYTES_LABELS, bytes_column, pareto_front
+from reports.figures import axes, log_x
+from reports.frames import BYTES_LABELS, bytes_column, pareto_front, spans_orders
 from suite.recipes import Recipe
 
 
@@ -42,6 +42,8 @@ def fig_sweep_pareto(trials: pd.DataFrame, study: str, recipe: Recipe) -> Figure
             textcoords="offset points",
             fontsize=8,
         )
+    if spans_orders(done["MB"]):
+        log_x(ax)
     ax.set(
         xlabel=f"{BYTES_LABELS[column]} (MB)",
         ylabel="final test accuracy",

@@ -189,8 +189,10 @@ def test_the_readme_tables_say_what_was_measured(built: builder.Report) -> None:
     assert "| 0.97 | 0.88 ± 0.01414 (2 seed(s)) | 0.95 | fails |" in readme  # paper, measured
     # runs stored before wire bytes: the wire column reads n/a, savings are of payload bytes
     assert "| Dense | 2 | 0.9100 ± 0.0141 | n/a | 0.004 ± 0.000 |" in readme
+    # no parameter count stored: whole-model equivalents read n/a
     assert (
-        "| Sparse | 2 | 0.8800 ± 0.0141 | n/a | 0.001 ± 0.000 | 10 ± 0 | 75.6% ± 0.0% |" in readme
+        "| Sparse | 2 | 0.8800 ± 0.0141 | n/a | 0.001 ± 0.000 | 10 ± 0 | n/a | 75.6% ± 0.0% |"
+        in (readme)
     )
     assert "payload bytes saved vs Dense" in readme
     assert "1 hold, 1 fail, 1 not testable" in readme and "reproduced" not in readme.lower()
@@ -204,7 +206,7 @@ def test_figures_are_pngs_linked_from_the_readme(built: builder.Report) -> None:
     expected = {
         f"{base}-{kind}.png"
         for kind in (
-            "accuracy-vs-bytes", "loss", "saved-vs-accuracy", "time-to-target",
+            "accuracy-vs-bytes", "loss", "tradeoff", "time-to-target",
             "sweep-h-pareto", "sweep-h-optuna-pareto",
         )
     }  # fmt: skip
@@ -379,3 +381,174 @@ def test_runs_without_wire_bytes_fall_back_to_payload() -> None:
     assert frames.bytes_column(_mixed_primitives(False).drop(columns="wire_bytes")) == (
         "bytes_sent"
     )
+
+
+# -- what the report answers: how much is saved, at what cost (issue 15 item 5) ---------------
+
+
+def _row_runs(rows: dict[str, tuple[float, float]], seeds: int = 2) -> pd.DataFrame:
+    """Finished runs of rows -> (mean accuracy, bytes), seeds spread ±0.005 around the mean."""
+    records = [
+        {"run_id": f"{row}{s}", "row": row, "seed": s, "test_accuracy": acc + 0.01 * (s - 0.5),
+         "bytes_sent": total, "wire_bytes": total, "messages": 10.0, "train_loss": 0.5}
+        for row, (acc, total) in rows.items()
+        for s in range(seeds)
+    ]  # fmt: skip
+    return pd.DataFrame(records)
+
+
+def _recipe(*labels: str, claims: tuple = (), **kw) -> Recipe:
+    rows = tuple(Row(label, "allreduce_sgd") for label in labels)
+    return Recipe("fake", "T", "t", rows, claims, {"smoke": Profile(seeds=(0, 1))}, **kw)
+
+
+def test_identical_rows_are_noted_and_drawn_with_distinct_styles() -> None:
+    runs = _row_runs({"D-PSGD": (0.9, 1e6), "EventGraD h=0": (0.9, 1e6), "h=1": (0.9, 4e5)})
+    curves = pd.DataFrame(
+        [(f"{row}{s}", row, s, step, metric, value)
+         for row in ("D-PSGD", "EventGraD h=0", "h=1")
+         for s in range(2)
+         for step, metric, value in ((4, "test_accuracy", 0.8 + s / 100), (4, "wire_bytes", 5e5),
+                                     (9, "test_accuracy", 0.9 + s / 100),
+                                     (9, "wire_bytes", 1e6 if row != "h=1" else 4e5))],
+        columns=["run_id", "row", "seed", "step", "metric", "value"],
+    )  # fmt: skip
+    assert frames.identical_rows(runs, curves) == [("D-PSGD", "EventGraD h=0")]
+    note = text.identical_note(frames.identical_rows(runs, curves))
+    assert "D-PSGD and EventGraD h=0" in note and "coincide" in note
+    # one seed differs in one step: no longer identical
+    moved = curves.assign(value=curves["value"].where(curves.index != 0, 0.5))
+    assert frames.identical_rows(runs, moved) == []
+    recipe = _recipe("D-PSGD", "EventGraD h=0", "h=1")
+    fig = figures.fig_accuracy_vs_bytes(curves, recipe, "smoke")
+    lines = {c.get_label(): c.lines[0] for c in fig.axes[0].containers}  # errorbar lines
+    a, b = lines["D-PSGD"], lines["EventGraD h=0"]
+    assert a.get_marker() != b.get_marker() and a.get_linestyle() != b.get_linestyle()
+    plt.close(fig)
+
+
+def test_byte_axes_go_log_when_rows_differ_by_an_order_of_magnitude() -> None:
+    recipe = _recipe("Dense", "Sparse", reference="Dense")
+    wide = _row_runs({"Dense": (0.9, 3e6), "Sparse": (0.88, 1e5)})  # 30x apart
+    near = _row_runs({"Dense": (0.9, 3e6), "Sparse": (0.88, 2e6)})
+    for runs, scale in ((wide, "log"), (near, "linear")):
+        fig = figures.fig_tradeoff(runs, recipe, "smoke")
+        assert fig.axes[0].get_xscale() == scale
+        plt.close(fig)
+    curves = pd.DataFrame(
+        [(f"{row}0", row, 0, 9, m, v) for row, total in (("Dense", 3e6), ("Sparse", 1e5))
+         for m, v in (("test_accuracy", 0.9), ("wire_bytes", total))],
+        columns=["run_id", "row", "seed", "step", "metric", "value"],
+    )  # fmt: skip
+    fig = figures.fig_accuracy_vs_bytes(curves, recipe, "smoke")
+    assert fig.axes[0].get_xscale() == "log"  # 30x: log (a 100x threshold left it linear)
+    plt.close(fig)
+
+
+def test_the_tradeoff_figure_draws_the_pareto_frontier_baseline_band_and_seeds() -> None:
+    # C is dominated by B (more bytes, less accuracy): off the frontier
+    rows = {"A": (0.90, 1e6), "B": (0.89, 1e5), "C": (0.85, 5e5), "D": (0.80, 1e4)}
+    band = Claim("test_accuracy", "B", ">=", other="A", tolerance=0.015)
+    recipe = _recipe(*rows, claims=(band,), reference="A")
+    fig = figures.fig_tradeoff(_row_runs(rows), recipe, "smoke")
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    front = lines["Pareto frontier (row means)"]
+    assert list(front.get_xdata()) == pytest.approx([0.01, 0.1, 1.0])  # D, B, A in MB
+    assert list(front.get_ydata()) == pytest.approx([0.80, 0.89, 0.90])
+    assert list(lines["A's accuracy"].get_ydata()) == pytest.approx([0.9, 0.9])
+    (shade,) = [p for p in ax.patches if "tolerance" in p.get_label()]
+    low, high = shade.get_y(), shade.get_y() + shade.get_height()  # a Rectangle in data y
+    assert (low, high) == pytest.approx((0.885, 0.9))
+    seeds = [c for c in ax.collections if c.get_offsets().shape[0] == 2]  # a point per seed
+    assert len(seeds) == len(rows)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "B (90.0% saved)" in legend and "A" in legend
+    plt.close(fig)
+
+
+def test_time_to_target_says_slower_and_its_row_labels_never_collide() -> None:
+    labels = [f"EventGraD threshold h={h} (per-tensor events)" for h in range(6)]
+    runs = pd.DataFrame(
+        {"run_id": labels, "row": labels, "seed": 0, "steps": 10.0, "test_accuracy": 0.9,
+         "network_seconds": 1.0, "bytes_sent": [1e6 - i for i in range(6)]}
+    )  # fmt: skip
+    curves = pd.DataFrame(
+        [(r, s, "step_seconds", 0.1 * (1 + i)) for i, r in enumerate(labels) for s in range(10)]
+        + [(r, 9, "test_accuracy", 0.9) for r in labels],
+        columns=["run_id", "step", "metric", "value"],
+    )
+    recipe = _recipe(*labels, reference=labels[0], target_accuracy=0.85)
+    fig = figures.fig_time_to_target(runs, curves, recipe, "smoke")
+    fig.tight_layout()
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in fig.axes[0].get_xticklabels()]
+    assert len(boxes) == 6
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    words = [t.get_text() for t in fig.axes[0].texts]
+    assert any("slower" in w and "2.00x" in w for w in words)  # h=1 took twice as long
+    assert "0.850" in fig.axes[0].get_title()
+    plt.close(fig)
+    times = frames.time_to_target(runs, curves, 0.85)
+    notes = text.time_notes(times, labels[0])
+    assert f"{labels[1]} is **slower** than {labels[0]}" in notes
+
+
+def test_every_metric_is_defined_once_and_messages_have_a_comparable_unit(
+    built: builder.Report,
+) -> None:
+    readme = (built.out_dir / "README.md").read_text()
+    assert readme.count("## Definitions") == 1
+    for term in ("wire bytes", "messages", "whole-model equivalents", "saved vs REF"):
+        assert readme.count(f"- **{term}**:") == 1
+    for claim in (HOLDING, FAILING):
+        assert readme.count(f"- `{claim.metric}`:") == 1
+    runs = _mixed_primitives(True).assign(num_params=125.0)  # a model of 500 bytes
+    table = text.results_table(runs, RECIPE, "smoke").set_index("row")
+    assert table["whole-model equivalents"].to_dict() == {"Dense": "4.0", "Sparse": "2.0"}
+    assert table["messages"].to_dict() == {"Dense": "10", "Sparse": "10"}  # raw count beside
+
+
+def test_report_html_links_each_row_to_its_mlflow_runs(
+    built: builder.Report, store: str, tmp_path: Path, fake_recipes: None, monkeypatch
+) -> None:
+    runs, _ = frames.load_runs(store, "fake")
+    exp = open_client(store).get_experiment_by_name("fake").experiment_id
+    page = (built.out_dir / "report.html").read_text()
+    for run in runs[runs["study"].isna()].itertuples():
+        link = f"http://127.0.0.1:5000/#/experiments/{exp}/runs/{run.run_id}"
+        assert f'<a href="{link}">s{run.seed}</a>' in page
+    monkeypatch.setenv("SUITE_MLFLOW_UI", "https://mlflow.example/")
+    builder.build_report("fake", store, tmp_path / "r")
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert f'<a href="https://mlflow.example/#/experiments/{exp}/runs/' in page
+
+
+def test_paper_figures_are_declared_by_the_recipe(tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    uri = f"sqlite:///{tmp_path / 'p.db'}"
+    client = open_client(uri)
+    exp = client.create_experiment("p", artifact_location=(tmp_path / "art").as_uri())
+    for row in ("D", "E"):
+        tags = {"suite.recipe": "p/t", "suite.row": row, "suite.profile": "smoke"}
+        run_id = client.create_run(exp, tags=tags).info.run_id
+        finals = [Metric(f"final.{k}", v, 0, 1) for k, v in (("test_accuracy", 0.9),
+                                                              ("bytes_sent", 1e6))]  # fmt: skip
+        client.log_batch(run_id, metrics=finals, params=[Param("seed", "0")])
+        client.log_text(run_id, json.dumps({"w": 0.5}), "firing.json")
+        client.log_text(run_id, "step,rank,vtime,backups\n0,0,1.0,1\n0,1,1.0,2\n", "backups.csv")
+        client.set_terminated(run_id, "FINISHED")
+    rows = (Row("D", "dpsgd"), Row("E", "eventgrad"))
+    names = {}
+    for declared in ((), ("firing", "backups")):
+        recipe = Recipe("p", "t", "t", rows, (), {"smoke": Profile()}, figures=declared)
+        monkeypatch.setattr(builder, "recipes_of", lambda paper, r=recipe: [r])
+        report = builder.build_report("p", uri, tmp_path / f"out{len(declared)}")
+        names[declared] = {p.name for p in report.figures}
+    assert not any("firing" in n or "backups" in n for n in names[()])
+    assert {"p-t-smoke-firing.png", "p-t-smoke-backups.png"} <= names[("firing", "backups")]
+    bad = Recipe("p", "t", "t", rows, (), {"smoke": Profile()}, figures=("heat",))
+    monkeypatch.setattr(builder, "recipes_of", lambda paper: [bad])
+    with pytest.raises(ConfigError, match="unknown figures"):
+        builder.build_report("p", uri, tmp_path / "bad")

@@ -149,6 +149,7 @@ register(
         spaces=SPACES,
         curves=CURVES,
         columns=COLUMNS,
+        figures=("backups",),
     )
 )
 
@@ -178,6 +179,7 @@ register(
         reference=FULL_WAIT,
         curves=CURVES,
         columns=COLUMNS,
+        figures=("backups",),
     )
 )
 
