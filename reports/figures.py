@@ -208,12 +208,13 @@ def fig_tradeoff(runs: pd.DataFrame, recipe: Recipe, profile: str) -> Figure | N
                    s=18)  # fmt: skip
         share = saved.get(row)
         label = row if row == ref or pd.isna(share) else f"{row} ({100 * share:.1f}% saved)"
+        # hollow: a row whose mean lies on another's still shows as a ring around it
         ax.errorbar(m["MB"], m["test_accuracy"], xerr=_nz(m["bytes_std"]),
-                    yerr=_nz(m["acc_std"]), fmt=marker, color=color, capsize=4, markersize=8,
-                    label=label)  # fmt: skip
+                    yerr=_nz(m["acc_std"]), fmt=marker, color=color, capsize=4, markersize=9,
+                    markerfacecolor="none", markeredgewidth=1.8, label=label)  # fmt: skip
     front = pareto_front(means.reset_index(), "MB")
-    ax.plot(front["MB"], front["test_accuracy"], color="0.4", linestyle=":", marker="o",
-            markersize=14, markerfacecolor="none", label="Pareto frontier (row means)")  # fmt: skip
+    ax.plot(front["MB"], front["test_accuracy"], color="0.4", linestyle=":", zorder=1,
+            label="Pareto frontier (row means)")  # fmt: skip
     if ref is not None and ref in means.index:
         base = float(means.loc[ref, "test_accuracy"])
         ax.axhline(base, color="0.25", linewidth=0.9, label=f"{ref}'s accuracy")
@@ -250,6 +251,7 @@ def tolerance_bands(recipe: Recipe, profile: str, ref: str) -> dict[tuple[float,
 def log_x(ax: Any) -> None:
     """A logarithmic x axis with plain numbers (0.5, 20) rather than powers of ten."""
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     plain = mticker.FuncFormatter(lambda v, _: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(mticker.NullFormatter())
@@ -274,7 +276,8 @@ def fig_time_to_target(
         "model": "network model: the run's trace replayed on its network",
     }
     colors = sns.color_palette("colorblind", 4)[2:]
-    top = float(times[list(kinds)].max().max()) if times[list(kinds)].notna().any().any() else 1.0
+    spread = times.groupby("row")[list(kinds)].agg(lambda v: v.mean() + _nz(v.std()))
+    top = float(spread.max().max()) if spread.notna().any().any() else 1.0  # bars' tops
     fig, ax = axes()
     for i, row in enumerate(order):
         mine = times[times["row"] == row]
@@ -296,10 +299,10 @@ def fig_time_to_target(
             ax.text(i, 1.02 * top, f"{reached}/{len(mine)} seeds reached", ha="center", fontsize=8)
         ratio = _against(times, row, ref)
         if ratio is not None:  # said plainly: a method that gets there later is slower
-            slower = ratio > 1
-            ax.text(i, 1.08 * top, f"{ratio:.2f}x {ref}\n({'slower' if slower else 'faster'})",
-                    ha="center", va="bottom", fontsize=7,
-                    color="#cf222e" if slower else "#1a7f37")  # fmt: skip
+            word = "same" if abs(ratio - 1) < 0.02 else "slower" if ratio > 1 else "faster"
+            color = {"same": "0.3", "slower": "#cf222e", "faster": "#1a7f37"}[word]
+            ax.text(i, 1.08 * top, f"{ratio:.2f}x {ref}\n({word})", ha="center", va="bottom",
+                    fontsize=7, color=color)  # fmt: skip
     row_ticks(ax, order)
     ax.set_ylim(0, 1.35 * top)  # room for the notes above the bars
     handles, labels = ax.get_legend_handles_labels()

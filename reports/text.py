@@ -152,8 +152,10 @@ def identical_note(pairs: list[tuple[str, str]]) -> str:
         return ""
     named = "; ".join(f"{a} and {b}" for a, b in pairs)
     return (
-        f"_Identical rows: {named} have the same final numbers and curves in every seed, so "
-        "their lines coincide in the figures below (told apart by marker and line style)._\n"
+        f"_Rows that train identically: {named} have the same accuracy and loss at every "
+        "evaluation of every seed, so their lines coincide in the accuracy and loss figures "
+        "(told apart by marker and line style); they differ only in what they send (see the "
+        "results table)._\n"
     )
 
 
@@ -172,6 +174,9 @@ def time_notes(times: pd.DataFrame, reference: str | None, column: str = "measur
             continue
         if pd.isna(secs):
             lines.append(f"{row} never reached the target")
+        elif abs(secs / ref - 1) < 0.02:
+            lines.append(f"{row} is about as fast as {reference}: {secs:.3g} s against "
+                         f"{ref:.3g} s ({secs / ref:.2f}x)")  # fmt: skip
         elif secs > ref:
             lines.append(f"{row} is **slower** than {reference}: {secs:.3g} s against "
                          f"{ref:.3g} s ({secs / ref:.2f}x)")  # fmt: skip

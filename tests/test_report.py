@@ -403,21 +403,26 @@ def _recipe(*labels: str, claims: tuple = (), **kw) -> Recipe:
 
 
 def test_identical_rows_are_noted_and_drawn_with_distinct_styles() -> None:
-    runs = _row_runs({"D-PSGD": (0.9, 1e6), "EventGraD h=0": (0.9, 1e6), "h=1": (0.9, 4e5)})
+    # h=0 trains exactly as D-PSGD and sends a little more (its flags); h=1 trains otherwise
+    sent = {"D-PSGD": 1e6, "EventGraD h=0": 1.001e6, "h=1": 4e5}
+    runs = _row_runs({"D-PSGD": (0.9, 1e6), "EventGraD h=0": (0.9, 1.001e6), "h=1": (0.9, 4e5)})
     curves = pd.DataFrame(
         [(f"{row}{s}", row, s, step, metric, value)
          for row in ("D-PSGD", "EventGraD h=0", "h=1")
          for s in range(2)
-         for step, metric, value in ((4, "test_accuracy", 0.8 + s / 100), (4, "wire_bytes", 5e5),
-                                     (9, "test_accuracy", 0.9 + s / 100),
-                                     (9, "wire_bytes", 1e6 if row != "h=1" else 4e5))],
+         for step, metric, value in ((4, "test_accuracy", 0.8 + s / 100),
+                                     (4, "wire_bytes", sent[row] / 2),
+                                     (9, "test_accuracy", 0.9 + s / 100 - (row == "h=1") / 100),
+                                     (9, "wire_bytes", sent[row]))],
         columns=["run_id", "row", "seed", "step", "metric", "value"],
     )  # fmt: skip
     assert frames.identical_rows(runs, curves) == [("D-PSGD", "EventGraD h=0")]
     note = text.identical_note(frames.identical_rows(runs, curves))
     assert "D-PSGD and EventGraD h=0" in note and "coincide" in note
-    # one seed differs in one step: no longer identical
-    moved = curves.assign(value=curves["value"].where(curves.index != 0, 0.5))
+    # the last digits of a sum in another order: still identical; one step 1% off: not
+    rounded = curves.assign(value=curves["value"].where(curves.index != 0, 0.8 * (1 + 1e-6)))
+    assert frames.identical_rows(runs, rounded) == [("D-PSGD", "EventGraD h=0")]
+    moved = curves.assign(value=curves["value"].where(curves.index != 0, 0.8 * 1.01))
     assert frames.identical_rows(runs, moved) == []
     recipe = _recipe("D-PSGD", "EventGraD h=0", "h=1")
     fig = figures.fig_accuracy_vs_bytes(curves, recipe, "smoke")
