@@ -207,7 +207,8 @@ def fig_tradeoff(runs: pd.DataFrame, recipe: Recipe, profile: str) -> Figure | N
         ax.scatter(mine["MB"], mine["test_accuracy"], color=color, marker=marker, alpha=0.3,
                    s=18)  # fmt: skip
         share = saved.get(row)
-        label = row if row == ref or pd.isna(share) else f"{row} ({100 * share:.1f}% saved)"
+        share = None if pd.isna(share) else round(100 * share, 1) + 0.0  # no "-0.0%"
+        label = row if row == ref or share is None else f"{row} ({share:.1f}% saved)"
         # hollow: a row whose mean lies on another's still shows as a ring around it
         ax.errorbar(m["MB"], m["test_accuracy"], xerr=_nz(m["bytes_std"]),
                     yerr=_nz(m["acc_std"]), fmt=marker, color=color, capsize=4, markersize=9,

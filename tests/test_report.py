@@ -557,3 +557,12 @@ def test_paper_figures_are_declared_by_the_recipe(tmp_path: Path, monkeypatch) -
     monkeypatch.setattr(builder, "recipes_of", lambda paper: [bad])
     with pytest.raises(ConfigError, match="unknown figures"):
         builder.build_report("p", uri, tmp_path / "bad")
+
+
+def test_the_committed_recipes_declare_their_own_figures_by_known_names() -> None:
+    from suite.registry import RECIPES
+
+    declared = {name: RECIPES.get(name).obj.figures for name in RECIPES.names()}
+    assert all(set(names) <= set(paper_figures.FIGURES) for names in declared.values())
+    assert declared["eventgrad/mnist"] == ("firing",) and declared["dybw/mnist"] == ("backups",)
+    assert not declared["baseline/periods"]  # the generic report draws no paper's figure
