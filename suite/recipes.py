@@ -239,6 +239,7 @@ class Recipe:
     spaces: Mapping[str, Space] = field(default_factory=dict)
     curves: tuple[Curve, ...] = ()  # extra figures of logged per-step metrics
     columns: tuple[tuple[str, str], ...] = ()  # extra (final metric, header) results columns
+    figures: tuple[str, ...] = ()  # this paper's own report figures (reports.paper_figures)
 
     def __post_init__(self) -> None:
         labels = [r.label for r in self.rows]

@@ -96,7 +96,7 @@ def test_a_dense_budget_is_dense_sgd() -> None:
 
 
 def test_the_stand_in_is_labelled_in_the_registry_and_in_reports() -> None:
-    from reports.builder import _card
+    from reports.text import card as _card
 
     entry = ALGORITHMS.get("adaptive_topk")
     assert entry.stand_in and entry.label.endswith("[stand-in]")

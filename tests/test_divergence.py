@@ -206,8 +206,9 @@ def test_reproduce_reports_a_diverged_row_and_fails_its_claims(
     assert "Fine | seed 0: accuracy" in err  # the other row ran
     readme = (out / "README.md").read_text()
     assert "| Blows up | 1 | diverged |" in readme
-    claims = [line.strip("|").split(" | ") for line in readme.splitlines() if " of " in line]
-    verdicts = {cells[0].strip(): cells[-1].strip() for cells in claims}
+    cells = [line.strip("|").split(" | ") for line in readme.splitlines() if line.startswith("|")]
+    at = next(c for c in cells if c[0].strip() == "claim").index("verdict")
+    verdicts = {c[0].strip(): c[at].strip() for c in cells if " of " in c[0]}
     assert verdicts[ON_FINE.describe()] == "holds"
     assert verdicts[ON_BLOWN.describe()] == "fails (Blows up diverged)"
     # a diverged run is a result: the next reproduce does not run it again

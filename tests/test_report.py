@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
 
-import reports.builder as builder
+from reports import builder, figures, frames, paper_figures, text
 from suite.config import ConfigError
 from suite.recipes import Claim, Known, Profile, Recipe, Row, Space, Verdict, aggregate
 from suite.tracking import open_client
@@ -127,11 +127,12 @@ def built(store: str, tmp_path_factory: pytest.TempPathFactory) -> builder.Repor
 def _claim_verdicts(readme: str) -> dict[str, str]:
     """claim text -> verdict cell, from the markdown claims tables (claims read "X of ROW")."""
     cells = [line.strip("|").split(" | ") for line in readme.splitlines() if line.startswith("|")]
-    return {c[0].strip(): c[-1].strip() for c in cells if " of " in c[0]}
+    at = next(c for c in cells if c[0].strip() == "claim").index("verdict")
+    return {c[0].strip(): c[at].strip() for c in cells if " of " in c[0]}
 
 
 def test_load_runs_keeps_recipe_runs_and_their_curves(store: str) -> None:
-    runs, curves = builder.load_runs(store, "fake")
+    runs, curves = frames.load_runs(store, "fake")
     plain = runs[runs["study"].isna()]
     # neither the hand-started run nor the FAILED one
     pairs = sorted(zip(plain["row"], plain["seed"], strict=True))
@@ -141,7 +142,7 @@ def test_load_runs_keeps_recipe_runs_and_their_curves(store: str) -> None:
     assert trials["status"].to_dict() == {n: s for n, (_, _, s) in TRIALS.items()}
     assert {"test_accuracy", "bytes_sent", "network_seconds", "wall_seconds"} <= set(runs)
     assert math.isnan(runs["wall_seconds"].iloc[0])  # never logged: NaN, not a KeyError
-    assert list(curves.columns) == list(builder.CURVE_COLUMNS)
+    assert list(curves.columns) == list(frames.CURVE_COLUMNS)
     assert set(curves["run_id"]) == set(plain["run_id"])  # trials carry no curves
     acc = curves[(curves["metric"] == "test_accuracy") & (curves["row"] == "Sparse")]
     assert sorted(acc["step"].unique()) == [4, 9] and len(acc) == 4
@@ -153,14 +154,14 @@ def test_a_rerun_replaces_the_seed_it_reran(store: str, tmp_path: Path) -> None:
     client = open_client(uri)
     exp_id = client.get_experiment_by_name("fake").experiment_id
     _fake_run(client, exp_id, 0, 0.99, 1000.0, row="Sparse")  # a later --force rerun of seed 0
-    runs, _ = builder.load_runs(uri, "fake")
+    runs, _ = frames.load_runs(uri, "fake")
     sparse = runs[(runs["row"] == "Sparse") & runs["study"].isna()].set_index("seed")
     assert sparse["test_accuracy"].to_dict() == {0: 0.99, 1: 0.87}
 
 
 def test_aggregate_gives_mean_and_sample_std_over_seeds(store: str) -> None:
-    runs, _ = builder.load_runs(store, "fake")
-    stats = aggregate(builder.finals(runs[runs["study"].isna()]))
+    runs, _ = frames.load_runs(store, "fake")
+    stats = aggregate(frames.finals(runs[runs["study"].isna()]))
     mean, std, n = stats["Dense"]["bytes_sent"]
     assert (mean, n) == (4100.0, 2) and std == pytest.approx(math.sqrt(2 * 100.0**2))
     mean, std, n = stats["Sparse"]["test_accuracy"]
@@ -188,8 +189,10 @@ def test_the_readme_tables_say_what_was_measured(built: builder.Report) -> None:
     assert "| 0.97 | 0.88 ± 0.01414 (2 seed(s)) | 0.95 | fails |" in readme  # paper, measured
     # runs stored before wire bytes: the wire column reads n/a, savings are of payload bytes
     assert "| Dense | 2 | 0.9100 ± 0.0141 | n/a | 0.004 ± 0.000 |" in readme
+    # no parameter count stored: whole-model equivalents read n/a
     assert (
-        "| Sparse | 2 | 0.8800 ± 0.0141 | n/a | 0.001 ± 0.000 | 10 ± 0 | 75.6% ± 0.0% |" in readme
+        "| Sparse | 2 | 0.8800 ± 0.0141 | n/a | 0.001 ± 0.000 | 10 ± 0 | n/a | 75.6% ± 0.0% |"
+        in (readme)
     )
     assert "payload bytes saved vs Dense" in readme
     assert "1 hold, 1 fail, 1 not testable" in readme and "reproduced" not in readme.lower()
@@ -203,7 +206,7 @@ def test_figures_are_pngs_linked_from_the_readme(built: builder.Report) -> None:
     expected = {
         f"{base}-{kind}.png"
         for kind in (
-            "accuracy-vs-bytes", "loss", "saved-vs-accuracy", "time-to-target",
+            "accuracy-vs-bytes", "loss", "tradeoff", "time-to-target",
             "sweep-h-pareto", "sweep-h-optuna-pareto",
         )
     }  # fmt: skip
@@ -275,7 +278,7 @@ def test_time_to_target_measured_and_modelled() -> None:
         + [("b", 9, "test_accuracy", 0.5)],
         columns=["run_id", "step", "metric", "value"],
     )
-    times = builder.time_to_target(runs, curves, 0.55).set_index("row")
+    times = frames.time_to_target(runs, curves, 0.55).set_index("row")
     assert times.loc["A", "steps"] == 5  # first evaluation at or above the target: step 4
     assert times.loc["A", "measured"] == pytest.approx(0.1 + 0.2 + 0.3 + 0.4 + 0.5)
     assert times.loc["A", "model"] == pytest.approx(5 / 10 * 0.6)
@@ -300,26 +303,26 @@ def test_a_known_failure_keeps_all_hold_and_is_explained_in_the_claims_table() -
     checked = [Verdict(claim, "fails", 0.5, 0.0, 0.9, "1 seed(s)", known)]
     report = builder.Report("fake", Path("."), {("r", "smoke"): checked}, [])
     assert report.all_hold("smoke")
-    table = builder.claims_table(checked)
+    table = text.claims_table(checked)
     assert table.loc[0, "verdict"] == "fails (known)"
     assert "flag round" in table.loc[0, "known deviation"]
     surprise = [Verdict(claim, "holds", 0.95, 0.0, 0.9, "1 seed(s)", known)]
-    assert "unexpected pass" in builder.claims_table(surprise).loc[0, "known deviation"]
-    assert "1 hold (1 unexpectedly)" in builder._tally(surprise)
+    assert "unexpected pass" in text.claims_table(surprise).loc[0, "known deviation"]
+    assert "1 hold (1 unexpectedly)" in text.tally(surprise)
 
 
 def test_pareto_front_keeps_only_undominated_points() -> None:
     points = pd.DataFrame(
         {"test_accuracy": [0.9, 0.8, 0.85, 0.7, 0.9], "bytes_sent": [10.0, 2.0, 12.0, 3.0, 11.0]}
     )
-    assert sorted(builder.pareto_front(points).index) == [0, 1]
+    assert sorted(frames.pareto_front(points).index) == [0, 1]
 
 
 def test_firing_rates_come_from_the_artifacts_and_draw_a_heat_map(tmp_path: Path) -> None:
     import json
 
     uri = f"sqlite:///{tmp_path / 'firing.db'}"
-    client = builder.open_client(uri)
+    client = open_client(uri)
     exp = client.create_experiment("p")
     ids = []
     for rate in (0.2, 0.4):
@@ -328,15 +331,15 @@ def test_firing_rates_come_from_the_artifacts_and_draw_a_heat_map(tmp_path: Path
         ids.append(run_id)
     plain = client.create_run(exp).info.run_id  # an algorithm without a trigger: no artifact
     runs = pd.DataFrame({"run_id": [*ids, plain], "row": ["E", "E", "D"]})
-    rates = builder.firing_rates(uri, runs)
+    rates = paper_figures.firing_rates(uri, runs)
     assert rates.groupby("tensor")["rate"].mean().to_dict() == pytest.approx({"w": 0.3, "b": 1.0})
     assert set(rates["row"]) == {"E"}
     recipe = Recipe(
         "p", "T", "t", (Row("D", "dpsgd"), Row("E", "eventgrad")), (), {"smoke": Profile()}
     )
-    fig = builder.fig_firing_heatmap(rates, recipe)
+    fig = paper_figures.fig_firing_heatmap(rates, recipe)
     assert fig is not None and fig.axes[0].get_title().startswith("Firing rate")
-    assert builder.fig_firing_heatmap(rates.iloc[0:0], recipe) is None
+    assert paper_figures.fig_firing_heatmap(rates.iloc[0:0], recipe) is None
 
 
 def _mixed_primitives(wire: bool) -> pd.DataFrame:
@@ -355,7 +358,7 @@ def _mixed_primitives(wire: bool) -> pd.DataFrame:
 
 
 def test_wire_bytes_are_the_headline_with_payload_beside() -> None:
-    table = builder.results_table(_mixed_primitives(True), RECIPE, "smoke")
+    table = text.results_table(_mixed_primitives(True), RECIPE, "smoke")
     sparse = table.set_index("row").loc["Sparse"]
     assert sparse["wire bytes saved vs Dense"] == "66.7%"
     assert sparse["MB on the wire (all ranks)"] == "0.001"
@@ -365,16 +368,201 @@ def test_wire_bytes_are_the_headline_with_payload_beside() -> None:
                                                   ("bytes_sent", 2e6))],
         columns=["run_id", "row", "seed", "step", "metric", "value"],
     )  # fmt: skip
-    fig = builder.fig_accuracy_vs_bytes(curves, RECIPE, "smoke")
+    fig = figures.fig_accuracy_vs_bytes(curves, RECIPE, "smoke")
     assert fig.axes[0].get_xlabel() == "cumulative wire bytes (all ranks) (MB)"
     plt.close(fig)
 
 
 def test_runs_without_wire_bytes_fall_back_to_payload() -> None:
-    table = builder.results_table(_mixed_primitives(False), RECIPE, "smoke")
+    table = text.results_table(_mixed_primitives(False), RECIPE, "smoke")
     sparse = table.set_index("row").loc["Sparse"]
     assert sparse["payload bytes saved vs Dense"] == "50.0%"
     assert sparse["MB on the wire (all ranks)"] == "n/a"
-    assert builder.bytes_column(_mixed_primitives(False).drop(columns="wire_bytes")) == (
+    assert frames.bytes_column(_mixed_primitives(False).drop(columns="wire_bytes")) == (
         "bytes_sent"
     )
+
+
+# -- what the report answers: how much is saved, at what cost (issue 15 item 5) ---------------
+
+
+def _row_runs(rows: dict[str, tuple[float, float]], seeds: int = 2) -> pd.DataFrame:
+    """Finished runs of rows -> (mean accuracy, bytes), seeds spread ±0.005 around the mean."""
+    records = [
+        {"run_id": f"{row}{s}", "row": row, "seed": s, "test_accuracy": acc + 0.01 * (s - 0.5),
+         "bytes_sent": total, "wire_bytes": total, "messages": 10.0, "train_loss": 0.5}
+        for row, (acc, total) in rows.items()
+        for s in range(seeds)
+    ]  # fmt: skip
+    return pd.DataFrame(records)
+
+
+def _recipe(*labels: str, claims: tuple = (), **kw) -> Recipe:
+    rows = tuple(Row(label, "allreduce_sgd") for label in labels)
+    return Recipe("fake", "T", "t", rows, claims, {"smoke": Profile(seeds=(0, 1))}, **kw)
+
+
+def test_identical_rows_are_noted_and_drawn_with_distinct_styles() -> None:
+    # h=0 trains exactly as D-PSGD and sends a little more (its flags); h=1 trains otherwise
+    sent = {"D-PSGD": 1e6, "EventGraD h=0": 1.001e6, "h=1": 4e5}
+    runs = _row_runs({"D-PSGD": (0.9, 1e6), "EventGraD h=0": (0.9, 1.001e6), "h=1": (0.9, 4e5)})
+    curves = pd.DataFrame(
+        [(f"{row}{s}", row, s, step, metric, value)
+         for row in ("D-PSGD", "EventGraD h=0", "h=1")
+         for s in range(2)
+         for step, metric, value in ((4, "test_accuracy", 0.8 + s / 100),
+                                     (4, "wire_bytes", sent[row] / 2),
+                                     (9, "test_accuracy", 0.9 + s / 100 - (row == "h=1") / 100),
+                                     (9, "wire_bytes", sent[row]))],
+        columns=["run_id", "row", "seed", "step", "metric", "value"],
+    )  # fmt: skip
+    assert frames.identical_rows(runs, curves) == [("D-PSGD", "EventGraD h=0")]
+    note = text.identical_note(frames.identical_rows(runs, curves))
+    assert "D-PSGD and EventGraD h=0" in note and "coincide" in note
+    # the last digits of a sum in another order: still identical; one step 1% off: not
+    rounded = curves.assign(value=curves["value"].where(curves.index != 0, 0.8 * (1 + 1e-6)))
+    assert frames.identical_rows(runs, rounded) == [("D-PSGD", "EventGraD h=0")]
+    moved = curves.assign(value=curves["value"].where(curves.index != 0, 0.8 * 1.01))
+    assert frames.identical_rows(runs, moved) == []
+    recipe = _recipe("D-PSGD", "EventGraD h=0", "h=1")
+    fig = figures.fig_accuracy_vs_bytes(curves, recipe, "smoke")
+    lines = {c.get_label(): c.lines[0] for c in fig.axes[0].containers}  # errorbar lines
+    a, b = lines["D-PSGD"], lines["EventGraD h=0"]
+    assert a.get_marker() != b.get_marker() and a.get_linestyle() != b.get_linestyle()
+    plt.close(fig)
+
+
+def test_byte_axes_go_log_when_rows_differ_by_an_order_of_magnitude() -> None:
+    recipe = _recipe("Dense", "Sparse", reference="Dense")
+    wide = _row_runs({"Dense": (0.9, 3e6), "Sparse": (0.88, 1e5)})  # 30x apart
+    near = _row_runs({"Dense": (0.9, 3e6), "Sparse": (0.88, 2e6)})
+    for runs, scale in ((wide, "log"), (near, "linear")):
+        fig = figures.fig_tradeoff(runs, recipe, "smoke")
+        assert fig.axes[0].get_xscale() == scale
+        plt.close(fig)
+    curves = pd.DataFrame(
+        [(f"{row}0", row, 0, 9, m, v) for row, total in (("Dense", 3e6), ("Sparse", 1e5))
+         for m, v in (("test_accuracy", 0.9), ("wire_bytes", total))],
+        columns=["run_id", "row", "seed", "step", "metric", "value"],
+    )  # fmt: skip
+    fig = figures.fig_accuracy_vs_bytes(curves, recipe, "smoke")
+    assert fig.axes[0].get_xscale() == "log"  # 30x: log (a 100x threshold left it linear)
+    plt.close(fig)
+
+
+def test_the_tradeoff_figure_draws_the_pareto_frontier_baseline_band_and_seeds() -> None:
+    # C is dominated by B (more bytes, less accuracy): off the frontier
+    rows = {"A": (0.90, 1e6), "B": (0.89, 1e5), "C": (0.85, 5e5), "D": (0.80, 1e4)}
+    band = Claim("test_accuracy", "B", ">=", other="A", tolerance=0.015)
+    recipe = _recipe(*rows, claims=(band,), reference="A")
+    fig = figures.fig_tradeoff(_row_runs(rows), recipe, "smoke")
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    front = lines["Pareto frontier (row means)"]
+    assert list(front.get_xdata()) == pytest.approx([0.01, 0.1, 1.0])  # D, B, A in MB
+    assert list(front.get_ydata()) == pytest.approx([0.80, 0.89, 0.90])
+    assert list(lines["A's accuracy"].get_ydata()) == pytest.approx([0.9, 0.9])
+    (shade,) = [p for p in ax.patches if "tolerance" in p.get_label()]
+    low, high = shade.get_y(), shade.get_y() + shade.get_height()  # a Rectangle in data y
+    assert (low, high) == pytest.approx((0.885, 0.9))
+    seeds = [c for c in ax.collections if c.get_offsets().shape[0] == 2]  # a point per seed
+    assert len(seeds) == len(rows)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "B (90.0% saved)" in legend and "A" in legend
+    plt.close(fig)
+
+
+def test_time_to_target_says_slower_and_its_row_labels_never_collide() -> None:
+    labels = [f"EventGraD threshold h={h} (per-tensor events)" for h in range(6)]
+    runs = pd.DataFrame(
+        {"run_id": labels, "row": labels, "seed": 0, "steps": 10.0, "test_accuracy": 0.9,
+         "network_seconds": 1.0, "bytes_sent": [1e6 - i for i in range(6)]}
+    )  # fmt: skip
+    curves = pd.DataFrame(
+        [(r, s, "step_seconds", 0.1 * (1 + i)) for i, r in enumerate(labels) for s in range(10)]
+        + [(r, 9, "test_accuracy", 0.9) for r in labels],
+        columns=["run_id", "step", "metric", "value"],
+    )
+    recipe = _recipe(*labels, reference=labels[0], target_accuracy=0.85)
+    fig = figures.fig_time_to_target(runs, curves, recipe, "smoke")
+    fig.tight_layout()
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in fig.axes[0].get_xticklabels()]
+    assert len(boxes) == 6
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    words = [t.get_text() for t in fig.axes[0].texts]
+    assert any("slower" in w and "2.00x" in w for w in words)  # h=1 took twice as long
+    assert "0.850" in fig.axes[0].get_title()
+    plt.close(fig)
+    times = frames.time_to_target(runs, curves, 0.85)
+    notes = text.time_notes(times, labels[0])
+    assert f"{labels[1]} is **slower** than {labels[0]}" in notes
+
+
+def test_every_metric_is_defined_once_and_messages_have_a_comparable_unit(
+    built: builder.Report,
+) -> None:
+    readme = (built.out_dir / "README.md").read_text()
+    assert readme.count("## Definitions") == 1
+    for term in ("wire bytes", "messages", "whole-model equivalents", "saved vs REF"):
+        assert readme.count(f"- **{term}**:") == 1
+    for claim in (HOLDING, FAILING):
+        assert readme.count(f"- `{claim.metric}`:") == 1
+    runs = _mixed_primitives(True).assign(num_params=125.0)  # a model of 500 bytes
+    table = text.results_table(runs, RECIPE, "smoke").set_index("row")
+    assert table["whole-model equivalents"].to_dict() == {"Dense": "4.0", "Sparse": "2.0"}
+    assert table["messages"].to_dict() == {"Dense": "10", "Sparse": "10"}  # raw count beside
+
+
+def test_report_html_links_each_row_to_its_mlflow_runs(
+    built: builder.Report, store: str, tmp_path: Path, fake_recipes: None, monkeypatch
+) -> None:
+    runs, _ = frames.load_runs(store, "fake")
+    exp = open_client(store).get_experiment_by_name("fake").experiment_id
+    page = (built.out_dir / "report.html").read_text()
+    for run in runs[runs["study"].isna()].itertuples():
+        link = f"http://127.0.0.1:5000/#/experiments/{exp}/runs/{run.run_id}"
+        assert f'<a href="{link}">s{run.seed}</a>' in page
+    monkeypatch.setenv("SUITE_MLFLOW_UI", "https://mlflow.example/")
+    builder.build_report("fake", store, tmp_path / "r")
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert f'<a href="https://mlflow.example/#/experiments/{exp}/runs/' in page
+
+
+def test_paper_figures_are_declared_by_the_recipe(tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    uri = f"sqlite:///{tmp_path / 'p.db'}"
+    client = open_client(uri)
+    exp = client.create_experiment("p", artifact_location=(tmp_path / "art").as_uri())
+    for row in ("D", "E"):
+        tags = {"suite.recipe": "p/t", "suite.row": row, "suite.profile": "smoke"}
+        run_id = client.create_run(exp, tags=tags).info.run_id
+        finals = [Metric(f"final.{k}", v, 0, 1) for k, v in (("test_accuracy", 0.9),
+                                                              ("bytes_sent", 1e6))]  # fmt: skip
+        client.log_batch(run_id, metrics=finals, params=[Param("seed", "0")])
+        client.log_text(run_id, json.dumps({"w": 0.5}), "firing.json")
+        client.log_text(run_id, "step,rank,vtime,backups\n0,0,1.0,1\n0,1,1.0,2\n", "backups.csv")
+        client.set_terminated(run_id, "FINISHED")
+    rows = (Row("D", "dpsgd"), Row("E", "eventgrad"))
+    names = {}
+    for declared in ((), ("firing", "backups")):
+        recipe = Recipe("p", "t", "t", rows, (), {"smoke": Profile()}, figures=declared)
+        monkeypatch.setattr(builder, "recipes_of", lambda paper, r=recipe: [r])
+        report = builder.build_report("p", uri, tmp_path / f"out{len(declared)}")
+        names[declared] = {p.name for p in report.figures}
+    assert not any("firing" in n or "backups" in n for n in names[()])
+    assert {"p-t-smoke-firing.png", "p-t-smoke-backups.png"} <= names[("firing", "backups")]
+    bad = Recipe("p", "t", "t", rows, (), {"smoke": Profile()}, figures=("heat",))
+    monkeypatch.setattr(builder, "recipes_of", lambda paper: [bad])
+    with pytest.raises(ConfigError, match="unknown figures"):
+        builder.build_report("p", uri, tmp_path / "bad")
+
+
+def test_the_committed_recipes_declare_their_own_figures_by_known_names() -> None:
+    from suite.registry import RECIPES
+
+    declared = {name: RECIPES.get(name).obj.figures for name in RECIPES.names()}
+    assert all(set(names) <= set(paper_figures.FIGURES) for names in declared.values())
+    assert declared["eventgrad/mnist"] == ("firing",) and declared["dybw/mnist"] == ("backups",)
+    assert not declared["baseline/periods"]  # the generic report draws no paper's figure

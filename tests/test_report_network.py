@@ -19,7 +19,7 @@ import pytest
 from conftest import last_json, suite_cmd
 from mlflow.entities import Metric, Param
 
-import reports.builder as builder
+from reports import builder, frames, simtime
 from suite import trace
 from suite.config import ConfigError
 from suite.network import parse_network
@@ -175,25 +175,25 @@ def test_a_simulated_metric_names_a_known_field_and_network() -> None:
 def test_the_sweep_is_monotone_replays_each_run_once_and_marks_the_crossing(
     store: str, tmp_path: Path
 ) -> None:
-    runs, curves = builder.load_runs(store, "fakenet")
-    replays = builder.Replays(open_client(store), tmp_path)
-    sweep = builder.bandwidth_sweep(runs, curves, 0.8, replays)
-    assert len(builder.SWEEP_BPS) >= 12 and min(builder.SWEEP_BPS) <= 10e6
-    assert max(builder.SWEEP_BPS) >= 100e9
+    runs, curves = frames.load_runs(store, "fakenet")
+    replays = simtime.Replays(open_client(store), tmp_path)
+    sweep = simtime.bandwidth_sweep(runs, curves, 0.8, replays)
+    assert len(simtime.SWEEP_BPS) >= 12 and min(simtime.SWEEP_BPS) <= 10e6
+    assert max(simtime.SWEEP_BPS) >= 100e9
     for run_id, mine in sweep[sweep["row"] == ALLREDUCE].groupby("run_id"):
         seconds = mine.sort_values("bps")["seconds"].to_numpy()
         assert np.isfinite(seconds).all() and (np.diff(seconds) <= 1e-12).all(), run_id
         assert seconds[0] > 1.5 * seconds[-1]  # the rate matters at all
     traced = int(runs["row"].isin([ALLREDUCE, GOSSIP, SLOW]).sum())
     reached = int(runs["row"].isin([ALLREDUCE, GOSSIP]).sum())  # Slow's runs need no replay
-    assert replays.replayed == reached * len(builder.SWEEP_BPS)
-    builder.bandwidth_sweep(runs, curves, 0.8, replays)  # again: all cached
-    assert replays.replayed == reached * len(builder.SWEEP_BPS)
+    assert replays.replayed == reached * len(simtime.SWEEP_BPS)
+    simtime.bandwidth_sweep(runs, curves, 0.8, replays)  # again: all cached
+    assert replays.replayed == reached * len(simtime.SWEEP_BPS)
     assert len(list(tmp_path.glob(f"*/{trace.ARTIFACT}"))) == traced  # one download per run
-    (mark,) = builder.crossings(sweep, RECIPE)
+    (mark,) = simtime.crossings(sweep, RECIPE)
     # gossip: L + 2P/B, all-reduce: 2L + P/B per step; equal at B = P/L (1.6 Gbit/s)
     assert (mark["row"], mark["other"], mark["faster_below"]) == (GOSSIP, ALLREDUCE, False)
-    assert 8 * P / builder.SWEEP_LATENCY_S / 2 < mark["bps"] < 8 * P / builder.SWEEP_LATENCY_S * 2
+    assert 8 * P / simtime.SWEEP_LATENCY_S / 2 < mark["bps"] < 8 * P / simtime.SWEEP_LATENCY_S * 2
 
 
 def test_a_real_all_reduce_run_sweeps_monotone_and_agrees_with_its_summary(tmp_path: Path) -> None:
@@ -211,11 +211,11 @@ def test_a_real_all_reduce_run_sweeps_monotone_and_agrees_with_its_summary(tmp_p
     client = open_client(uri)
     for key, value in (("suite.recipe", RECIPE.name), ("suite.row", ALLREDUCE)):
         client.set_tag(summary["run_id"], key, value)  # as `suite reproduce` tags its runs
-    runs, curves = builder.load_runs(uri, "real")
-    replays = builder.Replays(client, tmp_path / "cache")
-    (wan,) = builder.network_times(runs, curves, 0.05, replays, [parse_network("wan")])["seconds"]
+    runs, curves = frames.load_runs(uri, "real")
+    replays = simtime.Replays(client, tmp_path / "cache")
+    (wan,) = simtime.network_times(runs, curves, 0.05, replays, [parse_network("wan")])["seconds"]
     assert wan == pytest.approx(summary["network_seconds_to_target"], rel=1e-12)
-    sweep = builder.bandwidth_sweep(runs, curves, 0.05, replays).sort_values("bps")
+    sweep = simtime.bandwidth_sweep(runs, curves, 0.05, replays).sort_values("bps")
     seconds = sweep["seconds"].to_numpy()
-    assert len(seconds) == len(builder.SWEEP_BPS) and np.isfinite(seconds).all()
+    assert len(seconds) == len(simtime.SWEEP_BPS) and np.isfinite(seconds).all()
     assert (np.diff(seconds) <= 1e-12).all() and seconds[0] > seconds[-1]

@@ -150,6 +150,7 @@ register(
         spaces=SPACES,
         curves=CURVES,
         columns=COLUMNS,
+        figures=("backups",),
     )
 )
 
@@ -179,6 +180,7 @@ register(
         reference=FULL_WAIT,
         curves=CURVES,
         columns=COLUMNS,
+        figures=("backups",),
     )
 )
 

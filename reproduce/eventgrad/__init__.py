@@ -139,6 +139,7 @@ register(
         deviations="smoke uses digits and an MLP; ranks = 4 (the paper's count was not found)",
         reference=DPSGD,
         spaces=SPACES,
+        figures=("firing",),
     )
 )
 
@@ -172,5 +173,6 @@ register(
         deviations="ranks = 4 (not found in the paper); standard normalisation by default",
         reference=DPSGD,
         spaces=SPACES,
+        figures=("firing",),
     )
 )
