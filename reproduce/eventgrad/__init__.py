@@ -119,8 +119,8 @@ def _claims(paper_savings: float, source: str) -> tuple[Claim, ...]:
                     "smoke",
                     "latency sets the time of the 38 KB smoke model on wan: our flag round (one "
                     "20 ms round a step the authors' one-sided puts do not pay) makes h = 1 "
-                    "45 ms a step against D-PSGD's 26 ms; without it, its per-tensor messages "
-                    "still take 30 ms",
+                    "43 ms a step against D-PSGD's 26 ms; without it, its per-tensor messages "
+                    "still take 32 ms",
                     f"{NOTES}#flag-round",
                 ),
             ),
