@@ -252,7 +252,7 @@ register(
         },
         command="make reproduce-saef  (full: suite reproduce saef --profile full "
         "--set data_dir=DIR)",
-        runtime="smoke: about 100 seconds on 2 idle CPU cores (10 runs); full: days on CPU, "
+        runtime="smoke: about 2 minutes of CPU time on 2 cores (10 runs); full: days on CPU, "
         "hours on 4 GPUs",
         deviations="4 workers (not found in the paper); the EA row is ours; BatchNorm statistics "
         "are not broadcast from rank 0 each step; the run starts at x_0 with zero residuals (the "
