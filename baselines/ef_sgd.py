@@ -13,6 +13,7 @@ sums), as in the authors' code.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -78,8 +79,16 @@ class EFSGD(Algorithm):
         self.server = Server(self.transport, up, down, config.downlink, config.uplink)
         self.x = flatten_params(self.params)  # x_t: the same on every rank
         self.dense_bytes = self.x.numel() * self.x.element_size()
-        self.measured = {"mismatch": 0.0, "error_spread": 0.0, "error_norm": 0.0}
-        self.sums = {"mismatch_sum": 0.0, "error_spread_sum": 0.0, "measurements": 0.0}
+        self.measured = dict.fromkeys(
+            ("mismatch", "iterate_gap", "error_mean", "server_residual", "error_spread"), 0.0
+        )
+        self.measured["error_norm"] = 0.0
+        self.sums = {
+            "mismatch_sum": 0.0,
+            "iterate_gap_sum": 0.0,
+            "error_spread_sum": 0.0,
+            "measurements": 0.0,
+        }
 
     @property
     def error(self) -> Tensor:
@@ -112,7 +121,11 @@ class EFSGD(Algorithm):
 
     @torch.no_grad()
     def measure(self) -> None:
-        """Gradient mismatch and residual spread, from one harness all-reduce of [e_i, N s]."""
+        """Gradient mismatch and residual spread, from one harness all-reduce of [e_i, N s].
+
+        Beside the mismatch of this method's start point: ``iterate_gap`` = ||x_t - x~_t|| =
+        ||mean_j e_j + s|| (EF's mismatch; for SAEF, the one a gradient at x_t would have had
+        in the same state) and its two parts' norms, ``error_mean`` and ``server_residual``."""
         n, e = self.world_size, self.error
         s = self.server.residual(e) * n  # only the server holds s: N s / N on every rank
         both = torch.cat([e, s])
@@ -121,10 +134,15 @@ class EFSGD(Algorithm):
         mean_e, s = both[: e.numel()], both[e.numel() :]
         self.measured = {
             "mismatch": self.mismatch(mean_e + s),
+            "iterate_gap": float((mean_e + s).norm()),
+            "error_mean": float(mean_e.norm()),
+            "server_residual": float(s.norm()),
             "error_spread": float((e - mean_e).pow(2).sum()),
             "error_norm": float(e.norm()),
         }
         self.sums["mismatch_sum"] += self.measured["mismatch"]
+        gap = self.sums.get("iterate_gap_sum", 0.0)  # (absent from older checkpoints)
+        self.sums["iterate_gap_sum"] = gap + self.measured["iterate_gap"]
         self.sums["error_spread_sum"] += self.measured["error_spread"]
         self.sums["measurements"] += 1
 
@@ -137,11 +155,12 @@ class EFSGD(Algorithm):
 
     @staticmethod
     def derived(totals: dict[str, float]) -> dict[str, float]:
-        """compression_ratio, and the run means of the measured mismatch and spread (over
-        ranks and measurements)."""
+        """compression_ratio, and the run means of the measured mismatch, iterate gap and
+        spread (over ranks and measurements)."""
         count = max(totals["measurements"], 1.0)
         return {
             **compression_ratio(totals),
             "mismatch_mean": totals["mismatch_sum"] / count,
+            "iterate_gap_mean": totals.get("iterate_gap_sum", math.nan) / count,
             "error_spread_mean": totals["error_spread_sum"] / count,
         }

@@ -971,11 +971,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser(
         "reproduce",
         help="run a paper's recipes, check its claims, write reports/PAPER/",
-        description="Run every recipe of PAPER at a profile (runs already FINISHED in MLflow "
-        "with the same config are skipped), check every claim and write the report. Exits 0 "
-        "only if every claim checked at that profile holds.",
+        description="Run every recipe of PAPER (or the one PAPER/LABEL names) at a profile "
+        "(runs already FINISHED in MLflow with the same config are skipped), check every claim "
+        "and write the report. A recipe whose data is missing is reported before anything runs "
+        "and skipped. Exits 0 only if every claim checked at that profile holds or fails as a "
+        "known deviation, and no recipe was skipped.",
     )
-    rep.add_argument("paper", help="paper name (see `suite list recipes`)")
+    rep.add_argument(
+        "paper",
+        help="paper name, or PAPER/LABEL for one of its recipes (see `suite list recipes`)",
+    )
     rep.add_argument("--profile", choices=["smoke", "full"], default="smoke")
     rep.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the profile's)")
     rep.add_argument("--force", action="store_true", help="rerun runs that already finished")

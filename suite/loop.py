@@ -282,13 +282,16 @@ class Trainer:
             t0 = time.perf_counter()
             comm0 = stats.seconds
             self.optimizer.zero_grad(set_to_none=False)
-            loss_sum = 0.0
+            loss_sum, at_x = 0.0, None
+            probe = self.algorithm.loss_model()  # x_t, where the gradient is taken elsewhere
             for _ in range(cfg.micro_batches):
                 x, y = next(self.batches)
                 loss = F.cross_entropy(self.model(x), y, label_smoothing=cfg.label_smoothing)
                 loss = loss / cfg.micro_batches
                 loss.backward()
                 loss_sum += loss.item()
+                if probe is not None:
+                    at_x = (at_x or 0.0) + self._probe_loss(probe, x, y) / cfg.micro_batches
                 heartbeat()
             if not math.isfinite(loss_sum):  # before its gradients reach any other rank
                 raise Diverged(step, self.rank, "loss")
@@ -299,7 +302,7 @@ class Trainer:
             self.algorithm.mix_parameters(step)
             step_s = time.perf_counter() - t0
             comm_s = stats.seconds - comm0
-            self._record(step, loss_sum, lr, step_s, comm_s)
+            self._record(step, loss_sum, lr, step_s, comm_s, at_x)
             if self.bar is not None:
                 self.bar.update()
             last = step == self.steps - 1
@@ -365,9 +368,23 @@ class Trainer:
         while True:  # hang
             time.sleep(1.0)
 
-    def _record(self, step: int, loss: float, lr: float, step_s: float, comm_s: float) -> None:
+    def _probe_loss(self, probe: nn.Module, x: Tensor, y: Tensor) -> float:
+        """Loss of ``probe`` on the batch, without gradients and without drawing from the
+        random generators (dropout), so the run's trajectory is the same as without it."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            out = probe(x)
+        return F.cross_entropy(out, y, label_smoothing=self.cfg.label_smoothing).item()
+
+    def _record(
+        self, step: int, loss: float, lr: float, step_s: float, comm_s: float, at_x: float | None
+    ) -> None:
+        """One step's row; with ``at_x`` (the loss at x_t, see Algorithm.loss_model) that is the
+        logged train_loss, and ``loss`` (at the gradient point) is algo.train_loss_ahead."""
         stats = self.transport.stats
         extra = self.algorithm.step_metrics()
+        if at_x is not None:
+            extra, loss = {**extra, "train_loss_ahead": loss}, at_x
         if self.metric_names is None:
             self.metric_names = [*_ROW, *(f"algo.{k}" for k in extra)]
         row = [

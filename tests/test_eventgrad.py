@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from suite import netmodel, trace
 from suite.config import RunConfig, apply_overrides
 from suite.launcher import launch
 from suite.loop import Job, Trainer
@@ -186,3 +188,34 @@ def test_receivers_mix_with_stale_copies_from_the_last_event() -> None:
         assert not torch.equal(runs[1]["before"][i], stale[i])  # rank 1 did move on
         expected = (runs[0]["before"][i] + runs[0]["left"][i] + stale[i]) / 3
         assert torch.allclose(runs[0]["after"][i], expected)
+
+
+def _records(rows: list[tuple]) -> np.ndarray:
+    """Records of one rank from (step, kind, peer, payload, tag, gap, ref) tuples."""
+    out = np.zeros(len(rows), dtype=trace.DTYPE)
+    for i, (step, kind, peer, payload, tag, gap, ref) in enumerate(rows):
+        out[i] = (step, trace.KIND[kind], 0, peer, payload, tag, 0, gap, 0.0, ref)
+    return out
+
+
+def test_the_flag_cost_replay_drops_flag_messages_and_keeps_compute() -> None:
+    from reproduce.eventgrad.flags import without_flags
+
+    # each rank: flags both ways (tags 0, 1) and their waits, then one tensor each way (tag 2)
+    def rank(peer: int, gap: float) -> np.ndarray:
+        flags = [(0, op, peer, 2, tag, 0.0, -1) for op in ("send", "recv") for tag in (0, 1)]
+        flags[0] = (0, "send", peer, 2, 0, gap, -1)
+        return _records([
+            *flags, *[(0, "wait", -1, 0, 0, 0.0, i) for i in range(4)],
+            (0, "send", peer, 4000, 2, 0.001, -1), (0, "recv", peer, 4000, 2, 0.0, -1),
+            (0, "wait", -1, 0, 0, 0.0, 8), (0, "wait", -1, 0, 0, 0.0, 9),
+        ])  # fmt: skip
+
+    tr = trace.Trace(2, ((0, 1),), ("algorithm",), (rank(1, 0.01), rank(0, 0.01)))
+    bare = without_flags(tr)
+    kept = bare.ranks[0]
+    assert list(kept["tag"][kept["kind"] == trace.KIND["send"]]) == [2]
+    assert list(kept["ref"][kept["kind"] == trace.KIND["wait"]]) == [0, 1]  # remapped
+    assert kept["gap"].sum() == pytest.approx(tr.ranks[0]["gap"].sum())  # compute kept
+    latency = netmodel.replay(tr, "100mbit:20ms").network_seconds
+    assert netmodel.replay(bare, "100mbit:20ms").network_seconds < latency - 0.015  # one round

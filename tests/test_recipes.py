@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -270,3 +271,84 @@ def test_a_diverged_row_is_never_a_known_failure() -> None:
 def test_known_deviations_are_checked_when_written(make, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.fixture
+def register_tiny(monkeypatch: pytest.MonkeyPatch):
+    """Register recipes for one test only (the built-in ones stay registered beside them)."""
+    from suite.recipes import register
+    from suite.registry import RECIPES
+
+    RECIPES.names()  # load the built-in recipes before taking the copy
+    monkeypatch.setattr(RECIPES, "_entries", dict(RECIPES._entries))
+
+    def add(*recipes: Recipe) -> None:
+        for recipe in recipes:
+            register(recipe)
+
+    return add
+
+
+_RUN_JOB = reproduce_mod.run_job
+
+
+def _reproduce_cli(target: str, tmp_path: Path, started: list, monkeypatch) -> int:
+    """``suite reproduce TARGET`` in this process, every started run recorded in ``started``."""
+
+    def recording(target_name, overrides, **kw):
+        started.append(kw["tags"]["suite.recipe"])
+        return _RUN_JOB(target_name, overrides, **kw)
+
+    monkeypatch.setattr(reproduce_mod, "run_job", recording)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return cli.main(["reproduce", target, "--tracking-uri", uri, "--out", str(tmp_path / "r")])
+
+
+def test_a_known_failure_keeps_reproduce_green_and_a_known_pass_is_flagged(
+    register_tiny, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    fails = Known("smoke", "no model scores 101 percent", "reproduce/tiny/NOTES.md#never")
+    holds = Known("smoke", "expected to miss, but may not", "reproduce/tiny/NOTES.md#maybe")
+    claims = (
+        Claim("test_accuracy", "A", ">=", value=1.01, known=(fails,)),
+        Claim("test_accuracy", "A", ">=", value=0.0, known=(holds,)),
+    )
+    register_tiny(replace(_tiny_recipe((Row("A", "allreduce_sgd"),), claims), paper="tinyk"))
+    started: list[str] = []
+    code = _reproduce_cli("tinyk", tmp_path, started, monkeypatch)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert started == ["tinyk/table-1"]
+    assert "fails (known)" in out and "no model scores 101 percent" in out
+    assert "reproduce/tiny/NOTES.md#never" in out
+    assert "holds (unexpected pass)" in out and "expected to miss, but may not" in out
+    assert "unexpected pass" in (tmp_path / "r" / "README.md").read_text()
+
+
+def test_reproduce_paper_slash_label_runs_that_recipe_only(
+    register_tiny, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    one = _tiny_recipe((Row("A", "allreduce_sgd"),), (Claim("test_accuracy", "A", ">=", value=0),))
+    register_tiny(one, replace(_tiny_recipe(), key="Table 2"))
+    started: list[str] = []
+    assert _reproduce_cli("tiny/tabel-1", tmp_path, started, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'tiny/table-1'" in err and "tiny/table-2" in err
+    assert started == []
+    assert _reproduce_cli("tiny/table-1", tmp_path, started, monkeypatch) == 0
+    assert started == ["tiny/table-1"]
+
+
+def test_a_recipe_without_its_data_is_reported_once_up_front_and_the_others_run(
+    register_tiny, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    runnable = _tiny_recipe((Row("A", "allreduce_sgd"),))
+    no_data = Profile(("dataset=mnist", f"data_dir={tmp_path / 'empty'}", "nproc=2"), seeds=(0, 1))
+    needs_mnist = replace(_tiny_recipe(), key="MNIST", profiles={"smoke": no_data})
+    register_tiny(runnable, needs_mnist)
+    started: list[str] = []
+    assert _reproduce_cli("tiny", tmp_path, started, monkeypatch) == 1
+    err = capsys.readouterr().err
+    assert started == ["tiny/table-1"]  # the 4 MNIST runs never started
+    assert err.count("data not found") == 1 and "suite data download mnist" in err
+    assert err.index("tiny/mnist: not run, its data is missing") < err.index("[1/1]")

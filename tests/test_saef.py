@@ -275,6 +275,37 @@ def test_saef_mismatch_is_below_efs_on_the_same_run() -> None:
     assert ef[0]["summary"]["measurements"] == 2 * 39  # after every step but the last, 2 ranks
 
 
+def _logged(cfg: RunConfig) -> dict[int, dict[str, float]]:
+    """Every metric rank 0 logs, by step."""
+    trainer = Trainer(Job(cfg, target="test", paper="test", progress=False), Transport())
+    rows: dict[int, dict[str, float]] = {}
+    log = trainer._log
+
+    def keep(step: int, metrics: dict[str, float]) -> None:
+        rows.setdefault(step, {}).update(metrics)
+        log(step, metrics)
+
+    trainer._log = keep
+    trainer.run()
+    return rows
+
+
+def test_saef_logs_its_training_loss_at_x_t_like_ef_and_the_step_ahead_loss_beside_it() -> None:
+    common = ("algorithm.compressor=scaled_sign", "nproc=2", "steps=3", "optim.lr=0.05",
+              "log_every=1")  # fmt: skip
+    ef = launch(_logged, 2, (_config("algorithm=ef_sgd", *common),))[0]
+    sa = launch(_logged, 2, (_config("algorithm=saef", *common),))[0]
+    # step 0 is the same in both (every e_i is 0), so at step 1 both stand at the same x_1 with
+    # the same batch: the same loss at x_t; SAEF's gradient is taken at x_1 - e_i, elsewhere
+    assert sa[1]["train_loss"] == pytest.approx(ef[1]["train_loss"], rel=1e-6)
+    assert abs(sa[1]["algo.train_loss_ahead"] - sa[1]["train_loss"]) > 1e-4
+    assert sa[0]["algo.train_loss_ahead"] == pytest.approx(sa[0]["train_loss"], rel=1e-6)
+    assert "algo.train_loss_ahead" not in ef[1]
+    # EF's start point is x_t: its mismatch is the iterate's gap ||mean(e) + s||
+    assert ef[1]["algo.mismatch"] == pytest.approx(ef[1]["algo.iterate_gap"])
+    assert sa[1]["algo.mismatch"] != pytest.approx(sa[1]["algo.iterate_gap"])
+
+
 # -- the registry and recipes -------------------------------------------------------------------
 
 

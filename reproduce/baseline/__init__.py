@@ -8,6 +8,7 @@ bytes; the question is how much accuracy that costs.
 Reproduce: ``suite reproduce baseline`` (smoke, about a minute on 2 CPU cores) or
 ``suite reproduce baseline --profile full --set data_dir=~/data`` (CIFAR-10 ResNet-20 on 8 ranks;
 hours on CPU, minutes on GPUs). Sweep: ``suite sweep baseline/periods --space period --trials 12``.
+The claims are our expectations, written before the runs; reproduce/baseline/NOTES.md says why.
 """
 
 from suite.recipes import Claim, Profile, Recipe, Row, Space, register
@@ -57,7 +58,8 @@ register(
                 "<=",
                 other=ALLREDUCE,
                 source="expectation: averaging every H steps reaches the target sooner where "
-                "the network is slow (simulated: traces replayed on the wan preset)",
+                "the network is slow (simulated: traces replayed on the wan preset; "
+                "reproduce/baseline/NOTES.md#claims)",
             ),
             Claim(
                 "test_accuracy",
@@ -65,7 +67,8 @@ register(
                 ">=",
                 other=ALLREDUCE,
                 tolerance=0.02,
-                source="expectation: H=4 costs at most 2 points (Stich 2019, Lin et al. 2020)",
+                source="expectation: H=4 costs at most 2 points (Stich 2019, Lin et al. 2020; "
+                "reproduce/baseline/NOTES.md#claims)",
             ),
             Claim(
                 "test_accuracy",
@@ -73,7 +76,8 @@ register(
                 ">=",
                 other=ALLREDUCE,
                 tolerance=0.05,
-                source="expectation: H=16 costs at most 5 points",
+                source="expectation: H=16 costs at most 5 points "
+                "(reproduce/baseline/NOTES.md#claims)",
             ),
         ),
         profiles={

@@ -1,7 +1,7 @@
 """SAEF (Xu, Huo, Huang, "Step-Ahead Error Feedback for Distributed Training with Compressed
 Gradient", AAAI 2021, arXiv 2008.05823): step ahead and error averaging for error feedback.
 
-Paper claims (spec ../shared/papers/saef.md, read from the authors' code; the paper's numeric
+Paper claims (notes: reproduce/saef/NOTES.md, read from the authors' code; the paper's numeric
 tables were not available): local error feedback with a server suffers a gradient mismatch;
 step ahead (SA) and error averaging (EA) remove it, so SAEF trains faster per epoch than both
 full-precision SGD-momentum and local EF, with no accuracy loss, using scaled sign (CIFAR-100,
@@ -9,24 +9,31 @@ ResNet-56) or Top-K (ImageNet, ResNet-50: EF at 10% against SAEF at 5% with EA e
 Without the paper's numbers the claims are directional: "SAEF's accuracy >= EF's - tolerance",
 "SAEF's loss AUC <= EF's".
 
-Reproduce: ``make reproduce-saef`` (smoke: digits MLP, 4 ranks, 2 seeds, 16 runs in about 2.5
-minutes on 2 CPU cores) or ``suite reproduce saef --profile full --set data_dir=DIR``.
-Sweep: ``suite sweep saef/cifar-100 --space ratio-period --trials 16`` (Top-K ratio and EA period:
-accuracy against wire bytes).
+"Trains faster" is stated on the like-for-like loss: every method's training loss at the iterate
+x_t (``train_loss``; SAEF takes its gradient at x_t - e_i, and its loss there, which the authors'
+log prints, is ``algo.train_loss_ahead``, drawn beside it).
 
-Deviations: the number of workers was not found (4 here, a recipe parameter); the smoke profile
-uses the digits MLP; BatchNorm running statistics stay local (the authors broadcast rank 0's every
-step) and the evaluated model averages them; the "SAEF-SGDM + EA" row on CIFAR-100 is ours (the
-authors pair EA with Top-K on ImageNet). The mismatch is measured every step on CIFAR-100 and
-every 100 steps on ImageNet (an all-reduce of two model-sized vectors, harness traffic).
+Reproduce: ``make reproduce-saef`` (smoke: digits MLP, 4 ranks, 2 seeds, 16 runs) or ``suite
+reproduce saef --profile full --set data_dir=DIR``. Sweep: ``suite sweep saef/cifar-100 --space
+ratio-period --trials 16`` (Top-K ratio and EA period: accuracy against wire bytes).
+
+Deviations (NOTES.md): the number of workers was not found (4 here, a recipe parameter); the
+smoke profile uses the digits MLP; BatchNorm running statistics stay local (the authors
+broadcast rank 0's every step) and the evaluated model averages them; the run starts from x_0
+with zero residuals (the authors' old_p starts at 0, so their step 0 ships the whole model); the
+"SAEF-SGDM + EA" row on CIFAR-100 is ours (the authors pair EA with Top-K on ImageNet). The
+mismatch is measured every step on CIFAR-100 and every 100 steps on ImageNet (an all-reduce of
+two model-sized vectors, harness traffic).
 """
 
-from suite.recipes import Claim, Curve, Profile, Recipe, Row, Space, register
+from suite.recipes import Claim, Curve, Known, Profile, Recipe, Row, Space, register
 
 SGDM, NOEF, EF = "SGDM", "Sign-SGDM (no EF)", "EF-SGDM"
 SAEF, SAEF_EA = "SAEF-SGDM", "SAEF-SGDM + EA (P=20)"
-SPEC = "spec: smoke expectations of ../shared/papers/saef.md"
+SPEC = "our smoke expectations (reproduce/saef/NOTES.md#smoke)"
+NOTES = "reproduce/saef/NOTES.md"
 CLAIM = "abstract: SAEF trains faster per epoch than SGDM and local EF, no accuracy loss"
+FASTER = f"{CLAIM} (training loss at x_t for every method: {NOTES}#like-for-like)"
 
 SIGN = ("algorithm.compressor=scaled_sign",)
 SERVER_EC = ("algorithm.downlink=compensated",)
@@ -36,10 +43,20 @@ CURVES = (
     Curve(
         "train_loss",
         x="epoch",
-        label="training loss (mean over ranks)",
+        label="training loss at x_t (mean over ranks)",
         log=True,
-        caption="Training loss against epoch per method: the paper's claim is that SAEF is "
-        "below EF and SGDM from early on.",
+        caption="Training loss at the iterate x_t against epoch per method (SAEF's too, not at "
+        "its step-ahead point): the paper's claim is that SAEF is below EF and SGDM from early "
+        "on.",
+    ),
+    Curve(
+        "algo.train_loss_ahead",
+        x="epoch",
+        label="SAEF: training loss at x_t - e_i",
+        log=True,
+        caption="SAEF only: the training loss at its step-ahead point x_t - e_i, where its "
+        "gradient is taken (the loss the authors' log prints); lower than at x_t, so not "
+        "comparable with the other methods' curves above.",
     ),
     Curve(
         "algo.mismatch",
@@ -59,9 +76,10 @@ CURVES = (
 )
 COLUMNS = (
     ("compression_ratio", "compression (dense / uplink bytes)"),
-    ("train_loss_early", "loss, first quarter"),
-    ("train_loss_auc", "loss AUC per step"),
+    ("train_loss_early", "loss at x_t, first quarter"),
+    ("train_loss_auc", "loss at x_t, AUC per step"),
     ("mismatch_mean", "mean mismatch"),
+    ("iterate_gap_mean", "mean ||x_t - x~_t||"),
     ("error_spread_mean", "mean residual spread"),
 )
 
@@ -97,9 +115,18 @@ def _cifar100(*optimizer: str) -> tuple[str, ...]:
             "optim.milestones=100,150", "eval_every=2000")  # fmt: skip
 
 
-def _directional(saef: str, ef: str, full: str, *, smoke: bool) -> tuple[Claim, ...]:
+def _directional(
+    saef: str,
+    ef: str,
+    full: str,
+    *,
+    smoke: bool,
+    known_ef: tuple[Known, ...] = (),
+    known_full: tuple[Known, ...] = (),
+) -> tuple[Claim, ...]:
     """The paper's direction: SAEF at least as accurate as EF and as full precision, and
-    training faster per epoch than both (loss AUC)."""
+    training faster per epoch than both (loss AUC at x_t; at smoke too where ``smoke``, with
+    the known deviations there)."""
     profiles = ("smoke", "full") if smoke else ("full",)
     at_smoke = (
         (
@@ -122,9 +149,47 @@ def _directional(saef: str, ef: str, full: str, *, smoke: bool) -> tuple[Claim, 
               profiles=("full",)),
         Claim("test_accuracy", saef, ">=", other=full, tolerance=0.005, source=CLAIM,
               profiles=("full",)),
-        Claim("train_loss_auc", saef, "<=", other=ef, source=CLAIM, profiles=profiles),
-        Claim("train_loss_auc", saef, "<=", other=full, source=CLAIM, profiles=("full",)),
+        Claim("train_loss_auc", saef, "<=", other=ef, source=FASTER, profiles=profiles,
+              known=known_ef),
+        Claim("train_loss_auc", saef, "<=", other=full, source=FASTER, profiles=profiles,
+              known=known_full),
     )  # fmt: skip
+
+
+# Known deviations at smoke, each explained with its numbers in NOTES.md
+AT_X_T = Known(
+    "smoke",
+    "on the loss at x_t, where every method is measured, SAEF trains no faster at smoke (AUC "
+    "0.191 against EF's 0.184 and SGDM's 0.148); the paper's curves read the loss its code "
+    "logs, at SAEF's step-ahead point x_t - e_i (0.157 here)",
+    f"{NOTES}#like-for-like",
+)
+AT_X_T_EARLY = Known(
+    "smoke",
+    "as the loss AUC: at x_t SAEF's first-quarter loss is 0.657 against EF's 0.645 (0.532 at "
+    "its step-ahead point)",
+    f"{NOTES}#like-for-like",
+)
+SLOWER_THAN_SGDM = Known(
+    "smoke",
+    "at smoke every compressed method trains slower per step than full precision (AUC at x_t: "
+    "EF 0.184, SAEF 0.191, no EF 0.354 against SGDM's 0.148; SAEF at its step-ahead point "
+    "0.157): scaled sign's 32x compression costs this small MLP progress",
+    f"{NOTES}#like-for-like",
+)
+WAN_FIRST_EVAL = Known(
+    "smoke",
+    "SAEF's x_t scores 0.908 at the first evaluation (step 50), 0.001 under the target (0.909), "
+    "so it reaches it at step 100, twice SGDM's time at the same cost a step",
+    f"{NOTES}#wan",
+)
+ADAGRAD_SPREAD = Known(
+    "smoke",
+    "with Adagrad the workers' residuals disagree more than they agree (||e_i - mean e|| 0.32 "
+    "against ||mean e|| 0.17), so stepping ahead by one's own e_i lands farther from x~_t than "
+    "x_t is (mismatch 0.380 against the iterate's 0.371) and no faster",
+    f"{NOTES}#adagrad",
+)
 
 
 register(
@@ -144,17 +209,27 @@ register(
             Row(SAEF_EA, "saef", (*SIGN, *SERVER_EC, "algorithm.average_every=20")),
         ),
         claims=(
-            *_directional(SAEF, EF, SGDM, smoke=True),
-            Claim("train_loss_early", SAEF, "<=", other=EF, source=SPEC, profiles=("smoke",)),
+            *_directional(
+                SAEF, EF, SGDM, smoke=True, known_ef=(AT_X_T,), known_full=(SLOWER_THAN_SGDM,)
+            ),
+            Claim(
+                "train_loss_early",
+                SAEF,
+                "<=",
+                other=EF,
+                source=SPEC,
+                profiles=("smoke",),
+                known=(AT_X_T_EARLY,),
+            ),
             # in simulated time: each run's trace replayed on the wan preset (100 Mbit/s, 20 ms);
-            # our expectation, written before the runs. At smoke it failed when first checked
-            # (8.25 s against 4.67 s; EF-SGDM, 4.13 s, beats SGDM there)
+            # our expectation, written before the runs
             Claim(
                 "network_seconds_to_target@wan",
                 SAEF,
                 "<=",
                 other=SGDM,
                 source=f"{CLAIM} (simulated: traces replayed on the wan preset)",
+                known=(WAN_FIRST_EVAL,),
             ),
             Claim("mismatch_mean", SAEF, "<=", other=EF, source=SPEC),
             Claim("error_spread_mean", SAEF_EA, "<=", other=SAEF, source=SPEC),
@@ -177,10 +252,11 @@ register(
         },
         command="make reproduce-saef  (full: suite reproduce saef --profile full "
         "--set data_dir=DIR)",
-        runtime="smoke: about 90 seconds on 2 CPU cores (10 runs); full: days on CPU, hours on "
-        "4 GPUs",
+        runtime="smoke: about 2 minutes of CPU time on 2 cores (10 runs); full: days on CPU, "
+        "hours on 4 GPUs",
         deviations="4 workers (not found in the paper); the EA row is ours; BatchNorm statistics "
-        "are not broadcast from rank 0 each step; smoke uses digits and an MLP",
+        "are not broadcast from rank 0 each step; the run starts at x_0 with zero residuals (the "
+        "authors' step 0 ships the whole model: NOTES.md#start); smoke uses digits and an MLP",
         reference=SGDM,
         spaces=SPACES,
         curves=CURVES,
@@ -204,8 +280,10 @@ register(
             Row(SAEF_ADA, "saef", (*SIGN, *SERVER_EC)),
         ),
         claims=(
-            *_directional(SAEF_ADA, EF_ADA, ADAGRAD, smoke=True),
-            Claim("mismatch_mean", SAEF_ADA, "<=", other=EF_ADA, source=SPEC),
+            *_directional(SAEF_ADA, EF_ADA, ADAGRAD, smoke=True, known_ef=(ADAGRAD_SPREAD,)),
+            Claim(
+                "mismatch_mean", SAEF_ADA, "<=", other=EF_ADA, source=SPEC, known=(ADAGRAD_SPREAD,)
+            ),
         ),
         profiles={
             "smoke": _smoke("Adagrad lr 0.05", "optim.name=adagrad", "optim.lr=0.05"),
@@ -220,7 +298,7 @@ register(
         runtime="smoke: about a minute on 2 CPU cores (6 runs)",
         deviations="the paper's Adagrad setup (learning rate, epochs) was not found: ours",
         reference=ADAGRAD,
-        curves=CURVES[:2],
+        curves=CURVES[:3],
         columns=COLUMNS,
     )
 )
@@ -296,7 +374,7 @@ register(
         deviations="8 workers (the paper's count was not found); BatchNorm statistics are not "
         "broadcast from rank 0 each step",
         reference=SGDM,
-        curves=CURVES[:2],
+        curves=CURVES[:3],
         columns=COLUMNS,
     )
 )

@@ -72,6 +72,13 @@ class Algorithm:
         """The model this rank would deploy (SGP, say, evaluates a de-biased copy)."""
         return self.model
 
+    def loss_model(self) -> nn.Module | None:
+        """The model at the iterate x_t, when the gradient is taken elsewhere (SAEF's step-ahead
+        point x_t - e_i): the loop then logs its loss on the step's batch as ``train_loss``
+        (like for like with every other method) and the loss at the gradient point as
+        ``algo.train_loss_ahead``. None (the default): the model is at x_t."""
+        return None
+
     def elapsed(self) -> float | None:
         """Seconds on the algorithm's own clock so far (a virtual straggler clock, say), or
         None if it keeps none; the loop reads it when the run first reaches its target

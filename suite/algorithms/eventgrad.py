@@ -50,8 +50,9 @@ class EventGradConfig:
     mode: "adaptive" (threshold = mean of the last two slopes, decayed by h) or "static"
         (threshold = ``threshold`` always).
     threshold [c]: the static threshold on |change of the tensor's norm| since its last send.
-    warmup: every tensor fires at steps k < warmup (the authors' code: 30), so the copies and
-        the slope history start from real values.
+    warmup: every tensor fires at steps k < warmup (k counts from 0), so the copies and the
+        slope history start from real values. 29, as the authors' code: its pass counter
+        starts at 1 and it forces ``pass_num < 30``, i.e. the first 29 iterations.
     topk: fraction of a firing tensor's entries sent (largest |x - r| first); 0 sends it whole.
         Only the sparse variant (eventgrad_topk) sets it; 10% is our default, the paper's value
         was not found.
@@ -60,7 +61,7 @@ class EventGradConfig:
     horizon: float = 1.0
     mode: str = "adaptive"
     threshold: float = 0.0
-    warmup: int = 30
+    warmup: int = 29
     topk: float = 0.0
 
     def __post_init__(self) -> None:

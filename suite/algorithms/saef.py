@@ -19,7 +19,13 @@ its analysis tracks x~_t = x_t - mean_j e_j - s: the gradient mismatch. SAEF rem
 The mismatch of worker i is then ||(x_t - e_i) - x~_t|| = ||mean_j e_j + s - e_i||, which EA
 shrinks further by pulling the e_i together. Between steps the model's parameters hold the
 step-ahead point x_t - e_i; evaluation uses x_t (the authors validate x_t), through a shadow
-copy of the model.
+copy of the model, and so does the logged training loss (``train_loss``, like for like with EF
+and SGDM, whose gradients are taken at x_t); the loss at the step-ahead point, which the
+authors' log prints, is ``algo.train_loss_ahead``.
+
+Start: x_0 is the initial model and e_i = s = 0, so step 0 compresses the first update. The
+authors' code starts its record of the last model (``old_p``) at zeros instead, so its step 0
+compresses and ships the whole model (reproduce/saef/NOTES.md#start).
 """
 
 from __future__ import annotations
@@ -92,6 +98,11 @@ class SAEF(EFSGD):
         self.shadow.load_state_dict(self.model.state_dict())
         assign_params(trainable(self.shadow.parameters()), self.x)
         return self.shadow
+
+    def loss_model(self) -> nn.Module:
+        """x_t, in the model's mode: the loop logs its loss as train_loss (the loss at the
+        step-ahead point, where the gradient is taken, as algo.train_loss_ahead)."""
+        return self.eval_model().train(self.model.training)
 
     def totals(self) -> dict[str, float]:
         return {
