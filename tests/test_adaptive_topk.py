@@ -116,7 +116,7 @@ def test_adaptive_topk_spends_more_early_than_late_on_the_smoke_gradients() -> N
     out = launch(_train, 4, (cfg,))
     k, summary = out[0]["k"], out[0]["summary"]
     assert summary["budget_used"] == 1.0
-    assert summary["k_early_late"] > 1.5, k
+    assert summary["k_early_late"] > 1.2, k
     assert sum(k[: len(k) // 2]) > sum(k[len(k) // 2 :])
 
 

@@ -4,8 +4,8 @@ Ruan, Yan, Xiao, Song, Xu, "Adaptive Top-K in SGD for Communication-Efficient Di
 Learning", arXiv 2210.13532 (GLOBECOM 2023; IEEE JSTSP 18(3), 2024). Only the abstract was
 available (../shared/papers/adaptive_topk.md): K_t is chosen to minimise a convergence bound
 under a communication budget, and depends on the gradient norm and the budget. The rule below is
-OUR derivation of such a choice, not the paper's; every knob of it (the K bounds, the gain) is
-ours too. reproduce/adaptive_topk/README.md carries the same derivation.
+OUR derivation of such a choice, not the paper's; every knob of it (the K bounds, the smoothing)
+is ours too. reproduce/adaptive_topk/NOTES.md carries the same derivation and the measurements.
 
 Derivation
 ----------
@@ -25,21 +25,28 @@ k-th largest squared entry. The Lagrangian sum_t eta_t (||g_t||^2 - E_t(k_t)) + 
 exactly the entries with eta_t g_i^2 >= lambda, one water level lambda for the whole run. Steps
 whose gradient is large, or whose energy is spread over many entries, get a larger K.
 
-Online (the future gradients are unknown), on every rank alike:
+With error feedback the bound's cost is sum_t ||e_{t+1}||^2 = sum_t (||v_t||^2 - E^v_t(k_t)),
+v = g + residual: the same water-filling on v (NOTES.md, "Error feedback").
 
-1. the first step sets lambda so that it would keep the mean K-bar = floor(rho d) entries
-   (each rank's candidate, averaged: one all-reduced scalar, counted);
-2. each step every rank counts its entries with eta_t v_i^2 >= lambda (v: the gradient, plus
-   the residual with error feedback) and the ranks average the counts (one all-reduced
-   scalar, counted): that is the wanted K;
-3. a pacer clips it into [K_min, K_max] and into what the remaining budget allows, so the run
+Online (the future gradients are unknown), every rank, every step, after choosing this K:
+
+1. it updates moving averages (factor ``smoothing``) of log(eta_t ||g_t||^2) and of its fall
+   per step r;
+2. it forecasts step s ahead as this step's weights eta v_i^2 times m(s) = c + (1 - c)
+   exp(-r tau (1 - exp(-s / tau))), tau = 1 / (1 - smoothing): the trend extrapolated as far
+   ahead as its average looks back, the error-feedback residual's share c carried as it is;
+3. it finds the level at which that forecast spends the budget left over the steps left
+   (:func:`water_fill`) and proposes its count above the level for the next step;
+4. the proposal rides in its all-gather message (one float32, counted; no round of its own) and
+   the next K is the mean of the proposals, the same on every rank;
+5. a pacer clips K into [K_min, K_max] and into what the remaining budget allows, so the run
    spends exactly B: K_t >= R_t - K_max (T - t - 1) and K_t <= R_t - K_min (T - t - 1) with
    R_t the budget left; by induction both bounds stay feasible and the last step spends the
-   rest;
-4. lambda follows the pace: log lambda += gain * log(wanted / (R_t / (T - t))), so a run whose
-   gradients shrink lowers the level instead of leaving budget unspent.
+   rest. The first step spends K-bar.
 
-K_min = k_min K-bar and K_max = k_max K-bar (ours: 0.1 and 10); the gain is ours (0.05).
+K_min = floor(k_min K-bar) (may be 0) and K_max = ceil(k_max K-bar) (ours: 0.1 and 10); the
+smoothing is ours (0.97). The earlier rule (a level pulled toward the even pace) lagged on
+shrinking gradients and spent less early than late: NOTES.md, "The earlier rule".
 """
 
 from __future__ import annotations
@@ -115,10 +122,14 @@ class LogTrend:
         self.rate = self.beta * self.rate + (1 - self.beta) * (self.level - new)
         self.level = new
 
+    def horizon(self) -> float:
+        """How far ahead the trend is extrapolated: as far as the averages look back (about
+        1 / (1 - smoothing) steps), or as far as the series has been seen, if shorter."""
+        return min(float(self.seen), 1.0 / (1.0 - self.beta))
+
     def drop(self) -> float:
-        """How far the forecast lets the series fall in all: the current rate extrapolated
-        about as far ahead as it has been observed (rate x steps seen)."""
-        return self.rate * self.seen
+        """How far the forecast lets the series fall in all: rate x horizon."""
+        return self.rate * self.horizon()
 
 
 def water_fill(
@@ -138,8 +149,8 @@ def water_fill(
         return float(n)
     logw = weights.double().clamp_min(1e-300).log().sort().values
     s = torch.arange(1, steps + 1, dtype=torch.float64)
-    if steps > 1024:  # long runs: a grid of the horizon, each point standing for steps / 1024
-        s = torch.linspace(1, steps, 1024, dtype=torch.float64)
+    if steps > 128:  # a grid of the horizon (the forecast is smooth in s): less work a step
+        s = torch.linspace(1, steps, 128, dtype=torch.float64)
 
     def log_m(s: Tensor) -> Tensor:
         trend = torch.exp(-drop * (1 - torch.exp(-s / max(horizon, 1.0))))
@@ -174,12 +185,12 @@ class AdaptiveTopKConfig(TopKSGDConfig):
         leaves the rule room. A wide range lets the budget follow the gradients; a narrow one
         approaches fixed K.
     smoothing: the factor of the moving averages that measure the trend of the gradient
-        energy (0.9: about the last 10 steps).
+        energy (0.97: about the last 33 steps), which the forecast extrapolates as far ahead.
     """
 
     k_min: float = 0.1
     k_max: float = 10.0
-    smoothing: float = 0.9
+    smoothing: float = 0.97
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -218,7 +229,7 @@ class AdaptiveTopK(TopKSGD):
         if self.residual is not None:
             carried = float((v - g).pow(2).sum() / v.pow(2).sum().clamp_min(1e-30))
         left = self.pacer.steps - self.pacer.step
-        drop, horizon = self.trend.drop(), self.trend.seen
+        drop, horizon = self.trend.drop(), self.trend.horizon()
         self.proposal = water_fill(v.pow(2), self.pacer.remaining, left, drop, horizon, carried)
         return torch.tensor([self.proposal], dtype=torch.float32, device=v.device)
 
