@@ -71,25 +71,38 @@ class TopKSGD(Algorithm):
         g = self.grads.buffer()
         v = g.add(self.residual) if self.residual is not None else g.clone()
         self.k = k = self.choose_k(v, step)
-        idx = top_indices(v, k, self.generator)
+        idx = top_indices(v, k, self.generator) if k else v.new_empty(0, dtype=torch.long)
         values = v[idx]
         self.energy = float(values.pow(2).sum() / v.pow(2).sum().clamp_min(1e-30))
+        side = self.side_message(v)  # before v turns into the residual
         if self.residual is not None:
             v[idx] = 0.0
             self.residual = v  # what was not sent
-        message = pack([values, idx.to(self.index_type)])
+        message = pack([values, idx.to(self.index_type), side])
         parts = self.transport.all_gather(message, sizes=[message.numel()] * self.world_size)
         g.zero_()
+        sides = []
         for part in parts:
-            vals, where = self._unpack(part, k, g.dtype)
+            vals, where, rest = self._unpack(part, k, g.dtype)
             g.index_put_((where,), vals, accumulate=True)
+            sides.append(rest.clone().view(torch.float32))  # clone: the view needs alignment
         g.div_(self.world_size)
+        self.side_received(sides)
         self._account(step, k)
 
-    def _unpack(self, part: Tensor, k: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    def side_message(self, v: Tensor) -> Tensor:
+        """float32 scalars each rank appends to its message (none for fixed K): adaptive K
+        agrees on the next step's K this way, without a collective round of its own."""
+        return v.new_empty(0, dtype=torch.float32)
+
+    def side_received(self, sides: list[Tensor]) -> None:
+        """Every rank's :meth:`side_message` of this step, in rank order."""
+
+    def _unpack(self, part: Tensor, k: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
         size = k * dtype.itemsize
+        end = size + k * self.index_type.itemsize
         values = part[:size].view(dtype)
-        return values, part[size:].view(self.index_type).long()
+        return values, part[size:end].view(self.index_type).long(), part[end:]
 
     def _account(self, step: int, k: int) -> None:
         self.spent += k

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from suite.algorithms.adaptive_topk import BudgetPacer
+from suite.algorithms.adaptive_topk import BudgetPacer, water_fill
 from suite.config import RunConfig, apply_overrides
 from suite.launcher import launch
 from suite.loop import Job, Trainer
@@ -78,10 +78,11 @@ def test_every_rank_sends_the_same_k_and_compared_runs_spend_equal_budgets(ef: s
     a, f = adaptive[0]["summary"], fixed[0]["summary"]
     assert a["elements_sent"] == f["elements_sent"] == n * steps * k_bar
     assert a["budget_used"] == 1.0
-    # entries cost the same (float32 value + int16 index): only the agreement scalars differ,
-    # one float per rank at the start and one per step
+    # entries cost the same (float32 value + int16 index): only the agreement scalar differs,
+    # one float per rank per step, carried in the all-gather's message: no round of its own
     assert f["bytes_sent"] == n * steps * k_bar * (4 + 2)
-    assert a["bytes_sent"] == f["bytes_sent"] + n * 4 * (steps + 1)
+    assert a["bytes_sent"] == f["bytes_sent"] + n * 4 * steps
+    assert a["messages"] == f["messages"]
     # the models stay identical across ranks (everyone applies the same sparse average)
     assert torch.equal(adaptive[0]["params"], adaptive[2]["params"])
 
@@ -104,3 +105,52 @@ def test_the_stand_in_is_labelled_in_the_registry_and_in_reports() -> None:
     card = _card(RECIPES.get("adaptive_topk/mnist").obj)
     assert "**Stand-in:**" in card and "`adaptive_topk`" in card
     assert "Stand-in" not in _card(RECIPES.get("saef/cifar-100").obj)
+
+
+def test_adaptive_topk_spends_more_early_than_late_on_the_smoke_gradients() -> None:
+    """The smoke profile's gradients shrink (per-rank ||g||^2 falls by half in the first
+    quarter); water-filling under the budget then spends more K early (NOTES.md)."""
+    smoke = RECIPES.get("adaptive_topk/mnist").obj.profiles["smoke"].overrides
+    extra = ["eval_every=0", "device=cpu", "algorithm=adaptive_topk", "algorithm.density=0.01"]
+    cfg = apply_overrides(RunConfig(), [*smoke, *extra])
+    out = launch(_train, 4, (cfg,))
+    k, summary = out[0]["k"], out[0]["summary"]
+    assert summary["budget_used"] == 1.0
+    assert summary["k_early_late"] > 1.2, k
+    assert sum(k[: len(k) // 2]) > sum(k[len(k) // 2 :])
+
+
+def test_a_budget_of_one_entry_a_step_still_adapts() -> None:
+    """K-bar = 1: K_min rounds down to 0 (a step may send nothing), so K is not forced to 1."""
+    cfg = _config("algorithm=adaptive_topk", "nproc=2", "steps=40", f"algorithm.density={1.5 / D}")
+    out = launch(_train, 2, (cfg,))
+    assert sum(out[0]["k"]) == 40 and out[0]["summary"]["budget_used"] == 1.0
+    assert len(set(out[0]["k"])) > 1
+    assert torch.equal(out[0]["params"], out[1]["params"])
+
+
+def _brute_level_count(w: torch.Tensor, budget: float, steps: int, drop: float, h: float) -> int:
+    logw = w.double().log()
+    lm = -drop * (1 - torch.exp(-torch.arange(1, steps + 1, dtype=torch.float64) / h))
+    lo, hi = -80.0, 20.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        spent = (logw[None, :] + lm[:, None] >= mid).sum().item()
+        lo, hi = (mid, hi) if spent > budget else (lo, mid)
+    return int((logw + lm[0] >= hi).sum())
+
+
+@pytest.mark.parametrize("drop", [-0.5, 0.0, 0.7])
+def test_water_fill_matches_a_brute_force_level(drop: float) -> None:
+    w = torch.randn(500, generator=torch.Generator().manual_seed(3)).pow(2) + 1e-6
+    got = water_fill(w, 20.0 * 50, 50, drop, 10.0)
+    assert abs(got - _brute_level_count(w, 20.0 * 50, 50, drop, 10.0)) <= 1
+    if drop == 0.0:  # a flat forecast spends the even share
+        assert abs(got - 20) <= 1
+    if drop > 0:  # shrinking gradients: spend more now
+        assert got > 25
+    if drop < 0:
+        assert got < 15
+    # a carried residual (floor) damps the forecast toward the even share
+    damped = water_fill(w, 20.0 * 50, 50, drop, 10.0, floor=0.9)
+    assert abs(damped - 20) <= abs(got - 20)

@@ -67,9 +67,9 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["algorithm.time_scale must be a finite number"],
     ),
     (
-        "new-adaptive-gain-inf",
-        ["run", "adaptive_topk", "--set", "algorithm.gain=inf"],
-        ["algorithm.gain must be a finite number"],
+        "new-adaptive-smoothing-inf",
+        ["run", "adaptive_topk", "--set", "algorithm.smoothing=inf"],
+        ["algorithm.smoothing", "smoothing must be in [0, 1)", "inf"],
     ),
     (
         "new-adaptive-kmax-inf",

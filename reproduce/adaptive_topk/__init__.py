@@ -1,9 +1,9 @@
 """Adaptive Top-K (Ruan, Yan, Xiao, Song, Xu, arXiv 2210.13532; IEEE JSTSP 2024): a per-step K
 under a communication budget. STAND-IN: only the abstract was available, so ``adaptive_topk``
-runs our own water-filling rule (derivation in README.md beside this file and in
-suite/algorithms/adaptive_topk.py), not the paper's; every result here is the stand-in's.
+runs our own water-filling rule (derivation and measurements in NOTES.md beside this file and
+in suite/algorithms/adaptive_topk.py), not the paper's; every result here is the stand-in's.
 
-Paper claims (abstract, spec ../shared/papers/adaptive_topk.md): on MNIST and CIFAR-10, adaptive
+Paper claims (abstract; NOTES.md, "What the paper claims"): on MNIST and CIFAR-10, adaptive
 K converges significantly faster than fixed-K Top-K, with and without error compensation. No
 numbers were available, so the claims are directional at an equal total budget: final accuracy
 and loss AUC at least as good as fixed-K, with and without EF; the budget is never exceeded.
@@ -19,13 +19,13 @@ entries a step); CIFAR-10 with ResNet-20 (0.27M parameters, the standard small C
 sparsification is hardest on a model this small, and it trains in hours, not days).
 """
 
-from suite.recipes import Claim, Curve, Profile, Recipe, Row, Space, register
+from suite.recipes import Claim, Curve, Known, Profile, Recipe, Row, Space, register
 
 DENSE = "Dense SGD"
 FIXED, ADAPTIVE = "Top-K (fixed K)", "Adaptive Top-K (stand-in)"
 FIXED_EF, ADAPTIVE_EF = "Top-K (fixed K) + EF", "Adaptive Top-K (stand-in) + EF"
 ABSTRACT = "abstract: adaptive K converges faster than fixed K, with and without EF"
-SPEC = "spec: smoke expectations of ../shared/papers/adaptive_topk.md"
+SPEC = "the derivation: water-filling spends more where gradients are larger (NOTES.md)"
 EXACT = "the pacer spends the budget exactly, never more"
 RHO = "algorithm.density=0.01"  # the budget: 1% of the entries per step on average
 EF = (RHO, "algorithm.error_feedback=true")
@@ -39,23 +39,48 @@ ROWS = (
 )
 
 
+# with EF the derived rule stays close to fixed K at smoke (the residual is 87-95% of ||v||^2):
+# the loss AUCs differ by less than fixed-K EF's own seed-to-seed spread
+EF_AT_SMOKE = Known(
+    "smoke",
+    "with error feedback the carried residual dominates v, so the rule stays close to fixed K "
+    "and the difference is within the seed-to-seed spread",
+    "reproduce/adaptive_topk/NOTES.md#ef-at-smoke",
+)
+WAN_AT_SMOKE = Known(
+    "smoke",
+    "Top-K without EF needs twice dense SGD's steps to the target at smoke, which cancels its "
+    "shorter round on wan (fixed K ties dense); the rule's compute comes on top",
+    "reproduce/adaptive_topk/NOTES.md#wan",
+)
+
+
 def _claims() -> tuple[Claim, ...]:
     out: list[Claim] = []
     for adaptive, fixed in ((ADAPTIVE, FIXED), (ADAPTIVE_EF, FIXED_EF)):
+        auc_known = (EF_AT_SMOKE,) if adaptive == ADAPTIVE_EF else ()
         out += [
             Claim("budget_used", adaptive, "within", value=1.0, tolerance=1e-9, source=EXACT),
             Claim("elements_sent", adaptive, "within", other=fixed, tolerance=0.0, source=EXACT),
             Claim("test_accuracy", adaptive, ">=", other=fixed, tolerance=0.005, source=ABSTRACT),
-            Claim("train_loss_auc", adaptive, "<=", other=fixed, source=ABSTRACT),
+            Claim("train_loss_auc", adaptive, "<=", other=fixed, source=ABSTRACT, known=auc_known),
             Claim("k_early_late", adaptive, ">=", value=1.0, source=SPEC, profiles=("smoke",)),
         ]
     # in simulated time (each run's trace replayed on the wan preset, 100 Mbit/s, 20 ms):
     # sending 1% of the entries should reach the target sooner than dense SGD where links are
-    # slow (our expectation, written before the runs). At smoke it failed when first checked
-    # (18.3 s against 6.3 s): on wan the latency of its extra collective rounds outweighs the
-    # bytes; the fixed-K rows do beat dense SGD there (report's network table)
+    # slow (our expectation, written before the runs). The K agreement no longer costs a round
+    # of its own (it was 18.3 s against 6.3 s); at smoke it is a known deviation (NOTES.md#wan)
     wan = "expectation: compression pays on a slow network (simulated: traces on wan)"
-    out.append(Claim("network_seconds_to_target@wan", ADAPTIVE, "<=", other=DENSE, source=wan))
+    out.append(
+        Claim(
+            "network_seconds_to_target@wan",
+            ADAPTIVE,
+            "<=",
+            other=DENSE,
+            source=wan,
+            known=(WAN_AT_SMOKE,),
+        )
+    )
     return tuple(out)
 
 
@@ -100,7 +125,7 @@ SPACES = {
 }
 DEVIATIONS = (
     "the K rule is our stand-in (paper text unavailable); K_min = 0.1 K-bar, K_max = 10 K-bar "
-    "and the gain 0.05 are ours; models and worker count were not found (4 ranks)"
+    "and the trend's smoothing 0.97 are ours; models and worker count were not found (4 ranks)"
 )
 SMOKE = Profile(
     ("dataset=digits", "model=mlp", "nproc=4", "steps=300", "eval_every=50",
@@ -139,7 +164,7 @@ register(
         },
         command="make reproduce-adaptive-topk  (full: suite reproduce adaptive_topk --profile "
         "full --set data_dir=DIR)",
-        runtime="smoke: about 80 seconds on 2 CPU cores; full: about an hour on CPU",
+        runtime="smoke: about 80 seconds on 2 idle CPU cores; full: about an hour on CPU",
         deviations=DEVIATIONS,
         reference=DENSE,
         spaces=SPACES,
