@@ -11,7 +11,7 @@ PROFILE ?= smoke
 # Every folder of reproduce/ is a paper with a `make reproduce-<paper>` target.
 PAPERS := $(patsubst reproduce/%/__init__.py,%,$(wildcard reproduce/*/__init__.py))
 
-.PHONY: install run job test bench ui lint format clean reproduce-all $(addprefix reproduce-,$(PAPERS))
+.PHONY: install run job test bench ui dashboard lint format clean reproduce-all reference-reports $(addprefix reproduce-,$(PAPERS))
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ install:
 	$(BIN)/pip install --quiet -e '.[dev]'
 
 # The main job: EventGraD's smoke reproduction on the embedded digits data (runs tracked in
-# ./mlflow.db, claims checked, report in reports/eventgrad/).
+# ./mlflow.db, claims checked, report in out/reports/eventgrad/; all of it git-ignored).
 run: reproduce-eventgrad
 
 # One 4-rank all-reduce SGD job on digits.
@@ -41,6 +41,17 @@ reproduce-crossover: reproduce-crossover_sgd
 
 reproduce-all: $(addprefix reproduce-,$(PAPERS))
 
+# The committed reports/<paper>/ folders, rebuilt from a clean tree only (each report then
+# names that tree's commit); runs of this commit already in the store are reused.
+reference-reports:
+	@if [ -n "$$(git status --porcelain)" ]; then \
+		echo "reference-reports: the tree has local changes; commit or stash them first" >&2; \
+		git status --short >&2; exit 1; fi
+	@for p in $(PAPERS); do \
+		$(BIN)/suite reproduce $$p --profile $(PROFILE) --out reports/$$p \
+			|| echo "reference-reports: $$p: some claims fail or runs failed (see its report)"; \
+	done
+
 test:
 	$(BIN)/pytest -q
 
@@ -49,6 +60,11 @@ bench:
 
 ui:
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000
+
+# Optuna's dashboard on the sweeps' studies (optuna.db), on this machine only.
+OPTUNA_STORAGE ?= sqlite:///optuna.db
+dashboard:
+	$(BIN)/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port 8080
 
 lint:
 	$(BIN)/ruff check .
@@ -59,4 +75,4 @@ format:
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf .pytest_cache .ruff_cache .benchmarks
+	rm -rf .pytest_cache .ruff_cache .benchmarks out

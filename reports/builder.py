@@ -54,7 +54,7 @@ from suite.recipes import (
     simulated_metric,
     slug,
 )
-from suite.tracking import git_state, open_client
+from suite.tracking import METRIC_CONVENTION, code_state, open_client, store_label
 
 CURVE_METRICS = (
     "train_loss", "bytes_sent", "wire_bytes", "messages", "step_seconds",
@@ -914,13 +914,14 @@ def _tally(verdicts: list[Verdict]) -> str:
     return f"{n[HOLDS]} hold, {n[FAILS]} fail, {n[UNTESTABLE]} not testable"
 
 
-def _header(paper: str, experiment: str, uri: str, runs: int) -> str:
-    sha, dirty = git_state()
+def _header(paper: str, experiment: str, uri: str, runs: int, note: str = "") -> str:
+    sha, code = code_state()  # the suite's own sources: reports it wrote are not local changes
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (
         f"# Reproduction report: {paper}\n\nBuilt {stamp} from experiment `{experiment}` of "
-        f"the MLflow store `{uri}` ({runs} recipe runs), code {sha[:10]}"
-        f"{' with local changes' if dirty else ''}.\n\nClaims are checked on the mean over "
+        f"the MLflow store `{store_label(uri)}` ({runs} recipe runs), code {sha[:10]}"
+        f"{' with local changes' if code != sha else ''}.{' ' + note if note else ''}"
+        f"\n\n{METRIC_CONVENTION}\n\nClaims are checked on the mean over "
         "seeds of the finished runs: **holds** and **fails** are measured outcomes; *not "
         "testable* means the claim is not checked at that profile or a row it needs has no "
         "finished run; a claim on a row whose run diverged fails. Only claims marked holds "
@@ -1003,8 +1004,11 @@ class _Doc:
         self.sections.append(("fig", path, caption))
 
 
-def build_report(paper: str, uri: str, out_dir: Path, *, experiment: str | None = None) -> Report:
-    """Rebuild ``out_dir`` (README.md, report.html, figures/) for ``paper`` from the store."""
+def build_report(
+    paper: str, uri: str, out_dir: Path, *, experiment: str | None = None, note: str = ""
+) -> Report:
+    """Rebuild ``out_dir`` (README.md, report.html, figures/) for ``paper`` from the store;
+    ``note`` (which runs were reused, from which code) goes into its header."""
     recipes = recipes_of(paper)  # an unknown paper raises ConfigError before anything is read
     experiment = experiment or paper
     wanted = [m for r in recipes for c in r.curves for m in (c.metric, c.x)]
@@ -1020,7 +1024,7 @@ def build_report(paper: str, uri: str, out_dir: Path, *, experiment: str | None 
         doc = _Doc(work / "figures")
         doc.dir.mkdir()
         replays = Replays(client, work / ".traces")  # downloads, removed before the swap
-        doc.md(_header(paper, experiment, uri, len(runs)))
+        doc.md(_header(paper, experiment, uri, len(runs), note))
         for recipe in recipes:
             doc.md(_card(recipe))
             for profile in recipe.profiles:
