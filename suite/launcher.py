@@ -288,7 +288,7 @@ def torchrun_tags() -> dict[str, str]:
         ("suite.nodes", "GROUP_WORLD_SIZE"),
         ("suite.procs_per_node", "LOCAL_WORLD_SIZE"),
         ("suite.rdzv_id", "TORCHELASTIC_RUN_ID"),
-        ("suite.rdzv_endpoint", "MASTER_ADDR"),
+        ("suite.master_addr", "MASTER_ADDR"),
         ("suite.restart_count", "TORCHELASTIC_RESTART_COUNT"),
     ):
         if var in env:
