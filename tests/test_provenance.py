@@ -75,8 +75,8 @@ def test_reproduce_leaves_a_clean_clone_and_reuses_only_runs_of_the_same_code(
     first = _reproduce(clone)
     assert first.returncode == 0, first.stderr
     # the suite wrote its store, summaries and report, and the checkout is still clean
-    assert (clone / "out" / "reports" / "tiny" / "README.md").is_file()
     assert _git(clone, "status", "--porcelain") == ""
+    assert (clone / "out" / "reports" / "tiny" / "README.md").is_file()
 
     client = MlflowClient(f"sqlite:///{clone / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tiny").experiment_id
