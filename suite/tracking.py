@@ -57,6 +57,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -203,19 +204,28 @@ def hardware() -> str:
 def run_tags(
     target: str, paper: str, world_size: int, extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
+    """The run's tags known to its owner; the writer adds the code's (:func:`code_tags`), off
+    the job's critical path."""
     import torch
 
-    sha, dirty = git_state()
     return {
         "target": target,
         "paper": paper,
-        "git_sha": sha,
-        "git_dirty": str(dirty).lower() if dirty is not None else "unknown",
-        **source_tags(f"suite run {target}"),
         "torch_version": torch.__version__,
         "hardware": hardware(),
         "world_size": str(world_size),
         **(extra or {}),
+    }
+
+
+def code_tags(target: str) -> dict[str, str]:
+    """The git tags of the checkout that runs ``target`` (:func:`source_tags` and the commit
+    and dirty flag of the whole tree)."""
+    sha, dirty = git_state()
+    return {
+        "git_sha": sha,
+        "git_dirty": str(dirty).lower() if dirty is not None else "unknown",
+        **source_tags(f"suite run {target}"),
     }
 
 
@@ -780,6 +790,8 @@ class _Writer:
 
         self.client = client = open_client(uri)
         tags = {**tags, **owner_tags([self.owner, os.getpid()])}
+        if "target" in tags and run_id is None:  # a `suite run` job: where its code came from
+            tags = {**code_tags(tags["target"]), **tags}
         if run_id is not None:  # reopen (suite resume): now owned by this job
             name = client.get_run(run_id).info.run_name or ""
             client.update_run(run_id, status="RUNNING", name=_STATUS_SUFFIX.split(name)[0])
@@ -834,16 +846,20 @@ class _Writer:
         context = InputTag("mlflow.data.context", "train")
         self.client.log_inputs(self.run_id, [DatasetInput(meta._to_mlflow_entity(), [context])])
 
-    def _flush(self) -> None:
-        from mlflow.entities import Metric
+    def _flush(self, tags: Mapping[str, str] | None = None) -> None:
+        from mlflow.entities import Metric, RunTag
 
         rows = [
             Metric(k, float(v), stamp, step)
             for step, stamp, values in self.pending
             for k, v in values.items()
         ]
-        for i in range(0, len(rows), _MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=rows[i : i + _MAX_METRICS_PER_BATCH])
+        items = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        for i in range(0, max(len(rows), 1), _MAX_METRICS_PER_BATCH):
+            chunk = rows[i : i + _MAX_METRICS_PER_BATCH]
+            if chunk or items:  # the tags go with the first batch
+                self.client.log_batch(self.run_id, metrics=chunk, tags=items)
+            items = []
         self.pending, self.last_flush = [], time.monotonic()
 
     def _finish(
@@ -867,18 +883,18 @@ class _Writer:
                 },
             )
         )
-        self._flush()
+        self._flush(tags)  # one write for the last metrics and the end's tags
+        files = dict(artifacts)
         if summary:
             summary = json_safe({**summary, "run_id": self.run_id})  # NaN is not JSON
-            text = json.dumps(summary, indent=2, allow_nan=False)
-            self.client.log_text(self.run_id, text, "summary.json")
-        for name, text in artifacts.items():
-            self.client.log_text(self.run_id, text, name)
-        if tags:
-            from mlflow.entities import RunTag
-
-            items = [RunTag(k, str(v)) for k, v in tags.items()]
-            self.client.log_batch(self.run_id, tags=items)
+            files["summary.json"] = json.dumps(summary, indent=2, allow_nan=False)
+        if files:  # one upload for all of them (the job waits for the end)
+            with tempfile.TemporaryDirectory(prefix="suite-artifacts-") as folder:
+                for name, text in files.items():
+                    path = Path(folder, name)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(text, encoding="utf-8")
+                self.client.log_artifacts(self.run_id, folder)
         if status != "FINISHED":  # failed and killed runs stand out by name in the run list
             name = _STATUS_SUFFIX.split(self.client.get_run(self.run_id).info.run_name or "")[0]
             self.client.update_run(self.run_id, name=f"{name} [{status.lower()}]")
