@@ -408,7 +408,11 @@ def _log_report(uri: str, parent: str | None, report: Any, profile: str) -> None
     try:
         client = open_client(uri)
         client.log_text(parent, "\n".join(rows) + "\n", "claims.csv")
-        client.log_artifacts(parent, str(report.out_dir), "report")
+        for name in ("README.md", "report.html"):
+            if (report.out_dir / name).is_file():
+                client.log_artifact(parent, str(report.out_dir / name), "report")
+        if (report.out_dir / "figures").is_dir():
+            client.log_artifacts(parent, str(report.out_dir / "figures"), "report/figures")
         client.set_tag(parent, "suite.claims_hold", str(report.all_hold(profile)).lower())
     except Exception as err:
         print(f"warning: could not log the report to MLflow parent run: {err}", file=sys.stderr)
