@@ -712,8 +712,7 @@ class _Writer:
             while not end:
                 item = self._next()
                 if item[0] == "open":
-                    self._open(*item[1:])
-                    self._send(("opened", self.run_id))
+                    self._open(*item[1:])  # says "opened" as soon as the run exists
                 elif item[0] == "metrics":
                     self.pending.append(item[1:])
                 elif item[0] == "metrics_end":
@@ -740,6 +739,8 @@ class _Writer:
         self._send(("ended", self.run_id, error))
 
     def _send(self, message: tuple) -> None:
+        if self.reply is None:  # record_run: the owner itself
+            return
         with contextlib.suppress(OSError):  # the owner may be gone
             self.reply.send(message)
 
@@ -796,6 +797,7 @@ class _Writer:
             name = client.get_run(run_id).info.run_name or ""
             client.update_run(run_id, status="RUNNING", name=_STATUS_SUFFIX.split(name)[0])
             self.run_id = run_id
+            self._send(("opened", self.run_id))
             for key, value in tags.items():
                 client.set_tag(run_id, key, value)
             self._watch_system(uri, resume=True)
@@ -804,6 +806,8 @@ class _Writer:
         self.run_id = client.create_run(
             exp_id, start_time=start_ms, run_name=run_name, tags=tags
         ).info.run_id
+        # the owner learns the id at once: if this process dies now, it ends this same run
+        self._send(("opened", self.run_id))
         self._watch_system(uri)
         items = [Param(k, str(v)) for k, v in sorted(params.items())]
         for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
