@@ -903,6 +903,9 @@ class _Writer:
             name = _STATUS_SUFFIX.split(self.client.get_run(self.run_id).info.run_name or "")[0]
             self.client.update_run(self.run_id, name=f"{name} [{status.lower()}]")
         self.client.set_terminated(self.run_id, status, end_time=end_ms)
+        if status == "FAILED":  # e.g. the job's driver was killed: end its parent run too
+            with contextlib.suppress(Exception):
+                end_orphaned_runs(self.client)
 
 
 _STATUS_SUFFIX = re.compile(r" \[(?:failed|killed)\]$")
