@@ -11,8 +11,8 @@ PROFILE ?= smoke
 # Every folder of reproduce/ is a paper with a `make reproduce-<paper>` target.
 PAPERS := $(patsubst reproduce/%/__init__.py,%,$(wildcard reproduce/*/__init__.py))
 
-.PHONY: install run job data test bench bench-baseline bench-compare ui lint format clean \
-	reproduce-all reproduce-smoke $(addprefix reproduce-,$(PAPERS))
+.PHONY: install run job data test bench bench-baseline bench-compare ui dashboard lint format \
+	clean reproduce-all reproduce-smoke reference-reports $(addprefix reproduce-,$(PAPERS))
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ install:
 	$(BIN)/pip install --quiet -e '.[dev]'
 
 # The main job: EventGraD's smoke reproduction on the embedded digits data (runs tracked in
-# ./mlflow.db, claims checked, report in reports/eventgrad/).
+# ./mlflow.db, claims checked, report in out/reports/eventgrad/; all of it git-ignored).
 run: reproduce-eventgrad
 
 # One 4-rank all-reduce SGD job on digits.
@@ -70,6 +70,17 @@ reproduce-smoke:
 	done; \
 	echo "store and reports in $$dir" >&2; exit $$status
 
+# The committed reports/<paper>/ folders, rebuilt from a clean tree only (each report then
+# names that tree's commit); runs of this commit already in the store are reused.
+reference-reports:
+	@if [ -n "$$(git status --porcelain)" ]; then \
+		echo "reference-reports: the tree has local changes; commit or stash them first" >&2; \
+		git status --short >&2; exit 1; fi
+	@for p in $(PAPERS); do \
+		$(BIN)/suite reproduce $$p --profile $(PROFILE) --out reports/$$p \
+			|| echo "reference-reports: $$p: some claims fail or runs failed (see its report)"; \
+	done
+
 test:
 	$(BIN)/pytest -q
 
@@ -105,6 +116,11 @@ bench-compare:
 ui:
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000
 
+# Optuna's dashboard on the sweeps' studies (optuna.db), on this machine only.
+OPTUNA_STORAGE ?= sqlite:///optuna.db
+dashboard:
+	$(BIN)/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port 8080
+
 lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -114,4 +130,4 @@ format:
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf .pytest_cache .ruff_cache .benchmarks
+	rm -rf .pytest_cache .ruff_cache .benchmarks out

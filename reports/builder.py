@@ -103,10 +103,12 @@ def build_report(
     *,
     experiment: str | None = None,
     mlflow_ui: str | None = None,
+    note: str = "",
 ) -> Report:
     """Rebuild ``out_dir`` (README.md, report.html, figures/) for ``paper`` from the store.
     ``mlflow_ui``: the MLflow UI that each results row links its runs to (default
-    ``$SUITE_MLFLOW_UI``, else ``DEFAULT_MLFLOW_UI``, where ``make ui`` serves it)."""
+    ``$SUITE_MLFLOW_UI``, else ``DEFAULT_MLFLOW_UI``, where ``make ui`` serves it); ``note``
+    (which runs were reused, from which code) goes into the header."""
     recipes = recipes_of(paper)  # an unknown paper raises ConfigError before anything is read
     for recipe in recipes:
         unknown = [name for name in recipe.figures if name not in FIGURES]
@@ -131,7 +133,7 @@ def build_report(
         doc = Doc(work / "figures")
         doc.dir.mkdir()
         replays = Replays(client, work / ".traces")  # downloads, removed before the swap
-        doc.md(header(paper, experiment, uri, len(runs)))
+        doc.md(header(paper, experiment, uri, len(runs), note))
         for recipe in recipes:
             doc.md(card(recipe))
             for profile in recipe.profiles:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from reports.frames import bytes_column, saved
 from suite.recipes import FAILS, HOLDS, UNTESTABLE, Recipe, Verdict
-from suite.tracking import git_state
+from suite.tracking import METRIC_CONVENTION, code_state, store_label
 
 
 def num(x: float | None) -> str:
@@ -228,13 +228,14 @@ def tally(verdicts: list[Verdict]) -> str:
     return f"{holds}, {fails}, {n[UNTESTABLE]} not testable"
 
 
-def header(paper: str, experiment: str, uri: str, runs: int) -> str:
-    sha, dirty = git_state()
+def header(paper: str, experiment: str, uri: str, runs: int, note: str = "") -> str:
+    sha, code = code_state()  # the suite's own sources: reports it wrote are not local changes
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (
         f"# Reproduction report: {paper}\n\nBuilt {stamp} from experiment `{experiment}` of "
-        f"the MLflow store `{uri}` ({runs} recipe runs), code {sha[:10]}"
-        f"{' with local changes' if dirty else ''}.\n\nClaims are checked on the mean over "
+        f"the MLflow store `{store_label(uri)}` ({runs} recipe runs), code {sha[:10]}"
+        f"{' with local changes' if code != sha else ''}.{' ' + note if note else ''}"
+        f"\n\n{METRIC_CONVENTION}\n\nClaims are checked on the mean over "
         "seeds of the finished runs: **holds** and **fails** are measured outcomes; *not "
         "testable* means the claim is not checked at that profile or a row it needs has no "
         "finished run; a claim on a row whose run diverged fails. *fails (known)* is a failure "

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import ctypes
 import difflib
+import hashlib
 import json
 import math
 import os
@@ -352,7 +353,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         tags = {"suite.resumed_from_step": str(resume.manifest["step"])}
         writer.open(uri, experiment, None, params={}, tags=tags, run_id=resume.run_id)
     elif writer is not None:
-        extra_tags = _parse_tags(args.tag)
+        where = "torchrun" if torchrun_rank is not None else "local"
+        extra_tags = _launch_tags(torchrun_rank)
+        extra_tags.update(_parse_tags(args.tag))
         if emulation is not None:
             extra_tags["suite.emulate"] = str(emulation.spec)
         if checkpoint is not None:
@@ -360,9 +363,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         writer.open(
             uri,
             experiment,
-            args.run_name or f"{args.target}-n{cfg.nproc}-s{cfg.seed}",
+            args.run_name or f"{args.target}-n{cfg.nproc}-s{cfg.seed}-{where}",
             params={**flatten(cfg), "target": args.target},
             tags=run_tags(args.target, paper, cfg.nproc, extra_tags),
+            dataset=_dataset_input(cfg),
         )
     job = Job(
         cfg, args.target, paper, writer.sink if writer else None, not args.quiet, prune, checkpoint
@@ -371,7 +375,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         if torchrun_rank is not None:
             launcher.init_from_env(args.hang_timeout)
-            result = run_worker(job)
+            try:
+                result = run_worker(job)
+            except BaseException:
+                launcher.publish_error(traceback.format_exc())  # for rank 0's error.txt
+                raise
         else:
             device = launcher.resolve_device(cfg.device, cfg.nproc)
             results = launcher.launch(
@@ -394,8 +402,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     except Diverged as err:  # this rank's own, under torchrun
         return _diverged(err, traceback.format_exc(), args, cfg, writer, start)
-    except BaseException:  # rank 0 under torchrun raised: the run fails with its traceback
-        _end_failed(writer, traceback.format_exc())
+    except BaseException:  # rank 0 under torchrun raised: the run fails with the tracebacks
+        if writer is not None:  # of the rank that failed first, then rank 0's own
+            error = launcher.peer_errors(traceback.format_exc())
+            _end_failed(writer, error, launcher.torchrun_hosts(wait=0.5))
         raise
     if result is None:  # a non-zero rank under torchrun
         return 0
@@ -404,7 +414,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if emulation is not None:
         summary.update(emulation.summary())
         summary.update(_emulated_model(summary, artifacts, emulation.spec))
-    failed = writer is not None and not _end_finished(writer, uri, summary, artifacts)
+    hosts = launcher.torchrun_hosts() if torchrun_rank is not None else {}
+    failed = writer is not None and not _end_finished(writer, uri, summary, artifacts, hosts)
     if checkpoint is not None and not failed:  # the run ended as it should: checkpoints spent
         from suite.checkpoint import remove
 
@@ -421,7 +432,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else 0
 
 
-def _end_finished(writer: Any, uri: str, summary: dict[str, Any], artifacts: Any) -> bool:
+def _launch_tags(torchrun_rank: int | None) -> dict[str, str]:
+    """Where the run's ranks ran: local (one host) or torchrun (nodes, rendezvous id ...)."""
+    if torchrun_rank is not None:
+        from suite.launcher import torchrun_tags
+
+        return torchrun_tags()
+    import socket
+
+    host = socket.gethostname()
+    return {"suite.launcher": "local", "suite.nodes": "1", "suite.hosts": host}
+
+
+def _dataset_input(cfg: RunConfig) -> dict[str, str]:
+    """The run's dataset for MLflow's inputs: its name, a digest of its config (name and
+    knobs: the same digest, the same data) and where it comes from."""
+    items = {k: v for k, v in flatten(cfg).items() if k == "dataset" or k.startswith("dataset.")}
+    digest = hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()
+    source = f"suite dataset {items['dataset']}" + (f" from {cfg.data_dir}" if cfg.data_dir else "")
+    return {"name": str(items["dataset"]), "digest": digest[:16], "source": source}
+
+
+def _end_finished(
+    writer: Any, uri: str, summary: dict[str, Any], artifacts: Any, tags: dict[str, str]
+) -> bool:
     """End the run with rank 0's summary (FINISHED, or KILLED when pruned); False if MLflow
     could not record it. Either way the summary is also kept in ``suite-summaries/`` next to
     the store, written before MLflow is asked and again with the run id."""
@@ -433,7 +467,7 @@ def _end_finished(writer: Any, uri: str, summary: dict[str, Any], artifacts: Any
     ok = True
     try:
         summary["run_id"] = writer.end(
-            "KILLED" if summary.get("pruned") else "FINISHED", summary, artifacts
+            "KILLED" if summary.get("pruned") else "FINISHED", summary, artifacts, tags=tags
         )
     except RuntimeError as err:
         _say(f"error: training finished but {err}")
@@ -777,6 +811,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         force=args.force,
         extra=args.set or (),
         out_dir=Path(args.out) if args.out else None,
+        reuse_any_code=args.reuse_any_code,
     )
 
 
@@ -970,12 +1005,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser(
         "reproduce",
-        help="run a paper's recipes, check its claims, write reports/PAPER/",
+        help="run a paper's recipes, check its claims, write out/reports/PAPER/",
         description="Run every recipe of PAPER (or the one PAPER/LABEL names) at a profile "
-        "(runs already FINISHED in MLflow with the same config are skipped), check every claim "
-        "and write the report. A recipe whose data is missing is reported before anything runs "
-        "and skipped. Exits 0 only if every claim checked at that profile holds or fails as a "
-        "known deviation, and no recipe was skipped.",
+        "(runs already FINISHED in MLflow with the same config and the same code are reused), "
+        "check every claim and write the report. A recipe whose data is missing is reported "
+        "before anything runs and skipped. Exits 0 only if every claim checked at that profile "
+        "holds or fails as a known deviation, and no recipe was skipped.",
     )
     rep.add_argument(
         "paper",
@@ -984,14 +1019,20 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--profile", choices=["smoke", "full"], default="smoke")
     rep.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the profile's)")
     rep.add_argument("--force", action="store_true", help="rerun runs that already finished")
-    rep.add_argument("--out", help="report directory (default reports/PAPER)")
+    rep.add_argument(
+        "--reuse-any-code",
+        action="store_true",
+        help="reuse finished runs made by other code too (by default only runs of this commit "
+        "and local changes are reused; the report says which were reused)",
+    )
+    rep.add_argument("--out", help="report directory (default out/reports/PAPER, git-ignored)")
     rep.add_argument("--tracking-uri", help="MLflow store (default as for `suite run`)")
     _add_config_args(rep)
     rep.set_defaults(func=cmd_reproduce)
 
-    report = sub.add_parser("report", help="rebuild reports/PAPER/ from the MLflow store alone")
+    report = sub.add_parser("report", help="rebuild out/reports/PAPER/ from the MLflow store alone")
     report.add_argument("paper")
-    report.add_argument("--out", help="report directory (default reports/PAPER)")
+    report.add_argument("--out", help="report directory (default out/reports/PAPER, git-ignored)")
     report.add_argument("--tracking-uri", help="MLflow store (default as for `suite run`)")
     report.add_argument("--experiment", help="MLflow experiment to read (default: the paper)")
     report.set_defaults(func=cmd_report)

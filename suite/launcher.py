@@ -267,6 +267,75 @@ def init_from_env(hang_timeout: float = HANG_TIMEOUT) -> None:
     else:
         torch.cuda.set_device(placement(int(os.environ["RANK"]), "cuda"))
     dist.init_process_group(backend_for(device), timeout=datetime.timedelta(seconds=hang_timeout))
+    with contextlib.suppress(Exception):  # the hosts are a record, not a need
+        _store().set(f"{_SHARED}/host/{dist.get_rank()}", socket.gethostname())
+
+
+# Under torchrun, ranks share what rank 0 records through the rendezvous store (torchrun's agent
+# holds it, so it outlives a crashed rank): each rank's host, and a failed rank's traceback.
+_SHARED = "suite"
+
+
+def _store() -> Any:
+    return dist.distributed_c10d._get_default_store()
+
+
+def torchrun_tags() -> dict[str, str]:
+    """Tags for a run under torchrun: nodes, rendezvous id, restarts (from torchrun's env)."""
+    env = os.environ
+    tags = {"suite.launcher": "torchrun"}
+    for tag, var in (
+        ("suite.nodes", "GROUP_WORLD_SIZE"),
+        ("suite.procs_per_node", "LOCAL_WORLD_SIZE"),
+        ("suite.rdzv_id", "TORCHELASTIC_RUN_ID"),
+        ("suite.master_addr", "MASTER_ADDR"),
+        ("suite.restart_count", "TORCHELASTIC_RESTART_COUNT"),
+    ):
+        if var in env:
+            tags[tag] = env[var]
+    return tags
+
+
+def torchrun_hosts(wait: float = 2.0) -> dict[str, str]:
+    """The ``suite.hosts`` tag: every rank's host, as the ranks told the store at start."""
+    try:
+        store, world = _store(), dist.get_world_size()
+        keys = [f"{_SHARED}/host/{r}" for r in range(world)]
+        store.wait(keys, datetime.timedelta(seconds=wait))
+        hosts = [store.get(k).decode() for k in keys]
+    except Exception:  # a rank that died before it said, or no store
+        return {}
+    return {"suite.hosts": ",".join(dict.fromkeys(hosts)), "suite.nodes_seen": str(len(set(hosts)))}
+
+
+def publish_error(text: str) -> None:
+    """Tell rank 0 why this rank failed, so the run's error.txt holds the failing rank's own
+    traceback, not rank 0's "Connection closed by peer" that followed it."""
+    with contextlib.suppress(Exception):
+        store = _store()
+        store.set(f"{_SHARED}/error/{dist.get_rank()}", f"{socket.gethostname()}\n{text}")
+
+
+def peer_errors(own: str, wait: float = 3.0) -> str:
+    """Rank 0's error text: the tracebacks other ranks published (waiting up to ``wait`` s for
+    the rank whose death broke rank 0's collective to say why), then rank 0's own."""
+    parts = []
+    try:
+        store, world = _store(), dist.get_world_size()
+        deadline = time.monotonic() + wait
+        while True:
+            found = [r for r in range(1, world) if store.check([f"{_SHARED}/error/{r}"])]
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        for r in found:
+            host, _, text = store.get(f"{_SHARED}/error/{r}").decode().partition("\n")
+            parts.append(f"rank {r} (host {host}) failed:\n{text}")
+    except Exception:  # the store went with the failure: rank 0's own error is all there is
+        pass
+    if not parts:
+        return own
+    return "\n".join(parts) + f"\nthen rank 0 ({socket.gethostname()}):\n{own}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,12 +7,18 @@ run starts; the other recipes run, and the command exits 1.
 
 Each run is its own ``suite run`` process (torch.distributed keeps global state, so repeated jobs
 in one process are fragile), tagged in MLflow with its recipe, row, profile and a hash of its
-resolved config. A run whose hash already has a FINISHED run in the store (or a run that
-diverged: the same config diverges again) is skipped unless ``--force``; one whose hash has a
-FAILED or KILLED run with a checkpoint is resumed from it (``suite resume``) rather than started
-again. A run that diverges is reported as such, its claims fail, and the other runs go on. Every
-row's config is resolved before anything starts, so a recipe naming an unknown algorithm or key
-fails at once (exit 2) with the valid choices.
+resolved config, and nested under one parent run per paper and profile (``mlflow.parentRunId``),
+which holds the claims table and the report. A run whose hash already has a FINISHED run in the
+store made by the same code (its ``suite.code`` fingerprint, see ``suite.tracking.code_state``),
+or a run that diverged (the same config diverges again), is reused unless ``--force``; runs of
+other code are rerun unless ``--reuse-any-code``, and what was reused, from which commits, is
+said and written into the report. One whose hash has a FAILED or KILLED run of the same code
+with a checkpoint is resumed from it (``suite resume``) rather than started again. Reports go to
+``out/reports/PAPER/`` (git-ignored) unless ``--out`` says otherwise, so the suite never dirties
+its own checkout; ``make reference-reports`` rebuilds the committed ones. A run that diverges
+is reported as such, its claims fail, and the other runs go on. Every row's config is resolved
+before anything starts, so a recipe naming an unknown algorithm or key fails at once (exit 2)
+with the valid choices.
 
 Stopping: an interrupted driver (Ctrl-C, SIGTERM, SIGHUP: the CLI sets :data:`STOP`) stops every
 child it is running, whichever thread started it: SIGTERM (the child stops its ranks and ends its
@@ -38,7 +44,7 @@ from suite.recipes import Recipe, Row, config_hash, recipes_of
 from suite.registry import UnknownNameError
 from suite.tasks.data import DataNotFoundError
 
-REPORTS_DIR = Path(__file__).resolve().parents[1] / "reports"
+REPORTS_DIR = Path("out") / "reports"  # in the working directory, next to ./mlflow.db
 STOP = threading.Event()  # set when the driver is interrupted: every run_job stops its child
 STOP_GRACE = 30.0  # seconds a stopped child gets to end its run before it is killed
 
@@ -204,23 +210,38 @@ def plan(
     return runs
 
 
-def finished_hashes(uri: str, experiment: str) -> set[str]:
-    """Config hashes with a FINISHED run in the store, or one that diverged (a result too:
-    the same config would diverge again)."""
+def finished_runs(uri: str, experiment: str, code: str | None) -> dict[str, str]:
+    """Config hash -> the code fingerprint of a FINISHED run in the store with that hash, or of
+    one that diverged (a result too: the same config would diverge again); only runs of code
+    ``code`` (all runs when None; runs stored before fingerprints count as code "unknown")."""
     from suite.tracking import open_client
 
     client = open_client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        return set()
+        return {}
     runs = []
     for where in ("attributes.status = 'FINISHED'", "tags.`suite.diverged` = 'true'"):
         runs += client.search_runs([exp.experiment_id], filter_string=where, max_results=50000)
-    return {r.data.tags["suite.config_hash"] for r in runs if "suite.config_hash" in r.data.tags}
+    found = {}
+    for r in runs:
+        key, made_by = (
+            r.data.tags.get("suite.config_hash"),
+            r.data.tags.get("suite.code", "unknown"),
+        )
+        if key is not None and (code is None or made_by == code):
+            found[key] = made_by
+    return found
 
 
-def resumable_runs(uri: str, experiment: str) -> dict[str, str]:
-    """Config hash -> id of a FAILED or KILLED run with a checkpoint to resume (the newest)."""
+def finished_hashes(uri: str, experiment: str, code: str | None = None) -> set[str]:
+    """Config hashes with a reusable run (:func:`finished_runs`)."""
+    return set(finished_runs(uri, experiment, code))
+
+
+def resumable_runs(uri: str, experiment: str, code: str | None = None) -> dict[str, str]:
+    """Config hash -> id of a FAILED or KILLED run with a checkpoint to resume (the newest),
+    made by code ``code`` (any when None)."""
     from suite.checkpoint import read_manifest
     from suite.tracking import open_client
 
@@ -241,9 +262,31 @@ def resumable_runs(uri: str, experiment: str) -> dict[str, str]:
             continue
         if r.data.tags.get("suite.diverged") == "true":
             continue  # it would diverge again
+        if code is not None and r.data.tags.get("suite.code", "unknown") != code:
+            continue  # other code: its checkpoint would mix two programs in one run
         if read_manifest(r.data.tags.get("suite.checkpoint_dir")) is not None:
             found[key] = r.info.run_id  # newer runs replace older ones
     return found
+
+
+def reuse_note(reused: Mapping[str, int], code: str, any_code: bool) -> str:
+    """What the report says about runs it did not run now: how many, from which code."""
+    if not reused:
+        return "Every run in this report was run by this code."
+    parts = [f"{n} by {'this code' if c == code else _short(c)}" for c, n in reused.items()]
+    text = f"{sum(reused.values())} run(s) reused from the store: " + ", ".join(parts) + "."
+    if any_code and any(c != code for c in reused):
+        text += (
+            " **Reused across code changes (`--reuse-any-code`)**: runs of other code are "
+            f"reported as if this code ({_short(code)}) had made them."
+        )
+    return text
+
+
+def _short(code: str) -> str:
+    """A fingerprint for people: the commit's first 10 hex digits, plus any changes' hash."""
+    sha, _, changes = code.partition("+")
+    return f"commit {sha[:10]}" + (f" with local changes {changes}" if changes else "")
 
 
 def reproduce(
@@ -255,82 +298,193 @@ def reproduce(
     force: bool = False,
     extra: Sequence[str] = (),
     out_dir: Path | None = None,
+    reuse_any_code: bool = False,
 ) -> int:
     """Run what is missing, check the claims, write the report; the exit code (0: every claim
     of ``target`` (``PAPER`` or ``PAPER/LABEL``) holds or fails as known, and no data is missing).
     """
+    from suite.tracking import code_state
+
     paper, recipes = select(target)
     runs = plan(target, profile, seeds, extra)
     missing = missing_data(recipes, profile, extra)
     for name, why in missing.items():  # once per recipe, before anything runs
         print(f"{name}: not run, its data is missing.\n{why}", file=sys.stderr)
     runs = [r for r in runs if r.recipe.name not in missing]
-    done = set() if force else finished_hashes(uri, paper)
+    _, code = code_state()
+    only = None if reuse_any_code else code
+    done = {} if force else finished_runs(uri, paper, only)
     todo = [r for r in runs if r.hash not in done]
-    resumable = {} if force else resumable_runs(uri, paper)
+    reused: dict[str, int] = {}
+    for r in runs:
+        if r.hash in done:
+            reused[done[r.hash]] = reused.get(done[r.hash], 0) + 1
+    resumable = {} if force else resumable_runs(uri, paper, only)
     resumes = sum(r.hash in resumable for r in todo)
     print(
         f"{paper} ({profile}): {len(runs)} runs in {len({r.recipe.name for r in runs})} "
-        f"recipe(s); {len(runs) - len(todo)} already finished in {uri}, {len(todo)} to run"
+        f"recipe(s); {len(runs) - len(todo)} reused from the store"
+        + (f" ({', '.join(f'{n} by {_short(c)}' for c, n in reused.items())})" if reused else "")
+        + f", {len(todo)} to run"
         + (f" ({resumes} resumed from a checkpoint)" if resumes else ""),
         file=sys.stderr,
     )
+    parent = _parent_run(uri, paper, profile, code)
     failed = 0
-    for i, run in enumerate(todo, 1):
-        label = f"[{i}/{len(todo)}] {run.recipe.key} | {run.row.label} | seed {run.seed}"
-        print(f"{label} ...", file=sys.stderr, flush=True)
-        start = time.perf_counter()
-        try:
-            if run.hash in resumable:
-                summary = resume_job(resumable[run.hash], uri=uri)
-            else:
-                summary = run_job(
-                    run.row.target,
-                    run.overrides,
-                    uri=uri,
-                    experiment=paper,
-                    tags=run.tags,
-                    run_name=f"{run.row.label} s{run.seed}",
-                )
-        except JobFailed as err:
-            failed += 1
-            if err.diverged:  # its claims fail in the report; the other rows still run
-                s = err.summary
-                print(
-                    f"{label} DIVERGED at step {s.get('diverged_step')} on rank "
-                    f"{s.get('diverged_rank')} (non-finite {s.get('diverged_what')})",
-                    file=sys.stderr,
-                )
-            else:
-                print(f"{label} FAILED\n{err}", file=sys.stderr)
-            continue
-        acc = summary.get("test_accuracy")
-        print(
-            f"{label}: accuracy {acc:.4f}, {summary.get('wire_bytes', math.nan) / 1e6:.2f} MB "
-            f"on the wire ({summary['bytes_sent'] / 1e6:.2f} MB payload), "
-            f"{time.perf_counter() - start:.1f} s",
-            file=sys.stderr,
-        )
-    from reports.builder import build_report
+    status = "FAILED"
+    try:
+        for i, run in enumerate(todo, 1):
+            if _run_one(i, len(todo), run, resumable, uri, paper, parent):
+                failed += 1
+        from reports.builder import build_report
 
-    report = build_report(paper, uri, out_dir or REPORTS_DIR / paper)
-    print(f"report: {report.out_dir / 'README.md'} (and report.html)", file=sys.stderr)
-    chosen = {r.name for r in recipes}
-    checked = {k: vs for k, vs in report.verdicts.items() if k[1] == profile and k[0] in chosen}
-    for (recipe, _), verdicts in sorted(checked.items()):
-        for v in verdicts:
-            measured = f" ({v.detail})" if v.mean is None else f" (measured {v.mean:.4g})"
-            print(f"  {v.label:>12}: {recipe}: {v.claim.describe()}{measured}")
-            if v.known is not None and (v.is_known_failure or v.is_unexpected_pass):
-                print(f"{'':>16}known deviation: {v.known.reason} ({v.known.evidence})")
-    if failed:
-        print(f"{failed} run(s) failed", file=sys.stderr)
-    if missing:
-        print(f"{len(missing)} recipe(s) not run, data missing: {', '.join(missing)}",
-              file=sys.stderr)  # fmt: skip
-    if failed or missing:
-        return 1
-    # as Report.all_hold, over the chosen recipes: some ran, none fails (known deviations aside)
-    return (
-        0 if checked and not any(v.counts_as_failure for vs in checked.values() for v in vs) else 1
+        note = reuse_note(reused, code, reuse_any_code)
+        report = build_report(paper, uri, out_dir or REPORTS_DIR / paper, note=note)
+        print(f"report: {report.out_dir / 'README.md'} (and report.html)", file=sys.stderr)
+        chosen = {r.name for r in recipes}
+        checked = {k: vs for k, vs in report.verdicts.items() if k[1] == profile and k[0] in chosen}
+        for (recipe, _), verdicts in sorted(checked.items()):
+            for v in verdicts:
+                measured = f" ({v.detail})" if v.mean is None else f" (measured {v.mean:.4g})"
+                print(f"  {v.label:>12}: {recipe}: {v.claim.describe()}{measured}")
+                if v.known is not None and (v.is_known_failure or v.is_unexpected_pass):
+                    print(f"{'':>16}known deviation: {v.known.reason} ({v.known.evidence})")
+        _log_report(uri, parent, report, profile)
+        if failed:
+            print(f"{failed} run(s) failed", file=sys.stderr)
+        if missing:
+            print(f"{len(missing)} recipe(s) not run, data missing: {', '.join(missing)}",
+                  file=sys.stderr)  # fmt: skip
+        status = "FINISHED"
+        if failed or missing:
+            return 1
+        # as Report.all_hold, over the chosen recipes: some ran, none fails (known aside)
+        hold = checked and not any(v.counts_as_failure for vs in checked.values() for v in vs)
+        return 0 if hold else 1
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        _end_parent(uri, parent, status)
+
+
+def _run_one(
+    i: int,
+    n: int,
+    run: PlannedRun,
+    resumable: Mapping[str, str],
+    uri: str,
+    paper: str,
+    parent: str | None,
+) -> bool:
+    """Run (or resume) one planned run, nested under ``parent``; True if it failed."""
+    label = f"[{i}/{n}] {run.recipe.key} | {run.row.label} | seed {run.seed}"
+    print(f"{label} ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    tags = run.tags if parent is None else {**run.tags, "mlflow.parentRunId": parent}
+    try:
+        if run.hash in resumable:
+            summary = resume_job(resumable[run.hash], uri=uri)
+        else:
+            summary = run_job(
+                run.row.target,
+                run.overrides,
+                uri=uri,
+                experiment=paper,
+                tags=tags,
+                run_name=f"{run.row.label} s{run.seed} local",
+            )
+    except JobFailed as err:
+        if err.diverged:  # its claims fail in the report; the other rows still run
+            s = err.summary
+            print(
+                f"{label} DIVERGED at step {s.get('diverged_step')} on rank "
+                f"{s.get('diverged_rank')} (non-finite {s.get('diverged_what')})",
+                file=sys.stderr,
+            )
+        else:
+            print(f"{label} FAILED\n{err}", file=sys.stderr)
+        return True
+    acc = summary.get("test_accuracy")
+    print(
+        f"{label}: accuracy {acc:.4f}, {summary.get('wire_bytes', math.nan) / 1e6:.2f} MB "
+        f"on the wire ({summary['bytes_sent'] / 1e6:.2f} MB payload), "
+        f"{time.perf_counter() - start:.1f} s",
+        file=sys.stderr,
     )
+    return False
+
+
+def _parent_run(uri: str, paper: str, profile: str, code: str) -> str | None:
+    """The MLflow parent run of ``paper`` at ``profile`` for this code: found again (set
+    RUNNING) or created. None, with a warning, if the store cannot take it (the runs go on)."""
+    from suite.tracking import ensure_experiment, open_client, owner_tags, source_tags
+
+    try:
+        client = open_client(uri)
+        exp_id = ensure_experiment(client, paper, uri)
+        owner = owner_tags([os.getpid()], heartbeat=False)
+        query = (
+            f"tags.`suite.kind` = 'reproduce' and tags.`suite.profile` = '{profile}' "
+            f"and tags.`suite.code` = '{code}'"
+        )
+        found = client.search_runs([exp_id], filter_string=query, max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            for key, value in owner.items():
+                client.set_tag(run_id, key, value)
+            client.update_run(run_id, status="RUNNING")
+            return run_id
+        tags = {
+            **source_tags(f"suite reproduce {paper}"),
+            **owner,
+            "suite.kind": "reproduce",
+            "suite.profile": profile,
+            "paper": paper,
+        }
+        name = f"{paper} {profile} reproduction"
+        return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+    except Exception as err:  # tracking trouble must not stop the reproduction
+        print(f"warning: no MLflow parent run for {paper}: {err}", file=sys.stderr)
+        return None
+
+
+def _log_report(uri: str, parent: str | None, report: Any, profile: str) -> None:
+    """The claims table (claims.csv) and the report (README.md, report.html, figures/) as
+    the parent run's artifacts: the figures sit with the runs they describe."""
+    if parent is None:
+        return
+    from suite.tracking import open_client
+
+    rows = ["recipe,profile,claim,verdict,measured,detail"]
+    for (recipe, prof), verdicts in sorted(report.verdicts.items()):
+        for v in verdicts:
+            cells = [recipe, prof, v.claim.describe(), v.label, v.mean, v.detail]
+            rows.append(",".join(_csv(c) for c in cells))
+    try:
+        client = open_client(uri)
+        client.log_text(parent, "\n".join(rows) + "\n", "claims.csv")
+        for name in ("README.md", "report.html"):
+            if (report.out_dir / name).is_file():
+                client.log_artifact(parent, str(report.out_dir / name), "report")
+        if (report.out_dir / "figures").is_dir():
+            client.log_artifacts(parent, str(report.out_dir / "figures"), "report/figures")
+        client.set_tag(parent, "suite.claims_hold", str(report.all_hold(profile)).lower())
+    except Exception as err:
+        print(f"warning: could not log the report to MLflow parent run: {err}", file=sys.stderr)
+
+
+def _csv(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+
+
+def _end_parent(uri: str, parent: str | None, status: str) -> None:
+    if parent is None:
+        return
+    from suite.tracking import open_client
+
+    try:
+        open_client(uri).set_terminated(parent, status)
+    except Exception as err:
+        print(f"warning: could not end MLflow parent run {parent}: {err}", file=sys.stderr)

@@ -32,6 +32,12 @@ A single-objective space prunes: rank 0 of the trial reports test accuracy to th
 evaluation (:class:`OptunaPruner`) and the whole job stops when Optuna's median pruner says so.
 Two objectives (accuracy, bytes) give a Pareto study; Optuna does not prune those.
 
+Optuna's conventions: the study names its objectives (``set_metric_names``: optuna-dashboard
+shows ``test_accuracy``, not "Objective 0"), each trial's user attribute ``mlflow_run_id`` names
+its MLflow run and the study's ``mlflow_parent_run_id`` its parent run. A trial that draws the
+parameters of a finished trial (small discrete spaces do) is not run again: it takes that trial's
+values (or is pruned like it), with user attribute ``duplicate_of`` (Optuna's FAQ way).
+
 A trial whose run diverges (non-finite loss or parameters; its MLflow run is FAILED with tag
 ``suite.diverged``) ends PRUNED, with user attribute ``diverged_step``: Optuna's TPE sampler then
 counts it among the worst trials and steers away from its settings, whereas it would ignore a
@@ -198,6 +204,9 @@ def sweep(
         load_if_exists=True,
         pruner=optuna.pruners.NopPruner() if multi else median_pruner(),
     )
+    with warnings.catch_warnings():  # ExperimentalWarning in some Optuna versions
+        warnings.simplefilter("ignore")
+        study.set_metric_names([metric for metric, _ in space.objectives])
     _fail_stale(study)
     finished = _count_finished(study)
     left = max(0, trials - finished)
@@ -206,11 +215,25 @@ def sweep(
         file=sys.stderr,
     )
     parent = _parent_run(uri, recipe, space_name, name, url)
+    study.set_user_attr("mlflow_parent_run_id", parent)
+    study.set_user_attr("mlflow_experiment", recipe.paper)
     client = open_client(uri)
     _close_runs(client, recipe.paper, name, _failed_numbers(study), FAILED_NOTE)
 
     def objective(trial: Any) -> float | tuple[float, ...]:
         chosen = list(space.suggest(trial))
+        twin = _finished_twin(study, trial)
+        if twin is not None:  # this configuration already ran: its result, not a new run
+            trial.set_user_attr("duplicate_of", twin.number)
+            trial.set_user_attr("mlflow_run_id", twin.user_attrs.get("mlflow_run_id"))
+            print(
+                f"trial {trial.number}: {dict(trial.params)} already ran as trial {twin.number}"
+                " (its result is reused, nothing is run)",
+                file=sys.stderr,
+            )
+            if twin.state != optuna.trial.TrialState.COMPLETE:
+                raise optuna.TrialPruned()
+            return tuple(twin.values) if multi else twin.values[0]
         overrides = recipe.overrides(row, profile, seed, [*extra, *chosen])
         cfg = recipe.resolve(row, profile, seed, [*extra, *chosen])
         tags = {
@@ -318,6 +341,17 @@ def sweep(
         _close_runs(client, recipe.paper, name, _failed_numbers(study), FAILED_NOTE)
         _summarise(client, parent, study, space, status)
     return 0
+
+
+def _finished_twin(study: Any, trial: Any) -> Any | None:
+    """The first finished (complete or pruned) trial of ``study`` with ``trial``'s parameters."""
+    from optuna.trial import TrialState
+
+    done = (TrialState.COMPLETE, TrialState.PRUNED)
+    for other in study.get_trials(deepcopy=False, states=done):
+        if other.number != trial.number and other.params == trial.params:
+            return other
+    return None
 
 
 def _storage(url: str, interval: int, grace: int, stale: _StaleTrial) -> Any:

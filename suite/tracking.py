@@ -29,20 +29,35 @@ transaction past MLflow's own 20 s wait) with backoff for up to ``LOCK_RETRY_SEC
 Finished runs' summaries are also kept in ``suite-summaries/RUN_ID.json`` next to the store
 (:func:`keep_summary`), and artifacts go to ``mlartifacts/`` next to a SQLite store, not to
 ``./mlruns`` of whatever directory the command ran in (:func:`ensure_experiment`).
+
+MLflow's own conventions: runs carry the standard source tags (``mlflow.source.git.commit``,
+``mlflow.source.name``, ``mlflow.user``) and ``suite.code``, the fingerprint of the code that
+produced them (:func:`code_state`: the commit, plus a hash of the local changes to the suite's
+own sources if any), which ``suite reproduce`` matches before it reuses a run. A run's start
+time is when its command started (the owner stamps it; the writer creates the run later, once
+MLflow is imported) and its end time when the job ended, so MLflow's duration is the job's.
+The writer records system metrics (MLflow's ``SystemMetricsMonitor``; needs psutil; off with
+``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false``) and the dataset as the run's input. A run that
+does not finish is renamed with its status (``... [failed]``), so failed runs stand out by name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import getpass
+import hashlib
 import json
 import logging
 import multiprocessing as mp
 import os
 import platform
 import queue
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -61,6 +76,22 @@ LOCK_RETRY_SECONDS = 60.0  # how long MLflow calls retry "database is locked"
 HEARTBEAT_SECONDS = 30.0  # the writer refreshes the run's suite.heartbeat tag this often
 STALE_SECONDS = 600.0  # a run of another host whose heartbeat is older than this is orphaned
 SUMMARY_DIR = "suite-summaries"  # next to the store: every finished run's summary, as JSON
+# What a run's code fingerprint covers: the suite's own sources (not reports it wrote, not docs).
+CODE_PATHS = ("suite", "baselines", "reproduce", "reports/*.py", "pyproject.toml")
+SYSTEM_METRICS_SECONDS = 2.0  # system metrics sampling (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL)
+
+
+# How metric names say their unit and how they combine the ranks (README, and every report).
+METRIC_CONVENTION = (
+    "Metric names: `*bytes*` are bytes, `*seconds*` seconds, `messages` a count, accuracies a "
+    "fraction in [0, 1]. Byte and message counts (`bytes_sent`, `bytes_recv`, `wire_bytes`, "
+    "`messages`, per step and `final.*`) are summed over all ranks; a `_max` suffix is the "
+    "busiest rank (`link_*_max`: the busiest link); `compute_seconds` and `comm_seconds` are "
+    "means over ranks, other per-step values (`train_loss`, `lr`, ...) means over ranks too "
+    "(`step_seconds_max`: the slowest rank); `train_seconds` and `wall_seconds` are the job's "
+    "wall clock on rank 0; `_rank_mean`/`_rank_min`/`_rank_max` spread over ranks' own models. "
+    "`final.*` holds each run's summary; `system/*` are MLflow's system metrics."
+)
 
 
 def tracking_uri(explicit: str | None = None) -> str:
@@ -106,6 +137,50 @@ def git_state(root: Path = PROJECT_ROOT) -> tuple[str, bool | None]:
         return "unknown", None
 
 
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
+
+
+@functools.lru_cache(maxsize=4)
+def code_state(root: Path = PROJECT_ROOT) -> tuple[str, str]:
+    """(commit sha, code fingerprint) of the checkout the suite runs from.
+
+    The fingerprint is the commit when the suite's own sources (:data:`CODE_PATHS`) are as
+    committed, else ``SHA+HASH`` with a hash of their local changes, so two runs share it only if
+    they ran the same code. ("unknown", "unknown") outside a git checkout."""
+    try:
+        sha = _git(root, "rev-parse", "HEAD").strip()
+        changed = _git(root, "status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS)
+        if not changed.strip():
+            return sha, sha
+        digest = hashlib.sha256(_git(root, "diff", "HEAD", "--", *CODE_PATHS).encode())
+        for line in sorted(changed.splitlines()):  # new files: their names and contents
+            if line.startswith("??"):
+                path = root / line[3:].strip()
+                digest.update(line.encode())
+                with contextlib.suppress(OSError):
+                    digest.update(path.read_bytes())
+        return sha, f"{sha}+{digest.hexdigest()[:12]}"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", "unknown"
+
+
+def store_label(uri: str) -> str:
+    """How a report names its store: relative to the working directory when it lies below it,
+    else by its file name (never a machine's absolute path: reports are committed)."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :])
+        with contextlib.suppress(ValueError):
+            return f"sqlite:///{path.resolve().relative_to(Path.cwd().resolve())}"
+        return f"sqlite:///.../{path.name}"
+    parsed = urlparse(uri)
+    if parsed.password:  # a database URL: never its password
+        return uri.replace(f":{parsed.password}@", ":***@")
+    return uri
+
+
 def hardware() -> str:
     """One line naming the machine: CPU model and count, and GPUs if any."""
     cpu = platform.processor() or platform.machine()
@@ -129,19 +204,49 @@ def hardware() -> str:
 def run_tags(
     target: str, paper: str, world_size: int, extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
+    """The run's tags known to its owner; the writer adds the code's (:func:`code_tags`), off
+    the job's critical path."""
     import torch
 
-    sha, dirty = git_state()
     return {
         "target": target,
         "paper": paper,
-        "git_sha": sha,
-        "git_dirty": str(dirty).lower() if dirty is not None else "unknown",
         "torch_version": torch.__version__,
         "hardware": hardware(),
         "world_size": str(world_size),
         **(extra or {}),
     }
+
+
+def code_tags(target: str) -> dict[str, str]:
+    """The git tags of the checkout that runs ``target`` (:func:`source_tags` and the commit
+    and dirty flag of the whole tree)."""
+    sha, dirty = git_state()
+    return {
+        "git_sha": sha,
+        "git_dirty": str(dirty).lower() if dirty is not None else "unknown",
+        **source_tags(f"suite run {target}"),
+    }
+
+
+def source_tags(command: str) -> dict[str, str]:
+    """MLflow's own source tags (the UI's Source, commit and user columns) and ``suite.code``,
+    the fingerprint of the code that ran (:func:`code_state`)."""
+    sha, code = code_state()
+    return {
+        "suite.code": code,
+        "mlflow.source.git.commit": sha,
+        "mlflow.source.name": command,
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": _user(),
+    }
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return "unknown"
 
 
 def quiet_mlflow() -> None:
@@ -410,9 +515,11 @@ class RunWriter:
         self._ended: tuple | None = None  # the writer's final reply: (run_id, error)
         self._dead = False  # the control pipe is closed: the writer is gone
         self._reopened: str | None = None  # the existing run open() was asked to continue
+        self._start_ms: int | None = None  # when the job started: the run's start time
         self.run_id: str | None = None
 
     def start(self) -> RunWriter:
+        self._start_ms = int(time.time() * 1000)
         fds = tuple(end.fileno() for end in self._child_ends)
         self._process = subprocess.Popen(self._args, pass_fds=fds, stdin=subprocess.DEVNULL)
         for end in self._child_ends:
@@ -427,14 +534,18 @@ class RunWriter:
         params: Mapping[str, Any],
         tags: Mapping[str, str],
         run_id: str | None = None,
+        dataset: Mapping[str, str] | None = None,
     ) -> None:
-        """Create the run (in the writer, asynchronously; its id comes back by ``run_id``);
-        with ``run_id``, reopen that existing run instead (``suite resume``: it is set RUNNING
-        again, and ``params`` are not logged again), so what follows lands in it."""
+        """Create the run (in the writer, asynchronously; its id comes back by ``run_id``),
+        started when :meth:`start` was called, with ``dataset`` (name, digest, source) as its
+        input; with ``run_id``, reopen that existing run instead (``suite resume``: it is set
+        RUNNING again, and ``params`` are not logged again), so what follows lands in it."""
         self._opened = (uri, experiment, run_name, dict(params), dict(tags))
         self._reopened = run_id
+        self._dataset = dict(dataset) if dataset else None
+        message = ("open", *self._opened, run_id, self._start_ms, self._dataset)
         with contextlib.suppress(OSError):  # a dead writer: end() records the run itself
-            self._control.send(("open", *self._opened, run_id))
+            self._control.send(message)
 
     def discard(self) -> None:
         """Stop a writer that was never given a run to open (the job did not start)."""
@@ -471,8 +582,9 @@ class RunWriter:
         failed, the run is recorded from this process instead (:func:`record_run`);
         RuntimeError if that fails too."""
         summary, artifacts = dict(summary or {}), dict(artifacts or {})
+        end_ms = int(time.time() * 1000)  # the job's end, not when MLflow is done writing
         with contextlib.suppress(OSError):
-            self._control.send(("end", status, summary, artifacts, dict(tags or {})))
+            self._control.send(("end", status, summary, artifacts, dict(tags or {}), end_ms))
         deadline = time.monotonic() + timeout
         while self._ended is None and not self._dead and time.monotonic() < deadline:
             self.poll(min(1.0, max(0.0, deadline - time.monotonic())))
@@ -500,7 +612,14 @@ class RunWriter:
         try:
             known = self.run_id or self._reopened
             self.run_id = record_run(
-                *self._opened, known, status, summary, artifacts, dict(tags or {})
+                *self._opened,
+                known,
+                status,
+                summary,
+                artifacts,
+                dict(tags or {}),
+                start_ms=self._start_ms,
+                end_ms=end_ms,
             )
         except Exception as err:
             raise RuntimeError(
@@ -528,16 +647,19 @@ def record_run(
     summary: Mapping[str, Any],
     artifacts: Mapping[str, str],
     end_tags: Mapping[str, str] | None = None,
+    *,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
 ) -> str:
     """What the writer does at the end, done in this process (the writer died): create the
     run if it never was, then final metrics, ``summary.json``, artifacts and ``status``."""
     writer = _Writer(queue.Queue(), os.getpid(), 0.0, None)
     if run_id is None:
-        writer._open(uri, experiment, run_name, dict(params), dict(tags))
+        writer._open(uri, experiment, run_name, dict(params), dict(tags), None, start_ms)
     else:
         writer.client, writer.run_id = open_client(uri), run_id
     writer.client.set_tag(writer.run_id, "suite.recorded_by", "owner (the MLflow writer died)")
-    writer._finish(status, dict(summary), dict(artifacts), dict(end_tags or {}))
+    writer._finish(status, dict(summary), dict(artifacts), dict(end_tags or {}), end_ms)
     return writer.run_id
 
 
@@ -577,6 +699,7 @@ class _Writer:
         self.last_flush = time.monotonic()
         self.last_beat = time.monotonic()
         self.metrics_done = False
+        self.monitor: Any = None  # MLflow's system metrics monitor, while the run is open
 
     def serve(self) -> None:
         quiet_mlflow()  # the slow imports, overlapped with the job's own start-up
@@ -589,8 +712,7 @@ class _Writer:
             while not end:
                 item = self._next()
                 if item[0] == "open":
-                    self._open(*item[1:])
-                    self._send(("opened", self.run_id))
+                    self._open(*item[1:])  # says "opened" as soon as the run exists
                 elif item[0] == "metrics":
                     self.pending.append(item[1:])
                 elif item[0] == "metrics_end":
@@ -606,9 +728,9 @@ class _Writer:
                     or time.monotonic() - self.last_flush >= self.flush_seconds
                 ):
                     self._flush()
-            _, status, summary, artifacts, tags = end
+            _, status, summary, artifacts, tags, *end_ms = end
             if self.client is not None:
-                self._finish(status, summary, artifacts, tags)
+                self._finish(status, summary, artifacts, tags, *end_ms)
         except BaseException as err:  # report it, and never leave the run RUNNING
             error = f"{type(err).__name__}: {err}"
             if self.client is not None and self.run_id is not None:
@@ -617,6 +739,8 @@ class _Writer:
         self._send(("ended", self.run_id, error))
 
     def _send(self, message: tuple) -> None:
+        if self.reply is None:  # record_run: the owner itself
+            return
         with contextlib.suppress(OSError):  # the owner may be gone
             self.reply.send(message)
 
@@ -660,36 +784,94 @@ class _Writer:
         params: dict,
         tags: dict,
         run_id: str | None = None,
+        start_ms: int | None = None,
+        dataset: dict | None = None,
     ) -> None:
         from mlflow.entities import Param
 
         self.client = client = open_client(uri)
         tags = {**tags, **owner_tags([self.owner, os.getpid()])}
+        if "target" in tags and run_id is None:  # a `suite run` job: where its code came from
+            tags = {**code_tags(tags["target"]), **tags}
         if run_id is not None:  # reopen (suite resume): now owned by this job
-            client.update_run(run_id, status="RUNNING")
+            name = client.get_run(run_id).info.run_name or ""
+            client.update_run(run_id, status="RUNNING", name=_STATUS_SUFFIX.split(name)[0])
             self.run_id = run_id
+            self._send(("opened", self.run_id))
             for key, value in tags.items():
                 client.set_tag(run_id, key, value)
+            self._watch_system(uri, resume=True)
             return
         exp_id = ensure_experiment(client, experiment, uri)
-        self.run_id = client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+        self.run_id = client.create_run(
+            exp_id, start_time=start_ms, run_name=run_name, tags=tags
+        ).info.run_id
+        # the owner learns the id at once: if this process dies now, it ends this same run
+        self._send(("opened", self.run_id))
+        self._watch_system(uri)
         items = [Param(k, str(v)) for k, v in sorted(params.items())]
         for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
             client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS_PER_BATCH])
+        if dataset:
+            self._log_dataset(dataset)
 
-    def _flush(self) -> None:
-        from mlflow.entities import Metric
+    def _watch_system(self, uri: str, resume: bool = False) -> None:
+        """MLflow's system metrics (CPU, memory, disk, network; GPU with pynvml) for the run,
+        sampled by a thread of this process, unless psutil is missing or the user turned them
+        off with MLflow's own MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false."""
+        if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() in ("false", "0"):
+            return
+        try:
+            import psutil  # noqa: F401
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+            self.monitor = SystemMetricsMonitor(
+                self.run_id,
+                sampling_interval=SYSTEM_METRICS_SECONDS,
+                resume_logging=resume,
+                tracking_uri=uri,
+            )
+            self.monitor.start()
+        except Exception:  # no psutil, or MLflow without the monitor: the run goes on without
+            self.monitor = None
+
+    def _log_dataset(self, dataset: dict) -> None:
+        """The run's training data as an MLflow dataset input (name, digest, source)."""
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        meta = MetaDataset(
+            CodeDatasetSource({"source": dataset.get("source", "")}),
+            name=dataset["name"],
+            digest=dataset["digest"],
+        )
+        context = InputTag("mlflow.data.context", "train")
+        self.client.log_inputs(self.run_id, [DatasetInput(meta._to_mlflow_entity(), [context])])
+
+    def _flush(self, tags: Mapping[str, str] | None = None) -> None:
+        from mlflow.entities import Metric, RunTag
 
         rows = [
             Metric(k, float(v), stamp, step)
             for step, stamp, values in self.pending
             for k, v in values.items()
         ]
-        for i in range(0, len(rows), _MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=rows[i : i + _MAX_METRICS_PER_BATCH])
+        items = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        for i in range(0, max(len(rows), 1), _MAX_METRICS_PER_BATCH):
+            chunk = rows[i : i + _MAX_METRICS_PER_BATCH]
+            if chunk or items:  # the tags go with the first batch
+                self.client.log_batch(self.run_id, metrics=chunk, tags=items)
+            items = []
         self.pending, self.last_flush = [], time.monotonic()
 
-    def _finish(self, status: str, summary: dict, artifacts: dict, tags: dict) -> None:
+    def _finish(
+        self, status: str, summary: dict, artifacts: dict, tags: dict, end_ms: int | None = None
+    ) -> None:
+        if self.monitor is not None:
+            with contextlib.suppress(Exception):  # system metrics must not fail the run
+                self.monitor.finish()
         # The summary's numbers also go in as final.* metrics: reports and run comparisons
         # then come straight from MLflow's run table.
         step = int(summary.get("steps", 0) or 0)
@@ -705,19 +887,28 @@ class _Writer:
                 },
             )
         )
-        self._flush()
+        self._flush(tags)  # one write for the last metrics and the end's tags
+        files = dict(artifacts)
         if summary:
             summary = json_safe({**summary, "run_id": self.run_id})  # NaN is not JSON
-            text = json.dumps(summary, indent=2, allow_nan=False)
-            self.client.log_text(self.run_id, text, "summary.json")
-        for name, text in artifacts.items():
-            self.client.log_text(self.run_id, text, name)
-        if tags:
-            from mlflow.entities import RunTag
+            files["summary.json"] = json.dumps(summary, indent=2, allow_nan=False)
+        if files:  # one upload for all of them (the job waits for the end)
+            with tempfile.TemporaryDirectory(prefix="suite-artifacts-") as folder:
+                for name, text in files.items():
+                    path = Path(folder, name)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(text, encoding="utf-8")
+                self.client.log_artifacts(self.run_id, folder)
+        if status != "FINISHED":  # failed and killed runs stand out by name in the run list
+            name = _STATUS_SUFFIX.split(self.client.get_run(self.run_id).info.run_name or "")[0]
+            self.client.update_run(self.run_id, name=f"{name} [{status.lower()}]")
+        self.client.set_terminated(self.run_id, status, end_time=end_ms)
+        if status == "FAILED":  # e.g. the job's driver was killed: end its parent run too
+            with contextlib.suppress(Exception):
+                end_orphaned_runs(self.client)
 
-            items = [RunTag(k, str(v)) for k, v in tags.items()]
-            self.client.log_batch(self.run_id, tags=items)
-        self.client.set_terminated(self.run_id, status)
+
+_STATUS_SUFFIX = re.compile(r" \[(?:failed|killed)\]$")
 
 
 if __name__ == "__main__":  # the writer process: python -m suite.tracking CONTROL METRICS OWNER S

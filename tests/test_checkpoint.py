@@ -401,15 +401,17 @@ def test_reproduce_resumes_a_failed_run_with_a_checkpoint(
     store: tuple[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from suite import reproduce as rep
+    from suite.tracking import code_state
 
     uri, client = store
     planned = rep.plan("baseline", "smoke", [0], ())[0]
     folder = tmp_path / "ck"
     folder.mkdir()
     ckpt.write_manifest(folder, {"step": 3})
-    gone = {**planned.tags, "suite.checkpoint_dir": str(tmp_path / "gone")}
+    code = {"suite.code": code_state()[1]}  # runs of other code are not resumed
+    gone = {**planned.tags, **code, "suite.checkpoint_dir": str(tmp_path / "gone")}
     _make_run(client, "FAILED", "baseline", **gone)  # its checkpoint folder is gone
-    tags = {**planned.tags, "suite.checkpoint_dir": str(folder)}
+    tags = {**planned.tags, **code, "suite.checkpoint_dir": str(folder)}
     failed = _make_run(client, "FAILED", "baseline", **tags)
     diverged = _make_run(client, "FAILED", "baseline", **tags, **{"suite.diverged": "true"})
     for bare in ("FAILED", "KILLED"):

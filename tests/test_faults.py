@@ -314,16 +314,17 @@ DRIVER_FAULTS = {
 def test_driver_fault_matrix(tmp_path: Path, fault: str) -> None:
     args, sig, jobs, expected_code = DRIVER_FAULTS[fault]
     proc = _start(args, tmp_path)
-    study = 1 if args[0] == "sweep" else 0  # the sweep's parent run is RUNNING too
-    _running(tmp_path, jobs + study, limit=120)
+    # the sweep's and the reproduction's parent run is RUNNING too
+    _running(tmp_path, jobs + 1, limit=120)
     time.sleep(1.0)
     proc.send_signal(sig)
     assert _finish(proc, tmp_path) == expected_code
     _assert_nothing_left(tmp_path)
     runs = _runs(tmp_path)
-    parents = [r for r in runs if _tags(tmp_path, r).get("suite.kind") == "study"]
-    if study:
-        assert len(parents) == 1 and runs[parents[0]] == "KILLED"
+    kinds = ("study", "reproduce")
+    parents = [r for r in runs if _tags(tmp_path, r).get("suite.kind") in kinds]
+    # ended by its driver (KILLED), or by its last child after a kill -9 (FAILED, orphaned)
+    assert len(parents) == 1 and runs[parents[0]] == ("FAILED" if expected_code == -9 else "KILLED")
     jobs_ended = [s for r, s in runs.items() if r not in parents]
     assert len(jobs_ended) >= jobs and set(jobs_ended) == {"FAILED"}
 

@@ -1,0 +1,201 @@
+"""Provenance (issue 15): runs tied to their code, MLflow's and Optuna's own conventions, and a
+suite that never dirties its own checkout.
+
+The reproduce test works in a fresh `git clone` of this repository's HEAD (commit first: work not
+committed is not in the clone), with one tiny paper added and committed there (one row, 2 ranks,
+10 steps), so each reproduction runs a single short job.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import ROOT, suite_cmd
+from mlflow.tracking import MlflowClient
+
+TINY = '''
+"""A one-row recipe for tests/test_provenance.py."""
+from suite.recipes import Claim, Profile, Recipe, Row, register
+
+register(
+    Recipe(
+        paper="tiny",
+        key="T1",
+        title="one all-reduce SGD job",
+        rows=(Row("All-reduce SGD", "allreduce_sgd"),),
+        claims=(Claim("test_accuracy", "All-reduce SGD", ">=", value=0.0, source="test"),),
+        profiles={
+            "smoke": Profile(
+                ("nproc=2", "steps=10", "eval_every=5", "eval_per_rank=false"), seeds=(0,)
+            )
+        },
+    )
+)
+'''
+
+
+def _git(cwd: Path, *args: str) -> str:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def _reproduce(clone: Path) -> subprocess.CompletedProcess[str]:
+    """`suite reproduce tiny` as a user in the clone runs it: default store and report folder,
+    the clone's own code (PYTHONPATH)."""
+    env = {"PYTHONPATH": os.pathsep.join([str(clone), os.environ.get("PYTHONPATH", "")])}
+    return suite_cmd("reproduce", "tiny", cwd=clone, env=env, timeout=300)
+
+
+def test_reproduce_leaves_a_clean_clone_and_reuses_only_runs_of_the_same_code(
+    tmp_path: Path,
+) -> None:
+    clone = tmp_path / "clone"
+    _git(tmp_path, "clone", "--quiet", str(ROOT), str(clone))
+    (clone / "reproduce" / "tiny").mkdir()
+    (clone / "reproduce" / "tiny" / "__init__.py").write_text(textwrap.dedent(TINY))
+    _git(clone, "add", "reproduce/tiny")
+    _git(clone, "commit", "--quiet", "-m", "a tiny paper")
+    head = _git(clone, "rev-parse", "HEAD").strip()
+
+    first = _reproduce(clone)
+    assert first.returncode == 0, first.stderr
+    # the suite wrote its store, summaries and report, and the checkout is still clean
+    assert _git(clone, "status", "--porcelain") == ""
+    assert (clone / "out" / "reports" / "tiny" / "README.md").is_file()
+
+    client = MlflowClient(f"sqlite:///{clone / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny").experiment_id
+    rows = client.search_runs([exp], "tags.`suite.recipe` = 'tiny/t1'")
+    assert len(rows) == 1
+    run = rows[0]
+    assert run.data.tags["mlflow.source.git.commit"] == head
+    assert run.data.tags["suite.code"] == head
+    assert "mlflow.user" in run.data.tags and "mlflow.source.name" in run.data.tags
+    # MLflow's duration covers the training, at least
+    duration = (run.info.end_time - run.info.start_time) / 1000
+    assert duration >= run.data.metrics["final.train_seconds"]
+    # nested under the paper's parent run, which holds the claims and the report
+    parent = run.data.tags["mlflow.parentRunId"]
+    artifacts = {a.path for a in client.list_artifacts(parent)}
+    assert {"claims.csv", "report"} <= artifacts
+    report = (clone / "out" / "reports" / "tiny" / "README.md").read_text()
+    assert str(tmp_path) not in report  # no machine path in a report
+
+    # same code: the run is reused, and the report says so
+    again = _reproduce(clone)
+    assert again.returncode == 0, again.stderr
+    assert "1 reused from the store (1 by commit " + head[:10] in again.stderr
+    assert "0 to run" in again.stderr
+
+    # a commit that touches suite/: the old run is not reused, the job runs again
+    with (clone / "suite" / "__init__.py").open("a") as f:
+        f.write("# a code change\n")
+    _git(clone, "commit", "--quiet", "-am", "touch suite/")
+    changed = _reproduce(clone)
+    assert changed.returncode == 0, changed.stderr
+    assert "0 reused from the store, 1 to run" in changed.stderr
+    rows = client.search_runs([exp], "tags.`suite.recipe` = 'tiny/t1'")
+    new_head = _git(clone, "rev-parse", "HEAD").strip()
+    assert sorted(r.data.tags["suite.code"] for r in rows) == sorted([head, new_head])
+    assert _git(clone, "status", "--porcelain") == ""
+
+
+def test_a_study_names_its_objectives_links_mlflow_and_never_reruns_a_configuration(
+    tmp_path: Path,
+) -> None:
+    """A trial that draws a finished trial's parameters takes its result without a job."""
+    name = "baseline/periods:lr:smoke"
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    lr = optuna.distributions.FloatDistribution(0.005, 0.5, log=True)
+    done = optuna.trial.create_trial(
+        params={"lr": 0.1}, distributions={"lr": lr}, value=0.75, user_attrs={"mlflow_run_id": "x"}
+    )
+    study.add_trial(done)
+    study.enqueue_trial({"lr": 0.1})  # the next trial draws the same configuration
+    args = ["sweep", "baseline/periods", "--space", "lr", "--trials", "2"]
+    proc = suite_cmd(*args, "--set", "nproc=2", "--set", "steps=10", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert study.metric_names == ["test_accuracy"]
+    trials = study.get_trials()
+    assert len(trials) == 2
+    twin = trials[1]
+    assert twin.state == optuna.trial.TrialState.COMPLETE and twin.value == 0.75
+    assert twin.user_attrs["duplicate_of"] == 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("baseline").experiment_id
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    assert client.get_run(parent).data.tags["suite.kind"] == "study"
+    jobs = client.search_runs([exp], "tags.`suite.study` = 'baseline/periods:lr:smoke'")
+    assert [r.info.run_id for r in jobs] == [parent]  # no job ran for the duplicate
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(400)
+def test_a_crashed_rank_under_torchrun_leaves_its_own_traceback(tmp_path: Path) -> None:
+    """Two local nodes (two torchrun agents, one rank each) meet on a c10d rendezvous; rank 1
+    crashes. Its traceback reaches torchrun's failure summary and the run's error.txt."""
+    port = _free_port()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    crash = ["--set", "fault.kind=crash", "--set", "fault.rank=1", "--set", "fault.step=5"]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "job7",
+        "-m", "suite", "run", "allreduce_sgd", "--steps", "200", "--quiet", *crash,
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
+    nodes = [
+        subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert all(node.returncode != 0 for node in nodes)
+    summaries = "\n".join(err for _, err in outputs)
+    # torchrun's summary shows the failing rank's own traceback, not "error_file: <N/A>"
+    assert "injected fault: rank 1 crashes at step 5" in summaries.split("Root Cause")[-1]
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("baseline").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.info.run_name.endswith("-torchrun [failed]")
+    tags = run.data.tags
+    assert tags["suite.launcher"] == "torchrun" and tags["suite.nodes"] == "2"
+    assert tags["suite.rdzv_id"] == "job7" and tags["suite.hosts"]
+    error = Path(client.download_artifacts(run.info.run_id, "error.txt", str(tmp_path)))
+    text = error.read_text()
+    assert text.startswith("rank 1 ")
+    assert "injected fault: rank 1 crashes at step 5" in text
+
+
+def test_a_failed_local_run_is_named_so(tmp_path: Path) -> None:
+    crash = ["--set", "fault.kind=crash", "--set", "fault.rank=1", "--set", "fault.step=3"]
+    proc = suite_cmd("run", "allreduce_sgd", "--nproc", "2", "--steps", "50", *crash, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("baseline").experiment_id])
+    assert run.info.run_name == "allreduce_sgd-n2-s0-local [failed]"
+    assert run.data.tags["suite.launcher"] == "local"
