@@ -20,7 +20,9 @@ it with the run as ``trace.npz.b64`` and replays it on the config's ``network``
 
 Evaluation (every ``eval_every`` steps and at the end) measures the averaged model (the mean of
 all ranks' parameters and buffers, each rank scoring an exact share of the test set) and, with
-``eval_per_rank``, each rank's own model on the whole test set. Both are harness traffic.
+``eval_per_rank``, each rank's own model on the whole test set (the summary keeps their mean,
+min and max, and ranks 0 and N/2 by name: ``test_accuracy_rank0``, ``test_accuracy_rank_half``).
+Both are harness traffic.
 
 With ``Job.checkpoint``, every rank saves its whole state at the end of a step every so often
 (:mod:`suite.checkpoint`), after its rows are flushed to rank 0; a job built with
@@ -599,6 +601,9 @@ class Trainer:
                     metrics["test_accuracy_rank_mean"] = float(accs.mean())
                     metrics["test_accuracy_rank_min"] = float(accs.min())
                     metrics["test_accuracy_rank_max"] = float(accs.max())
+                    # the local models the Crossover-SGD authors score: ranks 0 and N/2
+                    metrics["test_accuracy_rank0"] = float(accs[0])
+                    metrics["test_accuracy_rank_half"] = float(accs[self.world // 2])
         self.last_eval = metrics
         return metrics
 
@@ -694,8 +699,8 @@ class Trainer:
         summary.update(self._network_figures(merged))
         summary.update(totals)
         summary.update(self.algorithm.derived(totals) if totals else {})
-        for key in ("test_accuracy_rank_mean", "test_accuracy_rank_min", "test_accuracy_rank_max"):
-            if key in self.last_eval:
+        for key in self.last_eval:
+            if key.startswith("test_accuracy_rank"):
                 summary[key] = self.last_eval[key]
         artifacts = {
             **artifacts,

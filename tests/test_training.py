@@ -107,9 +107,13 @@ def test_evaluation_scores_the_averaged_and_each_rank_model() -> None:
     summary = out[0]["summary"]
     mean_state = {k: (out[0]["state"][k] + out[1]["state"][k]) / 2 for k in out[0]["state"]}
     assert summary["test_accuracy"] == pytest.approx(_accuracy(cfg, mean_state), abs=1e-6)
-    ranks = sorted(_accuracy(cfg, o["state"]) for o in out)
+    own = [_accuracy(cfg, o["state"]) for o in out]
+    ranks = sorted(own)
     assert summary["test_accuracy_rank_min"] == pytest.approx(ranks[0], abs=1e-6)
     assert summary["test_accuracy_rank_max"] == pytest.approx(ranks[1], abs=1e-6)
+    # ranks 0 and N/2 by name: the local models the Crossover-SGD authors score
+    assert summary["test_accuracy_rank0"] == pytest.approx(own[0], abs=1e-6)
+    assert summary["test_accuracy_rank_half"] == pytest.approx(own[1], abs=1e-6)
     assert summary["bytes_sent"] == 0  # evaluation is harness traffic, never the algorithm's
     assert summary["harness_bytes_sent"] > 0
 
