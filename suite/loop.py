@@ -161,7 +161,8 @@ def _lr_factor(
         warmup = max(1, round(o.warmup_epochs * steps_per_epoch))
     if o.schedule == "poly" and total_steps is None:
         raise ValueError("the poly schedule needs total_steps")
-    decay_steps = max(1, (total_steps or 0) - warmup)
+    hold = round(o.hold_epochs * steps_per_epoch)
+    decay_steps = max(1, (total_steps or 0) - warmup - hold)
 
     def factor(step: int) -> float:
         value = 1.0
@@ -170,7 +171,8 @@ def _lr_factor(
         if o.schedule == "multistep":
             value *= o.gamma ** sum(step >= m for m in milestones)
         elif o.schedule == "poly" and step >= warmup:
-            value = max(0.0, 1.0 - (step - warmup) / decay_steps) ** o.power
+            left = max(0.0, 1.0 - (step - warmup) / decay_steps) ** o.power
+            value = (1.0 - o.end_lr) * left + o.end_lr
         return value
 
     return factor
@@ -232,9 +234,10 @@ class Trainer:
         self.steps_per_epoch = max(1, self.batches.steps_per_epoch // cfg.micro_batches)
         self.steps = math.ceil(cfg.epochs * self.steps_per_epoch) if cfg.epochs > 0 else cfg.steps
         self.optimizer = _build_optimizer(cfg, self.model)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_factor(cfg, self.steps_per_epoch, self.steps)
-        )
+        self.lr_factor = _lr_factor(cfg, self.steps_per_epoch, self.steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
+        self.base_weight_decay = [g["weight_decay"] for g in self.optimizer.param_groups]
+        self._schedule_weight_decay()
         ctx = Context(
             transport=transport,
             model=self.model,
@@ -298,6 +301,7 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
             self.scheduler.step()
+            self._schedule_weight_decay()
             self.algorithm.mix_parameters(step)
             step_s = time.perf_counter() - t0
             comm_s = stats.seconds - comm0
@@ -467,6 +471,16 @@ class Trainer:
                     "saved_at": time.time(),
                 }
                 ckpt.write_manifest(plan.directory, manifest)
+
+    def _schedule_weight_decay(self) -> None:
+        """``optim.schedule_weight_decay``: each param group's weight decay times the lr's
+        factor for the next step (a resumed run gets it back with the optimizer's state)."""
+        if self.cfg.optim.schedule_weight_decay:
+            factor = self.lr_factor(self.scheduler.last_epoch)
+            for group, base in zip(
+                self.optimizer.param_groups, self.base_weight_decay, strict=True
+            ):
+                group["weight_decay"] = base * factor
 
     def resume(self) -> int:
         """Load the latest checkpoint if the job resumes; the first step to run."""
