@@ -9,7 +9,9 @@ sums of x and of w over ranks are preserved exactly whatever the (column-stochas
 On a doubly stochastic graph w stays 1 and SGP is D-PSGD with the update before the mixing.
 
 Also the Crossover-SGD authors' SGP baseline, preset ``sgp_crossover``: synchronous, two peers
-per step on a base-3 exponential graph.
+per step on a base-3 exponential graph; and ``sgp_graph0``, the graph of Assran et al.'s
+published job scripts (``--graph_type 0``: one peer per step, cycling +1, -1, +2, -2, ...), for
+comparisons against their SGP.
 """
 
 from __future__ import annotations
@@ -126,4 +128,11 @@ ALGORITHMS.preset(
     description="SGP as the Crossover-SGD authors ran it: synchronous, 2 peers on a base-3 "
     "exponential graph",
     topology="exponential3_two_peer",
+)
+ALGORITHMS.preset(
+    "sgp_graph0",
+    "sgp",
+    description="SGP as Assran et al.'s job scripts ran it (graph_type 0): one peer per step, "
+    "cycling +1, -1, +2, -2, +4, -4, ...",
+    topology="exponential_one_peer_pm",
 )

@@ -70,7 +70,13 @@ class OptimConfig:
 
     schedule: "constant", "multistep" (lr *= gamma at each milestone, in epochs) or "poly"
     (after warm-up, lr * (1 - (step - warmup) / (total - warmup)) ** power, reaching 0 at the
-    end of the run).
+    end of the run). The poly schedule can end on a floor and hold it, as the Crossover-SGD
+    authors' schedule does: ``end_lr`` (a fraction of lr) is reached ``hold_epochs`` before the
+    end and kept, lr * ((1 - end_lr) (1 - (step - warmup) / (total - warmup - hold)) ** power
+    + end_lr).
+
+    schedule_weight_decay: weight decay follows the same factor as the lr (warm-up and decay),
+    as the Crossover-SGD authors' schedule does; false keeps it constant.
 
     Warm-up is linear, from lr/warmup to lr over the first warmup steps, given either as
     ``warmup_steps`` or as ``warmup_epochs`` (converted with the run's steps per epoch,
@@ -91,6 +97,9 @@ class OptimConfig:
     power: float = 2.0  # poly only
     warmup_steps: int = 0
     warmup_epochs: float = 0.0
+    end_lr: float = 0.0  # poly only: the floor, a fraction of lr (the Crossover authors: 0.0025)
+    hold_epochs: float = 0.0  # poly only: epochs at the floor at the end (the Crossover authors: 2)
+    schedule_weight_decay: bool = False
 
     def __post_init__(self) -> None:
         # Written as "not (valid)" so that NaN, which fails every comparison, is refused too.
@@ -110,6 +119,10 @@ class OptimConfig:
             raise ValueError(f"optim.trust_coefficient must be > 0, got {self.trust_coefficient}")
         if self.warmup_steps < 0 or not self.warmup_epochs >= 0:
             raise ValueError("optim.warmup_steps and optim.warmup_epochs must be >= 0")
+        if not 0.0 <= self.end_lr < 1.0:
+            raise ValueError(f"optim.end_lr must be in [0, 1), got {self.end_lr}")
+        if not self.hold_epochs >= 0:
+            raise ValueError(f"optim.hold_epochs must be >= 0, got {self.hold_epochs}")
 
 
 @dataclass(frozen=True)

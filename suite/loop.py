@@ -20,7 +20,9 @@ it with the run as ``trace.npz.b64`` and replays it on the config's ``network``
 
 Evaluation (every ``eval_every`` steps and at the end) measures the averaged model (the mean of
 all ranks' parameters and buffers, each rank scoring an exact share of the test set) and, with
-``eval_per_rank``, each rank's own model on the whole test set. Both are harness traffic.
+``eval_per_rank``, each rank's own model on the whole test set (the summary keeps their mean,
+min and max, and ranks 0 and N/2 by name: ``test_accuracy_rank0``, ``test_accuracy_rank_half``).
+Both are harness traffic.
 
 With ``Job.checkpoint``, every rank saves its whole state at the end of a step every so often
 (:mod:`suite.checkpoint`), after its rows are flushed to rank 0; a job built with
@@ -159,7 +161,8 @@ def _lr_factor(
         warmup = max(1, round(o.warmup_epochs * steps_per_epoch))
     if o.schedule == "poly" and total_steps is None:
         raise ValueError("the poly schedule needs total_steps")
-    decay_steps = max(1, (total_steps or 0) - warmup)
+    hold = round(o.hold_epochs * steps_per_epoch)
+    decay_steps = max(1, (total_steps or 0) - warmup - hold)
 
     def factor(step: int) -> float:
         value = 1.0
@@ -168,7 +171,8 @@ def _lr_factor(
         if o.schedule == "multistep":
             value *= o.gamma ** sum(step >= m for m in milestones)
         elif o.schedule == "poly" and step >= warmup:
-            value = max(0.0, 1.0 - (step - warmup) / decay_steps) ** o.power
+            left = max(0.0, 1.0 - (step - warmup) / decay_steps) ** o.power
+            value = (1.0 - o.end_lr) * left + o.end_lr
         return value
 
     return factor
@@ -230,9 +234,10 @@ class Trainer:
         self.steps_per_epoch = max(1, self.batches.steps_per_epoch // cfg.micro_batches)
         self.steps = math.ceil(cfg.epochs * self.steps_per_epoch) if cfg.epochs > 0 else cfg.steps
         self.optimizer = _build_optimizer(cfg, self.model)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_factor(cfg, self.steps_per_epoch, self.steps)
-        )
+        self.lr_factor = _lr_factor(cfg, self.steps_per_epoch, self.steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
+        self.base_weight_decay = [g["weight_decay"] for g in self.optimizer.param_groups]
+        self._schedule_weight_decay()
         ctx = Context(
             transport=transport,
             model=self.model,
@@ -299,6 +304,7 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
             self.scheduler.step()
+            self._schedule_weight_decay()
             self.algorithm.mix_parameters(step)
             step_s = time.perf_counter() - t0
             comm_s = stats.seconds - comm0
@@ -483,6 +489,16 @@ class Trainer:
                 }
                 ckpt.write_manifest(plan.directory, manifest)
 
+    def _schedule_weight_decay(self) -> None:
+        """``optim.schedule_weight_decay``: each param group's weight decay times the lr's
+        factor for the next step (a resumed run gets it back with the optimizer's state)."""
+        if self.cfg.optim.schedule_weight_decay:
+            factor = self.lr_factor(self.scheduler.last_epoch)
+            for group, base in zip(
+                self.optimizer.param_groups, self.base_weight_decay, strict=True
+            ):
+                group["weight_decay"] = base * factor
+
     def resume(self) -> int:
         """Load the latest checkpoint if the job resumes; the first step to run."""
         plan = self.job.checkpoint
@@ -616,6 +632,9 @@ class Trainer:
                     metrics["test_accuracy_rank_mean"] = float(accs.mean())
                     metrics["test_accuracy_rank_min"] = float(accs.min())
                     metrics["test_accuracy_rank_max"] = float(accs.max())
+                    # the local models the Crossover-SGD authors score: ranks 0 and N/2
+                    metrics["test_accuracy_rank0"] = float(accs[0])
+                    metrics["test_accuracy_rank_half"] = float(accs[self.world // 2])
         self.last_eval = metrics
         return metrics
 
@@ -711,8 +730,8 @@ class Trainer:
         summary.update(self._network_figures(merged))
         summary.update(totals)
         summary.update(self.algorithm.derived(totals) if totals else {})
-        for key in ("test_accuracy_rank_mean", "test_accuracy_rank_min", "test_accuracy_rank_max"):
-            if key in self.last_eval:
+        for key in self.last_eval:
+            if key.startswith("test_accuracy_rank"):
                 summary[key] = self.last_eval[key]
         artifacts = {
             **artifacts,

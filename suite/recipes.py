@@ -357,7 +357,12 @@ def slug(text: str) -> str:
 
 # Keys left out of a run's identity while at these values: knobs added after runs were stored,
 # whose value here reproduces those runs exactly (so they keep their hashes and are not rerun).
-ADDED_AT_NO_EFFECT = {"algorithm.straggler.network": ""}
+ADDED_AT_NO_EFFECT = {
+    "algorithm.straggler.network": "",
+    "optim.end_lr": 0.0,
+    "optim.hold_epochs": 0.0,
+    "optim.schedule_weight_decay": False,
+}
 
 
 def config_hash(target: str, cfg: RunConfig) -> str:

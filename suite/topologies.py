@@ -191,6 +191,47 @@ class ExponentialOnePeer(Topology):
 
 
 @dataclass(frozen=True)
+class ExponentialOnePeerPMConfig:
+    """No knobs: at step t rank i sends half its mass to i + o_t (mod N), the offsets cycling
+    +1, -1, +2, -2, +4, -4, ... (2K steps, K = floor(log2(N-1)) + 1): the graph SGP's published
+    job scripts use (``--graph_type 0``, DynamicDirectedExponentialGraph with one peer per
+    iteration, facebookresearch/stochastic_gradient_push, gossip/graph_manager.py)."""
+
+
+@TOPOLOGIES.register("exponential_one_peer_pm", config=ExponentialOnePeerPMConfig)
+class ExponentialOnePeerPM(Topology):
+    """SGP's graph_type 0: W_t = (I + P_t)/2, P_t a shift by o_t = +2^k, -2^k, k = floor(t/2)
+    mod K (forward at even steps, backward at odd ones).
+
+    SGP's phone book for rank r lists r + 2^k and r - 2^k for k = 0..K-1 in that order
+    (duplicates kept: its ``peer not in phone_book`` test compares an int with Edge objects, so
+    it never dedups, and at N = 4 the offsets +2 and -2 both reach r + 2) and the gossiper
+    starts at index 0 and rotates by one after every mix. K is computed with exact integer
+    maths here (SGP's float ``log(N - 1, 2)`` agrees for every N it was run at). Circulant, so
+    doubly stochastic."""
+
+    static = False
+
+    def __init__(self, config: Any, world_size: int) -> None:
+        super().__init__(config, world_size)
+        self.period = max(1, 2 * _exponent_range(world_size, 2))
+
+    def offset(self, step: int) -> int:
+        """This step's signed hop count (0 for N = 1: nobody to talk to)."""
+        if self.world_size == 1:
+            return 0
+        index = step % self.period
+        hop = 2 ** (index // 2)
+        return hop if index % 2 == 0 else -hop
+
+    def mixing_matrix(self, step: int = 0) -> Tensor:
+        # += so N = 1 (offset 0: the rank itself) keeps all its mass
+        return _circulant(self.world_size, {0: 0.5}) + _circulant(
+            self.world_size, {self.offset(step) % self.world_size: 0.5}
+        )
+
+
+@dataclass(frozen=True)
 class Exponential3TwoPeerConfig:
     """No knobs: at step t, e = t mod (floor(log3(N-1)) + 1), rank i sends a third of its mass
     to i + 3^e and i + 2 * 3^e (mod N): the synchronous SGP the Crossover-SGD authors ran."""

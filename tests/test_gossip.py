@@ -30,7 +30,7 @@ SMALL = [
     "eval_per_rank=false",
     "device=cpu",
 ]
-NEW = ["exponential", "exponential_one_peer", "exponential3_two_peer"]
+NEW = ["exponential", "exponential_one_peer", "exponential3_two_peer", "exponential_one_peer_pm"]
 ONES = {n: torch.ones(n, dtype=torch.float64) for n in range(1, 10)}
 
 
@@ -82,6 +82,38 @@ def test_exponential_graphs_have_the_published_peers() -> None:
     assert six[0, 0] == pytest.approx(2 / 3) and six[3, 0] == pytest.approx(1 / 3)
     two = _build("exponential3_two_peer", 2).mixing_matrix(0)
     assert torch.allclose(two, torch.tensor([[2, 1], [1, 2]], dtype=torch.float64) / 3)
+
+
+def _sgp_graph0_out_peer(rank: int, n: int, itr: int) -> int:
+    """SGP's graph_type 0 as facebookresearch/stochastic_gradient_push runs it, transcribed:
+    DynamicDirectedExponentialGraph's phone book (r + 2^i, then r - 2^i, for i up to
+    log2(N - 1), duplicates kept), the gossiper starting at entry 0 and rotating one entry per
+    iteration (peers_per_itr = 1)."""
+    import math
+
+    book = []
+    for i in range(int(math.log(n - 1, 2)) + 1):
+        book += [(rank + 2**i) % n, (rank - 2**i) % n]
+    return book[itr % len(book)]
+
+
+def test_sgp_graph_type_0_cycles_plus_and_minus_powers_of_two() -> None:
+    from suite.registry import ALGORITHMS, load_builtins
+
+    load_builtins()
+    eight = _build("exponential_one_peer_pm", 8)
+    assert eight.period == 6
+    assert [eight.out_peers(0, t) for t in range(7)] == [[1], [7], [2], [6], [4], [4], [1]]
+    assert [eight.in_peers(0, t) for t in range(4)] == [[7], [1], [6], [2]]
+    assert eight.mixing_matrix(1)[7, 0] == 0.5 and eight.mixing_matrix(1)[0, 0] == 0.5
+    for n in range(2, 10):
+        topo = _build("exponential_one_peer_pm", n)
+        for rank in range(n):
+            for t in range(2 * topo.period + 1):
+                peer = _sgp_graph0_out_peer(rank, n, t)
+                assert topo.out_peers(rank, t) == ([] if peer == rank else [peer]), (n, rank, t)
+    preset = ALGORITHMS.get("sgp_graph0")
+    assert preset.make_config().topology == "exponential_one_peer_pm"
 
 
 def test_one_rank_keeps_everything() -> None:

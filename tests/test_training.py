@@ -107,9 +107,13 @@ def test_evaluation_scores_the_averaged_and_each_rank_model() -> None:
     summary = out[0]["summary"]
     mean_state = {k: (out[0]["state"][k] + out[1]["state"][k]) / 2 for k in out[0]["state"]}
     assert summary["test_accuracy"] == pytest.approx(_accuracy(cfg, mean_state), abs=1e-6)
-    ranks = sorted(_accuracy(cfg, o["state"]) for o in out)
+    own = [_accuracy(cfg, o["state"]) for o in out]
+    ranks = sorted(own)
     assert summary["test_accuracy_rank_min"] == pytest.approx(ranks[0], abs=1e-6)
     assert summary["test_accuracy_rank_max"] == pytest.approx(ranks[1], abs=1e-6)
+    # ranks 0 and N/2 by name: the local models the Crossover-SGD authors score
+    assert summary["test_accuracy_rank0"] == pytest.approx(own[0], abs=1e-6)
+    assert summary["test_accuracy_rank_half"] == pytest.approx(own[1], abs=1e-6)
     assert summary["bytes_sent"] == 0  # evaluation is harness traffic, never the algorithm's
     assert summary["harness_bytes_sent"] > 0
 
@@ -132,6 +136,57 @@ def test_lr_schedule_warmup_and_milestones() -> None:
     )
     f = _lr_factor(cfg, steps_per_epoch=10)
     assert [f(s) for s in (0, 3, 9, 10, 19, 20)] == [0.25, 1.0, 1.0, 0.5, 0.5, 0.25]
+
+
+def _crossover_authors_lr(epoch: int, itr: int, spe: int, warmup: int, maxepoch: int) -> float:
+    """The Crossover-SGD authors' update_learning_rate (imagenet_test.py), transcribed: the
+    factor of the base lr (and of the weight decay) at micro-batch ``itr`` of ``epoch``."""
+    end = 0.0025
+    if epoch < warmup:
+        return (epoch * spe + itr + 1) / (warmup * spe)
+    count = float(epoch - warmup) * spe + itr + 1
+    total = (maxepoch - warmup - 2) * spe
+    if epoch >= maxepoch - 2:
+        count = total
+    return (1.0 - end) * ((1 - count / total) ** 2.2) + end
+
+
+def test_poly_schedule_with_the_crossover_authors_floor_and_flat_end() -> None:
+    from suite.loop import _lr_factor
+
+    spe, warmup, maxepoch = 5, 3, 10
+    cfg = _config("optim.schedule=poly", "optim.power=2.2", f"optim.warmup_epochs={warmup}",
+                  "optim.end_lr=0.0025", "optim.hold_epochs=2")  # fmt: skip
+    ours = _lr_factor(cfg, steps_per_epoch=spe, total_steps=maxepoch * spe)
+    theirs = [_crossover_authors_lr(s // spe, s % spe, spe, warmup, maxepoch)
+              for s in range(maxepoch * spe)]  # fmt: skip
+    warm = warmup * spe
+    assert [ours(s) for s in range(warm)] == pytest.approx(theirs[:warm])
+    # after warm-up the authors count from 1, ours from 0: one step apart, the same curve
+    assert [ours(s + 1) for s in range(warm, maxepoch * spe - 1)] == pytest.approx(theirs[warm:-1])
+    assert [ours(s) for s in range((maxepoch - 2) * spe, maxepoch * spe)] == pytest.approx(
+        [0.0025] * 2 * spe
+    )  # the last 2 epochs stay at the floor
+    assert _lr_factor(_config("optim.schedule=poly"), 10, 100)(99) == pytest.approx(0.0001)
+
+
+def _weight_decays(cfg: RunConfig) -> dict:
+    trainer = Trainer(Job(cfg, target="test", paper="test", progress=False), Transport())
+    trainer.run()
+    factor = trainer.lr_factor(trainer.scheduler.last_epoch)
+    return {"wd": [g["weight_decay"] for g in trainer.optimizer.param_groups], "factor": factor}
+
+
+@pytest.mark.parametrize("scheduled", [True, False])
+def test_weight_decay_follows_the_lr_schedule_when_asked(scheduled: bool) -> None:
+    cfg = _config("nproc=1", "steps=6", "optim.name=lars", "optim.weight_decay=0.1",
+                  "optim.schedule=poly", "optim.warmup_steps=2", "optim.end_lr=0.2",
+                  f"optim.schedule_weight_decay={str(scheduled).lower()}")  # fmt: skip
+    out = launch(_weight_decays, 1, (cfg,))[0]
+    assert out["factor"] == pytest.approx(0.2)  # at the floor: scaled and constant decay differ
+    lars, excluded = out["wd"]  # LARS: biases and norm layers never decay
+    assert lars == pytest.approx(0.1 * out["factor"] if scheduled else 0.1)
+    assert excluded == 0.0
 
 
 def _prune_after_40(step: int, accuracy: float) -> bool:

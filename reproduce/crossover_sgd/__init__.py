@@ -1,58 +1,74 @@
 """Crossover-SGD (Yeo, Bae, Jeong, Kwon, Oh, arXiv 2012.15198): segment-wise gossip on
 load-balanced random topologies, with hierarchical groups, against SGP and all-reduce SGD.
 
-Paper claims (spec ../shared/papers/crossover_sgd.md; numbers read off the authors' figures):
+Paper claims (numbers read off the authors' figures; notes, derivations and deviations in
+reproduce/crossover_sgd/NOTES.md):
 at fixed N, gossip keeps higher ImageNet accuracy than all-reduce as the batch grows, and
 Crossover >= SGP (Fig 7); Crossover degrades much less than SGP as N grows and hierarchical
 Crossover matches all-reduce (Fig 8); Crossover scales close to SGP and much better than
 all-reduce on CIFAR-10 (Fig 9). Those need ImageNet / a GPU cluster: full profiles only, and at
 the smoke profile they are "not testable", never passes.
 
-What the smoke profile can show (4 ranks, digits, a 3-layer MLP cut into 3 segments): each
-Crossover round preserves the model average (tested exactly in tests/test_crossover.py);
-segmented, load-balanced mixing keeps the ranks closer (consensus distance) than the ablations
-at equal bytes; hierarchical Crossover is as accurate as all-reduce.
+What the smoke profile can show (4 ranks, digits, a 3-layer MLP cut into 3 segments): what the
+method guarantees (NOTES.md#what-gossip-guarantees): a load-balanced round leaves the model
+average where it was (drift 0), while independent sources move it; every sampler shrinks the
+distance to the conserved average by the same factor, (G - 2) / (2 (G - 1)) = 1/3 at 4 groups,
+so load balancing does not mix faster, and "lower consensus distance than the ablations" is
+not a claim (the ablations read lower only against their moving mean); the busiest rank sends
+one model a round with load balancing and more without; hierarchical Crossover is as accurate
+as all-reduce. Accuracy is reported for the averaged model and for the local models of ranks 0
+and N/2 (what the authors score).
 
-Reproduce: ``make reproduce-crossover`` (smoke: 2 recipes, 24 runs, a few minutes on 2 CPU
+Reproduce: ``make reproduce-crossover`` (smoke: 2 recipes, 16 runs, under 3 minutes on 2 CPU
 cores) or ``suite reproduce crossover_sgd --profile full --set data_dir=DIR``. Sweep the
 learning rate per method, as the paper picked the best one per method: ``suite sweep
 crossover_sgd/fig-7 --space lr-smoke --trials 12`` (``--space lr --profile full`` at
 ImageNet scale).
 
-Deviations: the LARS learning rate is not given by the spec (ours: 10 on ImageNet, tune it with
-the ``lr`` space); Fig 8 keeps the global batch at 86,016 by shrinking the per-process
-micro-batch at 32 and 64 processes (256 x 42 does not divide); hierarchical groups are 8 ranks
-(one 8-GPU node, our pick); Fig 9 and the ablations use ResNet-20 (the authors' CIFAR model
-was not named in the spec); the SGP baseline is the Crossover authors' synchronous two-peer
-variant (preset ``sgp_crossover``) without their in-loop sleeps; BatchNorm statistics stay local
-(only parameters are gossiped) and the evaluated model averages them.
+Fig 8 follows the authors' scripts: GROUP_NUM=8 groups of N/8 ranks for hierarchical rows
+(flat rows: one rank per group), and 128 x 42, 64 x 42, 32 x 42 per process at 16/32/64
+processes. The schedule is the authors' too: weight decay warmed up and decayed with the lr, lr
+floor 0.0025 of the base, last 2 epochs flat. Deviations (each in NOTES.md): the LARS learning
+rate (ours 10; the authors' scripts use 9-18.5 per method and batch, tune with the ``lr``
+space); Fig 9 and the ablations use ResNet-20; the SGP baseline is the
+Crossover authors' synchronous two-peer variant (preset ``sgp_crossover``) without their
+in-loop sleeps (Assran et al.'s own is preset ``sgp_graph0``); BatchNorm statistics stay
+local (only parameters are gossiped) and the averaged model averages them.
 """
 
-from suite.recipes import Claim, Curve, Profile, Recipe, Row, Space, register
+from suite.recipes import Claim, Curve, Known, Profile, Recipe, Row, Space, register
 
 ALLREDUCE, SGP, CROSSOVER, HIER = "AllReduce-SGD", "SGP", "Crossover-SGD", "Crossover (hier.)"
 NO_FAIR, NO_SEG, NO_BOTH = "no load balancing", "no segmentation", "neither"
 FIG7, FIG8, FIG9 = "Fig 7 (ImageNet, 8 processes)", "Fig 8 (batch 86,016)", "Fig 9 (CIFAR-10)"
-SPEC = "spec: smoke expectations of ../shared/papers/crossover_sgd.md"
+SPEC = "spec's smoke expectations (reproduce/crossover_sgd/NOTES.md)"
+NOTES = "reproduce/crossover_sgd/NOTES.md"
+GUARANTEES = NOTES + "#what-gossip-guarantees"
+LOCAL = "test_accuracy_rank0"  # the authors score the local models of ranks 0 and N/2
 TARGETS = {ALLREDUCE: ("allreduce_sgd", ()), SGP: ("sgp_crossover", ()),
            CROSSOVER: ("crossover_sgd", ()), HIER: ("crossover_sgd",)}  # fmt: skip
 
 # The paper's large-batch recipe (LARS with BN and bias excluded, warm-up 36 epochs then
-# polynomial decay with power 2.2, label smoothing 0.1, 90 epochs, 256 per process).
+# polynomial decay with power 2.2, label smoothing 0.1, 90 epochs, 256 per process) and the
+# authors' schedule (update_learning_rate): lr floor 0.0025 of the base, reached 2 epochs before
+# the end and held, weight decay warmed up and decayed with the lr.
+AUTHORS_SCHEDULE = ("optim.end_lr=0.0025", "optim.hold_epochs=2",
+                    "optim.schedule_weight_decay=true")  # fmt: skip
 IMAGENET = ("dataset=imagenet", "model=resnet50", "batch_size=256", "epochs=90",
             "optim.name=lars", "optim.lr=10", "optim.momentum=0.96", "optim.weight_decay=5e-5",
             "optim.trust_coefficient=0.0025", "optim.schedule=poly", "optim.power=2.2",
-            "optim.warmup_epochs=36", "label_smoothing=0.1", "num_workers=8", "eval_every=0",
-            "eval_per_rank=false")  # fmt: skip
+            "optim.warmup_epochs=36", *AUTHORS_SCHEDULE, "label_smoothing=0.1",
+            "num_workers=8", "eval_every=0")  # fmt: skip
 # Smoke: digits, a 3-layer MLP (3 segments), the same optimizer family scaled down.
 SMOKE = ("dataset=digits", "model=mlp", "model.hidden=(128,64)", "nproc=4", "batch_size=16",
          "epochs=40", "optim.name=lars", "optim.lr=2.0", "optim.momentum=0.9",
          "optim.weight_decay=5e-5", "optim.trust_coefficient=0.01", "optim.schedule=poly",
-         "optim.power=2.2", "optim.warmup_epochs=4", "label_smoothing=0.1",
+         "optim.power=2.2", "optim.warmup_epochs=4", *AUTHORS_SCHEDULE, "label_smoothing=0.1",
          "eval_every=0")  # fmt: skip
 SMOKE_NOTE = ("scikit-learn digits, MLP 64-128-64-10 (3 segments), 4 ranks x micro-batch 16, "
-              "LARS (trust 0.01, lr 2, momentum 0.9), warm-up 4 epochs then poly 2.2, label "
-              "smoothing 0.1, 40 epochs, 2 seeds")  # fmt: skip
+              "LARS (trust 0.01, lr 2, momentum 0.9), warm-up 4 epochs then poly 2.2 to 0.0025 of "
+              "the lr, held for the last 2 epochs, weight decay scheduled alike (the authors' "
+              "schedule), label smoothing 0.1")  # fmt: skip
 
 
 def _row(label: str, method: str, *extra: str) -> Row:
@@ -92,7 +108,12 @@ CURVES = (
     ),
 )
 COLUMNS = (
+    ("test_accuracy_rank0", "rank 0's own model, accuracy"),
+    ("test_accuracy_rank_half", "rank N/2's own model, accuracy"),
     ("consensus_mean", "mean consensus distance"),
+    ("drift_rel_mean", "drift of the average / spread"),
+    ("contraction_mean", "spread kept, to the conserved average"),
+    ("contraction_moving_mean", "spread kept, to the new mean"),
     ("wire_bytes_max", "busiest rank, wire bytes"),
     ("bytes_sent_max", "busiest rank, payload bytes"),
     ("bytes_per_round", "bytes per round (all ranks)"),
@@ -126,23 +147,23 @@ def _fig7() -> Recipe:
         for m in (ALLREDUCE, SGP, CROSSOVER)
     ]
     rows += [
-        _row(_smoke_label(m, itr), m, f"micro_batches={itr}", *_measured(m),
+        _row(_smoke_label(m, itr), m, f"micro_batches={itr}", *_measured(m, 4),
              *(("algorithm.group_size=2",) if m == HIER else ()))
         for itr in SMOKE_ITRS
         for m in (ALLREDUCE, SGP, CROSSOVER, HIER)
     ]  # fmt: skip
-    source = "Fig 7, top-1 % read off the authors' figure"
+    source = "Fig 7, top-1 % read off the authors' figure (their local model of rank 0)"
     claims: list[Claim] = []
     for b, values in FIG7_PAPER.items():
         for m, acc in values.items():
-            claims.append(Claim("test_accuracy", _fig7_label(m, b), "within", value=acc / 100,
+            claims.append(Claim(LOCAL, _fig7_label(m, b), "within", value=acc / 100,
                                 tolerance=0.005, paper_value=acc / 100, source=source,
                                 profiles=("full",)))  # fmt: skip
-        claims.append(Claim("test_accuracy", _fig7_label(CROSSOVER, b), ">=",
+        claims.append(Claim(LOCAL, _fig7_label(CROSSOVER, b), ">=",
                             other=_fig7_label(SGP, b), source="claim: Crossover >= SGP",
                             profiles=("full",)))  # fmt: skip
     for b in (131_072, 163_840):
-        claims.append(Claim("test_accuracy", _fig7_label(CROSSOVER, b), ">=",
+        claims.append(Claim(LOCAL, _fig7_label(CROSSOVER, b), ">=",
                             other=_fig7_label(ALLREDUCE, b),
                             source="claim: gossip beats all-reduce at large batch",
                             profiles=("full",)))  # fmt: skip
@@ -154,8 +175,13 @@ def _fig7() -> Recipe:
     claims.append(Claim("test_accuracy", _smoke_label(CROSSOVER, 8), ">=",
                         other=_smoke_label(ALLREDUCE, 8),
                         source="claim (Fig 7) at the smoke scale: gossip beats all-reduce at "
-                        "the larger batch; the spec expects this not to show on 4 ranks",
-                        profiles=("smoke",)))  # fmt: skip
+                        "the larger batch",
+                        profiles=("smoke",),
+                        known=(Known("smoke", "not reproduced at this scale: 4 ranks on digits "
+                                     "at global batch 512 are far from Fig 7's large-batch "
+                                     "regime (86K-164K on ImageNet), and there all-reduce's "
+                                     "exact average stays ahead of gossip",
+                                     NOTES + "#large-batch-at-smoke"),)))  # fmt: skip
     smoke_rows = tuple(r.label for r in rows if "local_itr" in r.label)
     return Recipe(
         paper="crossover_sgd",
@@ -166,8 +192,9 @@ def _fig7() -> Recipe:
         profiles={
             "smoke": Profile(
                 SMOKE,
-                seeds=(0, 1),
-                note=SMOKE_NOTE + "; local_itr 1 and 8 (global batch 64 and 512). Hierarchical: 4 "
+                seeds=(0,),
+                note=SMOKE_NOTE + ", 40 epochs, 1 seed; local_itr 1 and 8 (global batch 64 and "
+                "512); gossip rows measured every 4 steps. Hierarchical: 4 "
                 "ranks in groups of 2 make 2 groups, and the only derangement of 2 is the swap, "
                 "so the roots average exactly every round (consensus distance 0)",
                 rows=smoke_rows,
@@ -183,9 +210,9 @@ def _fig7() -> Recipe:
         },
         command="make reproduce-crossover  (full: suite reproduce crossover_sgd --profile full "
         "--set data_dir=DIR)",
-        runtime="smoke: about 2 minutes on 2 CPU cores (16 runs); full: weeks of 8-GPU time",
-        deviations="LARS lr 10 is ours (tune with --space lr); smoke uses digits, an MLP and "
-        "local_itr 1 / 8",
+        runtime="smoke: about a minute on 2 CPU cores (8 runs); full: weeks of 8-GPU time",
+        deviations="LARS lr 10 is ours (tune with --space lr); no AMP or gradient clipping "
+        "(NOTES.md#schedule); smoke uses digits, an MLP and local_itr 1 / 8",
         reference=None,  # rows differ in batch or N: no one row is the baseline of all
         spaces={
             "lr": Space(
@@ -207,7 +234,10 @@ def _fig7() -> Recipe:
 
 # -- Fig 8: the process sweep at a fixed global batch ------------------------------------------
 
-FIG8_SETUPS = {8: (256, 42), 16: (256, 21), 32: (128, 21), 64: (64, 21)}  # N: (batch, local_itr)
+# The authors' 86K scripts (scripts/singularity_slurm_*_{16,32,64}proc_86k_*.sh): 42 micro-batches
+# of 256 / 128 / 64 / 32 per process; hierarchical runs pass GROUP_NUM=8, so 8 groups of N/8 ranks.
+FIG8_SETUPS = {8: (256, 42), 16: (128, 42), 32: (64, 42), 64: (32, 42)}  # N: (batch, local_itr)
+FIG8_GROUPS = 8
 FIG8_PAPER = {CROSSOVER: (75.73, 75.39, 75.12, 74.06), SGP: (75.35, 74.80, 74.34, 73.13)}
 
 
@@ -218,22 +248,25 @@ def _fig8_label(method: str, n: int) -> str:
 def _fig8() -> Recipe:
     rows = []
     for n, (batch, itr) in FIG8_SETUPS.items():
-        for m in (ALLREDUCE, SGP, CROSSOVER, HIER):
-            extra = ("algorithm.group_size=8",) if m == HIER else ()
+        # at N = 8, 8 groups are single ranks: hierarchical is flat Crossover, no row of its own
+        methods = (ALLREDUCE, SGP, CROSSOVER, *((HIER,) if n > FIG8_GROUPS else ()))
+        for m in methods:
+            extra = (f"algorithm.group_size={n // FIG8_GROUPS}",) if m == HIER else ()
             rows.append(_row(_fig8_label(m, n), m, f"nproc={n}", f"batch_size={batch}",
                              f"micro_batches={itr}", *_measured(m, 100), *extra))  # fmt: skip
-    source = "Fig 8, top-1 % read off the authors' figure"
+    source = "Fig 8, top-1 % read off the authors' figure (their local model of rank 0)"
     claims = [
-        Claim("test_accuracy", _fig8_label(m, n), "within", value=acc / 100, tolerance=0.005,
+        Claim(LOCAL, _fig8_label(m, n), "within", value=acc / 100, tolerance=0.005,
               paper_value=acc / 100, source=source)
         for m, accs in FIG8_PAPER.items()
         for n, acc in zip(FIG8_SETUPS, accs, strict=True)
     ]  # fmt: skip
     claims += [
-        Claim("test_accuracy", _fig8_label(CROSSOVER, 64), ">=", other=_fig8_label(SGP, 64),
-              source="claim: Crossover degrades less than SGP as N grows"),
-        Claim("test_accuracy", _fig8_label(HIER, 64), "within", other=_fig8_label(ALLREDUCE, 64),
-              tolerance=0.003, source="claim: hierarchical Crossover matches all-reduce"),
+        Claim(LOCAL, _fig8_label(CROSSOVER, 64), ">=", other=_fig8_label(SGP, 64),
+              source="claim (Fig 8): Crossover degrades less than SGP as N grows"),
+        Claim(LOCAL, _fig8_label(HIER, 64), "within", other=_fig8_label(ALLREDUCE, 64),
+              tolerance=0.003, source="claim (Fig 8): hierarchical Crossover (8 groups) matches "
+              "all-reduce"),
     ]  # fmt: skip
     return Recipe(
         paper="crossover_sgd",
@@ -245,14 +278,14 @@ def _fig8() -> Recipe:
             "full": Profile(
                 IMAGENET,
                 seeds=(0,),
-                note="ImageNet, ResNet-50, global batch 86,016 on 8/16/32/64 processes; "
-                "hierarchical groups of 8; otherwise as Fig 7",
+                note="ImageNet, ResNet-50, global batch 86,016 = N x B x 42 on N = 8/16/32/64 "
+                "processes (B = 256/128/64/32, as the authors' scripts); hierarchical: 8 groups "
+                "of N/8 ranks (GROUP_NUM=8; at N = 8 that is flat Crossover); otherwise as Fig 7",
             ),
         },
         command="suite reproduce crossover_sgd --profile full --set data_dir=DIR",
         runtime="full: weeks of GPU time (up to 64 GPUs)",
-        deviations="per-process micro-batch 128 / 64 at N = 32 / 64 to keep the global batch; "
-        "group size 8 is ours",
+        deviations="as Fig 7 (lr: NOTES.md#learning-rate)",
         reference=None,  # rows differ in batch or N: no one row is the baseline of all
         curves=CURVES[:1],
         columns=COLUMNS,
@@ -320,13 +353,52 @@ ABLATIONS = {CROSSOVER: "crossover_sgd", NO_FAIR: "crossover_no_fairness",
              NO_SEG: "crossover_no_segment", NO_BOTH: "crossover_no_both"}  # fmt: skip
 
 
+ABLATION_GROUPS = {"smoke": 4, "full": 16}  # one rank per group: nproc
+
+
+def _kept(groups: int) -> float:
+    """Spread kept per round, to the conserved average, by any sampler with uniform
+    off-diagonal marginals: (G - 2) / (2 (G - 1)) (NOTES.md#what-gossip-guarantees)."""
+    return (groups - 2) / (2 * (groups - 1))
+
+
+def _drift(groups: int) -> float:
+    """Expected drift of the average per round, over the spread, with independent uniform
+    sources: (G - 2) / (4 (G - 1)^2) (NOTES.md#what-gossip-guarantees)."""
+    return (groups - 2) / (4 * (groups - 1) ** 2)
+
+
 def _ablations() -> Recipe:
-    rows = tuple(Row(label, target, ("algorithm.measure_every=1",))
+    rows = tuple(Row(label, target, ("algorithm.measure_every=2",))
                  for label, target in ABLATIONS.items())  # fmt: skip
+    balanced, independent = (CROSSOVER, NO_SEG), (NO_FAIR, NO_BOTH)
     claims = [
-        Claim("consensus_mean", CROSSOVER, "<=", other=other,
-              source=SPEC + ": segmented + load-balanced mixing keeps the ranks closer")
-        for other in (NO_FAIR, NO_SEG, NO_BOTH)
+        Claim("drift_rel_mean", row, "within", value=0.0, tolerance=1e-6, source=GUARANTEES
+              + ": a load-balanced round is doubly stochastic, so the average does not move "
+              "(drift of the average over the spread before the round; float32 rounding "
+              "leaves ~1e-9)")
+        for row in balanced
+    ]  # fmt: skip
+    for profile, g in ABLATION_GROUPS.items():
+        claims += [
+            Claim("drift_rel_mean", row, "within", value=_drift(g), tolerance=_drift(g) / 4,
+                  profiles=(profile,), source=GUARANTEES + ": independent sources move the "
+                  f"average by (G-2)/(4(G-1)^2) of the spread per round ({_drift(g):.4f} at "
+                  f"{g} groups)")
+            for row in independent
+        ]  # fmt: skip
+        claims += [
+            Claim("contraction_mean", row, "within", value=_kept(g), tolerance=0.03,
+                  profiles=(profile,), source=GUARANTEES + ": every sampler keeps "
+                  f"(G-2)/(2(G-1)) of the spread to the conserved average ({_kept(g):.3f} at "
+                  f"{g} groups)")
+            for row in ABLATIONS
+        ]  # fmt: skip
+    claims += [
+        Claim("contraction_moving_mean", row, "<=", other=CROSSOVER,
+              source=GUARANTEES + ": measured to their own moving mean, independent sources "
+              "read lower by the drift; why 'consensus lower than the ablations' is no claim")
+        for row in independent
     ]  # fmt: skip
     claims += [
         Claim("bytes_sent", other, "within", other=CROSSOVER, tolerance=0.0,
@@ -358,13 +430,16 @@ def _ablations() -> Recipe:
         claims=tuple(claims),
         profiles={
             "smoke": Profile(
-                (*SMOKE, "micro_batches=1"),
+                (*SMOKE, "epochs=20", "micro_batches=1"),
                 seeds=(0, 1),
-                note=SMOKE_NOTE + ". Reading the consensus claims: independent random sources "
-                "(no load balancing) pull the ranks together faster per round, since groups "
-                "that copy the same source become alike, but that mixing is not doubly "
-                "stochastic, so the model average drifts; what load balancing buys is the "
-                "busiest rank's load (one model a round, never more)",
+                note=SMOKE_NOTE
+                + ", 20 epochs, 2 seeds; every other round measured. What the claims test "
+                "(NOTES.md#what-gossip-guarantees): a load-balanced round leaves the average "
+                "where it was, independent sources (no load balancing) move it by 1/18 of the "
+                "spread per round; measured to the conserved average every sampler keeps 1/3 "
+                "of the spread per round (4 groups), and only against their moving mean do "
+                "the ablations read lower. What load balancing buys is the busiest rank's load "
+                "(one model a round, never more)",
             ),
             "full": Profile(
                 (

@@ -20,6 +20,15 @@ Per segment the mixing matrix over groups is (I + P) / 2 with P a permutation: d
 stochastic, so each round preserves the average of the group models exactly. Different segments
 of one model mix with different peers, which is the "crossover".
 
+What that guarantees, and what it does not (reproduce/crossover_sgd/NOTES.md): the drift of the
+average is zero on every load-balanced round; the distance to that conserved average shrinks by
+(G - 2) / (2 (G - 1)) in expectation per round for any sampler whose off-diagonal marginals are
+uniform (load-balanced or not), so load balancing does not mix faster; what it buys is the
+busiest rank's load (one model sent per round). Measured rounds log ``algo.consensus`` and
+``algo.drift``; the summary adds ``drift_rel_mean``/``drift_rel_max``, ``contraction_mean``
+(distance to the conserved average after a round over the spread before it) and
+``contraction_moving_mean`` (the same to the new mean).
+
 Ablations (the authors' logs): ``fairness=false`` draws each group's source independently (a
 group may feed several others or none, so the average drifts); ``fresh_per_segment=false`` draws
 one topology per round for all segments ("no segment"). Presets ``crossover_no_fairness``,
@@ -43,7 +52,7 @@ from torch import Tensor, nn
 
 from suite.algorithms.base import Algorithm, Context
 from suite.algorithms.flat import FlatGrads, assign_params, flatten_params, trainable
-from suite.algorithms.gossip import consensus_distance
+from suite.algorithms.gossip import MixingFigures, mixing_figures
 from suite.registry import ALGORITHMS
 from suite.topologies import hierarchical_groups, load_balanced_derangement, random_sources
 
@@ -117,8 +126,10 @@ class CrossoverConfig:
         to exactly one); false = the "no fairness" ablation (independent random sources).
     fresh_per_segment: a fresh topology for every segment; false = the "no segment" ablation
         (one draw per round shared by all segments).
-    measure_every: steps between measurements of the consensus distance (1/N) sum ||x_i -
-        xbar||^2 (an all-reduce of the model on the harness channel, not charged); 0 = never.
+    measure_every: steps between measurements of the round's figures (consensus distance
+        (1/N) sum ||x_i - xbar||^2, drift of the average, distance to the conserved average:
+        :func:`~suite.algorithms.gossip.mixing_figures`, one all-reduce of the model before and
+        after the round on the harness channel, not charged); 0 = never.
     """
 
     segments: Segmentation = "fine"
@@ -167,8 +178,14 @@ class CrossoverSGD(Algorithm):
         self.generator = torch.Generator().manual_seed(ctx.seed * 1_000_003 + 7)
         self._recv: list[Tensor | None] = [None] * len(self.segments)
         self.consensus = math.nan
+        self.drift = math.nan
         self.consensus_sum = 0.0
         self.consensus_count = 0
+        # sums over measured rounds of drift, conserved distance and consensus, each divided by
+        # the spread before the round (see NOTES.md#what-gossip-guarantees)
+        self.ratio_sums = [0.0, 0.0, 0.0]
+        self.ratio_count = 0
+        self.drift_rel_max = 0.0
         self.rounds = 0
 
     def draw(self) -> list[int]:
@@ -189,6 +206,10 @@ class CrossoverSGD(Algorithm):
 
     def mix_parameters(self, step: int) -> None:
         self.rounds += 1
+        every = self.config.measure_every
+        measuring = bool(every) and step % every == 0
+        # the model after the optimizer step: the average a round must conserve
+        before = flatten_params(self.params) if measuring else None
         if self.num_groups > 1:
             tops = self.topologies()  # every rank draws, so the generators stay in step
             if self.is_root:
@@ -198,13 +219,23 @@ class CrossoverSGD(Algorithm):
             flat = flatten_params(self.params)
             self.group.broadcast(flat, src=self.root)
             assign_params(self.params, flat)
-        every = self.config.measure_every
-        if every and step % every == 0:
+        if before is not None:
             if flat is None:  # with groups, the broadcast model is already flat
                 flat = flatten_params(self.params)
-            self.consensus = consensus_distance(self.transport, flat)
-            self.consensus_sum += self.consensus
-            self.consensus_count += 1
+            self._measure(mixing_figures(self.transport, before, flat, self.is_root))
+
+    def _measure(self, fig: MixingFigures) -> None:
+        """Record one round's figures (measured over the group roots, one model per group)."""
+        self.consensus, self.drift = fig.consensus, fig.drift
+        self.consensus_sum += fig.consensus
+        self.consensus_count += 1
+        if fig.spread_before > 0:  # relative figures: per unit of spread before the round
+            rel = fig.drift / fig.spread_before
+            self.ratio_sums[0] += rel
+            self.ratio_sums[1] += fig.conserved / fig.spread_before
+            self.ratio_sums[2] += fig.consensus / fig.spread_before
+            self.ratio_count += 1
+            self.drift_rel_max = max(self.drift_rel_max, rel)
 
     def _gossip(self, tops: list[list[int]]) -> None:
         """Roots only: post every segment's send and receive (tagged by segment, so one round
@@ -228,24 +259,40 @@ class CrossoverSGD(Algorithm):
             assign_params(params, seg.add_(buf).mul_(0.5))
 
     def step_metrics(self) -> dict[str, float]:
-        return {"consensus": self.consensus} if self.config.measure_every else {}
+        if not self.config.measure_every:
+            return {}
+        return {"consensus": self.consensus, "drift": self.drift}
 
     def totals(self) -> dict[str, float]:
-        # every rank measures the same consensus distance: count it once (rank 0)
+        # every rank measures the same figures: count them once (rank 0)
         first = self.rank == 0
+        drift, conserved, moving = self.ratio_sums if first else (0.0, 0.0, 0.0)
         return {
             "consensus_sum": self.consensus_sum if first else 0.0,
             "consensus_count": float(self.consensus_count) if first else 0.0,
+            "drift_rel_sum": drift,
+            "conserved_rel_sum": conserved,
+            "moving_rel_sum": moving,
+            "ratio_count": float(self.ratio_count) if first else 0.0,
+            "drift_rel_max": self.drift_rel_max if first else 0.0,
             "rounds": float(self.rounds) if first else 0.0,
             "bytes_all_rounds": float(self.transport.stats.bytes_sent),
         }
 
     @staticmethod
     def derived(totals: dict[str, float]) -> dict[str, float]:
-        """Mean consensus distance over the measured steps; bytes per round (all ranks)."""
+        """Means over the measured rounds: consensus distance; drift of the average, distance to
+        the conserved average and to the new mean, each per unit of spread before the round
+        (``drift_rel_mean``, ``contraction_mean``, ``contraction_moving_mean``); bytes per
+        round (all ranks)."""
         out = {"bytes_per_round": totals["bytes_all_rounds"] / max(totals["rounds"], 1.0)}
         if totals["consensus_count"]:
             out["consensus_mean"] = totals["consensus_sum"] / totals["consensus_count"]
+        if totals.get("ratio_count"):
+            n = totals["ratio_count"]
+            out["drift_rel_mean"] = totals["drift_rel_sum"] / n
+            out["contraction_mean"] = totals["conserved_rel_sum"] / n
+            out["contraction_moving_mean"] = totals["moving_rel_sum"] / n
         return out
 
 

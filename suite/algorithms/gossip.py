@@ -1,5 +1,6 @@
 """Helpers shared by gossip algorithms (SGP, Assran et al., ICML 2019; Crossover-SGD): a
-point-to-point exchange of flat tensors with in- and out-peers, and the consensus distance.
+point-to-point exchange of flat tensors with in- and out-peers, the consensus distance, and the
+figures of one mixing round (drift of the average, distance to the conserved average).
 
 Everything goes through the transport, so every byte is counted; the consensus distance is a
 measurement and is counted on the harness channel, never as the algorithm's traffic.
@@ -8,6 +9,7 @@ measurement and is counted on the harness channel, never as the algorithm's traf
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -54,3 +56,47 @@ def consensus_distance(transport: Transport, flat: Tensor) -> float:
         transport.all_reduce(packed)
     mean = packed[:-1] / n
     return max(0.0, float(packed[-1]) / n - float(mean.square().sum()))
+
+
+@dataclass(frozen=True)
+class MixingFigures:
+    """One gossip round measured over its ``count`` members (x before the round, x' after,
+    xbar and xbar' their means): see reproduce/crossover_sgd/NOTES.md#what-gossip-guarantees.
+
+    spread_before: (1/G) sum ||x_g - xbar||^2, the distance to the mean before the round.
+    consensus: (1/G) sum ||x'_g - xbar'||^2, the distance to the new mean.
+    drift: ||xbar' - xbar||^2, how far the round moved the average (0 for doubly stochastic
+        mixing, such as a load-balanced Crossover round)."""
+
+    spread_before: float
+    consensus: float
+    drift: float
+
+    @property
+    def conserved(self) -> float:
+        """(1/G) sum ||x'_g - xbar||^2: the distance to the average before the round, the one
+        doubly stochastic mixing conserves (= consensus + drift)."""
+        return self.consensus + self.drift
+
+
+def mixing_figures(
+    transport: Transport, before: Tensor, after: Tensor, member: bool
+) -> MixingFigures:
+    """:class:`MixingFigures` of one round over the ranks with ``member`` true (the group
+    roots: one model per group), the same on every rank. One all-reduce of [x, x', ||x||^2,
+    ||x'||^2] in float64 on the harness channel (not charged to the algorithm)."""
+    b = before.detach().reshape(-1).to(torch.float64)
+    a = after.detach().reshape(-1).to(torch.float64)
+    norms = torch.stack([b.square().sum(), a.square().sum()])
+    packed = torch.cat([b, a, norms]) * (1.0 if member else 0.0)
+    count = torch.tensor([1.0 if member else 0.0], dtype=torch.float64)
+    packed = torch.cat([packed, count])
+    with transport.harness():
+        transport.all_reduce(packed)
+    d, g = b.numel(), float(packed[-1])
+    mean_b, mean_a = packed[:d] / g, packed[d : 2 * d] / g
+    return MixingFigures(
+        spread_before=max(0.0, float(packed[2 * d]) / g - float(mean_b.square().sum())),
+        consensus=max(0.0, float(packed[2 * d + 1]) / g - float(mean_a.square().sum())),
+        drift=float((mean_a - mean_b).square().sum()),
+    )
