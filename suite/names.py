@@ -78,6 +78,7 @@ ALGORITHMS: dict[str, tuple[str, ...]] = {
     ),
     "sgp": ("topology", "measure_every"),
     "sgp_crossover": ("topology", "measure_every"),
+    "sgp_graph0": ("topology", "measure_every"),
     "single": (),
     "topk_sgd": ("density", "error_feedback"),
 }
@@ -112,6 +113,7 @@ TOPOLOGIES: tuple[str, ...] = (
     "exponential",
     "exponential3_two_peer",
     "exponential_one_peer",
+    "exponential_one_peer_pm",
     "ring",
 )
 RECIPES: tuple[str, ...] = (
