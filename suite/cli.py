@@ -89,14 +89,18 @@ def check_target(target: str) -> None:
         )
 
 
-def check_paper(paper: str) -> None:
-    """An unknown paper is bad input (checked against suite.names, without torch)."""
+def check_paper(target: str) -> None:
+    """An unknown paper (of ``PAPER`` or ``PAPER/LABEL``) is bad input, checked without torch
+    against suite.names and the folders of reproduce/ (a paper is a folder there, so one added
+    since the table was generated is known too); a bad LABEL is left to suite.reproduce."""
     from suite import names
 
-    if paper not in names.PAPERS:
+    paper = target.split("/", 1)[0]
+    known = sorted({*names.PAPERS, *names.paper_folders()})
+    if paper not in known:
         raise ConfigError(
-            f"no recipes for paper {paper!r}{_did_you_mean(paper, names.PAPERS)}; valid "
-            f"choices: {', '.join(names.PAPERS)}"
+            f"no recipes for paper {paper!r}{_did_you_mean(paper, known)}; valid "
+            f"choices: {', '.join(known)}"
         )
 
 

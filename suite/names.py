@@ -150,6 +150,15 @@ COMPONENTS: dict[str, dict[str, tuple[str, ...]]] = {
 NESTED: dict[str, tuple[str, ...]] = {"compressor": COMPRESSORS, "topology": TOPOLOGIES}
 
 
+def paper_folders() -> tuple[str, ...]:
+    """The papers as the registry finds them: packages of reproduce/ (pkgutil, no import)."""
+    import pkgutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "reproduce"
+    return tuple(sorted(m.name for m in pkgutil.iter_modules([str(root)]) if m.ispkg))
+
+
 def from_registry() -> dict[str, object]:
     """The tables above as the registry has them (imports every registering module)."""
     from dataclasses import fields

@@ -21,3 +21,17 @@ def test_every_component_field_has_its_table() -> None:
 
     assert set(names.COMPONENTS) == set(COMPONENT_REGISTRIES)
     assert set(NESTED_REGISTRIES) <= set(names.NESTED)
+
+
+def test_papers_are_the_folders_the_registry_imports() -> None:
+    """suite reproduce checks papers against reproduce/'s folders before torch: the same set."""
+    assert names.paper_folders() == tuple(sorted(names.from_registry()["PAPERS"]))
+
+
+def test_a_recipe_label_passes_the_early_paper_check_and_a_bad_paper_does_not() -> None:
+    from suite import cli
+    from suite.config import ConfigError
+
+    cli.check_paper("eventgrad/mnist")  # PAPER/LABEL: the label is checked later
+    with pytest.raises(ConfigError, match="did you mean 'eventgrad'"):
+        cli.check_paper("eventgrd/mnist")
