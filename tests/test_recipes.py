@@ -286,6 +286,8 @@ def register_tiny(monkeypatch: pytest.MonkeyPatch):
     def add(*recipes: Recipe) -> None:
         for recipe in recipes:
             register(recipe)
+            if recipe.paper not in names.PAPERS:  # the CLI's first check, before the registry
+                monkeypatch.setattr(names, "PAPERS", (*names.PAPERS, recipe.paper))
 
     return add
 
