@@ -222,7 +222,8 @@ def sweep(
 
     def objective(trial: Any) -> float | tuple[float, ...]:
         chosen = list(space.suggest(trial))
-        twin = _finished_twin(study, trial)
+        twin = _finished_twin(study, trial, chosen)
+        trial.set_user_attr("overrides", chosen)
         if twin is not None:  # this configuration already ran: its result, not a new run
             trial.set_user_attr("duplicate_of", twin.number)
             trial.set_user_attr("mlflow_run_id", twin.user_attrs.get("mlflow_run_id"))
@@ -343,13 +344,18 @@ def sweep(
     return 0
 
 
-def _finished_twin(study: Any, trial: Any) -> Any | None:
-    """The first finished (complete or pruned) trial of ``study`` with ``trial``'s parameters."""
+def _finished_twin(study: Any, trial: Any, chosen: list[str]) -> Any | None:
+    """The first finished (complete or pruned) trial of ``study`` that ran ``chosen``, the
+    overrides ``trial`` would run (its configuration: a space may derive values from more than
+    the sampled parameters); for trials stored without them, the same non-empty parameters."""
     from optuna.trial import TrialState
 
     done = (TrialState.COMPLETE, TrialState.PRUNED)
     for other in study.get_trials(deepcopy=False, states=done):
-        if other.number != trial.number and other.params == trial.params:
+        if other.number == trial.number:
+            continue
+        ran = other.user_attrs.get("overrides")
+        if ran == chosen if ran is not None else trial.params and other.params == trial.params:
             return other
     return None
 
