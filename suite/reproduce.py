@@ -418,32 +418,22 @@ def _run_one(
 def _parent_run(uri: str, paper: str, profile: str, code: str) -> str | None:
     """The MLflow parent run of ``paper`` at ``profile`` for this code: found again (set
     RUNNING) or created. None, with a warning, if the store cannot take it (the runs go on)."""
-    from suite.tracking import ensure_experiment, open_client, owner_tags, source_tags
+    from suite.tracking import driver_parent_run, ensure_experiment, open_client, source_tags
 
     try:
         client = open_client(uri)
         exp_id = ensure_experiment(client, paper, uri)
-        owner = owner_tags([os.getpid()], heartbeat=False)
         query = (
             f"tags.`suite.kind` = 'reproduce' and tags.`suite.profile` = '{profile}' "
             f"and tags.`suite.code` = '{code}'"
         )
-        found = client.search_runs([exp_id], filter_string=query, max_results=1)
-        if found:
-            run_id = found[0].info.run_id
-            for key, value in owner.items():
-                client.set_tag(run_id, key, value)
-            client.update_run(run_id, status="RUNNING")
-            return run_id
         tags = {
             **source_tags(f"suite reproduce {paper}"),
-            **owner,
             "suite.kind": "reproduce",
             "suite.profile": profile,
             "paper": paper,
         }
-        name = f"{paper} {profile} reproduction"
-        return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+        return driver_parent_run(client, exp_id, query, f"{paper} {profile} reproduction", tags)
     except Exception as err:  # tracking trouble must not stop the reproduction
         print(f"warning: no MLflow parent run for {paper}: {err}", file=sys.stderr)
         return None

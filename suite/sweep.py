@@ -61,7 +61,7 @@ from typing import Any
 from suite.config import ConfigError
 from suite.recipes import Recipe, Space, config_hash
 from suite.reproduce import JobFailed, run_job
-from suite.tracking import ensure_experiment, open_client, owner_tags
+from suite.tracking import driver_parent_run, ensure_experiment, open_client
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 STORAGE_FORMS = (
@@ -564,17 +564,7 @@ def _parent_run(uri: str, recipe: Recipe, space: str, study: str, storage: str) 
     """The study's MLflow parent run: found again on resume, else created."""
     client = open_client(uri)
     exp_id = ensure_experiment(client, recipe.paper, uri)
-    # Owned by this driver (no heartbeat: judged orphaned only from this host, by its pid).
-    owner = owner_tags([os.getpid()], heartbeat=False)
     query = f"tags.`suite.kind` = 'study' and tags.`suite.study` = '{study}'"
-    oldest = ["attributes.start_time ASC"]
-    found = client.search_runs([exp_id], filter_string=query, order_by=oldest)
-    if found:
-        run_id = found[0].info.run_id
-        for key, value in owner.items():
-            client.set_tag(run_id, key, value)
-        client.update_run(run_id, status="RUNNING")
-        return run_id
     tags = {
         "suite.kind": "study",
         "suite.study": study,
@@ -582,14 +572,8 @@ def _parent_run(uri: str, recipe: Recipe, space: str, study: str, storage: str) 
         "suite.recipe": recipe.name,
         "suite.space": space,
         "paper": recipe.paper,
-        **owner,
     }
-    run_id = client.create_run(exp_id, run_name=f"study {study}", tags=tags).info.run_id
-    # Drivers starting a new study at once may each have created one: all keep the oldest.
-    first = client.search_runs([exp_id], filter_string=query, order_by=oldest)[0].info.run_id
-    if first != run_id:
-        client.delete_run(run_id)
-    return first
+    return driver_parent_run(client, exp_id, query, f"study {study}", tags)
 
 
 def _summarise(client: Any, run_id: str, study: Any, space: Space, status: str) -> None:

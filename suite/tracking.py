@@ -388,6 +388,29 @@ def owner_tags(pids: Sequence[int], heartbeat: bool = True) -> dict[str, str]:
     return tags
 
 
+def driver_parent_run(
+    client: Any, exp_id: str, query: str, name: str, tags: Mapping[str, str]
+) -> str:
+    """The MLflow parent run of a driver (a sweep's study, a paper's reproduction): the oldest
+    run of ``exp_id`` matching ``query``, taken over by this driver (its owner tags, RUNNING),
+    else one created with ``tags``. Owned by the driver's pid, without a heartbeat (judged
+    orphaned only from this host). Drivers creating one at once all keep the oldest."""
+    owner = owner_tags([os.getpid()], heartbeat=False)
+    oldest = ["attributes.start_time ASC"]
+    found = client.search_runs([exp_id], filter_string=query, order_by=oldest)
+    if found:
+        run_id = found[0].info.run_id
+        for key, value in owner.items():
+            client.set_tag(run_id, key, value)
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    run_id = client.create_run(exp_id, run_name=name, tags={**tags, **owner}).info.run_id
+    first = client.search_runs([exp_id], filter_string=query, order_by=oldest)[0].info.run_id
+    if first != run_id:
+        client.delete_run(run_id)
+    return first
+
+
 def orphan_note(tags: Mapping[str, str], now: float | None = None) -> str | None:
     """Why a RUNNING run with these tags can never end, or None if it may still be running
     (or carries no owner tags to tell)."""
