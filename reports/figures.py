@@ -105,13 +105,20 @@ def fig_accuracy_vs_bytes(curves: pd.DataFrame, recipe: Recipe, profile: str) ->
     return fig
 
 
+def _binned(data: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Long runs' per-step values as means over bins of ``width`` steps (about MAX_POINTS per
+    line), per run; the binned frame and the width."""
+    width = max(1, int(data["step"].max()) // MAX_POINTS)
+    data = data.assign(step=data["step"] // width * width)
+    keys = ["run_id", "row", "seed", "step"]
+    return data.groupby(keys, as_index=False)["value"].mean(), width
+
+
 def fig_loss_vs_step(curves: pd.DataFrame, recipe: Recipe, profile: str) -> Figure | None:
     loss = curves[curves["metric"] == "train_loss"]
     if loss.empty:
         return None
-    width = max(1, int(loss["step"].max()) // MAX_POINTS)  # long runs: mean over step bins
-    loss = loss.assign(step=loss["step"] // width * width)
-    loss = loss.groupby(["row", "seed", "step"], as_index=False)["value"].mean()
+    loss, width = _binned(loss)
     fig, ax = axes()
     sns.lineplot(loss, x="step", y="value", **hue(recipe, loss), errorbar="sd", ax=ax)
     if (loss["value"] > 0).all():
@@ -136,9 +143,7 @@ def fig_curve(
         return None
     if curve.x not in ("step", "epoch"):
         return _curve_against_metric(curves, data, recipe, profile, curve)
-    width = max(1, int(data["step"].max()) // MAX_POINTS)  # long runs: mean over step bins
-    data = data.assign(step=data["step"] // width * width)
-    data = data.groupby(["run_id", "row", "seed", "step"], as_index=False)["value"].mean()
+    data, width = _binned(data)
     x = "step"
     if curve.x == "epoch":  # steps per epoch of each run, from its final steps and epochs
         per_epoch = (runs["steps"] / runs["epochs"]).where(runs["epochs"] > 0)
