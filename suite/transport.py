@@ -244,7 +244,8 @@ class _Counters:
 
 
 class Work:
-    """Handle of an async send/recv; ``wait()`` adds the time waited to the op's seconds."""
+    """Handle of an async send/recv or all-reduce; ``wait()`` adds the time waited to the op's
+    seconds. ``future``: for an all-reduce, a torch future of the reduced tensor."""
 
     def __init__(
         self,
@@ -253,9 +254,11 @@ class Work:
         op: str,
         counters: _Counters | None = None,
         record: tuple[int, int, int, int, int] = (-1, 0, -1, 0, 0),
+        future: torch.futures.Future[Tensor] | None = None,
     ) -> None:
         self._work, self._stats, self._op = work, stats, op
         self._counters, self._record = counters, record  # record: (index, gid, peer, n, tag)
+        self.future = future
 
     def wait(self, *, background: bool = False) -> None:
         """Block until done. ``background=True`` is for a helper thread that waits while the
@@ -279,6 +282,8 @@ class Work:
             self._counters.trace.note(_WAIT, gid, peer, n, tag, t0, t1, index)
 
     def is_completed(self) -> bool:
+        if isinstance(self._work, torch.futures.Future):
+            return self._work.done()
         return self._work is None or self._work.is_completed()
 
 
@@ -422,6 +427,36 @@ class Transport:
         if op == "mean":
             x.div_(self.world_size)
         return x
+
+    def all_reduce_async(self, x: Tensor, op: str = "sum") -> Work:
+        """:meth:`all_reduce` issued without waiting (a DDP communication hook's all-reduce):
+        ``x`` is reduced in place (and, for "mean", divided when it completes); the handle's
+        ``future`` yields ``x`` (what a hook returns). Counted and traced when issued, like
+        :meth:`isend`; :meth:`Work.wait` records the wait, so a replay (:mod:`suite.netmodel`)
+        lets the rank compute while the all-reduce runs, up to that wait."""
+        if op not in _REDUCE_OPS:
+            raise ValueError(f"unknown reduce op {op!r}; valid choices: {', '.join(_REDUCE_OPS)}")
+        c = self._counters
+        if self._alone:
+            done: torch.futures.Future[Tensor] = torch.futures.Future()
+            done.set_result(x)
+            return Work(None, c.active, "all_reduce", future=done)
+        n, stats = nbytes(x), c.active
+        work = self._timed(
+            "all_reduce",
+            lambda: dist.all_reduce(x, op=_REDUCE_OPS[op], group=self.group, async_op=True),
+            payload=n,
+            sent=n,
+            recv=n,
+            messages=1,
+        )
+        if op == "mean":
+            world = self.world_size
+            future = work.get_future().then(lambda fut: fut.value()[0].div_(world))
+        else:
+            future = work.get_future().then(lambda fut: fut.value()[0])
+        record = (self._last_record, self._gid, -1, n, 0)
+        return Work(future, stats, "all_reduce", c, record, future=future)
 
     def reduce(self, x: Tensor, dst: int, op: str = "sum") -> Tensor:
         """In-place reduction into ``x`` on ``dst`` (other ranks' ``x`` is undefined after)."""

@@ -1,0 +1,157 @@
+"""DDP: torch's DistributedDataParallel, the data-parallel training practitioners run anyway.
+
+The model is wrapped in :class:`torch.nn.parallel.DistributedDataParallel`, so gradients are
+grouped into buckets (``bucket_cap_mb``) and each bucket is all-reduced as soon as its last
+gradient is ready, overlapping communication with the rest of the backward pass. Every bucket's
+all-reduce goes through a DDP communication hook that calls the suite's transport
+(:meth:`suite.transport.Transport.all_reduce_async`), so its bytes, wire bytes, messages and
+trace records are counted like every other method's. The hook does what PyTorch's own does:
+``allreduce_hook`` (divide by the world size, all-reduce, as DDP's built-in reducer) or, with
+``compression``, ``fp16_compress_hook`` / ``bf16_compress_hook`` (cast the bucket to 16 bits,
+divide, all-reduce, cast back into the bucket). The loop runs forward and backward on the
+wrapper (``Algorithm.train_model``) and every micro-batch but the last under ``no_sync()``;
+``reduce_gradients`` does nothing.
+
+What is and is not counted. DDP's other communication is switched off rather than left
+uncounted: ``init_sync=False`` (no shape check and no broadcast of parameters and buffers at
+construction: every rank builds the same model from the run's seed, the loop's
+``initial_model``) and ``forward_sync_buffers=False`` (no broadcast of buffers before each
+forward: each rank keeps its own BatchNorm statistics, as allreduce_sgd does, and evaluation
+averages them). One exchange cannot be switched off: at its second forward DDP rebuilds its
+buckets in the order gradients became ready and broadcasts the bucket assignment from rank 0
+(two small integer tensors, once per run, a few hundred bytes); it is bookkeeping outside the
+transport and not counted. An all-reduce's wait happens inside backward, where DDP consumes the
+futures, so ``comm_seconds`` holds only the issue of each all-reduce and the rest of the
+communication time shows as compute; the trace replay (``network_seconds``) charges each
+all-reduce in full, without overlap (an upper bound on DDP's time on that network).
+
+A non-finite loss is caught after backward, as with every method, but DDP has already
+all-reduced that step's gradients by then, so other ranks may receive them before the launcher
+stops the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.autograd import Variable
+from torch.nn.parallel import DistributedDataParallel
+
+from suite.algorithms.base import Algorithm, Context
+from suite.registry import ALGORITHMS
+from suite.transport import Work
+
+Compression = Literal["none", "fp16", "bf16"]
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class DDPConfig:
+    """Knobs of DDP (the defaults are PyTorch's).
+
+    When to use it: the baseline to beat. On a fast network (data centre) it is hard to beat,
+    because its all-reduces overlap the backward pass; compression methods pay off only where
+    the network, not compute, bounds the step. Compare them against ``ddp_fp16``/``ddp_bf16``,
+    not 32-bit ``ddp`` (Agarwal et al., MLSys 2022).
+
+    bucket_cap_mb: bucket size in MiB. Smaller buckets start communicating earlier in backward
+        (more overlap) but cost more messages, each with its own latency; larger ones fewer
+        messages, less overlap. A model smaller than one bucket sends one all-reduce per step.
+    gradient_as_bucket_view: gradients are views into the buckets (no copy in or out of them;
+        less memory). Off only to debug code that replaces ``p.grad``.
+    compression: "none" (32-bit all-reduce), "fp16" or "bf16": each bucket is cast to 16 bits
+        for the all-reduce (half the bytes). fp16 keeps more mantissa but can overflow on
+        large gradients; bf16 has fp32's range and less precision. Both usually train to the
+        same accuracy.
+    """
+
+    bucket_cap_mb: float = 25.0
+    gradient_as_bucket_view: bool = True
+    compression: Compression = "none"
+
+    def __post_init__(self) -> None:
+        if self.bucket_cap_mb <= 0:
+            raise ValueError(f"bucket_cap_mb must be > 0, got {self.bucket_cap_mb}")
+        if self.compression not in ("none", *_DTYPES):
+            raise ValueError(
+                f"unknown compression {self.compression!r}; valid choices: none, fp16, bf16"
+            )
+
+
+def wrap(model: nn.Module, ctx: Context, bucket_cap_mb: float, as_view: bool) -> nn.Module:
+    """``model`` in DistributedDataParallel with no communication outside the hook (see the
+    module docstring)."""
+    device = ctx.device
+    return DistributedDataParallel(
+        model,
+        device_ids=[device.index or 0] if device.type == "cuda" else None,
+        process_group=ctx.transport.group,
+        bucket_cap_mb=bucket_cap_mb,
+        gradient_as_bucket_view=as_view,
+        init_sync=False,
+        forward_sync_buffers=False,
+    )
+
+
+@ALGORITHMS.register("ddp", config=DDPConfig, paper="baseline")
+class DDP(Algorithm):
+    """torch DistributedDataParallel (bucketed all-reduce overlapping backward) through the
+    transport."""
+
+    def __init__(self, config: DDPConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.ddp = wrap(self.model, ctx, config.bucket_cap_mb, config.gradient_as_bucket_view)
+        self.pending: list[Work] = []  # this step's all-reduces, waited at the end of backward
+        # unannotated: DDP checks a hook's annotations against the classes, not strings
+        self.ddp.register_comm_hook(None, lambda state, bucket: self._hook(bucket))
+
+    def _hook(self, bucket: dist.GradBucket) -> torch.futures.Future[Tensor]:
+        buffer = bucket.buffer()
+        dtype = _DTYPES.get(self.config.compression)
+        if dtype is None:  # allreduce_hook: divide first, as DDP's built-in reducer does
+            return self._all_reduce(bucket, buffer.div_(self.world_size))
+        fut = self._all_reduce(bucket, buffer.to(dtype).div_(self.world_size))
+        return fut.then(lambda f: buffer.copy_(f.value()))
+
+    def _all_reduce(self, bucket: dist.GradBucket, x: Tensor) -> torch.futures.Future[Tensor]:
+        """Issue the bucket's all-reduce; after the step's last bucket, queue a wait on them all
+        at the end of backward, before DDP's own (queued after this hook returns), so the
+        trace records when this rank waited (see :meth:`Transport.all_reduce_async`)."""
+        work = self.transport.all_reduce_async(x)
+        self.pending.append(work)
+        if bucket.is_last():
+            Variable._execution_engine.queue_callback(self._wait)
+        assert work.future is not None
+        return work.future
+
+    def _wait(self) -> None:
+        for work in self.pending:
+            work.wait()
+        self.pending.clear()
+
+    def train_model(self) -> nn.Module:
+        return self.ddp
+
+    def accumulate(self, last: bool) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext() if last else self.ddp.no_sync()
+
+
+ALGORITHMS.preset(
+    "ddp_fp16",
+    "ddp",
+    description="DDP with PyTorch's fp16_compress_hook: buckets all-reduced in float16 (half "
+    "the bytes)",
+    compression="fp16",
+)
+ALGORITHMS.preset(
+    "ddp_bf16",
+    "ddp",
+    description="DDP with PyTorch's bf16_compress_hook: buckets all-reduced in bfloat16 (half "
+    "the bytes)",
+    compression="bf16",
+)
