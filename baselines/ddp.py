@@ -17,13 +17,18 @@ uncounted: ``init_sync=False`` (no shape check and no broadcast of parameters an
 construction: every rank builds the same model from the run's seed, the loop's
 ``initial_model``) and ``forward_sync_buffers=False`` (no broadcast of buffers before each
 forward: each rank keeps its own BatchNorm statistics, as allreduce_sgd does, and evaluation
-averages them). One exchange cannot be switched off: at its second forward DDP rebuilds its
-buckets in the order gradients became ready and broadcasts the bucket assignment from rank 0
-(two small integer tensors, once per run, a few hundred bytes); it is bookkeeping outside the
-transport and not counted. An all-reduce's wait happens inside backward, where DDP consumes the
-futures, so ``comm_seconds`` holds only the issue of each all-reduce and the rest of the
-communication time shows as compute; the trace replay (``network_seconds``) charges each
-all-reduce in full, without overlap (an upper bound on DDP's time on that network).
+averages them). One exchange cannot be switched off: DDP rebuilds its buckets once, in the
+order gradients became ready, and broadcasts that assignment from rank 0 (two small integer
+tensors, a few hundred bytes). We make it happen when the algorithm is built
+(:func:`settle_buckets`: two dry passes on zeros, no gradient exchanged), so every step has
+the same layout and a resumed run ends bit for bit as the uninterrupted one; it is set-up
+bookkeeping outside the transport, not counted.
+
+Time. Each all-reduce is issued from the hook and waited for at the end of backward (a
+callback queued before DDP's own); the transport records both, so ``comm_seconds`` is the
+issue plus the time the rank actually waited, and the trace replay (``network_seconds``,
+:mod:`suite.netmodel`) lets the rank compute the rest of backward while the all-reduce runs
+on the modelled network: DDP's overlap.
 
 A non-finite loss is caught after backward, as with every method, but DDP has already
 all-reduced that step's gradients by then, so other ranks may receive them before the launcher
@@ -98,6 +103,39 @@ def wrap(model: nn.Module, ctx: Context, bucket_cap_mb: float, as_view: bool) ->
     )
 
 
+def done(x: Tensor) -> torch.futures.Future[Tensor]:
+    """A completed future of ``x`` (a hook's result when it has nothing to wait for)."""
+    future: torch.futures.Future[Tensor] = torch.futures.Future()
+    future.set_result(x)
+    return future
+
+
+def settle_buckets(algorithm: Any) -> None:
+    """Two dry forward and backward passes on zeros when the algorithm is built (its hook
+    passes buckets through, ``algorithm.dry``; model buffers, gradients and RNGs are left as
+    they were), so DDP rebuilds its buckets in gradient-ready order now rather than after the
+    first training step. Every step, a resumed run's first included, then has the same bucket
+    layout: gloo's ring sums each chunk in an order that depends on it, so otherwise a resumed
+    run on 3 or more ranks would not end bit for bit as the uninterrupted one."""
+    ctx = algorithm.ctx
+    if not ctx.input_shape:
+        return
+    model, device = algorithm.model, ctx.device
+    buffers = [b.detach().clone() for b in model.buffers()]
+    algorithm.dry = True
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for _ in range(2):  # the first records the ready order, the second's forward rebuilds
+            x = torch.zeros(2, *ctx.input_shape, device=device)
+            algorithm.ddp(x).float().sum().backward()
+    algorithm.dry = False
+    with torch.no_grad():
+        for b, saved in zip(model.buffers(), buffers, strict=True):
+            b.copy_(saved)
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.zero_()
+
+
 @ALGORITHMS.register("ddp", config=DDPConfig, paper="baseline")
 class DDP(Algorithm):
     """torch DistributedDataParallel (bucketed all-reduce overlapping backward) through the
@@ -107,11 +145,15 @@ class DDP(Algorithm):
         super().__init__(config, ctx)
         self.ddp = wrap(self.model, ctx, config.bucket_cap_mb, config.gradient_as_bucket_view)
         self.pending: list[Work] = []  # this step's all-reduces, waited at the end of backward
+        self.dry = False  # the hook passes buckets through untouched (settle_buckets)
+        settle_buckets(self)
         # unannotated: DDP checks a hook's annotations against the classes, not strings
         self.ddp.register_comm_hook(None, lambda state, bucket: self._hook(bucket))
 
     def _hook(self, bucket: dist.GradBucket) -> torch.futures.Future[Tensor]:
         buffer = bucket.buffer()
+        if self.dry:
+            return done(buffer)
         dtype = _DTYPES.get(self.config.compression)
         if dtype is None:  # allreduce_hook: divide first, as DDP's built-in reducer does
             return self._all_reduce(bucket, buffer.div_(self.world_size))

@@ -33,7 +33,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import (
     _should_compress,
 )
 
-from baselines.ddp import DDP, wrap
+from baselines.ddp import DDP, done, settle_buckets, wrap
 from suite.algorithms.base import Algorithm, Context
 from suite.registry import ALGORITHMS
 from suite.transport import Work
@@ -94,6 +94,7 @@ class PowerSGD(DDP):
         # unannotated: DDP checks a hook's annotations against the classes, not strings
         self.ddp.register_comm_hook(None, lambda state, bucket: self._hook(bucket))
         self.pending: list[Work] = []
+        self.dry = False
         self.iter = 0
         self.draws = 0  # seeds drawn from RandomState(SEED) so far (restored on resume)
         self.rng = np.random.RandomState(SEED)
@@ -102,10 +103,13 @@ class PowerSGD(DDP):
         self.q: dict[int, Tensor] = {}
         self.numel_before = 0
         self.numel_after = 0
+        settle_buckets(self)
 
     def _hook(self, bucket: dist.GradBucket) -> torch.futures.Future[Tensor]:
         cfg, n_ranks = self.config, self.world_size
         buffer = bucket.buffer()
+        if self.dry:
+            return done(buffer)
         if self.iter < cfg.start_iter:
             self._count_iter(bucket)
             return self._all_reduce(bucket, buffer.div_(n_ranks))
@@ -178,9 +182,7 @@ class PowerSGD(DDP):
             self.p.clear()
             self.q.clear()
         self._count_iter(bucket)
-        done: torch.futures.Future[Tensor] = torch.futures.Future()
-        done.set_result(buffer)
-        return done
+        return done(buffer)
 
     def _count_iter(self, bucket: dist.GradBucket) -> None:
         if bucket.is_last():

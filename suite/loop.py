@@ -247,6 +247,7 @@ class Trainer:
             total_steps=self.steps,
             steps_per_epoch=self.steps_per_epoch,
             seed=cfg.seed,
+            input_shape=tuple(self.data.input_shape),
         )
         entry = ALGORITHMS.get(cfg.algorithm.name)
         self.algorithm: Algorithm = entry.obj(cfg.algorithm.args, ctx)

@@ -49,6 +49,9 @@ class Context:
     total_steps: int
     steps_per_epoch: int
     seed: int
+    # one sample's shape (the dataset's): for an algorithm that runs the model once when it is
+    # built (DDP settles its buckets); () when unknown
+    input_shape: tuple[int, ...] = ()
 
 
 class Algorithm:
