@@ -2,9 +2,10 @@
 transport, side by side in one run.
 
 Both train the same model on the same shards on the same 2 gloo ranks, alternating whole runs
-so machine noise hits both alike; the ratio is the median over rounds of each round's pair. Ours is the full training loop (``Trainer.run`` with
-algorithm ``ddp``: DDP with our communication hook through the transport, trace records, wire
-counters, per-step rows), timed as its summary's ``train_seconds``; theirs is a plain loop over
+(and which goes first) so machine noise hits both alike; the ratio is the median over rounds of
+each round's pair. Ours is the full training loop (``Trainer.run`` with algorithm ``ddp``: DDP
+with our communication hook through the transport, trace records, wire counters, per-step
+rows), timed as its summary's ``train_seconds``; theirs is a plain loop over
 ``DistributedDataParallel`` with its built-in (C++) all-reduce. Target: ours / theirs <= 1.02
 (issue 18).
 """
