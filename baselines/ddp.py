@@ -144,7 +144,8 @@ class DDP(Algorithm):
     def __init__(self, config: DDPConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
         self.ddp = wrap(self.model, ctx, config.bucket_cap_mb, config.gradient_as_bucket_view)
-        self.pending: list[Work] = []  # this step's all-reduces, waited at the end of backward
+        # this step's all-reduces: (work, tensor, bucket to copy it into, DDP's future)
+        self.pending: list[tuple[Work, Tensor, Tensor | None, torch.futures.Future]] = []
         self.dry = False  # the hook passes buckets through untouched (settle_buckets)
         settle_buckets(self)
         # unannotated: DDP checks a hook's annotations against the classes, not strings
@@ -157,23 +158,26 @@ class DDP(Algorithm):
         dtype = _DTYPES.get(self.config.compression)
         if dtype is None:  # allreduce_hook: divide first, as DDP's built-in reducer does
             return self._all_reduce(bucket, buffer.div_(self.world_size))
-        fut = self._all_reduce(bucket, buffer.to(dtype).div_(self.world_size))
-        return fut.then(lambda f: buffer.copy_(f.value()))
+        return self._all_reduce(bucket, buffer.to(dtype).div_(self.world_size), buffer)
 
-    def _all_reduce(self, bucket: dist.GradBucket, x: Tensor) -> torch.futures.Future[Tensor]:
-        """Issue the bucket's all-reduce; after the step's last bucket, queue a wait on them all
-        at the end of backward, before DDP's own (queued after this hook returns), so the
-        trace records when this rank waited (see :meth:`Transport.all_reduce_async`)."""
-        work = self.transport.all_reduce_async(x)
-        self.pending.append(work)
+    def _all_reduce(
+        self, bucket: dist.GradBucket, x: Tensor, into: Tensor | None = None
+    ) -> torch.futures.Future[Tensor]:
+        """Issue the all-reduce of ``x`` (copied ``into`` the bucket once done, if given) and
+        return the future DDP waits on. After the step's last bucket, a callback queued now
+        (so it runs at the end of backward, before DDP's own, queued after this hook returns)
+        waits for them all and completes their futures, so the transport records when this
+        rank waited."""
+        future: torch.futures.Future[Tensor] = torch.futures.Future()
+        self.pending.append((self.transport.all_reduce_async(x), x, into, future))
         if bucket.is_last():
             Variable._execution_engine.queue_callback(self._wait)
-        assert work.future is not None
-        return work.future
+        return future
 
     def _wait(self) -> None:
-        for work in self.pending:
+        for work, x, into, future in self.pending:
             work.wait()
+            future.set_result(x if into is None else into.copy_(x))
         self.pending.clear()
 
     def train_model(self) -> nn.Module:

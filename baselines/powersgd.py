@@ -93,7 +93,7 @@ class PowerSGD(DDP):
         self.ddp = wrap(self.model, ctx, 25.0, True)
         # unannotated: DDP checks a hook's annotations against the classes, not strings
         self.ddp.register_comm_hook(None, lambda state, bucket: self._hook(bucket))
-        self.pending: list[Work] = []
+        self.pending: list[tuple[Work, Tensor, Tensor | None, torch.futures.Future]] = []
         self.dry = False
         self.iter = 0
         self.draws = 0  # seeds drawn from RandomState(SEED) so far (restored on resume)
