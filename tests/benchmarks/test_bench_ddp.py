@@ -85,12 +85,18 @@ def test_ddp_step_time_against_torch_ddp(benchmark, model: str) -> None:
     ours, theirs = statistics.median(result["ours"]), statistics.median(result["theirs"])
     # the median of each round's pair (neighbours in time share the machine's load)
     ratio = statistics.median(a / b for a, b in zip(result["ours"], result["theirs"], strict=True))
+    fastest = min(result["ours"]) / min(result["theirs"])  # beside: the best rounds' ratio
     benchmark.extra_info.update(
-        {"ours_ms_per_step": ours * 1e3, "torch_ms_per_step": theirs * 1e3, "ratio": ratio}
+        {
+            "ours_ms_per_step": ours * 1e3,
+            "torch_ms_per_step": theirs * 1e3,
+            "ratio": ratio,
+            "ratio_of_minima": fastest,
+        }
     )
     print(
         f"\n{model}: ddp {ours * 1e3:.2f} ms/step, torch DDP {theirs * 1e3:.2f} ms/step, "
-        f"ratio {ratio:.3f} (target <= {TARGET}); per round: ours "
+        f"ratio {ratio:.3f} (target <= {TARGET}), of the minima {fastest:.3f}; per round: ours "
         f"{[round(s * 1e3, 2) for s in result['ours']]}, torch "
         f"{[round(s * 1e3, 2) for s in result['theirs']]}"
     )
