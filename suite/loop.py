@@ -3,6 +3,7 @@
 Per step, on every rank::
 
     for each of micro_batches micro-batches: forward, loss / micro_batches, backward
+        (on algorithm.train_model(), inside algorithm.accumulate(last): DDP's hooks)
     algorithm.reduce_gradients(step)      # hook 1
     optimizer.step(); lr schedule
     algorithm.mix_parameters(step)        # hook 2
@@ -246,6 +247,7 @@ class Trainer:
             total_steps=self.steps,
             steps_per_epoch=self.steps_per_epoch,
             seed=cfg.seed,
+            input_shape=tuple(self.data.input_shape),
         )
         entry = ALGORITHMS.get(cfg.algorithm.name)
         self.algorithm: Algorithm = entry.obj(cfg.algorithm.args, ctx)
@@ -289,11 +291,13 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=False)
             loss_sum, at_x = 0.0, None
             probe = self.algorithm.loss_model()  # x_t, where the gradient is taken elsewhere
-            for _ in range(cfg.micro_batches):
+            forward = self.algorithm.train_model()  # the model, or a DDP wrapper of it
+            for i in range(cfg.micro_batches):
                 x, y = next(self.batches)
-                loss = F.cross_entropy(self.model(x), y, label_smoothing=cfg.label_smoothing)
-                loss = loss / cfg.micro_batches
-                loss.backward()
+                with self.algorithm.accumulate(i == cfg.micro_batches - 1):
+                    loss = F.cross_entropy(forward(x), y, label_smoothing=cfg.label_smoothing)
+                    loss = loss / cfg.micro_batches
+                    loss.backward()
                 loss_sum += loss.item()
                 if probe is not None:
                     at_x = (at_x or 0.0) + self._probe_loss(probe, x, y) / cfg.micro_batches

@@ -49,6 +49,9 @@ ALGORITHMS: dict[str, tuple[str, ...]] = {
         "measure_every",
     ),
     "crossover_sgd": ("segments", "group_size", "fairness", "fresh_per_segment", "measure_every"),
+    "ddp": ("bucket_cap_mb", "gradient_as_bucket_view", "compression"),
+    "ddp_bf16": ("bucket_cap_mb", "gradient_as_bucket_view", "compression"),
+    "ddp_fp16": ("bucket_cap_mb", "gradient_as_bucket_view", "compression"),
     "dpsgd": ("topology",),
     "dybw": (
         "topology",
@@ -67,6 +70,14 @@ ALGORITHMS: dict[str, tuple[str, ...]] = {
     "eventgrad": ("horizon", "mode", "threshold", "warmup", "topk"),
     "eventgrad_topk": ("horizon", "mode", "threshold", "warmup", "topk"),
     "local_sgd": ("period", "buffers"),
+    "powersgd": (
+        "rank",
+        "start_iter",
+        "min_compression_rate",
+        "warm_start",
+        "error_feedback",
+        "orthogonalization_epsilon",
+    ),
     "saef": ("compressor", "downlink", "uplink", "measure_every", "average_every", "reset_every"),
     "saef_ea": (
         "compressor",

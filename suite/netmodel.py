@@ -36,8 +36,10 @@ Semantics, per rank, record by record (:mod:`suite.trace`'s schema):
   rounds): a round's transfers (from :func:`rounds`, summing to the summary's ``wire_bytes``)
   start together as flows on the shared links, and the next round starts when all have
   arrived. On an idle network a round takes the latency plus its busiest link's bytes over its
-  rate (the alpha-beta cost). Every member leaves at the end. barrier: ceil(log2 N) rounds of
-  latency (dissemination).
+  rate (the alpha-beta cost). Every member leaves at the end, but one that issued it async (a
+  ``wait`` record refers to it: a DDP bucket's all-reduce) goes on computing at once and
+  blocks at that wait instead, so communication overlaps compute. barrier: ceil(log2 N)
+  rounds of latency (dissemination).
 * switch cap: ``switch_bps`` is one more link every flow crosses (a lone flow is not slowed
   below its link rate when the cap is higher).
 * harness-channel ops (the suite's own bookkeeping: metrics gathers, evaluation all-reduces,
@@ -391,6 +393,9 @@ class _Sim:
         self.links = Links(net, self.W)
         self.scale = compute_scale
         self.records = [self._prepare(r, harness) for r in range(self.W)]
+        # per rank, the records a wait refers to: async ops (a collective among them does not
+        # block the rank that issued it; its wait does)
+        self.awaited = [{rec[7] for rec in recs if rec[1] == _WAIT} for recs in self.records]
         self.costs: dict[tuple[int, int, int, int], float] = {}
 
     def idle_cost(self, kind: int, g: int, root: int, n: int) -> float:
@@ -491,14 +496,22 @@ class _Sim:
                 when = max(issued, notice)
                 at(when, lambda r=r, i=i, p=rec[3], n=rec[4], w=when: data(r, i, p, n, key, w))
 
-        def collective(group: tuple[int, ...], members: list[int], kind: int, root: int,
-                       n: int, when: float) -> None:  # fmt: skip
+        def leave(members: list[tuple[int, int]], when: float) -> None:
+            """The collective's members (rank, record) are done: a blocked rank goes on, an
+            async one's record completes (its wait may be blocked on it)."""
+            for m, i in members:
+                if i in self.awaited[m]:
+                    complete(m, i, when)
+                else:
+                    finish(m, when)
+
+        def collective(group: tuple[int, ...], members: list[tuple[int, int]], kind: int,
+                       root: int, n: int, when: float) -> None:  # fmt: skip
             plan = rounds(_NAMES[kind], group, root, n)
 
             def round_(k: int, start: float) -> None:
                 if k == len(plan):
-                    for m in members:
-                        finish(m, start)
+                    leave(members, start)
                     return
                 flows = [(s, d, b) for (s, d), b in plan[k].items()]
                 if not flows:  # barrier: latency only
@@ -553,17 +566,18 @@ class _Sim:
                 c = ncalls[r].get(g, 0)
                 ncalls[r][g] = c + 1
                 arrived = calls.setdefault(g, {}).setdefault(c, [])
-                arrived.append((r, now))
+                arrived.append((r, now, i))
                 if len(arrived) == len(group):
                     del calls[g][c]
-                    start = max(a for _, a in arrived)
-                    members = [m for m, _ in arrived]
-                    if len(group) == W and not links.active:  # the fast, exact path
-                        end = start + self.idle_cost(kind, g, peer, n)
-                        for m in members:
-                            finish(m, end)
+                    start = max(a for _, a, _ in arrived)
+                    members = [(m, j) for m, _, j in arrived]
+                    fast = not any(j in self.awaited[m] for m, j in members)
+                    if fast and len(group) == W and not links.active:  # the fast, exact path
+                        leave(members, start + self.idle_cost(kind, g, peer, n))
                     else:
                         collective(group, members, kind, peer, n, start)
+                if i in self.awaited[r]:  # async (a wait refers to it): the rank goes on
+                    finish(r, now)
 
         for r in range(W):
             if records[r]:

@@ -56,9 +56,10 @@ on CUDA that is launch time unless the caller synchronises.
 from __future__ import annotations
 
 import contextlib
+import functools
 import pickle
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -244,7 +245,8 @@ class _Counters:
 
 
 class Work:
-    """Handle of an async send/recv; ``wait()`` adds the time waited to the op's seconds."""
+    """Handle of an async send/recv or all-reduce; ``wait()`` adds the time waited to the op's
+    seconds (and then runs ``then``, if given: a mean's division)."""
 
     def __init__(
         self,
@@ -253,9 +255,11 @@ class Work:
         op: str,
         counters: _Counters | None = None,
         record: tuple[int, int, int, int, int] = (-1, 0, -1, 0, 0),
+        then: Callable[[], Any] | None = None,
     ) -> None:
         self._work, self._stats, self._op = work, stats, op
         self._counters, self._record = counters, record  # record: (index, gid, peer, n, tag)
+        self._then = then
 
     def wait(self, *, background: bool = False) -> None:
         """Block until done. ``background=True`` is for a helper thread that waits while the
@@ -267,16 +271,18 @@ class Work:
         if background:
             self._work.wait()
             self._work = None
-            return
-        t0 = time.perf_counter()
-        with communicating():
-            self._work.wait()
-        t1 = time.perf_counter()
-        self._stats.record(self._op, seconds=t1 - t0, call=False)
-        self._work = None
-        index, gid, peer, n, tag = self._record
-        if self._counters is not None and index >= 0:
-            self._counters.trace.note(_WAIT, gid, peer, n, tag, t0, t1, index)
+        else:
+            t0 = time.perf_counter()
+            with communicating():
+                self._work.wait()
+            t1 = time.perf_counter()
+            self._stats.record(self._op, seconds=t1 - t0, call=False)
+            self._work = None
+            index, gid, peer, n, tag = self._record
+            if self._counters is not None and index >= 0:
+                self._counters.trace.note(_WAIT, gid, peer, n, tag, t0, t1, index)
+        if self._then is not None:
+            self._then()
 
     def is_completed(self) -> bool:
         return self._work is None or self._work.is_completed()
@@ -422,6 +428,32 @@ class Transport:
         if op == "mean":
             x.div_(self.world_size)
         return x
+
+    def all_reduce_async(self, x: Tensor, op: str = "sum") -> Work:
+        """:meth:`all_reduce` issued without waiting (a DDP communication hook's all-reduce):
+        ``x`` is reduced in place, and for "mean" divided, once :meth:`Work.wait` returns.
+        Counted and traced when issued, like :meth:`isend`; the wait is recorded too, so a
+        replay (:mod:`suite.netmodel`) lets the rank compute while the all-reduce runs, up to
+        its wait. (A hook completes its own torch future after the wait: a future chained on
+        the backend's would run Python on the backend's thread, contending for the GIL with
+        the backward pass.)"""
+        if op not in _REDUCE_OPS:
+            raise ValueError(f"unknown reduce op {op!r}; valid choices: {', '.join(_REDUCE_OPS)}")
+        c = self._counters
+        if self._alone:
+            return Work(None, c.active, "all_reduce")
+        n, stats = nbytes(x), c.active
+        work = self._timed(
+            "all_reduce",
+            lambda: dist.all_reduce(x, op=_REDUCE_OPS[op], group=self.group, async_op=True),
+            payload=n,
+            sent=n,
+            recv=n,
+            messages=1,
+        )
+        record = (self._last_record, self._gid, -1, n, 0)
+        then = functools.partial(x.div_, self.world_size) if op == "mean" else None
+        return Work(work, stats, "all_reduce", c, record, then)
 
     def reduce(self, x: Tensor, dst: int, op: str = "sum") -> Tensor:
         """In-place reduction into ``x`` on ``dst`` (other ranks' ``x`` is undefined after)."""

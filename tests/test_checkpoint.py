@@ -36,6 +36,7 @@ from suite.transport import Transport
 EXTRA = {
     "allreduce_sgd": ["optim.momentum=0.9"],
     "eventgrad": ["algorithm.warmup=2", "algorithm.horizon=0.95"],
+    "powersgd": ["algorithm.start_iter=3"],  # compressing across the checkpoint
     "eventgrad_topk": ["algorithm.warmup=2", "algorithm.horizon=0.95"],
     "saef": [
         "algorithm.compressor=top_k",

@@ -7,6 +7,12 @@ enough for almost every method (epfml/powersgd's ``aggregate``, PyTorch's ModelA
 - :meth:`Algorithm.reduce_gradients` after backward, before ``optimizer.step()``;
 - :meth:`Algorithm.mix_parameters` after ``optimizer.step()``.
 
+An algorithm that communicates *during* backward (DDP's bucketed all-reduces, overlapping the
+backward pass: baselines/ddp.py) instead hands the loop the module to run forward and backward
+on (:meth:`Algorithm.train_model`, a wrapper of the model) and the context each micro-batch runs
+in (:meth:`Algorithm.accumulate`: DDP's ``no_sync`` on all but the last); its
+``reduce_gradients`` is then a no-op.
+
 Event triggers, K controllers or straggler clocks are small policy objects an algorithm holds,
 not new hook points.
 
@@ -19,6 +25,7 @@ cannot be saved (threads, open receives) overrides them, or says it cannot be ch
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +49,9 @@ class Context:
     total_steps: int
     steps_per_epoch: int
     seed: int
+    # one sample's shape (the dataset's): for an algorithm that runs the model once when it is
+    # built (DDP settles its buckets); () when unknown
+    input_shape: tuple[int, ...] = ()
 
 
 class Algorithm:
@@ -61,6 +71,16 @@ class Algorithm:
     @property
     def world_size(self) -> int:
         return self.transport.world_size
+
+    def train_model(self) -> nn.Module:
+        """The module the loop runs each micro-batch's forward and backward on: the model
+        itself (the default), or a wrapper that communicates during backward (DDP)."""
+        return self.model
+
+    def accumulate(self, last: bool) -> contextlib.AbstractContextManager[Any]:
+        """The context one micro-batch's forward and backward run in; ``last``: the step's last
+        micro-batch. Default: nothing (DDP: ``no_sync()`` on all but the last)."""
+        return contextlib.nullcontext()
 
     def reduce_gradients(self, step: int) -> None:
         """Hook 1: gradients are in ``p.grad``; combine them before the optimizer step."""

@@ -1,7 +1,8 @@
 """allreduce_sgd's step time against torch DistributedDataParallel, side by side in one run.
 
-Both train the same model on the same shards on the same 2 gloo ranks, alternating blocks of
-steps so machine noise hits both alike. Ours is the full training loop (``Trainer.run``, with
+Both train the same model on the same shards on the same 2 gloo ranks, alternating whole runs
+(and which goes first) so machine noise hits both alike; the ratio is the median over rounds of
+each round's pair. Ours is the full training loop (``Trainer.run``, with
 its per-step bookkeeping: trace records, wire counters), timed as its summary's
 ``train_seconds``: the steps, not the end-of-run summary (gathers, the trace's replay) that
 DDP's plain loop has no counterpart of. Target: ours / DDP <= 1.02.
@@ -24,7 +25,7 @@ from suite.tasks.data import ShardedBatches
 from suite.transport import Transport
 
 TARGET = 1.02
-STEPS, ROUNDS = 150, 3
+STEPS, ROUNDS = 100, 11
 
 
 def _ddp_seconds_per_step(cfg: RunConfig, steps: int) -> float:
@@ -56,9 +57,11 @@ def _ours_seconds_per_step(cfg: RunConfig) -> float:
 def _side_by_side(cfg: RunConfig) -> dict[str, list[float]]:
     ours, ddp = [], []
     _ddp_seconds_per_step(cfg, 10)  # warm-up: connections, allocator
-    for _ in range(ROUNDS):
-        ours.append(_ours_seconds_per_step(cfg))
-        ddp.append(_ddp_seconds_per_step(cfg, cfg.steps))
+    for i in range(ROUNDS):  # alternate which goes first: a fixed order biases the ratio
+        pair = [lambda: ours.append(_ours_seconds_per_step(cfg)),
+                lambda: ddp.append(_ddp_seconds_per_step(cfg, cfg.steps))]  # fmt: skip
+        for run in pair if i % 2 == 0 else pair[::-1]:
+            run()
     return {"ours": ours, "ddp": ddp}
 
 
@@ -78,12 +81,19 @@ def test_allreduce_sgd_step_time_against_ddp(benchmark, model: str) -> None:
     )
     result = benchmark.pedantic(lambda: launch(_side_by_side, 2, (cfg,))[0], rounds=1)
     ours, ddp = statistics.median(result["ours"]), statistics.median(result["ddp"])
-    ratio = ours / ddp
+    # the median of each round's pair (neighbours in time share the machine's load)
+    ratio = statistics.median(a / b for a, b in zip(result["ours"], result["ddp"], strict=True))
+    fastest = min(result["ours"]) / min(result["ddp"])  # beside: the best rounds' ratio
     benchmark.extra_info.update(
-        {"ours_ms_per_step": ours * 1e3, "ddp_ms_per_step": ddp * 1e3, "ratio": ratio}
+        {
+            "ours_ms_per_step": ours * 1e3,
+            "ddp_ms_per_step": ddp * 1e3,
+            "ratio": ratio,
+            "ratio_of_minima": fastest,
+        }
     )
     print(
         f"\n{model}: allreduce_sgd {ours * 1e3:.2f} ms/step, DDP {ddp * 1e3:.2f} ms/step, "
-        f"ratio {ratio:.3f} (target <= {TARGET})"
+        f"ratio {ratio:.3f} (target <= {TARGET}), of the minima {fastest:.3f}"
     )
     assert ratio <= TARGET

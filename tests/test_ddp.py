@@ -1,0 +1,190 @@
+"""The practitioners' baselines: ddp, ddp_fp16/ddp_bf16 and powersgd (baselines/ddp.py,
+baselines/powersgd.py) train as their references do and count what they send."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from conftest import last_json, suite_cmd
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+from torch.nn.parallel import DistributedDataParallel
+
+from suite.config import RunConfig, apply_overrides
+from suite.launcher import launch
+from suite.loop import Job, Trainer, build_dataset, initial_model
+from suite.netmodel import NetworkSpec, op_seconds, replay
+from suite.tasks.data import ShardedBatches
+from suite.trace import DTYPE, KIND, Trace
+from suite.transport import Transport
+
+SMALL = [
+    "dataset=digits",
+    "model=mlp",
+    "model.hidden=32",
+    "eval_every=0",
+    "eval_per_rank=false",
+    "device=cpu",
+    "batch_size=16",
+]
+
+
+def _config(*items: str) -> RunConfig:
+    return apply_overrides(RunConfig(), [*SMALL, *items])
+
+
+def _train(cfg: RunConfig) -> dict:
+    trainer = Trainer(Job(cfg, target="test", paper="test", progress=False), Transport())
+    summary, _ = trainer.run()
+    state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    return {"state": state, "summary": summary}
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.mark.parametrize(("micro_batches", "bucket_cap_mb"), [(1, 25.0), (2, 25.0), (1, 0.001)])
+def test_ddp_on_two_ranks_equals_allreduce_sgd_and_one_process_on_the_union_batch(
+    micro_batches: int, bucket_cap_mb: float
+) -> None:
+    common = ["steps=12", f"micro_batches={micro_batches}", "optim.momentum=0.9"]
+    cap = f"algorithm.bucket_cap_mb={bucket_cap_mb}"
+    ddp = launch(_train, 2, (_config("algorithm=ddp", cap, "nproc=2", *common),))
+    ref = launch(_train, 2, (_config("algorithm=allreduce_sgd", "nproc=2", *common),))[0]
+    one_cfg = _config("algorithm=single", "nproc=1", "batch_size=32", *common)
+    one = launch(_train, 1, (one_cfg,))[0]
+    assert _max_diff(ddp[0]["state"], ddp[1]["state"]) == 0.0  # ranks stay identical
+    assert _max_diff(ddp[0]["state"], ref["state"]) < 1e-5
+    assert _max_diff(ddp[0]["state"], one["state"]) < 1e-5
+    init = initial_model(one_cfg, build_dataset(one_cfg)).state_dict()
+    assert _max_diff(init, one["state"]) > 1e-3  # the runs really moved
+    # the whole gradient once per step, nothing else: one all-reduce if it fits one bucket
+    summary = ddp[0]["summary"]
+    assert summary["bytes_sent"] == 12 * 2 * summary["num_params"] * 4
+    # a bucket closes once past 1 KiB: fc2 (1.3 KiB), then fc1 (8.3 KiB)
+    buckets = 1 if bucket_cap_mb == 25.0 else 2
+    assert summary["messages"] == 12 * 2 * buckets
+
+
+def test_16_bit_buckets_halve_ddps_wire_bytes_at_about_the_same_accuracy() -> None:
+    common = ["nproc=2", "steps=60", "eval_every=60", "optim.lr=0.1"]
+    out = {
+        name: launch(_train, 2, (_config(f"algorithm={name}", *common),))[0]["summary"]
+        for name in ("ddp", "ddp_fp16", "ddp_bf16")
+    }
+    full = out["ddp"]
+    assert full["wire_bytes"] == 60 * 2 * full["num_params"] * 4  # ring on 2 ranks: |x| each
+    for half in ("ddp_fp16", "ddp_bf16"):
+        assert out[half]["wire_bytes"] * 2 == full["wire_bytes"]
+        assert out[half]["bytes_sent"] * 2 == full["bytes_sent"]
+        assert abs(out[half]["test_accuracy"] - full["test_accuracy"]) <= 0.02
+    assert full["test_accuracy"] > 0.8
+
+
+def _powersgd_bytes(model: torch.nn.Module, rank: int, start: int, steps: int) -> int:
+    """One rank's counted bytes: plain all-reduces before ``start``, then per step the
+    uncompressed tensors plus P (n r) and Q (m r) of each matrix worth compressing, with each
+    gradient viewed as PyTorch's hook views it (shape[0] x the rest)."""
+    dense = sum(p.numel() for p in model.parameters())
+    per_step = 0
+    for p in model.parameters():
+        n, m = p.shape[0], p.numel() // p.shape[0]
+        r = min(n, m, rank)
+        per_step += (n + m) * r if (n + m) * r * 2.0 < n * m else n * m
+    return 4 * (start * dense + (steps - start) * per_step)
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_powersgd_counts_its_rank_r_closed_form(rank: int) -> None:
+    steps, start = 10, 3
+    cfg = _config(
+        "algorithm=powersgd",
+        f"algorithm.rank={rank}",
+        f"algorithm.start_iter={start}",
+        "nproc=2",
+        f"steps={steps}",
+    )
+    summary = launch(_train, 2, (cfg,))[0]["summary"]
+    model = initial_model(cfg, build_dataset(cfg))
+    expected = _powersgd_bytes(model, rank, start, steps)
+    assert expected < 4 * steps * summary["num_params"] / 2  # it does compress
+    assert [r["bytes_sent"] for r in summary["per_rank"]] == [expected] * 2
+    assert summary["wire_bytes"] == 2 * expected  # ring all-reduce on 2 ranks
+    # one bucket: one all-reduce a step, then three (uncompressed, Ps, Qs)
+    assert summary["messages"] == 2 * (start + 3 * (steps - start))
+
+
+def _torch_ddp(cfg: RunConfig, hook: str) -> dict:
+    """The same run with torch's own DDP and hooks, in a plain loop (no transport)."""
+    data = build_dataset(cfg)
+    model = initial_model(cfg, data)
+    ddp = DistributedDataParallel(model, init_sync=False, forward_sync_buffers=False)
+    state = None
+    if hook == "fp16":
+        ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    elif hook == "powersgd":
+        args = cfg.algorithm.args
+        state = powerSGD_hook.PowerSGDState(
+            None, matrix_approximation_rank=args.rank, start_powerSGD_iter=args.start_iter
+        )
+        ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
+    batches = ShardedBatches(data, cfg.batch_size, dist.get_rank(), cfg.nproc, cfg.seed)
+    for _ in range(cfg.steps):
+        opt.zero_grad(set_to_none=False)
+        x, y = next(batches)
+        F.cross_entropy(ddp(x), y).backward()
+        opt.step()
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    ("name", "hook", "extra"),
+    [
+        ("ddp", "none", []),
+        ("ddp_fp16", "fp16", []),
+        ("powersgd", "powersgd", ["algorithm.start_iter=3", "algorithm.rank=2"]),
+    ],
+)
+def test_each_equals_torchs_own_ddp_hook_on_two_ranks(
+    name: str, hook: str, extra: list[str]
+) -> None:
+    cfg = _config(f"algorithm={name}", "nproc=2", "steps=12", "optim.momentum=0.9", *extra)
+    ours = launch(_train, 2, (cfg,))
+    theirs = launch(_torch_ddp, 2, (cfg, hook))
+    init = initial_model(cfg, build_dataset(cfg)).state_dict()
+    for r in range(2):
+        assert _max_diff(ours[r]["state"], theirs[r]) < 1e-5, f"rank {r}"
+        assert _max_diff(init, theirs[r]) > 1e-3
+
+
+@pytest.mark.parametrize("target", ["ddp", "ddp_bf16", "powersgd"])
+def test_the_baselines_run_through_the_cli(tmp_path: Path, target: str) -> None:
+    proc = suite_cmd(
+        "run", target, "--steps", "20", "--nproc", "2", "--no-track", "--quiet", "--json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = last_json(proc.stdout)
+    assert summary["algorithm"] == target and summary["steps"] == 20
+    assert summary["wire_bytes"] > 0 and summary["network_seconds"] > 0
+
+
+@pytest.mark.parametrize("compute", [0.5, 2.0])
+def test_a_replayed_async_all_reduce_overlaps_the_compute_before_its_wait(compute: float) -> None:
+    # a DDP bucket: the all-reduce is issued, backward goes on, the rank waits at the end
+    net = NetworkSpec(1e9, 1e-3)
+    n = 4_000_000
+    cost = op_seconds("all_reduce", n, 2, net)
+    rows = [
+        (0, KIND["all_reduce"], 0, -1, n, 0, 0, 0.0, 0.0, -1),
+        (0, KIND["wait"], 0, -1, n, 0, 0, compute * cost, 0.0, 0),
+    ]
+    ranks = tuple(np.array(rows, dtype=DTYPE) for _ in range(2))
+    timeline = replay(Trace(2, ((0, 1),), ("algorithm", "harness"), ranks), net)
+    assert timeline.network_seconds == pytest.approx(max(1.0, compute) * cost)
