@@ -74,12 +74,13 @@ TERMINATE_GRACE = 3.0  # seconds between SIGTERM and SIGKILL when stopping ranks
 COLLECTIVE_MARGIN = 30.0  # backend timeout = hang_timeout + this, so the launcher decides first
 # What one forked rank needs of its own, beyond what it shares with the others. Measured on the
 # digits MLP (tests/benchmarks/test_bench_scale.py): ~20 MB unique memory (USS) at any N, and
-# 16 + 3 (N - 1) file descriptors (N = 4, 16, 64; the launcher itself holds ~7 + 2 N). The
-# budget is a margin above: per rank, RANK_MEMORY plus MODEL_COPIES copies of the model's
-# parameters (weights, gradients, the averaged model, optimizer and algorithm state).
+# the launcher's open files (inherited) + 16 + 3 (N - 1) file descriptors (N = 4, 16, 64; the
+# launcher itself holds its own + 2 N). The budget is a margin above: per rank, RANK_MEMORY plus
+# MODEL_COPIES copies of the model's parameters (weights, gradients, the averaged model,
+# optimizer and algorithm state); RANK_FDS + FDS_PER_PEER per peer beyond the inherited files.
 RANK_MEMORY = 40e6
 MODEL_COPIES = 8
-RANK_FDS, FDS_PER_PEER = 32, 3
+RANK_FDS, FDS_PER_PEER = 24, 3
 
 # Set in each worker: shared arrays (last progress time, inside-a-communication-op flag per
 # rank) and this worker's rank.
@@ -484,17 +485,14 @@ def launch(
             emulate.unwire()
 
 
-def rank_fds(nproc: int) -> int:
-    """File descriptors one rank of ``nproc`` may hold (its files, gloo's pairs to its peers)."""
-    return RANK_FDS + FDS_PER_PEER * (nproc - 1)
-
-
 def _fds_needed(nproc: int) -> int:
-    """The most any process of the job holds: a rank, or this launcher (its own open files,
-    and a pipe and a sentinel per rank)."""
+    """File descriptors the busiest process of an ``nproc``-rank job may hold: a rank (what it
+    inherits from this launcher, its own files, gloo's pairs to its peers) or this launcher (a
+    pipe and a sentinel per rank)."""
     import psutil
 
-    return max(rank_fds(nproc), psutil.Process().num_fds() + 2 * nproc + RANK_FDS)
+    per_peer = max(FDS_PER_PEER * (nproc - 1), 2 * nproc)
+    return psutil.Process().num_fds() + RANK_FDS + per_peer
 
 
 def _raise_fd_limit(nproc: int) -> None:
@@ -535,7 +533,8 @@ def check_capacity(nproc: int, param_bytes: int) -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     needed = _fds_needed(nproc)
     if hard != resource.RLIM_INFINITY and needed > hard:
-        fits = max(1, (hard - RANK_FDS) // FDS_PER_PEER + 1)
+        own = psutil.Process().num_fds()
+        fits = max(1, (hard - own - RANK_FDS) // FDS_PER_PEER + 1)
         while fits > 1 and _fds_needed(fits) > hard:
             fits -= 1
         raise ConfigError(

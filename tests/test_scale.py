@@ -87,7 +87,7 @@ def test_more_ranks_than_memory_holds_exit_2_with_the_numbers(no_start, monkeypa
 
 
 def test_a_hard_fd_limit_too_low_for_the_ranks_exits_2(no_start, monkeypatch, capsys) -> None:
-    hard = 160  # 64 ranks need 32 + 3 x 63 = 221 each
+    hard = 160  # 64 ranks need 24 + 3 x 63 = 213 each, beyond what they inherit
     monkeypatch.setattr(resource, "getrlimit", lambda which: (hard, hard))
     assert cli.main(RUN64) == 2
     err = capsys.readouterr().err
