@@ -8,12 +8,14 @@ Per rank, measured inside the rank (psutil) once its steps are done:
 
 * start-up: seconds from ``launch()`` to the start of the rank's first step (the slowest rank);
 * memory: RSS, USS (pages only this rank holds) and PSS (shared pages split among sharers),
-  and USS again after a full garbage collection (a long run has them; 20 steps do not);
+  and USS again after a full garbage collection (a long run may
+  have them; 20 steps do not);
 * fds: open file descriptors; ports: this rank's TCP sockets (all on 127.0.0.1) and listeners;
 * harness overhead per step: CPU seconds of this rank's main thread spent on everything but the
   step itself (rows, metrics gather to rank 0, parameter checks, trace) plus, inside the step,
   the transport's bookkeeping around each algorithm op. CPU rather than wall seconds: 64 ranks
-  share 2 cores, so wall time mostly measures waiting for a core.
+  share 2 cores, so wall time mostly measures waiting for a core. MLflow is off here: its
+  writer is rank 0's alone and does not grow with N (test_bench_tracking.py measures it).
 
 The check: the mean overhead per step over the ranks, divided by the algorithm ops per step
 each rank makes, must not grow more than ``GROWTH`` times from N = 4 to N = 64 (rank 0 gathers
