@@ -11,7 +11,7 @@ its ranks' own private network namespaces: see :mod:`suite.emulate`). Each worke
 At scale (tests/benchmarks/test_bench_scale.py measures it at 4, 16 and 64 ranks): ranks fork
 after torch and the suite are imported, with the launcher's objects frozen out of the garbage
 collector (``gc.freeze``) so a rank's collections never write to, and so copy, the pages it
-shares with the others; each rank runs one thread of its own. A rank holds about 3 file
+shares with the others; each rank computes on one thread. A rank holds about 3 file
 descriptors per peer (gloo's pairs), so ``launch`` raises the soft ``ulimit -n`` to what N ranks
 need, within the hard limit; :func:`check_capacity` (``suite run``'s preflight) refuses, before
 any rank starts, a world whose ranks cannot fit in memory or under that hard limit.
