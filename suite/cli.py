@@ -152,8 +152,9 @@ def _plan(target: str, cfg: RunConfig, torchrun: bool) -> str:
 
 def preflight(cfg: RunConfig) -> None:
     """Find input errors before any rank starts: missing data, a model that does not fit the
-    data, a batch larger than a rank's shard, CUDA asked for but absent. Loads the dataset
-    here, so forked ranks inherit it."""
+    data, a batch larger than a rank's shard, CUDA asked for but absent, more local ranks than
+    this machine's memory or file-descriptor limit holds. Loads the dataset here, so forked
+    ranks inherit it."""
     import torch
 
     from suite.loop import build_dataset, initial_model
@@ -178,12 +179,17 @@ def preflight(cfg: RunConfig) -> None:
     _check_batch_fits(cfg, data.name, len(data.train))
     try:
         with torch.device("meta"):
-            initial_model(cfg, data)(torch.empty(2, *data.input_shape))
+            model = initial_model(cfg, data)
+            model(torch.empty(2, *data.input_shape))
     except (ValueError, RuntimeError) as err:
         raise ConfigError(
             f"model {cfg.model.name!r} does not fit dataset {cfg.dataset.name!r} "
             f"(input shape {data.input_shape}): {err}"
         ) from None
+    if _torchrun_rank() is None:  # torchrun's processes are its own to place
+        from suite.launcher import check_capacity
+
+        check_capacity(cfg.nproc, sum(p.numel() * p.element_size() for p in model.parameters()))
 
 
 def _check_batch_fits(cfg: RunConfig, dataset: str, n: int) -> None:

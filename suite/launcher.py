@@ -8,6 +8,14 @@ interface, so a local job opens no socket beyond 127.0.0.1 (with ``emulate``, no
 its ranks' own private network namespaces: see :mod:`suite.emulate`). Each worker runs
 ``fn(*args)`` and its return value comes back in a list ordered by rank.
 
+At scale (tests/benchmarks/test_bench_scale.py measures it at 4, 16 and 64 ranks): ranks fork
+after torch and the suite are imported, with the launcher's objects frozen out of the garbage
+collector (``gc.freeze``) so a rank's collections never write to, and so copy, the pages it
+shares with the others; each rank computes on one thread. A rank holds about 3 file
+descriptors per peer (gloo's pairs), so ``launch`` raises the soft ``ulimit -n`` to what N ranks
+need, within the hard limit; :func:`check_capacity` (``suite run``'s preflight) refuses, before
+any rank starts, a world whose ranks cannot fit in memory or under that hard limit.
+
 Failure handling (the guarantees ``suite run`` relies on):
 - A rank that raises writes its traceback and exits non-zero; a rank that dies without one
   (os._exit, a signal) is seen by its exit code. The launcher then stops every other rank
@@ -37,6 +45,7 @@ import contextlib
 import ctypes
 import datetime
 import faulthandler
+import gc
 import importlib
 import multiprocessing as mp
 import multiprocessing.connection
@@ -63,6 +72,15 @@ FORK_PRELOAD = ("torch._dynamo",)
 HANG_TIMEOUT = 40.0  # seconds without progress on any rank before the job is declared hung
 TERMINATE_GRACE = 3.0  # seconds between SIGTERM and SIGKILL when stopping ranks
 COLLECTIVE_MARGIN = 30.0  # backend timeout = hang_timeout + this, so the launcher decides first
+# What one forked rank needs of its own, beyond what it shares with the others. Measured on the
+# digits MLP (tests/benchmarks/test_bench_scale.py): ~20 MB unique memory (USS) at any N, and
+# the launcher's open files (inherited) + 16 + 3 (N - 1) file descriptors (N = 4, 16, 64; the
+# launcher itself holds its own + 2 N). The budget is a margin above: per rank, RANK_MEMORY plus
+# MODEL_COPIES copies of the model's parameters (weights, gradients, the averaged model,
+# optimizer and algorithm state); RANK_FDS + FDS_PER_PEER per peer beyond the inherited files.
+RANK_MEMORY = 40e6
+MODEL_COPIES = 8
+RANK_FDS, FDS_PER_PEER = 24, 3
 
 # Set in each worker: shared arrays (last progress time, inside-a-communication-op flag per
 # rank) and this worker's rank.
@@ -450,8 +468,14 @@ def launch(
         if emulate is not None:
             emulate.wire(nproc)
             beats[:] = [time.time()] * nproc  # wiring and measuring the links is no hang
-        for p in procs:
-            p.start()
+        _raise_fd_limit(nproc)
+        if method == "fork":  # the ranks' garbage collections then leave the shared pages be
+            gc.freeze()
+        try:
+            for p in procs:
+                p.start()
+        finally:
+            gc.unfreeze()
         _monitor(procs, beats, waiting, job, poll)
         return [_load_result(jobdir, r) for r in range(nproc)]
     finally:
@@ -459,6 +483,66 @@ def launch(
         shutil.rmtree(jobdir, ignore_errors=True)
         if emulate is not None:
             emulate.unwire()
+
+
+def _fds_needed(nproc: int) -> int:
+    """File descriptors the busiest process of an ``nproc``-rank job may hold: a rank (what it
+    inherits from this launcher, its own files, gloo's pairs to its peers) or this launcher (a
+    pipe and a sentinel per rank)."""
+    import psutil
+
+    per_peer = max(FDS_PER_PEER * (nproc - 1), 2 * nproc)
+    return psutil.Process().num_fds() + RANK_FDS + per_peer
+
+
+def _raise_fd_limit(nproc: int) -> None:
+    """Raise the soft ``ulimit -n`` (the ranks inherit it) to what ``nproc`` ranks need, within
+    the hard limit (check_capacity refuses a world beyond that)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = _fds_needed(nproc)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        new = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
+def check_capacity(nproc: int, param_bytes: int) -> None:
+    """Refuse (ConfigError: exit 2) ``nproc`` local ranks of a model with ``param_bytes`` of
+    parameters that cannot fit here: their memory beyond what is available now (the data, loaded
+    before the fork, is shared and already counted there), or their file descriptors beyond the
+    hard ``ulimit -n``. Both figures are estimates with a margin (see RANK_MEMORY)."""
+    import resource
+
+    import psutil
+
+    from suite.config import ConfigError
+
+    per_rank = RANK_MEMORY + MODEL_COPIES * param_bytes
+    available = psutil.virtual_memory().available
+    if nproc * per_rank > available:
+        fits = max(1, int(available // per_rank))
+        raise ConfigError(
+            f"nproc={nproc} local ranks need about {nproc * per_rank / 1e9:.2f} GB of memory "
+            f"({per_rank / 1e6:.0f} MB per rank: {RANK_MEMORY / 1e6:.0f} MB of its own and "
+            f"{MODEL_COPIES} copies of the model's {param_bytes / 1e6:.2f} MB), this machine has "
+            f"{available / 1e9:.2f} GB available; valid: nproc <= {fits}, or a smaller model, "
+            "or more nodes under torchrun"
+        )
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    needed = _fds_needed(nproc)
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        own = psutil.Process().num_fds()
+        fits = max(1, (hard - own - RANK_FDS) // FDS_PER_PEER + 1)
+        while fits > 1 and _fds_needed(fits) > hard:
+            fits -= 1
+        raise ConfigError(
+            f"nproc={nproc} local ranks need about {needed} open files per process "
+            f"({FDS_PER_PEER} per peer), beyond the hard limit of {hard} (ulimit -Hn); "
+            f"valid: nproc <= {fits}, or raise the hard limit (limits.conf, or "
+            "`ulimit -Hn` as root)"
+        )
 
 
 def _make_jobdir() -> str:
