@@ -116,10 +116,12 @@ bench-compare:
 ui:
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port 5000
 
-# Optuna's dashboard on the sweeps' studies (optuna.db), on this machine only.
+# Optuna's dashboard on the sweeps' studies (optuna.db), on this machine only (loopback;
+# tests/test_listeners.py checks the address it listens on).
 OPTUNA_STORAGE ?= sqlite:///optuna.db
+DASHBOARD_PORT ?= 8080
 dashboard:
-	$(BIN)/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port 8080
+	$(BIN)/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
 lint:
 	$(BIN)/ruff check .

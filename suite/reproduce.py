@@ -147,6 +147,7 @@ class PlannedRun:
     @property
     def tags(self) -> dict[str, str]:
         return {
+            "paper": self.recipe.paper,  # the reproduced paper, not the target's own
             "suite.recipe": self.recipe.name,
             "suite.row": self.row.label,
             "suite.profile": self.profile,

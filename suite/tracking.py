@@ -211,7 +211,7 @@ def run_tags(
     return {
         "target": target,
         "paper": paper,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "hardware": hardware(),
         "world_size": str(world_size),
         **(extra or {}),
@@ -563,9 +563,14 @@ class RunWriter:
         started when :meth:`start` was called, with ``dataset`` (name, digest, source) as its
         input; with ``run_id``, reopen that existing run instead (``suite resume``: it is set
         RUNNING again, and ``params`` are not logged again), so what follows lands in it."""
-        self._opened = (uri, experiment, run_name, dict(params), dict(tags))
+        # Plain strings only: unpickling anything else in the writer imports its module there
+        # (torch.__version__ is a torch class: torch's import, a CPU-second taken from the
+        # ranks, delayed the run's creation until after training).
+        params = {str(k): str(v) for k, v in params.items()}
+        tags = {str(k): str(v) for k, v in tags.items()}
+        self._opened = (uri, experiment, run_name, params, tags)
         self._reopened = run_id
-        self._dataset = dict(dataset) if dataset else None
+        self._dataset = {str(k): str(v) for k, v in dataset.items()} if dataset else None
         message = ("open", *self._opened, run_id, self._start_ms, self._dataset)
         with contextlib.suppress(OSError):  # a dead writer: end() records the run itself
             self._control.send(message)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 LOOPBACK = ("127.", "[::1]", "::1")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _session_pids(sid: int) -> set[int]:
@@ -68,6 +70,47 @@ def test_a_local_run_listens_on_loopback_only(tmp_path: Path) -> None:
         listening = _listeners(_session_pids(proc.pid))
         exposed = [(addr, pid) for addr, pid in listening if not addr.startswith(LOOPBACK)]
         assert exposed == [], f"sockets listening beyond loopback: {exposed}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def test_make_dashboard_listens_on_loopback_only(tmp_path: Path) -> None:
+    """`make dashboard` (optuna-dashboard on the sweeps' studies) is reachable from this machine
+    only: the address it actually listens on, as ``ss`` shows it, is loopback."""
+    with socket.socket() as probe:  # a free port, so a dashboard already running is no matter
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(storage=storage, study_name="a study")  # the dashboard needs a store
+    make = [
+        "make",
+        "-s",
+        "-C",
+        str(ROOT),
+        "dashboard",
+        f"BIN={Path(sys.executable).parent}",
+        f"OPTUNA_STORAGE={storage}",
+        f"DASHBOARD_PORT={port}",
+    ]
+    proc = subprocess.Popen(
+        make, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        listening: list[tuple[str, int]] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            listening = [
+                (a, p) for a, p in _listeners(_session_pids(proc.pid)) if a.endswith(f":{port}")
+            ]
+            if listening:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert listening, f"the dashboard never listened on port {port}"
+        assert {addr for addr, _ in listening} == {f"127.0.0.1:{port}"}
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -95,6 +96,7 @@ def test_reproduce_leaves_a_clean_clone_and_reuses_only_runs_of_the_same_code(
     assert {"claims.csv", "report"} <= artifacts
     report = (clone / "out" / "reports" / "tiny" / "README.md").read_text()
     assert str(tmp_path) not in report  # no machine path in a report
+    _check_compare_view_data(client, exp, run, parent)
 
     # same code: the run is reused, and the report says so
     again = _reproduce(clone)
@@ -113,6 +115,23 @@ def test_reproduce_leaves_a_clean_clone_and_reuses_only_runs_of_the_same_code(
     new_head = _git(clone, "rev-parse", "HEAD").strip()
     assert sorted(r.data.tags["suite.code"] for r in rows) == sorted([head, new_head])
     assert _git(clone, "status", "--porcelain") == ""
+
+
+def _check_compare_view_data(client: MlflowClient, exp: str, row: Any, parent: str) -> None:
+    """What README's steps for comparing methods in MLflow's UI group and filter by: the
+    documented tags and params on every row run, and the parent run expanding to its rows."""
+    readme = (ROOT / "README.md").read_text()
+    steps = readme.split("Comparing the methods of a paper in MLflow's UI", 1)[1]
+    steps = steps.split("\n\n", 1)[0]
+    for key in ("paper", "suite.recipe", "suite.row", "suite.profile", "suite.code"):
+        assert f"`{key}`" in steps and row.data.tags.get(key), key
+    assert row.data.tags["suite.row"] == "All-reduce SGD"  # the method: one group per row
+    assert row.data.tags["suite.profile"] == "smoke" and row.data.tags["paper"] == "tiny"
+    assert "`algorithm`" in steps and row.data.params["algorithm"] == "allreduce_sgd"
+    assert client.get_experiment(exp).name == "tiny"  # "Experiments → the paper"
+    assert client.get_run(parent).info.run_name == "tiny smoke reproduction"
+    children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert [r.info.run_id for r in children] == [row.info.run_id]
 
 
 def test_a_study_names_its_objectives_links_mlflow_and_never_reruns_a_configuration(

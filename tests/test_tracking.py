@@ -262,3 +262,31 @@ def test_tracking_uri_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking_uri() == "http://127.0.0.1:5000"
     assert tracking_uri("sqlite:///x.db") == f"sqlite:///{tmp_path / 'x.db'}"
+
+
+def test_the_writer_is_sent_plain_strings_only() -> None:
+    """Unpickling an object in the writer imports its class's module there: torch.__version__
+    (a torch class) made the writer import torch, a CPU-second taken from the ranks, and
+    delayed the run's creation until after training."""
+    import pickle
+    import pickletools
+    from types import SimpleNamespace
+
+    import torch
+
+    from suite.tracking import RunWriter, run_tags
+
+    writer = RunWriter()  # not started: its control pipe is replaced by a recorder
+    sent: list[tuple] = []
+    writer._control = SimpleNamespace(send=sent.append)
+    writer.open(
+        "sqlite:///unused.db",
+        "baseline",
+        "a run",
+        params={"optim.lr": 0.05, "dtype": torch.float32, "steps": torch.tensor(3)},
+        tags=run_tags("allreduce_sgd", "baseline", 2),
+        dataset={"name": "digits", "digest": "abc", "source": "suite dataset digits"},
+    )
+    ops = {op.name for op, _, _ in pickletools.genops(pickle.dumps(sent[0]))}
+    assert not ops & {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ"}
+    assert writer._opened[4]["torch_version"] == torch.__version__
