@@ -289,6 +289,8 @@ class Emulation:
             "emulate": str(self.spec),
             "emulated_rate_bps": self.spec.bandwidth_bps,
             "emulated_latency_s": self.spec.latency_s,
+            # the processors every rank of the run shares (the network model's ``cpus``)
+            "emulated_cpus": len(os.sched_getaffinity(0)),
         }
         if self.links:
             figures["measured_throughput_bps"] = statistics.median(
