@@ -20,11 +20,13 @@ Semantics, per rank, record by record (:mod:`suite.trace`'s schema):
   has a processor of its own. With ``Network.cpus`` (:class:`Processors`) the ranks share that
   many processors, each rank at most one, shared equally among the ranks computing at a
   moment (processor sharing, the fluid model of the OS scheduler's fair share): the host of an
-  emulated run, where 4 ranks on 2 cores cannot all compute at once. There a gap's demand is
-  its record's ``cpu`` (the rank's own CPU seconds; its ``gap`` where unknown) times
-  ``compute_scale``: the measured gap holds time spent waiting for a core (a long compute is
-  preempted), and a rank woken when a collective ends waits for a core inside that op, which
-  the trace counts as communication; both are the model's to predict.
+  emulated run, where 4 ranks on 2 cores cannot all compute at once. There a gap lasts at
+  least its measured wall time and at least until its record's ``cpu`` (the rank's own CPU
+  seconds; its ``gap`` where unknown), times ``compute_scale``, has run on the shared
+  processors. The wall time holds whatever slowed the rank then (a long compute preempted by
+  the other ranks, other jobs on the host); the processors add the waits the trace put
+  elsewhere: a rank woken when a collective ends waits for a core inside that op, which the
+  trace counts as communication, then runs its gap unpreempted.
 * links (:class:`Links`): a fluid model. Every message is a flow over the sender's uplink and
   the receiver's downlink (and the switch, if capped); the flows moving at a moment share each
   link max-min fairly (progressive filling: TCP's fair share), so two flows through one link
@@ -584,10 +586,10 @@ class _Sim:
             _, kind, g, peer, n, tag, gap, ref, cpu = rec
             if not gap_done[r]:  # compute first, then come back at the op's start
                 gap_done[r] = True
-                if cpus is not None and cpu > 0:  # its CPU seconds on the shared processors
+                t[r] = now + gap * self.scale  # at least its measured wall time
+                if cpus is not None and cpu > 0:  # and its CPU seconds on the shared processors
                     cpus.start(r, cpu * self.scale, now)
                     return
-                t[r] = now + (gap if cpus is None else 0.0) * self.scale
                 at(t[r], lambda: advance(r, t[r]))
                 return
             i = pos[r]
@@ -640,8 +642,8 @@ class _Sim:
                 fn()
             elif cpu_at < flow_at:
                 r, when = cpus.pop()  # type: ignore[union-attr]
-                t[r] = when
-                advance(r, when)
+                t[r] = max(t[r], when)
+                at(t[r], lambda r=r: advance(r, t[r]))
             elif math.isfinite(flow_at):
                 fid, when = links.pop()
                 on_left.pop(fid)(when)

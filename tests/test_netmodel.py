@@ -257,17 +257,21 @@ def test_shared_processors_are_shared_equally_among_the_ranks_computing() -> Non
     assert procs.pop()[1] == pytest.approx(1.25 + (1.0 - 0.5) / 1.0)  # 2 ranks: 1 each
 
 
-def test_shared_processors_take_the_records_cpu_seconds_not_the_wall_gap() -> None:
-    """A gap that waited for a processor (wall 0.3 s, CPU 0.1 s) asks the shared processors for
-    its CPU seconds; the model does the waiting. Unknown CPU (NaN, a version-1 trace): the gap.
-    Without cpus every rank's gap is its own, as measured."""
-    recs = {r: [(0, "all_reduce", -1, 0, 0, 0.3, -1, 0, 0, 0.1)] for r in range(4)}
-    tr, empty_ring = _trace(4, recs), 6 * LAT
-    assert replay(tr, NET).network_seconds == pytest.approx(0.3 + empty_ring)
-    assert replay(tr, Network(NET, cpus=2)).network_seconds == pytest.approx(0.2 + empty_ring)
-    unknown = _trace(4, {r: [(0, "all_reduce", -1, 0, 0, 0.3)] for r in range(4)})
-    tl = replay(unknown, Network(NET, cpus=2))
-    assert tl.network_seconds == pytest.approx(0.6 + empty_ring)
+def test_a_gap_on_shared_processors_lasts_its_wall_time_and_its_cpu_seconds_shared() -> None:
+    """cpus: 4 ranks on 2 processors. A gap of 0.15 s wall and 0.1 s CPU (its wait for a core
+    fell inside an op) lasts 0.2 s, its CPU shared; one of 0.3 s wall (preempted by another
+    job, say) still lasts 0.3 s. Unknown CPU (NaN, a version-1 trace): the gap's wall time
+    is its CPU. Without cpus every gap is its own, as measured."""
+    empty_ring = 6 * LAT  # a 0-byte all-reduce: 2(N-1) rounds of latency
+
+    def seconds(gap: float, cpu: float, cpus: int | None) -> float:
+        tr = _trace(4, {r: [(0, "all_reduce", -1, 0, 0, gap, -1, 0, 0, cpu)] for r in range(4)})
+        return replay(tr, Network(NET, cpus=cpus)).network_seconds - empty_ring
+
+    assert seconds(0.15, 0.1, None) == pytest.approx(0.15)
+    assert seconds(0.15, 0.1, 2) == pytest.approx(0.2)
+    assert seconds(0.3, 0.1, 2) == pytest.approx(0.3)
+    assert seconds(0.3, math.nan, 2) == pytest.approx(0.6)
 
 
 def test_the_emulated_network_is_the_hosts_processors_and_measured_links() -> None:
