@@ -38,7 +38,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from suite import liveness
+from suite import liveness, trace
 from suite.config import ConfigError
 from suite.network import NetworkSpec, format_spec
 
@@ -270,9 +270,10 @@ class Emulation:
 
     def enter(self, rank: int) -> None:
         """In a forked rank, before it makes any socket: move into its namespace and have gloo
-        use its link."""
+        use its link; its trace records CPU seconds (the model's shared processors)."""
         _setns(namespace(self.owner, rank))
         os.environ["GLOO_SOCKET_IFNAME"] = RANK_IF
+        trace.CPU_CLOCK = True
 
     # -----------------------------------------------------------------------------------------
 

@@ -30,8 +30,11 @@ cpu        float64  CPU seconds of the rank's main thread from the end of its pr
                     to the end of this one: the gap's compute, plus the op's own main-thread
                     work (small: gloo runs a collective in its own threads). Where ranks share
                     processors, ``gap`` includes time spent waiting for one and ``cpu`` does
-                    not. Meaningful for CPU ranks only (a CUDA rank's compute is on the GPU);
-                    NaN where unknown (traces of version 1, stored before this field)
+                    not. Measured only where ``CPU_CLOCK`` is on (emulated runs, whose
+                    predicted time shares the host's processors: :mod:`suite.netmodel`), as
+                    the clock costs a system call a record (~2 us, more than the rest of a
+                    record); NaN elsewhere and in traces of version 1. Meaningful for CPU
+                    ranks only (a CUDA rank's compute is on the GPU)
 =========  =======  ==========================================================================
 
 A wait made in a background thread (``Work.wait(background=True)``: consensus_backup's real
@@ -47,6 +50,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 import time
 from array import array
@@ -94,14 +98,18 @@ VERSION = 2  # 2 added ``cpu``; version 1 traces load with it NaN
 # long run with many ops per step (eventgrad on ResNet-20: ~280 a step) holds and ships at the
 # end. Past it a rank stops recording and its trace says so (``Trace.truncated``).
 MAX_RECORDS = 2_000_000
+# Record each op's main-thread CPU seconds (``cpu``); set in a rank before its transport is made
+# (suite.emulate.Emulation.enter does).
+CPU_CLOCK = False
 
 
 class Recorder:
     """One rank's records, appended flat (``WIDTH`` doubles each) to an ``array('d')``, and
     what the next record needs: the step, the channel id, when the previous record ended."""
 
-    def __init__(self, limit: int | None = None) -> None:
+    def __init__(self, limit: int | None = None, cpu: bool | None = None) -> None:
         self.data = array("d")
+        self.cpu_clock = CPU_CLOCK if cpu is None else cpu
         self.count = 0
         self.enabled = True
         self.limit = MAX_RECORDS if limit is None else limit
@@ -109,7 +117,7 @@ class Recorder:
         self.step = -1
         self.channel = 0
         self.last_end = time.perf_counter()
-        self.last_cpu = time.thread_time()
+        self.last_cpu = time.thread_time() if self.cpu_clock else math.nan
 
     def __len__(self) -> int:
         return self.count
@@ -129,7 +137,7 @@ class Recorder:
         Kept lean: it runs on every op."""
         if not self.enabled:
             return -1
-        cpu = time.thread_time()  # ~2 us: the one clock here that is not the vDSO's
+        cpu = time.thread_time() if self.cpu_clock else math.nan  # a system call
         self.data.extend(
             (self.step, kind, group, peer, payload, tag, self.channel, t0 - self.last_end,
              t1 - t0, ref, cpu - self.last_cpu)
