@@ -38,7 +38,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from suite import liveness
+from suite import liveness, trace
 from suite.config import ConfigError
 from suite.network import NetworkSpec, format_spec
 
@@ -270,9 +270,10 @@ class Emulation:
 
     def enter(self, rank: int) -> None:
         """In a forked rank, before it makes any socket: move into its namespace and have gloo
-        use its link."""
+        use its link; its trace records CPU seconds (the model's shared processors)."""
         _setns(namespace(self.owner, rank))
         os.environ["GLOO_SOCKET_IFNAME"] = RANK_IF
+        trace.CPU_CLOCK = True
 
     # -----------------------------------------------------------------------------------------
 
@@ -289,6 +290,8 @@ class Emulation:
             "emulate": str(self.spec),
             "emulated_rate_bps": self.spec.bandwidth_bps,
             "emulated_latency_s": self.spec.latency_s,
+            # the processors every rank of the run shares (the network model's ``cpus``)
+            "emulated_cpus": len(os.sched_getaffinity(0)),
         }
         if self.links:
             figures["measured_throughput_bps"] = statistics.median(

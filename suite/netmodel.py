@@ -16,7 +16,17 @@ on the switch's aggregate rate (``switch_bps``).
 Semantics, per rank, record by record (:mod:`suite.trace`'s schema):
 
 * compute: before each op the rank spends the record's measured ``gap`` times
-  ``compute_scale`` (e.g. 0.1 for an accelerator ten times faster).
+  ``compute_scale`` (e.g. 0.1 for an accelerator ten times faster). By default every rank
+  has a processor of its own. With ``Network.cpus`` (:class:`Processors`) the ranks share that
+  many processors, each rank at most one, shared equally among the ranks computing at a
+  moment (processor sharing, the fluid model of the OS scheduler's fair share): the host of an
+  emulated run, where 4 ranks on 2 cores cannot all compute at once. There a gap lasts at
+  least its measured wall time and at least until its record's ``cpu`` (the rank's own CPU
+  seconds; its ``gap`` where unknown), times ``compute_scale``, has run on the shared
+  processors. The wall time holds whatever slowed the rank then (a long compute preempted by
+  the other ranks, other jobs on the host); the processors add the waits the trace put
+  elsewhere: a rank woken when a collective ends waits for a core inside that op, which the
+  trace counts as communication, then runs its gap unpreempted.
 * links (:class:`Links`): a fluid model. Every message is a flow over the sender's uplink and
   the receiver's downlink (and the switch, if capped); the flows moving at a moment share each
   link max-min fairly (progressive filling: TCP's fair share), so two flows through one link
@@ -95,14 +105,20 @@ class Link:
 
 @dataclass(frozen=True)
 class Network:
-    """A network to replay on: the spec, per-rank link overrides, a switch cap (bits/s) and a
-    fixed cost per message (s, beyond the latency; 0 by default, see emulated_network)."""
+    """A network to replay on: the spec, per-rank link overrides, a switch cap (bits/s), a
+    fixed cost per message (s, beyond the latency; 0 by default, see emulated_network) and the
+    processors the ranks' compute shares (None: one per rank)."""
 
     spec: NetworkSpec
     measured_latency_s: float | None = None
     links: dict[int, Link] = field(default_factory=dict)
     switch_bps: float | None = None
     message_overhead_s: float = 0.0
+    cpus: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.cpus is not None and self.cpus < 1:
+            raise ValueError(f"cpus must be >= 1 (or None: one per rank), got {self.cpus}")
 
     @property
     def latency_s(self) -> float:
@@ -126,14 +142,16 @@ class Network:
 def emulated_network(spec: NetworkSpec, measured: dict[str, Any]) -> Network:
     """The network an emulated run (``suite run --emulate``) really had, from its summary's
     measured figures: the links' measured throughput (median) as the rate, half the measured
-    round trip where the spec sets no latency, and gloo's per-message cost
-    (``GLOO_MESSAGE_OVERHEAD_S``)."""
+    round trip where the spec sets no latency, gloo's per-message cost
+    (``GLOO_MESSAGE_OVERHEAD_S``) and the host's processors (``emulated_cpus``), which all
+    its ranks shared."""
     rate = measured.get("measured_throughput_bps") or spec.bandwidth_bps
     rtt = measured.get("measured_rtt_s")
     return Network(
         NetworkSpec(rate, spec.latency_s, spec.name),
         measured_latency_s=None if rtt is None else rtt / 2,
         message_overhead_s=GLOO_MESSAGE_OVERHEAD_S,
+        cpus=measured.get("emulated_cpus"),
     )
 
 
@@ -385,12 +403,53 @@ class Links:
         return float(self.switch)
 
 
+class Processors:
+    """``count`` processors shared by the ranks' compute in simulated time: processor sharing,
+    every computing rank at rate ``min(1, count / computing ranks)`` (no rank runs faster than
+    one processor). Start a rank's compute with :meth:`start` at non-decreasing times, finish
+    the next one with :meth:`pop`."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.left: dict[int, float] = {}  # rank -> processor seconds still to run
+        self.now = 0.0
+
+    def _rate(self) -> float:
+        return min(1.0, self.count / len(self.left)) if self.left else 0.0
+
+    def _advance(self, t: float) -> None:
+        if self.left and t > self.now:
+            done = (t - self.now) * self._rate()
+            for rank in self.left:
+                self.left[rank] -= done
+        self.now = max(self.now, t)
+
+    def start(self, rank: int, seconds: float, when: float) -> None:
+        self._advance(when)
+        self.left[rank] = seconds
+
+    def next_time(self) -> float:
+        """When the next rank's compute ends at the current rate (inf if none computes)."""
+        if not self.left:
+            return math.inf
+        return self.now + max(min(self.left.values()), 0.0) / self._rate()
+
+    def pop(self) -> tuple[int, float]:
+        """Finish the next compute: (its rank, its end)."""
+        when = self.next_time()
+        rank = min(self.left, key=self.left.__getitem__)
+        self._advance(when)
+        del self.left[rank]
+        return rank, when
+
+
 class _Sim:
     def __init__(self, trace: Trace, net: Network, compute_scale: float, harness: bool) -> None:
         self.trace = trace
         self.W = trace.world_size
         self.net = net
         self.links = Links(net, self.W)
+        self.cpus = None if net.cpus is None else Processors(net.cpus)
         self.scale = compute_scale
         self.records = [self._prepare(r, harness) for r in range(self.W)]
         # per rank, the records a wait refers to: async ops (a collective among them does not
@@ -418,32 +477,36 @@ class _Sim:
         return self.costs[key]
 
     def _prepare(self, rank: int, harness: bool) -> list[list[Any]]:
-        """The rank's records as lists [step, kind, group, peer, payload, tag, gap, ref], harness
-        ops dropped (their gaps carried to the next kept record) unless ``harness``."""
+        """The rank's records as lists [step, kind, group, peer, payload, tag, gap, ref, cpu],
+        harness ops dropped (their gaps carried to the next kept record) unless ``harness``;
+        ``cpu`` is the gap's where the trace does not know it."""
         rec = self.trace.ranks[rank]
         hc = self.trace.channels.index("harness") if "harness" in self.trace.channels else -1
         cols = [rec[f].tolist() for f in ("step", "kind", "group", "peer", "payload", "tag",
                                            "channel", "gap", "ref")]  # fmt: skip
+        cpus = rec["cpu"].tolist() if "cpu" in (rec.dtype.names or ()) else cols[7]
         out: list[list[Any]] = []
         new_index: dict[int, int] = {}
-        carry = 0.0
+        carry = carry_cpu = 0.0
         for i, (step, kind, g, peer, n, tag, ch, gap, ref) in enumerate(zip(*cols, strict=True)):
+            cpu = cpus[i] if math.isfinite(cpus[i]) else gap
             if step < 0:
-                gap = 0.0  # setup before step 0 is not training compute
+                gap = cpu = 0.0  # setup before step 0 is not training compute
             skip = (ch == hc and not harness) or (kind == _WAIT and ref not in new_index)
             if skip:
                 carry += gap
+                carry_cpu += cpu
                 continue
             new_index[i] = len(out)
             out.append([step, kind, g, peer, n, tag, gap + carry,
-                        new_index[ref] if kind == _WAIT else -1])  # fmt: skip
-            carry = 0.0
+                        new_index[ref] if kind == _WAIT else -1, cpu + carry_cpu])  # fmt: skip
+            carry = carry_cpu = 0.0
         return out
 
     def run(self) -> list[list[float]]:
         """Every record's end time, per rank: an event loop over the ranks' records, flows
         leaving the links and messages arriving, in simulated time order."""
-        W, records, links = self.W, self.records, self.links
+        W, records, links, cpus = self.W, self.records, self.links, self.cpus
         ends: list[list[float]] = [[0.0] * len(records[r]) for r in range(W)]
         t = [0.0] * W
         pos = [0] * W
@@ -533,10 +596,13 @@ class _Sim:
 
         def advance(r: int, now: float) -> None:
             rec = records[r][pos[r]]
-            _, kind, g, peer, n, tag, gap, ref = rec
+            _, kind, g, peer, n, tag, gap, ref, cpu = rec
             if not gap_done[r]:  # compute first, then come back at the op's start
                 gap_done[r] = True
-                t[r] = now + gap * self.scale
+                t[r] = now + gap * self.scale  # at least its measured wall time
+                if cpus is not None and cpu > 0:  # and its CPU seconds on the shared processors
+                    cpus.start(r, cpu * self.scale, now)
+                    return
                 at(t[r], lambda: advance(r, t[r]))
                 return
             i = pos[r]
@@ -582,11 +648,16 @@ class _Sim:
         for r in range(W):
             if records[r]:
                 at(0.0, lambda r=r: advance(r, 0.0))
-        while heap or links.active:
+        while heap or links.active or (cpus is not None and cpus.left):
             flow_at = links.next_time() if links.active else math.inf
-            if heap and heap[0][0] < flow_at:
+            cpu_at = cpus.next_time() if cpus is not None else math.inf
+            if heap and heap[0][0] < min(flow_at, cpu_at):
                 _, _, fn = heapq.heappop(heap)
                 fn()
+            elif cpu_at < flow_at:
+                r, when = cpus.pop()  # type: ignore[union-attr]
+                t[r] = max(t[r], when)
+                at(t[r], lambda r=r: advance(r, t[r]))
             elif math.isfinite(flow_at):
                 fid, when = links.pop()
                 on_left.pop(fid)(when)
@@ -656,12 +727,12 @@ def op_seconds(
     ranks: dict[int, list[tuple]] = {}
     if op == "send":
         world_size = 2
-        ranks = {0: [(0, KIND["send"], 0, 1, payload, 0, 0, 0.0, 0.0, -1),
-                     (0, _WAIT, 0, 1, payload, 0, 0, 0.0, 0.0, 0)],
-                 1: [(0, _RECV, 0, 0, payload, 0, 0, 0.0, 0.0, -1),
-                     (0, _WAIT, 0, 0, payload, 0, 0, 0.0, 0.0, 0)]}  # fmt: skip
+        ranks = {0: [(0, KIND["send"], 0, 1, payload, 0, 0, 0.0, 0.0, -1, 0.0),
+                     (0, _WAIT, 0, 1, payload, 0, 0, 0.0, 0.0, 0, 0.0)],
+                 1: [(0, _RECV, 0, 0, payload, 0, 0, 0.0, 0.0, -1, 0.0),
+                     (0, _WAIT, 0, 0, payload, 0, 0, 0.0, 0.0, 0, 0.0)]}  # fmt: skip
     else:
-        one = (0, KIND[op], 0, 0, payload, 0, 0, 0.0, 0.0, -1)
+        one = (0, KIND[op], 0, 0, payload, 0, 0, 0.0, 0.0, -1, 0.0)
         ranks = {r: [one] for r in range(world_size)}
     arrays = tuple(np.array(ranks[r], dtype=DTYPE) for r in range(world_size))
     trace = Trace(world_size, (tuple(range(world_size)),), ("algorithm",), arrays)

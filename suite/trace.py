@@ -26,6 +26,15 @@ gap        float64  host seconds from the end of this rank's previous record to 
 seconds    float64  host seconds inside the op (for send/recv the issue; its wait is its own
                     record)
 ref        int32    for ``wait``: the index of the awaited send/recv record, else -1
+cpu        float64  CPU seconds of the rank's main thread from the end of its previous record
+                    to the end of this one: the gap's compute, plus the op's own main-thread
+                    work (small: gloo runs a collective in its own threads). Where ranks share
+                    processors, ``gap`` includes time spent waiting for one and ``cpu`` does
+                    not. Measured only where ``CPU_CLOCK`` is on (emulated runs, whose
+                    predicted time shares the host's processors: :mod:`suite.netmodel`), as
+                    the clock costs a system call a record (~2 us, more than the rest of a
+                    record); NaN elsewhere and in traces of version 1. Meaningful for CPU
+                    ranks only (a CUDA rank's compute is on the GPU)
 =========  =======  ==========================================================================
 
 A wait made in a background thread (``Work.wait(background=True)``: consensus_backup's real
@@ -41,6 +50,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 import time
 from array import array
@@ -63,7 +73,9 @@ KINDS = (
     "wait",
 )
 KIND = {name: i for i, name in enumerate(KINDS)}
-FIELDS = ("step", "kind", "group", "peer", "payload", "tag", "channel", "gap", "seconds", "ref")
+FIELDS = (
+    "step", "kind", "group", "peer", "payload", "tag", "channel", "gap", "seconds", "ref", "cpu"
+)  # fmt: skip
 DTYPE = np.dtype(
     [
         ("step", "<i4"),
@@ -76,23 +88,28 @@ DTYPE = np.dtype(
         ("gap", "<f8"),
         ("seconds", "<f8"),
         ("ref", "<i4"),
+        ("cpu", "<f8"),
     ]
 )
 WIDTH = len(FIELDS)
 ARTIFACT = "trace.npz.b64"
-VERSION = 1
-# Records kept per rank (80 bytes each in memory, about 18 in the artifact): a bound on what a
+VERSION = 2  # 2 added ``cpu``; version 1 traces load with it NaN
+# Records kept per rank (88 bytes each in memory, about 18 in the artifact): a bound on what a
 # long run with many ops per step (eventgrad on ResNet-20: ~280 a step) holds and ships at the
 # end. Past it a rank stops recording and its trace says so (``Trace.truncated``).
 MAX_RECORDS = 2_000_000
+# Record each op's main-thread CPU seconds (``cpu``); set in a rank before its transport is made
+# (suite.emulate.Emulation.enter does).
+CPU_CLOCK = False
 
 
 class Recorder:
     """One rank's records, appended flat (``WIDTH`` doubles each) to an ``array('d')``, and
     what the next record needs: the step, the channel id, when the previous record ended."""
 
-    def __init__(self, limit: int | None = None) -> None:
+    def __init__(self, limit: int | None = None, cpu: bool | None = None) -> None:
         self.data = array("d")
+        self.cpu_clock = CPU_CLOCK if cpu is None else cpu
         self.count = 0
         self.enabled = True
         self.limit = MAX_RECORDS if limit is None else limit
@@ -100,6 +117,7 @@ class Recorder:
         self.step = -1
         self.channel = 0
         self.last_end = time.perf_counter()
+        self.last_cpu = time.thread_time() if self.cpu_clock else math.nan
 
     def __len__(self) -> int:
         return self.count
@@ -119,11 +137,12 @@ class Recorder:
         Kept lean: it runs on every op."""
         if not self.enabled:
             return -1
+        cpu = time.thread_time() if self.cpu_clock else math.nan  # a system call
         self.data.extend(
             (self.step, kind, group, peer, payload, tag, self.channel, t0 - self.last_end,
-             t1 - t0, ref)
+             t1 - t0, ref, cpu - self.last_cpu)
         )  # fmt: skip
-        self.last_end = t1
+        self.last_end, self.last_cpu = t1, cpu
         self.count += 1
         if self.count >= self.limit:
             self.enabled, self.truncated = False, True
@@ -139,11 +158,29 @@ class Recorder:
 
     def load(self, records: np.ndarray) -> None:
         """Replace the records (a resumed run goes on from its checkpoint's)."""
+        records = upgrade(records)
         flat = np.stack([records[name].astype(np.float64) for name in FIELDS], axis=1)
         self.data = array("d", flat.reshape(-1).tobytes())
         self.count = len(records)
         if self.count >= self.limit:
             self.enabled, self.truncated = False, True
+
+
+def upgrade(records: np.ndarray) -> np.ndarray:
+    """Records of an older schema (a subset of ``FIELDS``) as ``DTYPE``, a missing ``cpu``
+    NaN (unknown)."""
+    if records.dtype == DTYPE:
+        return records
+    out = np.zeros(len(records), dtype=DTYPE)
+    out["cpu"] = np.nan
+    for name in records.dtype.names or ():
+        out[name] = records[name]
+    return out
+
+
+def dtype_of(fields: list[str] | tuple[str, ...]) -> np.dtype:
+    """The record dtype of a schema's fields (e.g. a checkpoint's, written before ``cpu``)."""
+    return np.dtype([(name, DTYPE[name]) for name in fields])
 
 
 @dataclass(frozen=True)
@@ -226,9 +263,9 @@ def load(source: str | bytes | os.PathLike[str]) -> Trace:
         data = base64.b64decode(data)
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         meta: dict[str, Any] = json.loads(npz["meta"].tobytes().decode())
-        if meta.get("version") != VERSION or tuple(meta["kinds"]) != KINDS:
+        if meta.get("version") not in (1, VERSION) or tuple(meta["kinds"]) != KINDS:
             raise ValueError(f"unsupported trace version or kinds: {meta}")
-        ranks = tuple(npz[f"rank{r}"] for r in range(meta["world_size"]))
+        ranks = tuple(upgrade(npz[f"rank{r}"]) for r in range(meta["world_size"]))
     return Trace(
         world_size=meta["world_size"],
         groups=tuple(tuple(g) for g in meta["groups"]),

@@ -327,6 +327,7 @@ class Transport:
         state: dict[str, Any] = {name: stats.state_dict() for name, stats in c.channels.items()}
         state[_TRACE_KEY] = {
             "records": torch.from_numpy(c.trace.records().view(np.uint8).copy()),
+            "fields": list(_trace.FIELDS),
             "groups": [list(g) for g in c.groups],
             "channels": list(c.channel_names),
         }
@@ -339,7 +340,10 @@ class Transport:
                 c.channels.setdefault(name, CommStats()).load_state_dict(counters)
         saved = state.get(_TRACE_KEY)
         if saved is not None:  # ids re-mapped onto this process's tables
-            records = saved["records"].numpy().view(_trace.DTYPE).copy()
+            # a checkpoint written before the trace's cpu field names no fields
+            fields = saved.get("fields", _trace.FIELDS[:-1])
+            records = saved["records"].numpy().view(_trace.dtype_of(fields)).copy()
+            records = _trace.upgrade(records)
             groups = np.array([c.group_id(tuple(g)) for g in saved["groups"]] or [0])
             for name in saved["channels"]:
                 if name not in c.channel_names:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,8 @@ B = BW / 8  # bytes/s
 
 
 def _trace(world: int, ranks: dict[int, list[tuple]], groups=None) -> Trace:
-    """Records as (step, kind, peer, payload, tag, gap[, ref[, channel]]), group 0 = everyone."""
+    """Records as (step, kind, peer, payload, tag, gap[, ref[, channel[, group[, cpu]]]]), group
+    0 = everyone, cpu NaN (unknown: the gap) unless given."""
     arrays = []
     for r in range(world):
         rows = []
@@ -44,7 +46,8 @@ def _trace(world: int, ranks: dict[int, list[tuple]], groups=None) -> Trace:
             ref = rest[0] if rest else -1
             channel = rest[1] if len(rest) > 1 else 0
             group = rest[2] if len(rest) > 2 else 0
-            rows.append((step, KIND[kind], group, peer, n, tag, channel, gap, 0.0, ref))
+            cpu = rest[3] if len(rest) > 3 else math.nan
+            rows.append((step, KIND[kind], group, peer, n, tag, channel, gap, 0.0, ref, cpu))
         arrays.append(np.array(rows, dtype=DTYPE))
     return Trace(world, groups or (tuple(range(world)),), ("algorithm", "harness"), tuple(arrays))
 
@@ -220,6 +223,63 @@ def test_compute_scale_scales_only_compute() -> None:
     )
     tl = replay(tr, NET, compute_scale=0)
     assert tl.step_end[0] == pytest.approx([comm, 2 * comm, 3 * comm])
+
+
+def test_ranks_sharing_processors_compute_in_turn() -> None:
+    """cpus: 4 ranks, each computing c seconds of CPU before every all-reduce, on 2 shared
+    processors take 2c a step (4c on one, c on 4 or with a processor each), not c."""
+    n, c = 4_000_000, 0.2
+    tr = _trace(4, {r: [(s, "all_reduce", -1, n, 0, c) for s in range(3)] for r in range(4)})
+    comm = 6 * (LAT + n / 4 / B)
+    for cpus, compute in ((None, c), (4, c), (8, c), (2, 2 * c), (1, 4 * c)):
+        tl = replay(tr, Network(NET, cpus=cpus))
+        assert tl.network_seconds == pytest.approx(3 * (compute + comm)), cpus
+    tl = replay(tr, Network(NET, cpus=2), compute_scale=0.5)
+    assert tl.network_seconds == pytest.approx(3 * (c + comm))
+    with pytest.raises(ValueError, match="cpus"):
+        Network(NET, cpus=0)
+
+
+def test_shared_processors_are_shared_equally_among_the_ranks_computing() -> None:
+    """Processor sharing: demands 1, 1 and 2 s on 2 processors run at 2/3 each until the short
+    two end at 1.5 s; the third (1 s done) then has a processor to itself and ends at 2.5 s. A
+    rank that computes alone is never faster than one processor."""
+    tr = _trace(3, {0: [(0, "all_reduce", -1, 0, 0, 1.0)], 1: [(0, "all_reduce", -1, 0, 0, 1.0)],
+                    2: [(0, "all_reduce", -1, 0, 0, 2.0)]})  # fmt: skip
+    empty_ring = 4 * LAT  # a 0-byte all-reduce: 2(N-1) rounds of latency
+    assert replay(tr, Network(NET, cpus=2)).network_seconds == pytest.approx(2.5 + empty_ring)
+    procs = netmodel.Processors(2)
+    procs.start(0, 1.0, 0.0)
+    assert procs.next_time() == pytest.approx(1.0)
+    procs.start(1, 1.0, 0.5)
+    procs.start(2, 2.0, 0.5)  # 0: 0.5 left; 1, 2 start: 3 ranks at 2/3
+    assert procs.pop() == (0, pytest.approx(0.5 + 0.5 * 1.5))
+    assert procs.pop()[1] == pytest.approx(1.25 + (1.0 - 0.5) / 1.0)  # 2 ranks: 1 each
+
+
+def test_a_gap_on_shared_processors_lasts_its_wall_time_and_its_cpu_seconds_shared() -> None:
+    """cpus: 4 ranks on 2 processors. A gap of 0.15 s wall and 0.1 s CPU (its wait for a core
+    fell inside an op) lasts 0.2 s, its CPU shared; one of 0.3 s wall (preempted by another
+    job, say) still lasts 0.3 s. Unknown CPU (NaN, a version-1 trace): the gap's wall time
+    is its CPU. Without cpus every gap is its own, as measured."""
+    empty_ring = 6 * LAT  # a 0-byte all-reduce: 2(N-1) rounds of latency
+
+    def seconds(gap: float, cpu: float, cpus: int | None) -> float:
+        tr = _trace(4, {r: [(0, "all_reduce", -1, 0, 0, gap, -1, 0, 0, cpu)] for r in range(4)})
+        return replay(tr, Network(NET, cpus=cpus)).network_seconds - empty_ring
+
+    assert seconds(0.15, 0.1, None) == pytest.approx(0.15)
+    assert seconds(0.15, 0.1, 2) == pytest.approx(0.2)
+    assert seconds(0.3, 0.1, 2) == pytest.approx(0.3)
+    assert seconds(0.3, math.nan, 2) == pytest.approx(0.6)
+
+
+def test_the_emulated_network_is_the_hosts_processors_and_measured_links() -> None:
+    spec = NetworkSpec(1e9, None, "1gbit")
+    measured = {"measured_throughput_bps": 9e8, "measured_rtt_s": 2e-5, "emulated_cpus": 2}
+    net = netmodel.emulated_network(spec, measured)
+    assert (net.spec.bandwidth_bps, net.latency_s, net.cpus) == (9e8, 1e-5, 2)
+    assert net.message_overhead_s == netmodel.GLOO_MESSAGE_OVERHEAD_S
 
 
 def test_a_switch_cap_slows_concurrent_transfers() -> None:
@@ -436,6 +496,7 @@ def test_an_emulated_run_gets_the_models_prediction_beside_its_time(tmp_path: Pa
     n = out["num_params"] * 4  # 2 rounds of n/2 bytes each at 12.5 MB/s
     assert predicted > n / 12.5e6
     assert 0.5 < out["train_seconds"] / 10 / predicted < 2.0
+    assert out["emulated_cpus"] == len(os.sched_getaffinity(0))  # the model's shared processors
 
 
 def test_suite_replay_of_a_trace_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -3,11 +3,15 @@ agree with one another, and the same seed gives the same wire bytes."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import io
 import json
+import time
 
 import numpy as np
 import pytest
+import torch
 
 from suite import trace
 from suite.config import RunConfig, apply_overrides
@@ -158,3 +162,51 @@ def test_a_rank_stops_recording_at_the_limit_and_the_trace_says_so(monkeypatch) 
     for _ in range(4):
         recorder.note(0, 0, -1, 8, 0, 1.0, 2.0)
     assert len(recorder) == 2 and recorder.truncated and not recorder.enabled
+
+
+def test_a_record_has_its_gaps_cpu_seconds_apart_from_its_wall_seconds() -> None:
+    """cpu: the main thread's CPU seconds since the previous record. A gap asleep is wall time
+    without CPU; a gap computing is CPU (the network model's demand on shared processors)."""
+    recorder = trace.Recorder(cpu=True)  # emulated runs' recorders (trace.CPU_CLOCK)
+    time.sleep(0.05)
+    recorder.note(0, 0, -1, 8, 0, time.perf_counter(), time.perf_counter())
+    busy = time.thread_time()
+    while time.thread_time() - busy < 0.05:
+        pass
+    recorder.note(0, 0, -1, 8, 0, time.perf_counter(), time.perf_counter())
+    asleep, computing = recorder.records()
+    assert asleep["gap"] >= 0.05
+    assert asleep["cpu"] < 0.025
+    assert computing["cpu"] >= 0.05 and computing["gap"] >= 0.05
+    recorder = trace.Recorder()  # elsewhere the clock is not read (it costs a system call)
+    recorder.note(0, 0, -1, 8, 0, time.perf_counter(), time.perf_counter())
+    assert np.isnan(recorder.records()["cpu"]).all()
+
+
+def test_traces_and_checkpoints_stored_before_the_cpu_field_still_load(tmp_path) -> None:
+    """Version 1 (no ``cpu``): the records load with cpu NaN (unknown), in an artifact and in a
+    checkpoint's transport state."""
+    old = np.dtype([(name, trace.DTYPE[name]) for name in trace.FIELDS if name != "cpu"])
+    records = np.zeros(2, dtype=old)
+    records["kind"], records["gap"], records["ref"] = trace.KIND["all_reduce"], 0.25, -1
+    records["payload"] = 8
+    text = trace.encode(1, [(0,)], ["algorithm"], [records])
+    buffer = io.BytesIO()  # the same artifact, as version 1 wrote it
+    with np.load(io.BytesIO(base64.b64decode(text))) as npz:
+        meta = json.dumps({**json.loads(npz["meta"].tobytes().decode()), "version": 1})
+    np.savez_compressed(buffer, rank0=records, meta=np.frombuffer(meta.encode(), np.uint8))
+    tr = trace.load(base64.b64encode(buffer.getvalue()).decode())
+    assert tr.ranks[0].dtype == trace.DTYPE
+    assert np.isnan(tr.ranks[0]["cpu"]).all() and (tr.ranks[0]["gap"] == 0.25).all()
+    (loaded,) = launch(_resume_from_version_1, 1, (records,))
+    assert len(loaded) == 2 and np.isnan(loaded["cpu"]).all() and (loaded["gap"] == 0.25).all()
+
+
+def _resume_from_version_1(records: np.ndarray) -> np.ndarray:
+    """A checkpoint's transport state as written before ``cpu`` (no "fields"), loaded."""
+    transport = Transport()
+    state = transport.state_dict()
+    state["_trace"] = {"records": torch.from_numpy(records.view(np.uint8).copy()),
+                       "groups": [[0]], "channels": ["algorithm"]}  # fmt: skip
+    transport.load_state_dict(state)
+    return transport.trace_records()[0]

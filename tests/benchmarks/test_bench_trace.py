@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from typing import Any
 
 import pytest
 
@@ -52,11 +53,11 @@ def _interleaved(cfg: RunConfig) -> dict[str, object]:
     times: dict[bool, list[float]] = {True: [], False: []}
     record = trainer._record
 
-    def timed(step: int, loss: float, lr: float, step_s: float, comm_s: float) -> None:
+    def timed(step: int, loss: float, lr: float, step_s: float, *rest: Any) -> None:
         if step >= WARMUP:
             times[transport.tracing].append(step_s)
         transport.tracing = coin.random() < 0.5  # for the next step
-        record(step, loss, lr, step_s, comm_s)
+        record(step, loss, lr, step_s, *rest)
 
     trainer._record = timed
     before = len(transport._counters.trace)
