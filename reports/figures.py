@@ -250,7 +250,7 @@ def tolerance_bands(recipe: Recipe, profile: str, ref: str) -> dict[tuple[float,
         if c.tolerance and c.scale == 1.0:
             low = c.tolerance if c.op in (">=", "within") else 0.0
             high = c.tolerance if c.op in ("<=", "within") else 0.0
-            bands.setdefault((low, high), []).append(c.row)
+            bands.setdefault((low, high), []).extend(c.rows)
     return bands
 
 
