@@ -104,6 +104,9 @@ def _load(
     runs = runs.reindex(columns=list(dict.fromkeys(columns)))
     text = ("run_id", "status", "recipe", "row", "profile", "target")
     runs = runs.astype({c: str for c in text} | {"seed": int, "diverged": bool})  # when empty
+    # consolidated: with a column per final metric of many algorithms the frame is otherwise
+    # left in hundreds of blocks (pandas' PerformanceWarning at every column added later)
+    runs = runs.copy()
     runs["trial"] = runs["trial"].astype("Int64")
     plain = runs[runs["study"].isna()].assign(_done=lambda f: f["status"] == "FINISHED")
     plain = plain.sort_values(["_done", "start"]).drop(columns="_done")
