@@ -402,6 +402,12 @@ def _recipe(*labels: str, claims: tuple = (), **kw) -> Recipe:
     return Recipe("fake", "T", "t", rows, claims, {"smoke": Profile(seeds=(0, 1))}, **kw)
 
 
+def test_every_row_of_a_long_recipe_gets_its_own_colour_and_marker() -> None:
+    style = figures.styles(_recipe(*(f"method {i}" for i in range(20))))
+    looks = [(tuple(colour), marker) for colour, marker, _ in style.values()]
+    assert len(set(looks)) == 20
+
+
 def test_identical_rows_are_noted_and_drawn_with_distinct_styles() -> None:
     # h=0 trains exactly as D-PSGD and sends a little more (its flags); h=1 trains otherwise
     sent = {"D-PSGD": 1e6, "EventGraD h=0": 1.001e6, "h=1": 4e5}
