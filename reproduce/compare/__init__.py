@@ -50,9 +50,9 @@ KNOBS: dict[str, Knobs] = {
     "ddp_bf16": Knobs("16-bit", "bf16 buckets: fp32's range at 16 bits"),
     # compressors
     "powersgd": Knobs(
-        "low-rank", "rank 2 with warm start and error feedback (PyTorch's recommended start); "
-        "compression from step 10 so the smoke run (300 steps) is mostly compressed",
-        ("algorithm.rank=2", "algorithm.start_iter=10", "algorithm.min_compression_rate=2",
+        "low-rank", "PyTorch's advice: rank 1-2 (2 here), warm start and error feedback on, "
+        "plain all-reduce for the first 10% of steps (30 of smoke's 300)",
+        ("algorithm.rank=2", "algorithm.start_iter=30", "algorithm.min_compression_rate=2",
          "algorithm.warm_start=true", "algorithm.error_feedback=true")),
     "compressed_sgd": Knobs("quantized", "scaled sign (1 bit an entry), no error feedback: the "
                             "plainest compressor"),
