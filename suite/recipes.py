@@ -305,7 +305,8 @@ class Recipe:
     runtime: str = ""  # expected runtime on named hardware, per profile
     deviations: str = ""  # where we depart from the paper, and why
     reference: str | None = None  # the row others are measured against (communication saved)
-    target_accuracy: float | None = None  # for time-to-accuracy figures (None: builder's pick)
+    # for time to accuracy (None: the builder's pick); a mapping gives one per profile
+    target_accuracy: float | Mapping[str, float] | None = None
     spaces: Mapping[str, Space] = field(default_factory=dict)
     curves: tuple[Curve, ...] = ()  # extra figures of logged per-step metrics
     columns: tuple[tuple[str, str], ...] = ()  # extra (final metric, header) results columns
@@ -322,6 +323,10 @@ class Recipe:
         for name, space in self.spaces.items():
             if space.row not in labels:
                 raise ValueError(f"recipe {self.name}: space {name!r} names row {space.row!r}")
+        if isinstance(self.target_accuracy, Mapping):
+            stray = set(self.target_accuracy) - set(self.profiles)
+            if stray:
+                raise ValueError(f"recipe {self.name}: target accuracy at unknown profiles {stray}")
         unknown = set(self.profiles) - set(PROFILES)
         if unknown:
             raise ValueError(f"recipe {self.name}: unknown profiles {sorted(unknown)}")
@@ -347,6 +352,12 @@ class Recipe:
         """The rows run at ``profile`` (all of them unless the profile names some)."""
         chosen = self.profile(profile).rows
         return tuple(r for r in self.rows if not chosen or r.label in chosen)
+
+    def target_at(self, profile: str) -> float | None:
+        """The target accuracy at ``profile`` (None: none set there)."""
+        if isinstance(self.target_accuracy, Mapping):
+            return self.target_accuracy.get(profile)
+        return self.target_accuracy
 
     def profile(self, name: str) -> Profile:
         if name not in self.profiles:
