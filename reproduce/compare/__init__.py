@@ -254,8 +254,8 @@ register(
         command="make reproduce-compare  (suite reproduce compare [--profile real | --profile "
         "full --set data_dir=DIR])",
         runtime="smoke: 13 rows x 2 seeds in 5 CPU-minutes (13 minutes wall on the shared 2-core "
-        "host at load 10-15; ddp18's four rows add 8 runs); real: about half an hour on 2 CPU "
-        "cores (estimated); full: days on CPU",
+        "host at load 10-15; ddp18's four rows add 8 runs); real: 34 runs of about 2.3 minutes "
+        "each on that host (one all-reduce run measured), over an hour; full: days on CPU",
         deviations="No paper: the claims are the field's (reproduce/compare/NOTES.md); the "
         "knobs are each method's recommended ones (KNOBS in reproduce/compare/__init__.py), "
         "not tuned here.",
