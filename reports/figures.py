@@ -45,7 +45,9 @@ def styles(recipe: Recipe) -> dict[str, tuple[Any, str, tuple]]:
     """Per row of the recipe: (colour, marker, dashes), fixed by the row order so a row looks
     the same in every figure, and distinct so rows that coincide stay visible."""
     labels = [r.label for r in recipe.rows]
-    colors = sns.color_palette("colorblind", len(labels))
+    # the colorblind palette has 10 colours and MARKERS 10 markers: more rows (the cross-method
+    # benchmark) would repeat both at once, so they take a 20-colour palette
+    colors = sns.color_palette("colorblind" if len(labels) <= 10 else "tab20", len(labels))
     return {
         label: (colors[i], MARKERS[i % len(MARKERS)], DASHES[i % len(DASHES)])
         for i, label in enumerate(labels)
@@ -250,7 +252,7 @@ def tolerance_bands(recipe: Recipe, profile: str, ref: str) -> dict[tuple[float,
         if c.tolerance and c.scale == 1.0:
             low = c.tolerance if c.op in (">=", "within") else 0.0
             high = c.tolerance if c.op in ("<=", "within") else 0.0
-            bands.setdefault((low, high), []).append(c.row)
+            bands.setdefault((low, high), []).extend(c.rows)
     return bands
 
 

@@ -6,7 +6,7 @@ in long form. Nothing here draws or writes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -104,6 +104,9 @@ def _load(
     runs = runs.reindex(columns=list(dict.fromkeys(columns)))
     text = ("run_id", "status", "recipe", "row", "profile", "target")
     runs = runs.astype({c: str for c in text} | {"seed": int, "diverged": bool})  # when empty
+    # consolidated: with a column per final metric of many algorithms the frame is otherwise
+    # left in hundreds of blocks (pandas' PerformanceWarning at every column added later)
+    runs = runs.copy()
     runs["trial"] = runs["trial"].astype("Int64")
     plain = runs[runs["study"].isna()].assign(_done=lambda f: f["status"] == "FINISHED")
     plain = plain.sort_values(["_done", "start"]).drop(columns="_done")
@@ -183,9 +186,14 @@ def saved_table(runs: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
 
 
 def target_accuracy(runs: pd.DataFrame, recipe: Recipe) -> tuple[float, str] | None:
-    """(target, how it was chosen): the recipe's, else 95% of the worst row's mean accuracy."""
-    if recipe.target_accuracy is not None:
-        return recipe.target_accuracy, "the recipe's target"
+    """(target, how it was chosen): the recipe's at the runs' profile, else 95% of the worst
+    row's mean accuracy."""
+    target = recipe.target_accuracy
+    if isinstance(target, Mapping):  # one per profile: the runs' (one profile's runs)
+        profiles = set(runs["profile"]) if "profile" in runs else set()
+        target = recipe.target_at(profiles.pop()) if len(profiles) == 1 else None
+    if target is not None:
+        return target, "the recipe's target"
     means = runs.groupby("row")["test_accuracy"].mean().dropna()
     return (0.95 * float(means.min()), "95% of the worst row's mean") if len(means) else None
 

@@ -1,7 +1,7 @@
 """Simulated time: each run's stored communication trace (``trace.npz.b64``, :mod:`suite.trace`)
 downloaded once per build and replayed (:mod:`suite.netmodel`) once per network it is asked
 about (:class:`Replays`), giving the time to the target accuracy on the ``NETWORKS`` presets (a
-table and a ranking per profile), on a sweep of link rates (``SWEEP_BPS`` at
+table and a ranking table per profile), on a sweep of link rates (``SWEEP_BPS`` at
 ``SWEEP_LATENCY_S``, a figure), and the ``FIELD@NETWORK`` metrics of simulated-time claims
 (:func:`suite.recipes.simulated_metric`). Runs stored without a trace read "n/a"."""
 
@@ -168,22 +168,21 @@ def _time_cell(group: pd.DataFrame) -> str:
     return cell if len(hit) == len(group) else f"{cell} ({len(hit)}/{len(group)} seeds reached)"
 
 
-def network_ranking(times: pd.DataFrame) -> list[str]:
-    """Per network, one line: rows from fastest to slowest to the target (mean over the seeds
-    that reached it), then those that did not reach it and those without a trace."""
-    lines = []
+def ranking_table(times: pd.DataFrame) -> pd.DataFrame:
+    """One column per network, one line per place: rows from fastest to slowest to the target
+    (mean over the seeds that reached it), then, ranked last and marked so, those that never
+    reached it, then those without a trace."""
+    columns = {}
     for network, group in times.groupby("network", sort=False):
         hit = group[group["status"] == REACHED].groupby("row", sort=False)["seconds"].mean()
-        ranked = [f"{i}. {row} ({sec:.4g} s)" for i, (row, sec) in
-                  enumerate(hit.sort_values().items(), 1)]  # fmt: skip
-        rest = []
-        for status in (NOT_REACHED, NO_TRACE):
-            rows = [r for r in dict.fromkeys(group.loc[group["status"] == status, "row"])
-                    if r not in hit.index]  # fmt: skip
-            if rows:
-                rest.append(f"{status}: {', '.join(rows)}")
-        lines.append(f"**{network}**: " + "; ".join([", ".join(ranked) or "none reached", *rest]))
-    return lines
+        cells = [f"{row} ({sec:.4g} s)" for row, sec in hit.sort_values().items()]
+        for status, mark in ((NOT_REACHED, NOT_REACHED), (NO_TRACE, "n/a: no trace")):
+            rows = dict.fromkeys(group.loc[group["status"] == status, "row"])
+            cells += [f"{row} ({mark})" for row in rows if row not in hit.index]
+        columns[f"{network} ({format_spec(parse_network(network))})"] = cells
+    places = max((len(c) for c in columns.values()), default=0)
+    table = {k: c + [""] * (places - len(c)) for k, c in columns.items()}
+    return pd.DataFrame({"rank": range(1, places + 1), **table})
 
 
 def bandwidth_sweep(

@@ -131,6 +131,7 @@ RECIPES: tuple[str, ...] = (
     "adaptive_topk/cifar-10",
     "adaptive_topk/mnist",
     "baseline/periods",
+    "compare/methods",
     "crossover_sgd/ablations",
     "crossover_sgd/fig-7",
     "crossover_sgd/fig-8",

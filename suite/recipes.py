@@ -13,6 +13,12 @@ threshold) or with another row's mean, scaled: ``bytes_sent of "Local SGD H=4" <
 ``not testable`` (the claim is not checked at this profile, or a row it needs has no finished
 run).
 
+A claim can name a group of rows (``row`` a tuple) with a ``quantifier``: ``"all"`` (every
+row of the group meets the comparison: "no compression method is faster than DDP") or
+``"any"`` (at least one does). Each row is checked as its own claim; the group's verdict and
+the measurement shown are those of the deciding row (for ``all`` the one closest to failing,
+for ``any`` the one furthest past the bound); a diverged row fails as its own claim would.
+
 A claim a correct implementation is known not to meet at some profile carries a :class:`Known`
 deviation for it (like pytest's ``xfail``, never silent): the reason and the evidence (a section
 of the paper's notes in ``reproduce/<paper>/``). Its verdict still reads ``fails``, marked
@@ -42,11 +48,12 @@ from typing import Any, Literal
 from suite.config import ConfigError, RunConfig, apply_overrides, flatten
 from suite.network import parse_network
 
-PROFILES = ("smoke", "full")
+PROFILES = ("smoke", "real", "full")
 # the network model's figures a claim can state on another network: "FIELD@NETWORK"
 SIMULATED_FIELDS = ("network_seconds", "network_seconds_per_step", "network_seconds_to_target")
 HOLDS, FAILS, UNTESTABLE = "holds", "fails", "not testable"
 Op = Literal[">=", "<=", "within"]
+Quantifier = Literal["all", "any"]
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,7 @@ class Claim:
     where ("Fig 7, batch 131K"). ``profiles`` lists where the claim is checked."""
 
     metric: str
-    row: str
+    row: str | tuple[str, ...]  # a tuple: a group of rows, joined by ``quantifier``
     op: Op
     value: float | None = None
     other: str | None = None
@@ -106,10 +113,15 @@ class Claim:
     source: str = ""
     profiles: tuple[str, ...] = PROFILES
     known: tuple[Known, ...] = ()  # expected failures, per profile (see the module docstring)
+    quantifier: Quantifier = "all"  # for a group of rows: every one, or at least one
 
     def __post_init__(self) -> None:
         if self.op not in (">=", "<=", "within"):
             raise ValueError(f"claim op {self.op!r}; valid choices: >=, <=, within")
+        if self.quantifier not in ("all", "any"):
+            raise ValueError(f"claim quantifier {self.quantifier!r}; valid choices: all, any")
+        if isinstance(self.row, tuple) and not self.row:
+            raise ValueError("a claim on a group of rows needs at least one row")
         if (self.value is None) == (self.other is None):
             raise ValueError("a claim compares with exactly one of: value, other")
         simulated_metric(self.metric)  # a bad FIELD@NETWORK fails at import, not in a report
@@ -119,6 +131,11 @@ class Claim:
         if set(at) - set(self.profiles):
             raise ValueError(f"claim {self.describe()}: known deviation where it is not checked")
 
+    @property
+    def rows(self) -> tuple[str, ...]:
+        """The row labels the claim is about (one, or its group's)."""
+        return self.row if isinstance(self.row, tuple) else (self.row,)
+
     def known_at(self, profile: str) -> Known | None:
         return next((k for k in self.known if k.profile == profile), None)
 
@@ -126,13 +143,26 @@ class Claim:
         ref = f"{self.value:g}" if self.other is None else f"{self.other}"
         if self.other is not None and self.scale != 1.0:
             ref = f"{self.scale:g} x {ref}"
+        rows = self.row
+        if isinstance(rows, tuple):
+            rows = f"{'every one' if self.quantifier == 'all' else 'at least one'} of "
+            rows += "{" + ", ".join(self.row) + "}"
         if self.op == "within":
-            return f"{self.metric} of {self.row} within {self.tolerance:g} of {ref}"
+            return f"{self.metric} of {rows} within {self.tolerance:g} of {ref}"
         tol = f" (tolerance {self.tolerance:g})" if self.tolerance else ""
-        return f"{self.metric} of {self.row} {self.op} {ref}{tol}"
+        return f"{self.metric} of {rows} {self.op} {ref}{tol}"
 
-    def check(self, stats: Mapping[str, Mapping[str, tuple[float, float, int]]]) -> Verdict:
-        """Verdict from ``stats[row][metric] = (mean, std, n)`` of one profile's runs."""
+    def check(
+        self,
+        stats: Mapping[str, Mapping[str, tuple[float, float, int]]],
+        diverged: Collection[str] = (),
+    ) -> Verdict:
+        """Verdict from ``stats[row][metric] = (mean, std, n)`` of one profile's runs; a row in
+        ``diverged`` fails (for a group: as one of its rows)."""
+        if isinstance(self.row, tuple):
+            return self._check_group(stats, diverged)
+        if self.row in diverged:
+            return Verdict(self, FAILS, None, None, None, f"{self.row} diverged")
         mine = stats.get(self.row, {}).get(self.metric)
         theirs = None if self.other is None else stats.get(self.other, {}).get(self.metric)
         if mine is None or (self.other is not None and theirs is None):
@@ -155,6 +185,46 @@ class Claim:
         if math.isnan(mean) or math.isnan(ref):
             ok = False
         return Verdict(self, HOLDS if ok else FAILS, mean, std, ref, f"{n} seed(s)")
+
+    def _check_group(
+        self,
+        stats: Mapping[str, Mapping[str, tuple[float, float, int]]],
+        diverged: Collection[str],
+    ) -> Verdict:
+        """Each row as its own claim, joined by the quantifier; the deciding row's numbers."""
+        each = {r: replace(self, row=r).check(stats, diverged) for r in self.rows}
+        held = [r for r, v in each.items() if v.verdict == HOLDS]
+        if self.quantifier == "all":
+            verdict = HOLDS if len(held) == len(each) else FAILS
+            if verdict == FAILS and not any(v.verdict == FAILS for v in each.values()):
+                verdict = UNTESTABLE  # nothing failed, but some row could not be checked
+        else:
+            verdict = HOLDS if held else FAILS
+            if verdict == FAILS and any(v.verdict == UNTESTABLE for v in each.values()):
+                verdict = UNTESTABLE  # nothing held, and some row could not be checked
+        # deciding row: for "all" the one closest to failing (a failing one if any), for "any"
+        # the one furthest past the bound; unmeasured rows decide only when nothing was measured
+        if verdict == UNTESTABLE:
+            pool = [r for r, v in each.items() if v.verdict == UNTESTABLE]
+        else:
+            pool = [r for r, v in each.items() if v.verdict == verdict] or list(each)
+        margin = {r: self._margin(each[r]) for r in pool}
+        pick = (min if self.quantifier == "all" else max)(pool, key=margin.__getitem__)
+        v = each[pick]
+        detail = f"{pick}: {v.detail}; {len(held)} of {len(each)} rows hold"
+        return Verdict(self, verdict, v.mean, v.std, v.reference, detail)
+
+    def _margin(self, v: Verdict) -> float:
+        """How far past the bound a row's measurement is (negative: short of it)."""
+        if v.mean is None or v.reference is None:
+            return -math.inf
+        if self.op == ">=":
+            gap = v.mean - (v.reference - self.tolerance)
+        elif self.op == "<=":
+            gap = v.reference + self.tolerance - v.mean
+        else:
+            gap = self.tolerance - abs(v.mean - v.reference)
+        return -math.inf if math.isnan(gap) else gap
 
 
 @dataclass(frozen=True)
@@ -235,7 +305,8 @@ class Recipe:
     runtime: str = ""  # expected runtime on named hardware, per profile
     deviations: str = ""  # where we depart from the paper, and why
     reference: str | None = None  # the row others are measured against (communication saved)
-    target_accuracy: float | None = None  # for time-to-accuracy figures (None: builder's pick)
+    # for time to accuracy (None: the builder's pick); a mapping gives one per profile
+    target_accuracy: float | Mapping[str, float] | None = None
     spaces: Mapping[str, Space] = field(default_factory=dict)
     curves: tuple[Curve, ...] = ()  # extra figures of logged per-step metrics
     columns: tuple[tuple[str, str], ...] = ()  # extra (final metric, header) results columns
@@ -246,12 +317,16 @@ class Recipe:
         if len(set(labels)) != len(labels):
             raise ValueError(f"recipe {self.name}: duplicate row labels")
         for claim in self.claims:
-            for label in (claim.row, claim.other):
+            for label in (*claim.rows, claim.other):
                 if label is not None and label not in labels:
                     raise ValueError(f"recipe {self.name}: claim names unknown row {label!r}")
         for name, space in self.spaces.items():
             if space.row not in labels:
                 raise ValueError(f"recipe {self.name}: space {name!r} names row {space.row!r}")
+        if isinstance(self.target_accuracy, Mapping):
+            stray = set(self.target_accuracy) - set(self.profiles)
+            if stray:
+                raise ValueError(f"recipe {self.name}: target accuracy at unknown profiles {stray}")
         unknown = set(self.profiles) - set(PROFILES)
         if unknown:
             raise ValueError(f"recipe {self.name}: unknown profiles {sorted(unknown)}")
@@ -277,6 +352,12 @@ class Recipe:
         """The rows run at ``profile`` (all of them unless the profile names some)."""
         chosen = self.profile(profile).rows
         return tuple(r for r in self.rows if not chosen or r.label in chosen)
+
+    def target_at(self, profile: str) -> float | None:
+        """The target accuracy at ``profile`` (None: none set there)."""
+        if isinstance(self.target_accuracy, Mapping):
+            return self.target_accuracy.get(profile)
+        return self.target_accuracy
 
     def profile(self, name: str) -> Profile:
         if name not in self.profiles:
@@ -307,13 +388,13 @@ class Recipe:
         stopped on a non-finite loss or parameter) fails: the method did not train."""
         out = []
         for claim in self.claims:
-            bad = [r for r in (claim.row, claim.other) if r is not None and r in diverged]
             if profile not in claim.profiles:
                 out.append(Verdict(claim, UNTESTABLE, None, None, None, f"not at {profile}"))
-            elif bad:
-                out.append(Verdict(claim, FAILS, None, None, None, f"{bad[0]} diverged"))
+            elif claim.other is not None and claim.other in diverged:
+                out.append(Verdict(claim, FAILS, None, None, None, f"{claim.other} diverged"))
             else:
-                out.append(replace(claim.check(stats), known=claim.known_at(profile)))
+                checked = claim.check(stats, diverged)
+                out.append(replace(checked, known=claim.known_at(profile)))
         return out
 
 

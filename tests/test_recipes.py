@@ -67,6 +67,66 @@ def test_aggregate_gives_mean_and_sample_std_over_seeds() -> None:
     assert "flag" not in stats["A"]  # booleans are not measurements
 
 
+# times to a target: C and D faster than A, B slower; E never reached it
+TIMES = {
+    "A": {"t": (10.0, 0.0, 2)},
+    "B": {"t": (12.0, 0.0, 2)},
+    "C": {"t": (8.0, 0.0, 2)},
+    "D": {"t": (9.0, 1.0, 2)},
+    "E": {"t": (math.inf, math.nan, 2)},
+}
+
+
+@pytest.mark.parametrize(
+    ("rows", "quantifier", "verdict", "deciding"),
+    [
+        (("B", "E"), "all", HOLDS, "B"),  # none faster than A; B is the closest call
+        (("B", "C", "D"), "all", FAILS, "C"),  # C is faster: the furthest past the bound
+        (("B", "C", "D"), "any", HOLDS, "C"),  # at least one (C, the fastest) is faster
+        (("B", "E"), "any", FAILS, "B"),
+        (("B", "Z"), "all", UNTESTABLE, "Z"),  # no failure, but Z has no runs
+        (("C", "Z"), "all", FAILS, "C"),  # a failure decides whatever is missing
+        (("B", "Z"), "any", UNTESTABLE, "Z"),
+        (("C", "Z"), "any", HOLDS, "C"),
+    ],
+)
+def test_a_claim_on_a_group_of_rows_holds_for_all_or_any_of_them(
+    rows: tuple[str, ...], quantifier: str, verdict: str, deciding: str
+) -> None:
+    op = ">=" if quantifier == "all" else "<="  # "none is faster" / "at least one is faster"
+    claim = Claim("t", rows, op, other="A", quantifier=quantifier)  # type: ignore[arg-type]
+    checked = claim.check(TIMES)
+    assert checked.verdict == verdict
+    assert checked.detail.startswith(f"{deciding}:")
+    if deciding != "Z":
+        assert checked.mean == TIMES[deciding]["t"][0] and checked.reference == 10.0
+    word = "every one" if quantifier == "all" else "at least one"
+    assert claim.describe() == f"t of {word} of {{{', '.join(rows)}}} {op} A"
+
+
+def test_a_diverged_row_of_a_group_fails_all_but_not_any() -> None:
+    rows = (Row("A", "allreduce_sgd"), Row("B", "local_sgd"), Row("C", "local_sgd"))
+    every = Claim("t", ("B", "C"), ">=", other="A")
+    some = Claim("t", ("B", "C"), ">=", other="A", quantifier="any")
+    on_ref = Claim("t", ("B",), ">=", other="A", quantifier="any")
+    recipe = _tiny_recipe(rows=rows, claims=(every, some, on_ref))
+    stats = {k: v for k, v in TIMES.items() if k in "AB"}  # C diverged: no finished runs
+    all_c, any_c, _ = recipe.check(stats, "smoke", diverged={"C"})
+    assert all_c.verdict == FAILS and all_c.detail.startswith("C: C diverged")
+    assert any_c.verdict == HOLDS and any_c.detail.startswith("B:")
+    (*_, ref_gone) = recipe.check(stats, "smoke", diverged={"A"})
+    assert ref_gone.verdict == FAILS and ref_gone.detail == "A diverged"
+
+
+def test_a_group_claim_names_known_rows_and_a_quantifier() -> None:
+    with pytest.raises(ValueError, match="unknown row 'Z'"):
+        _tiny_recipe(claims=(Claim("t", ("A", "Z"), ">=", value=1.0),))
+    with pytest.raises(ValueError, match="valid choices: all, any"):
+        Claim("t", ("A", "B"), ">=", value=1.0, quantifier="most")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least one row"):
+        Claim("t", (), ">=", value=1.0)
+
+
 def test_a_claim_on_an_unknown_row_is_rejected_when_the_recipe_is_made() -> None:
     with pytest.raises(ValueError, match="unknown row 'Z'"):
         _tiny_recipe(claims=(Claim("test_accuracy", "Z", ">=", value=0.5),))
@@ -260,7 +320,7 @@ def test_a_diverged_row_is_never_a_known_failure() -> None:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: Known("huge", "r", "e"), "valid choices: smoke, full"),
+        (lambda: Known("huge", "r", "e"), "valid choices: smoke, real, full"),
         (lambda: Known("smoke", " ", "e"), "needs a reason and its evidence"),
         (
             lambda: Claim("x", "A", ">=", value=1, profiles=("full",), known=(KNOWN,)),

@@ -402,6 +402,25 @@ def _recipe(*labels: str, claims: tuple = (), **kw) -> Recipe:
     return Recipe("fake", "T", "t", rows, claims, {"smoke": Profile(seeds=(0, 1))}, **kw)
 
 
+def test_every_row_of_a_long_recipe_gets_its_own_colour_and_marker() -> None:
+    style = figures.styles(_recipe(*(f"method {i}" for i in range(20))))
+    looks = [(tuple(colour), marker) for colour, marker, _ in style.values()]
+    assert len(set(looks)) == 20
+
+
+def test_a_recipe_can_set_its_target_accuracy_per_profile() -> None:
+    recipe = Recipe(
+        "fake", "T", "t", (Row("A", "allreduce_sgd"), Row("B", "allreduce_sgd")), (),
+        {"smoke": Profile(), "full": Profile()}, target_accuracy={"smoke": 0.85},
+    )  # fmt: skip
+    runs = pd.DataFrame({"row": ["A", "B"], "test_accuracy": [0.9, 0.8], "profile": "smoke"})
+    assert frames.target_accuracy(runs, recipe) == (0.85, "the recipe's target")
+    at_full = frames.target_accuracy(runs.assign(profile="full"), recipe)  # none set there
+    assert at_full == (pytest.approx(0.95 * 0.8), "95% of the worst row's mean")
+    with pytest.raises(ValueError, match="target accuracy at unknown profiles"):
+        replace(recipe, target_accuracy={"real": 0.8})
+
+
 def test_identical_rows_are_noted_and_drawn_with_distinct_styles() -> None:
     # h=0 trains exactly as D-PSGD and sends a little more (its flags); h=1 trains otherwise
     sent = {"D-PSGD": 1e6, "EventGraD h=0": 1.001e6, "h=1": 4e5}

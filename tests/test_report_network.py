@@ -118,8 +118,8 @@ def _wan_seconds(row: str) -> float:
     return 5 * (GAP + 2 * (lat + P / 2 / bps))
 
 
-def _table(readme: str, title: str) -> list[list[str]]:
-    part = readme.split(title, 1)[1].split("\n\n", 2)[2]  # the table after the paragraph
+def _table(readme: str, title: str, after: int = 2) -> list[list[str]]:
+    part = readme.split(title, 1)[1].split("\n\n", after)[after]  # the table after the paragraph
     lines = [line for line in part.splitlines() if line.startswith("|")]
     end = next((i for i, line in enumerate(lines[1:], 1) if not line.startswith("|")), len(lines))
     return [[c.strip() for c in line.strip("|").split(" | ")] for line in lines[:end]]
@@ -136,8 +136,13 @@ def test_the_report_shows_time_to_target_on_three_networks(built: builder.Report
         mean = float(rows[row][wan].split(" ")[0])
         assert mean == pytest.approx(_wan_seconds(row), rel=1e-3)
     assert rows[SLOW] == ["not reached"] * 3
-    assert f"**wan**: 1. {GOSSIP} (" in readme and f", 2. {ALLREDUCE} (" in readme
-    assert "not reached: Slow; n/a: Old" in readme
+    ranking = _table(readme, "Ranking per network", after=1)  # the table after that paragraph
+    assert [h.split(" (")[0] for h in ranking[0]] == ["rank", "datacenter", "1g", "wan"]
+    wan_order = [line[3].split(" (")[0] for line in ranking[2:6]]
+    assert wan_order == [GOSSIP, ALLREDUCE, SLOW, OLD]  # never reached: last, and said so
+    assert ranking[2][3] == f"{GOSSIP} ({_wan_seconds(GOSSIP):.4g} s)"
+    assert ranking[4][3] == f"{SLOW} (not reached)" and ranking[5][3] == f"{OLD} (n/a: no trace)"
+    assert [line[0] for line in ranking[2:6]] == ["1", "2", "3", "4"]
     sweep = built.out_dir / "figures" / "fakenet-net-smoke-bandwidth-sweep.png"
     assert sweep in built.figures and sweep.read_bytes()[:4] == b"\x89PNG"
     assert f"](figures/{sweep.name})" in readme

@@ -1,0 +1,86 @@
+"""The cross-method benchmark recipe (reproduce/compare): its one table of knobs covers the
+registry exactly, pending entries are skipped exactly while unregistered, and its field claims
+read the rows they should."""
+
+from __future__ import annotations
+
+import math
+
+import reproduce.compare as compare
+from suite.recipes import FAILS, HOLDS, recipes_of
+from suite.registry import ALGORITHMS
+
+
+def test_every_registered_algorithm_has_an_entry_and_every_entry_is_registered() -> None:
+    assert compare.table_problems(set(ALGORITHMS.names())) == []
+
+
+def test_a_new_registration_without_an_entry_or_an_entry_without_one_is_a_problem() -> None:
+    registered = set(ALGORITHMS.names())
+    assert compare.table_problems(registered | {"my_method"}) == [
+        "registered algorithm 'my_method' has no entry in KNOBS"
+    ]
+    assert compare.table_problems(registered - {"dpsgd"}) == [
+        "KNOBS entry 'dpsgd' names no registered algorithm"
+    ]
+    # a pending entry may be unregistered (until its branch is merged); no other may
+    assert compare.table_problems(registered - set(compare._PENDING)) == []
+
+
+def test_the_recipe_runs_every_entry_but_variants_and_unregistered_pending_ones() -> None:
+    (recipe,) = recipes_of("compare")
+    targets = [row.target for row in recipe.rows]
+    for name, knobs in compare.KNOBS.items():
+        skipped = knobs.not_a_row or (name in compare._PENDING and name not in ALGORITHMS)
+        assert (name in targets) == (not skipped), name
+        if knobs.not_a_row:
+            assert name in ALGORITHMS, f"{name}: a variant must name a registered algorithm"
+    assert compare.REFERENCE in targets and recipe.reference == compare.label(compare.REFERENCE)
+
+
+def test_stand_ins_are_labelled_as_such() -> None:
+    (recipe,) = recipes_of("compare")
+    for row in recipe.rows:
+        assert row.label.endswith("(stand-in)") == ALGORITHMS.get(row.target).stand_in
+
+
+def _times(network: str, **seconds: float) -> dict[str, dict[str, tuple[float, float, int]]]:
+    metric = f"network_seconds_to_target@{network}"
+    return {row: {metric: (s, 0.0, 2)} for row, s in seconds.items()}
+
+
+def test_the_field_claims_read_the_compression_and_sparse_or_event_groups() -> None:
+    (recipe,) = recipes_of("compare")
+    ref = compare.label(compare.REFERENCE)
+    by_metric = {c.metric: c for c in recipe.claims}
+    datacenter = by_metric["network_seconds_to_target@datacenter"]
+    slow = by_metric["network_seconds_to_target@1g"]
+    assert "topk_sgd" in datacenter.rows and "eventgrad" not in datacenter.rows
+    assert {"topk_sgd", "eventgrad"} <= set(slow.rows) and "dpsgd" not in slow.rows
+    assert datacenter.quantifier == "all" and slow.quantifier == "any"
+    # at datacenter: one compression method faster than the reference breaks "none beats it"
+    slower = _times("datacenter", **{ref: 1.0}, **{r: 2.0 for r in datacenter.rows})
+    assert datacenter.check(slower).verdict == HOLDS
+    one_faster = {**slower, **_times("datacenter", topk_sgd=0.5)}
+    assert datacenter.check(one_faster).verdict == FAILS
+    # at 1g: one sparsified or event-triggered method faster suffices; never reaching is not
+    never = _times("1g", **{ref: 1.0}, **{r: math.inf for r in slow.rows})
+    assert slow.check(never).verdict == FAILS
+    assert slow.check({**never, **_times("1g", eventgrad=0.9)}).verdict == HOLDS
+    assert set(slow.profiles) == set(datacenter.profiles) == {"smoke", "real"}
+
+
+def test_the_16_bit_claims_compare_ddp_fp16_with_ddp_once_both_are_rows() -> None:
+    (recipe,) = recipes_of("compare")
+    labels = {row.label for row in recipe.rows}
+    assert len(compare.claims(labels - {"ddp_fp16"})) == 3  # the three network claims only
+    claims = compare.claims(labels | {"ddp", "ddp_fp16"})[3:]
+    assert [(c.metric, c.rows, c.other) for c in claims] == [
+        ("wire_bytes", ("ddp_fp16",), "ddp"),
+        ("test_accuracy", ("ddp_fp16",), "ddp"),
+    ]
+    stats = {"ddp": {"wire_bytes": (1000.0, 0.0, 2), "test_accuracy": (0.9, 0.0, 2)}}
+    stats["ddp_fp16"] = {"wire_bytes": (500.0, 0.0, 2), "test_accuracy": (0.895, 0.0, 2)}
+    assert [c.check(stats).verdict for c in claims] == [HOLDS, HOLDS]
+    stats["ddp_fp16"] = {"wire_bytes": (600.0, 0.0, 2), "test_accuracy": (0.88, 0.0, 2)}
+    assert [c.check(stats).verdict for c in claims] == [FAILS, FAILS]
