@@ -1,6 +1,6 @@
 """The cross-method benchmark recipe (reproduce/compare): its one table of knobs covers the
-registry exactly, pending entries are skipped exactly while unregistered, and its field claims
-read the rows they should."""
+registry exactly, every entry but the variants is a row, and its field claims read the rows
+they should."""
 
 from __future__ import annotations
 
@@ -23,16 +23,13 @@ def test_a_new_registration_without_an_entry_or_an_entry_without_one_is_a_proble
     assert compare.table_problems(registered - {"dpsgd"}) == [
         "KNOBS entry 'dpsgd' names no registered algorithm"
     ]
-    # a pending entry may be unregistered (until its branch is merged); no other may
-    assert compare.table_problems(registered - set(compare._PENDING)) == []
 
 
-def test_the_recipe_runs_every_entry_but_variants_and_unregistered_pending_ones() -> None:
+def test_the_recipe_runs_every_entry_but_variants() -> None:
     (recipe,) = recipes_of("compare")
     targets = [row.target for row in recipe.rows]
     for name, knobs in compare.KNOBS.items():
-        skipped = knobs.not_a_row or (name in compare._PENDING and name not in ALGORITHMS)
-        assert (name in targets) == (not skipped), name
+        assert (name in targets) == (not knobs.not_a_row), name
         if knobs.not_a_row:
             assert name in ALGORITHMS, f"{name}: a variant must name a registered algorithm"
     assert compare.REFERENCE in targets and recipe.reference == compare.label(compare.REFERENCE)

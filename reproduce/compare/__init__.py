@@ -98,12 +98,8 @@ KNOBS: dict[str, Knobs] = {
 }
 # fmt: on
 
-# Registered on branch ddp18, not yet here: skipped (rows and claims) while unregistered.
-# Lead: delete this set when ddp18 is merged (tests/test_compare.py then checks them too).
-_PENDING = frozenset({"ddp", "ddp_fp16", "ddp_bf16", "powersgd"})
-
-# The reference row of the claims: ddp (allreduce_sgd in its place until ddp is registered).
-REFERENCE = "ddp" if "ddp" in ALGORITHMS else "allreduce_sgd"
+# The reference row of the claims: what a practitioner would use anyway.
+REFERENCE = "ddp"
 COMPRESSION = ("16-bit", "quantized", "sparsified", "low-rank")  # "no compression method ..."
 SPARSE_OR_EVENT = ("sparsified", "event-triggered")  # "at least one sparsified or event-..."
 # per profile, each one the reference row reaches with margin (NOTES.md#target)
@@ -120,9 +116,9 @@ SLOW_AT_SMOKE = Known(
 
 def table_problems(registered: set[str]) -> list[str]:
     """What is wrong between ``KNOBS`` and the ``registered`` algorithm names: a registered
-    algorithm without an entry, or an entry (not pending) that names no registered one."""
+    algorithm without an entry, or an entry that names no registered one."""
     missing = sorted(registered - set(KNOBS))
-    stray = sorted(set(KNOBS) - registered - _PENDING)
+    stray = sorted(set(KNOBS) - registered)
     return [f"registered algorithm {n!r} has no entry in KNOBS" for n in missing] + [
         f"KNOBS entry {n!r} names no registered algorithm" for n in stray
     ]
@@ -135,12 +131,11 @@ def label(name: str) -> str:
 
 
 def rows() -> tuple[Row, ...]:
-    """One row per entry that is a row, less pending entries not yet registered."""
-    skip = {n for n in _PENDING if n not in ALGORITHMS}
+    """One row per entry that is a row (variants are not)."""
     return tuple(
         Row(label(name), name, knobs.overrides)
         for name, knobs in KNOBS.items()
-        if not knobs.not_a_row and name not in skip
+        if not knobs.not_a_row
     )
 
 
