@@ -260,7 +260,7 @@ def test_a_diverged_row_is_never_a_known_failure() -> None:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: Known("huge", "r", "e"), "valid choices: smoke, full"),
+        (lambda: Known("huge", "r", "e"), "valid choices: smoke, real, full"),
         (lambda: Known("smoke", " ", "e"), "needs a reason and its evidence"),
         (
             lambda: Claim("x", "A", ">=", value=1, profiles=("full",), known=(KNOWN,)),
