@@ -190,8 +190,9 @@ register(
         },
         command="make reproduce-eventgrad  (real: make reproduce-eventgrad PROFILE=real; full: "
         "suite reproduce eventgrad --profile full --set data_dir=DIR)",
-        runtime="smoke: under 3 minutes on 2 CPU cores; real: about 30 minutes on 2 CPU cores "
-        "(12 runs of about 2.5 minutes); full: about an hour on CPU",
+        runtime="smoke: under 3 minutes on 2 CPU cores; real: about 35 minutes on 2 CPU cores "
+        "(12 runs of about 2.5 minutes, then about 5 to build the report); full: about an hour "
+        "on CPU",
         deviations="smoke uses digits and an MLP; real uses Fashion-MNIST in place of MNIST "
         "(NOTES.md#real); ranks = 4 (the paper's count was not found); "
         "a flag message per neighbour and step (NOTES.md#flag-round); the averaged final model "
