@@ -1026,7 +1026,7 @@ def build_parser() -> argparse.ArgumentParser:
         "paper",
         help="paper name, or PAPER/LABEL for one of its recipes (see `suite list recipes`)",
     )
-    rep.add_argument("--profile", choices=["smoke", "full"], default="smoke")
+    rep.add_argument("--profile", choices=["smoke", "real", "full"], default="smoke")
     rep.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the profile's)")
     rep.add_argument("--force", action="store_true", help="rerun runs that already finished")
     rep.add_argument(
@@ -1057,7 +1057,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--storage", help="Optuna storage URL (default sqlite:///optuna.db)")
     sw.add_argument("--study", help="study name (default RECIPE:SPACE:PROFILE)")
     sw.add_argument("--n-jobs", type=int, default=1, help="trials run at once (default 1)")
-    sw.add_argument("--profile", choices=["smoke", "full"], default="smoke")
+    sw.add_argument("--profile", choices=["smoke", "real", "full"], default="smoke")
     sw.add_argument("--tracking-uri", help="MLflow store (default as for `suite run`)")
     _add_config_args(sw)
     sw.set_defaults(func=cmd_sweep)

@@ -3,7 +3,9 @@
 ``suite reproduce PAPER/LABEL`` runs one recipe (LABEL as in the registry: ``eventgrad/mnist``);
 the report is still the paper's, the exit code that recipe's. A recipe whose data is missing
 (a full profile without ``data_dir``, say) is reported once, with how to get the data, before any
-run starts; the other recipes run, and the command exits 1.
+run starts; the other recipes run, and the command exits 1. When no recipe at that profile has
+its data (``--profile real`` without Fashion-MNIST, say), nothing can run: it stops there with
+DataNotFoundError (the CLI's exit 2) before any run or rank starts.
 
 Each run is its own ``suite run`` process (torch.distributed keeps global state, so repeated jobs
 in one process are fragile), tagged in MLflow with its recipe, row, profile and a hash of its
@@ -309,6 +311,12 @@ def reproduce(
     paper, recipes = select(target)
     runs = plan(target, profile, seeds, extra)
     missing = missing_data(recipes, profile, extra)
+    if missing and all(r.recipe.name in missing for r in runs):  # nothing can run: bad input
+        raise DataNotFoundError(
+            "\n".join(f"{name}: cannot run, its data is missing.\n{why}" for name, why in
+                      missing.items())
+            + f"\nno recipe of {target} at profile {profile!r} has its data; nothing was run"
+        )  # fmt: skip
     for name, why in missing.items():  # once per recipe, before anything runs
         print(f"{name}: not run, its data is missing.\n{why}", file=sys.stderr)
     runs = [r for r in runs if r.recipe.name not in missing]

@@ -415,3 +415,71 @@ def test_a_recipe_without_its_data_is_reported_once_up_front_and_the_others_run(
     assert started == ["tiny/table-1"]  # the 4 MNIST runs never started
     assert err.count("data not found") == 1 and "suite data download mnist" in err
     assert err.index("tiny/mnist: not run, its data is missing") < err.index("[1/1]")
+
+
+# issue 17: the recipes promised a `real` profile, and what each must run there
+REAL = {
+    "eventgrad/mnist": {4},
+    "dybw/mnist": {8},
+    "dybw/linear-speedup": {1, 2, 4},
+    "adaptive_topk/mnist": {4},
+    "baseline/periods": {4},
+    "crossover_sgd/fig-8": {8, 16, 32, 64},
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_a_real_profile_runs_fashion_mnist_and_checks_claims_on_its_own_rows(name: str) -> None:
+    """Every row at `real` reads Fashion-MNIST at the paper's worker counts, and every claim
+    checked there names rows that run there (else it would read "not testable" after 45
+    minutes of runs)."""
+    from suite.registry import RECIPES
+
+    recipe = RECIPES.get(name).obj
+    rows = recipe.rows_at("real")
+    assert rows and recipe.profile("real").seeds
+    configs = [recipe.resolve(row, "real", seed=0) for row in rows]
+    assert {cfg.dataset.name for cfg in configs} == {"fashion_mnist"}
+    assert {cfg.nproc for cfg in configs} == REAL[name]
+    labels = {row.label for row in rows}
+    checked = [c for c in recipe.claims if "real" in c.profiles]
+    assert checked, "no claim is checked at real"
+    for claim in checked:
+        assert {claim.row, claim.other or claim.row} <= labels, claim.describe()
+    # the relative claims only: an absolute number is the paper's on the paper's data alone
+    paper_numbers = [c for c in checked if c.value is not None and c.paper_value is not None]
+    assert all(c.metric == "savings" for c in paper_numbers)  # EventGraD's savings: a ratio
+    assert "real" in recipe.runtime
+
+
+def test_crossover_fig8_at_real_keeps_the_global_batch_fixed_as_n_grows() -> None:
+    from suite.registry import RECIPES
+
+    recipe = RECIPES.get("crossover_sgd/fig-8").obj
+    for row in recipe.rows_at("real"):
+        cfg = recipe.resolve(row, "real", seed=0)
+        assert cfg.nproc * cfg.batch_size * cfg.micro_batches == 2048, row.label
+
+
+def test_reproduce_at_real_without_fashion_mnist_exits_2_before_any_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    """An empty --set data_dir, or no system copy where the default looks: exit 2 up front, with
+    where it looked and how to get the data; no run, no MLflow parent run."""
+    import suite.tasks.datasets as datasets
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", str(empty))
+    started: list[str] = []
+    monkeypatch.setattr(reproduce_mod, "run_job", lambda *a, **kw: started.append(a))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = ["reproduce", "eventgrad", "--profile", "real", "--tracking-uri", uri]
+    for extra in (["--set", f"data_dir={empty}"], []):
+        assert cli.main([*base, "--out", str(tmp_path / "r"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "eventgrad/mnist: cannot run, its data is missing" in err
+        assert str(empty) in err and "dataset-fashion-mnist" in err
+        assert "nothing was run" in err
+    assert started == []
+    assert not (tmp_path / "r").exists()

@@ -241,8 +241,22 @@ FIG8_GROUPS = 8
 FIG8_PAPER = {CROSSOVER: (75.73, 75.39, 75.12, 74.06), SGP: (75.35, 74.80, 74.34, 73.13)}
 
 
+# Real: the authors' per-process batches (256/128/64/32 at N = 8/16/32/64) with local_itr 1 instead
+# of 42, so a fixed global batch of 2,048 on Fashion-MNIST with the smoke MLP (NOTES.md#real)
+FIG8_REAL_BATCH = 2048
+FIG8_REAL = ("dataset=fashion_mnist", "model=mlp", "model.hidden=(128,64)", "epochs=20",
+             "optim.name=lars", "optim.lr=2.0", "optim.momentum=0.9", "optim.weight_decay=5e-5",
+             "optim.trust_coefficient=0.01", "optim.schedule=poly", "optim.power=2.2",
+             "optim.warmup_epochs=8", *AUTHORS_SCHEDULE, "label_smoothing=0.1",
+             "eval_every=0")  # fmt: skip
+
+
 def _fig8_label(method: str, n: int) -> str:
     return f"{method}, N={n}"
+
+
+def _fig8_real_label(method: str, n: int) -> str:
+    return f"{method}, N={n} @ {FIG8_REAL_BATCH:,}"
 
 
 def _fig8() -> Recipe:
@@ -254,19 +268,32 @@ def _fig8() -> Recipe:
             extra = (f"algorithm.group_size={n // FIG8_GROUPS}",) if m == HIER else ()
             rows.append(_row(_fig8_label(m, n), m, f"nproc={n}", f"batch_size={batch}",
                              f"micro_batches={itr}", *_measured(m, 100), *extra))  # fmt: skip
+            rows.append(_row(_fig8_real_label(m, n), m, f"nproc={n}",
+                             f"batch_size={FIG8_REAL_BATCH // n}", "micro_batches=1",
+                             *_measured(m, 20), *extra))  # fmt: skip
     source = "Fig 8, top-1 % read off the authors' figure (their local model of rank 0)"
     claims = [
         Claim(LOCAL, _fig8_label(m, n), "within", value=acc / 100, tolerance=0.005,
-              paper_value=acc / 100, source=source)
+              paper_value=acc / 100, source=source, profiles=("full",))
         for m, accs in FIG8_PAPER.items()
         for n, acc in zip(FIG8_SETUPS, accs, strict=True)
     ]  # fmt: skip
+    # the paper's relative claims, at real on Fashion-MNIST (the paper's gaps: NOTES.md#real)
+    for label, profile in ((_fig8_label, "full"), (_fig8_real_label, "real")):
+        claims += [
+            Claim(LOCAL, label(CROSSOVER, 64), ">=", other=label(SGP, 64), profiles=(profile,),
+                  source="claim (Fig 8): Crossover degrades less than SGP as N grows (paper at "
+                  "N = 64: 74.06 against 73.13)"),
+            Claim(LOCAL, label(HIER, 64), "within", other=label(ALLREDUCE, 64), tolerance=0.003,
+                  profiles=(profile,), source="claim (Fig 8): hierarchical Crossover (8 groups) "
+                  "matches all-reduce"),
+        ]  # fmt: skip
     claims += [
-        Claim(LOCAL, _fig8_label(CROSSOVER, 64), ">=", other=_fig8_label(SGP, 64),
-              source="claim (Fig 8): Crossover degrades less than SGP as N grows"),
-        Claim(LOCAL, _fig8_label(HIER, 64), "within", other=_fig8_label(ALLREDUCE, 64),
-              tolerance=0.003, source="claim (Fig 8): hierarchical Crossover (8 groups) matches "
-              "all-reduce"),
+        Claim(LOCAL, _fig8_real_label(CROSSOVER, n), ">=", other=_fig8_real_label(SGP, n),
+              profiles=("real",), source=f"Fig 8: Crossover >= SGP at every N (paper at N = {n}: "
+              f"{acc_c} against {acc_s})")
+        for n, acc_c, acc_s in zip(FIG8_SETUPS, *FIG8_PAPER.values(), strict=True)
+        if n not in (8, 64)  # N = 64 above; N = 8 is within noise in the paper (0.38 points)
     ]  # fmt: skip
     return Recipe(
         paper="crossover_sgd",
@@ -275,17 +302,32 @@ def _fig8() -> Recipe:
         rows=tuple(rows),
         claims=tuple(claims),
         profiles={
+            "real": Profile(
+                FIG8_REAL,
+                seeds=(0,),
+                note="Fashion-MNIST in place of ImageNet (NOTES.md#real), MLP 784-128-64-10 (3 "
+                f"segments), global batch {FIG8_REAL_BATCH:,} = N x B on N = 8/16/32/64 local "
+                "ranks (B = 256/128/64/32, the authors' per-process batches, local_itr 1 for "
+                "42), LARS as at smoke (lr 2, trust 0.01), warm-up 8 epochs then poly 2.2 (the "
+                "paper's 36 of 90), 20 epochs, label smoothing 0.1, one seed; hierarchical: 8 "
+                "groups of N/8 ranks",
+                rows=tuple(r.label for r in rows if f"@ {FIG8_REAL_BATCH:,}" in r.label),
+            ),
             "full": Profile(
                 IMAGENET,
                 seeds=(0,),
                 note="ImageNet, ResNet-50, global batch 86,016 = N x B x 42 on N = 8/16/32/64 "
                 "processes (B = 256/128/64/32, as the authors' scripts); hierarchical: 8 groups "
                 "of N/8 ranks (GROUP_NUM=8; at N = 8 that is flat Crossover); otherwise as Fig 7",
+                rows=tuple(r.label for r in rows if f"@ {FIG8_REAL_BATCH:,}" not in r.label),
             ),
         },
-        command="suite reproduce crossover_sgd --profile full --set data_dir=DIR",
-        runtime="full: weeks of GPU time (up to 64 GPUs)",
-        deviations="as Fig 7 (lr: NOTES.md#learning-rate)",
+        command="suite reproduce crossover_sgd/fig-8 --profile real  (full: suite reproduce "
+        "crossover_sgd --profile full --set data_dir=DIR)",
+        runtime="real: about 25 minutes on 2 CPU cores (15 runs, up to 64 local ranks); full: "
+        "weeks of GPU time (up to 64 GPUs)",
+        deviations="as Fig 7 (lr: NOTES.md#learning-rate); real: Fashion-MNIST and an MLP, "
+        "global batch 2,048 (local_itr 1), 20 epochs (NOTES.md#real)",
         reference=None,  # rows differ in batch or N: no one row is the baseline of all
         curves=CURVES[:1],
         columns=COLUMNS,
