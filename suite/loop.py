@@ -296,7 +296,8 @@ class Trainer:
                 x, y = next(self.batches)
                 with self.algorithm.accumulate(i == cfg.micro_batches - 1):
                     loss = F.cross_entropy(forward(x), y, label_smoothing=cfg.label_smoothing)
-                    loss = loss / cfg.micro_batches
+                    if cfg.micro_batches > 1:  # x / 1 is exact: no op (and grad node) for it
+                        loss = loss / cfg.micro_batches
                     loss.backward()
                 loss_sum += loss.item()
                 if probe is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -207,3 +209,51 @@ def test_without_a_pruner_the_run_goes_to_the_end() -> None:
     cfg = _config("algorithm=allreduce_sgd", "nproc=2", "steps=60", "eval_every=20")
     summary, _ = launch(run_worker, 2, (Job(cfg, "t", "t", progress=False),))[0]
     assert summary["pruned"] is False and summary["steps"] == 60
+
+
+def _division_ops_per_step(cfg: RunConfig) -> dict[str, float]:
+    """Division ops (forward and backward) per step of our loop and of a plain torch loop on the
+    same batches: counted by torch.profiler over ``cfg.steps`` and over twice as many steps."""
+    import torch.nn.functional as F
+    from torch.profiler import profile
+
+    from suite.tasks.data import ShardedBatches
+
+    def divisions(run) -> int:
+        with profile() as prof:
+            run()
+        return sum(e.count for e in prof.key_averages() if "div" in e.key.lower())
+
+    def ours(steps: int) -> int:
+        trainer = Trainer(Job(replace(cfg, steps=steps), "t", "t", progress=False), Transport())
+        trainer.evaluate = dict  # the run's end is not a step
+        return divisions(trainer.run)
+
+    def plain(steps: int) -> int:
+        data = build_dataset(cfg)
+        model = initial_model(cfg, data)
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
+        batches = ShardedBatches(data, cfg.batch_size, 0, 1, cfg.seed)
+
+        def run() -> None:
+            for _ in range(steps):
+                opt.zero_grad(set_to_none=False)
+                x, y = next(batches)
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+
+        return divisions(run)
+
+    n = cfg.steps
+    return {
+        "ours": (ours(2 * n) - ours(n)) / n,
+        "plain": (plain(2 * n) - plain(n)) / n,
+    }
+
+
+def test_one_micro_batch_step_adds_no_tensor_op_to_the_plain_loop() -> None:
+    # loss / micro_batches is exact and useless with one micro-batch, but costs an op and an
+    # autograd node every step (loop13: the loop's per-step cost against a plain torch loop)
+    cfg = _config("algorithm=allreduce_sgd", "nproc=1", "steps=4", "log_every=100")
+    counts = launch(_division_ops_per_step, 1, (cfg,))[0]
+    assert counts["ours"] == counts["plain"]
