@@ -39,6 +39,8 @@ def test_stand_ins_are_labelled_as_such() -> None:
     (recipe,) = recipes_of("compare")
     for row in recipe.rows:
         assert row.label.endswith("(stand-in)") == ALGORITHMS.get(row.target).stand_in
+    for name, knobs in compare.KNOBS.items():  # the variants too: the table states the flag
+        assert knobs.stand_in == ALGORITHMS.get(name).stand_in, name
 
 
 def _times(network: str, **seconds: float) -> dict[str, dict[str, tuple[float, float, int]]]:
