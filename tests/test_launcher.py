@@ -89,7 +89,8 @@ def _spin_forever() -> None:
 
 LAUNCHER_SCRIPT = textwrap.dedent(
     """
-    import os, sys, time
+    import faulthandler, os, signal, sys, time
+    faulthandler.register(signal.SIGUSR1)  # a hung launcher's stack, for the test's message
     from suite.launcher import launch
     sys.path.insert(0, {here!r})
     from test_launcher import _spin_forever
@@ -114,6 +115,18 @@ def _alive(pid: int) -> bool:
         return f.read().split()[2] != "Z"
 
 
+def _as_a_shell_starts_it() -> None:
+    """Ctrl-C at its default and unblocked in the launcher, as a shell starts a command: an
+    ignored or blocked SIGINT survives exec, and this test process may have inherited one."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _signal_state(pid: int) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        return " ".join(line.strip() for line in f if line.startswith(("SigBlk", "SigIgn")))
+
+
 def _start_launcher() -> tuple[subprocess.Popen, list[int]]:
     here = os.path.dirname(__file__)
     proc = subprocess.Popen(
@@ -121,6 +134,7 @@ def _start_launcher() -> tuple[subprocess.Popen, list[int]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_as_a_shell_starts_it,
     )
     deadline = time.monotonic() + 60
     kids: list[int] = []
@@ -145,8 +159,16 @@ def _wait_gone(pids: list[int], limit: float) -> list[int]:
 
 def test_ctrl_c_stops_every_rank() -> None:
     proc, kids = _start_launcher()
+    state = _signal_state(proc.pid)
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)  # faulthandler: where it hangs
+        time.sleep(1)
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+        pytest.fail(f"launcher still running 30 s after SIGINT ({state}); stderr:\n{err[-4000:]}")
     assert proc.returncode != 0
     assert "KeyboardInterrupt" in proc.stderr.read()
     assert _wait_gone(kids, 10) == []
