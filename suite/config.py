@@ -545,6 +545,12 @@ def _check_fields(cfg: RunConfig, world_known: bool = True) -> None:
         raise ConfigError("optim.nesterov needs optim.momentum in (0, 1), got momentum 0")
     if cfg.optim.warmup_steps and cfg.optim.warmup_epochs:
         raise ConfigError("set optim.warmup_steps or optim.warmup_epochs, not both")
+    late = [m for m in cfg.optim.milestones if cfg.epochs > 0 and m >= cfg.epochs]
+    if cfg.optim.schedule == "multistep" and late:
+        raise ConfigError(
+            f"optim.milestones {late} are at or past the run's end (epochs={cfg.epochs:g}) and "
+            "would never apply; milestones are epochs, not fractions of the run"
+        )
     if not 0.0 <= cfg.target_accuracy <= 1.0:
         raise ConfigError(f"target_accuracy must be in [0, 1], got {cfg.target_accuracy}")
     if not 0.0 <= cfg.label_smoothing < 1.0:

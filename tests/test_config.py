@@ -71,6 +71,16 @@ def test_bad_values_are_config_errors_naming_the_problem(item: str, fragment: st
     assert fragment in str(info.value)
 
 
+def test_a_milestone_at_or_past_the_last_epoch_is_refused() -> None:
+    base = ["epochs=10", "optim.schedule=multistep"]
+    with pytest.raises(ConfigError, match=r"\[12\.0\] are at or past the run's end"):
+        apply_overrides(RunConfig(), [*base, "optim.milestones=5,12"])
+    assert apply_overrides(RunConfig(), [*base, "optim.milestones=5,7.5"]).optim.milestones == (
+        5.0,
+        7.5,
+    )
+
+
 def test_unknown_component_lists_registry_names() -> None:
     with pytest.raises(ConfigError) as info:
         apply_overrides(RunConfig(), ["dataset=imagenet21k"])

@@ -292,6 +292,25 @@ def test_every_registered_recipe_resolves_every_row_and_space(name: str) -> None
             recipe.resolve(row, profile, seed=0, extra=space.suggest(study.ask()))
 
 
+@pytest.mark.parametrize("name", _registered_recipes())
+def test_every_recipes_lr_milestones_are_epochs_inside_the_run(name: str) -> None:
+    """Milestones are epochs: "0.5,0.75" meant as fractions of a 10-epoch run decays the lr
+    after half an epoch (the baseline's real profile did, and trained to 0.78 for it)."""
+    from suite.registry import RECIPES
+
+    recipe = RECIPES.get(name).obj
+    for profile in recipe.profiles:
+        for row in recipe.rows_at(profile):
+            cfg = recipe.resolve(row, profile, seed=0)
+            o = cfg.optim
+            if o.schedule != "multistep" or cfg.epochs < 2:
+                continue
+            assert o.milestones, f"{row.label} at {profile}: multistep without milestones"
+            assert all(1 <= m < cfg.epochs for m in o.milestones), (
+                f"{row.label} at {profile}: milestones {o.milestones} for {cfg.epochs:g} epochs"
+            )
+
+
 KNOWN = Known("smoke", "the flag round costs a latency", "reproduce/x/NOTES.md#flags")
 
 

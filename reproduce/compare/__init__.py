@@ -250,7 +250,7 @@ register(
                     "optim.momentum=0.9",
                     "optim.weight_decay=0.0001",
                     "optim.schedule=multistep",
-                    "optim.milestones=0.5,0.75",
+                    "optim.milestones=80,120",
                     "eval_every=500",
                 ),
                 seeds=(0, 1, 2),
