@@ -122,7 +122,12 @@ ui:
 # tests/test_listeners.py checks the address it listens on).
 OPTUNA_STORAGE ?= sqlite:///optuna.db
 DASHBOARD_PORT ?= 8080
+# A sqlite file that does not exist yet is refused (optuna-dashboard would crash creating it and
+# leave an empty file behind): there are no studies to show before the first `suite sweep`.
 dashboard:
+	@db='$(OPTUNA_STORAGE)'; case "$$db" in sqlite:///*) f="$${db#sqlite:///}"; \
+	  if [ ! -f "$$f" ]; then echo "make dashboard: no Optuna studies in $$f yet; run a sweep \
+	first (suite sweep PAPER/LABEL --space SPACE), or set OPTUNA_STORAGE=URL" >&2; exit 2; fi;; esac
 	$(BIN)/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
 lint:

@@ -114,3 +114,17 @@ def test_make_dashboard_listens_on_loopback_only(tmp_path: Path) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+def test_make_dashboard_without_studies_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    """Before the first sweep there is no optuna.db: optuna-dashboard would crash creating it
+    (and leave an empty file); the target says what to run first instead."""
+    db = tmp_path / "optuna.db"
+    done = subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "dashboard", f"BIN={Path(sys.executable).parent}",
+         f"OPTUNA_STORAGE=sqlite:///{db}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert f"no Optuna studies in {db} yet" in done.stderr and "suite sweep" in done.stderr
+    assert not db.exists()
