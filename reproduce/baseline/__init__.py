@@ -19,6 +19,26 @@ BY_CONSTRUCTION = (
     "(payload bytes: both rows all-reduce, so wire bytes keep the same ratio)"
 )
 
+# The full profile of the baseline and of the cross-method benchmark (reproduce/compare): the
+# standard CIFAR-10 ResNet-20 schedule (lr x0.1 at epochs 80 and 120 of 160)
+CIFAR10_RESNET20 = Profile(
+    (
+        "dataset=cifar10",
+        "model=resnet20",
+        "nproc=8",
+        "batch_size=128",
+        "epochs=160",
+        "optim.lr=0.1",
+        "optim.momentum=0.9",
+        "optim.weight_decay=0.0001",
+        "optim.schedule=multistep",
+        "optim.milestones=80,120",
+        "eval_every=500",
+    ),
+    seeds=(0, 1, 2),
+    note="CIFAR-10 ResNet-20, 8 ranks x batch 128, 160 epochs; needs --set data_dir",
+)
+
 register(
     Recipe(
         paper="baseline",
@@ -104,23 +124,7 @@ register(
                 "full profile's schedule; NOTES.md#real), momentum SGD lr 0.05 (x0.1 at half and "
                 "three quarters), 10 epochs (2,340 steps), 3 seeds",
             ),
-            "full": Profile(
-                (
-                    "dataset=cifar10",
-                    "model=resnet20",
-                    "nproc=8",
-                    "batch_size=128",
-                    "epochs=160",
-                    "optim.lr=0.1",
-                    "optim.momentum=0.9",
-                    "optim.weight_decay=0.0001",
-                    "optim.schedule=multistep",
-                    "optim.milestones=80,120",
-                    "eval_every=500",
-                ),
-                seeds=(0, 1, 2),
-                note="CIFAR-10 ResNet-20, 8 ranks x batch 128, 160 epochs; needs --set data_dir",
-            ),
+            "full": CIFAR10_RESNET20,
         },
         command="suite reproduce baseline [--profile real | --profile full --set data_dir=DIR]",
         runtime="smoke: about 1 minute on 2 CPU cores; real: about 20 minutes on 2 CPU cores (9 "

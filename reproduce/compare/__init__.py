@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from reproduce.baseline import CIFAR10_RESNET20
 from suite.recipes import Claim, Known, Profile, Recipe, Row, register
 
 
@@ -239,23 +240,7 @@ register(
                 note="Fashion-MNIST (Debian's dataset-fashion-mnist or --set data_dir), CNN-2, "
                 "4 ranks x batch 64, SGD lr 0.05 with momentum 0.9, 5 epochs, 2 seeds",
             ),
-            "full": Profile(
-                (
-                    "dataset=cifar10",
-                    "model=resnet20",
-                    "nproc=8",
-                    "batch_size=128",
-                    "epochs=160",
-                    "optim.lr=0.1",
-                    "optim.momentum=0.9",
-                    "optim.weight_decay=0.0001",
-                    "optim.schedule=multistep",
-                    "optim.milestones=80,120",
-                    "eval_every=500",
-                ),
-                seeds=(0, 1, 2),
-                note="CIFAR-10 ResNet-20, 8 ranks x batch 128, 160 epochs; needs --set data_dir",
-            ),
+            "full": CIFAR10_RESNET20,
         },
         command="make reproduce-compare  (suite reproduce compare [--profile real | --profile "
         "full --set data_dir=DIR])",
