@@ -251,12 +251,20 @@ class Links:
         self.up, self.down, self.lat = net.rank_figures(world_size)
         self.overhead = net.message_overhead_s
         self.switch = None if net.switch_bps is None else net.switch_bps / 8
+        # links as integers: rank r's uplink r, its downlink W + r, the switch 2W
+        self.world = world_size
+        self.capacity = [*self.up, *self.down, self.switch or 0.0]
         self.now = 0.0
         self.queues: dict[tuple[int, int], deque[int]] = {}  # directed pair -> its flows
-        self.flows: dict[int, list[Any]] = {}  # id -> [src, dst, bytes left, rate, ...]
-        self.busy_until: dict[tuple, float] = {}  # link -> when its last flow left
+        # id -> [src, dst, bytes left, rate, time it left if in the past, its links]
+        self.flows: dict[int, list[Any]] = {}
+        self.busy_until: dict[int, float] = {}  # link -> when its last flow left
         self.active: list[int] = []  # every pair's first flow: the ones moving
+        self.moving: set[int] = set()  # active flows that had bytes to move when they started
+        self.on_link: dict[int, int] = {}  # link -> active flows through it
+        self.moving_on_link: dict[int, int] = {}  # link -> moving flows through it
         self._ids = 0
+        self._next: float | None = None  # next_time's answer while nothing changes
 
     def delay(self, src: int, dst: int) -> float:
         """A message's time from its last byte leaving to its arrival."""
@@ -269,10 +277,12 @@ class Links:
         exact; else the flow starts at the last event."""
         fid = self._ids
         self._ids += 1
+        self._next = None
         queue = self.queues.setdefault((src, dst), deque())
-        flow = [src, dst, float(n), 0.0, None]  # [..., time it left, if in the past]
+        links = (src, self.world + dst) + ((2 * self.world,) if self.switch is not None else ())
+        flow = [src, dst, float(n), 0.0, None, links]
         self.flows[fid] = flow
-        if t < self.now and not queue and self._idle_since(src, dst) <= t:
+        if t < self.now and not queue and self._idle_since(links) <= t:
             rate = min(self.up[src], self.down[dst])
             if n <= rate * (self.now - t):
                 flow[2], flow[4] = 0.0, t + n / rate
@@ -280,31 +290,66 @@ class Links:
                 flow[2] = n - rate * (self.now - t)
         self._advance(max(t, self.now))
         queue.append(fid)
-        if len(queue) == 1:
-            self.active.append(fid)
+        if len(queue) == 1 and self._activate(fid):
             self._rates()
         return fid
 
-    def _idle_since(self, src: int, dst: int) -> float:
-        """Since when neither link of the flow ``src`` to ``dst`` has carried bytes (inf: one
-        does now, or a switch cap couples every flow)."""
+    def _activate(self, fid: int) -> bool:
+        """Make ``fid`` its pair's moving flow; False when no other flow's rate changes (it has
+        no bytes left, or it shares no link with a moving flow: it gets its links' rate)."""
+        self.active.append(fid)
+        flow = self.flows[fid]
+        for link in flow[5]:
+            self.on_link[link] = self.on_link.get(link, 0) + 1
+        if flow[2] <= _EPS:  # done already (a zero-byte notice): takes no share of any link
+            return False
+        self.moving.add(fid)
+        alone = True
+        for link in flow[5]:
+            count = self.moving_on_link.get(link, 0)
+            alone = alone and count == 0
+            self.moving_on_link[link] = count + 1
+        if alone:  # max-min fairness is per connected component: the others keep their rates
+            flow[3] = min(self.capacity[link] for link in flow[5])
+        return not alone
+
+    def _deactivate(self, fid: int, flow: list[Any]) -> bool:
+        """Take ``fid`` (``flow``) out of the moving flows; False when no other flow's rate
+        changes."""
+        self.active.remove(fid)
+        for link in flow[5]:
+            self.on_link[link] -= 1
+        if fid not in self.moving:
+            return False
+        self.moving.discard(fid)
+        shared = False
+        for link in flow[5]:
+            self.moving_on_link[link] -= 1
+            shared = shared or self.moving_on_link[link] > 0
+        return shared
+
+    def _idle_since(self, links: tuple[int, ...]) -> float:
+        """Since when the links ``links`` (a flow's) have carried no bytes (inf: one carries a
+        flow now, or a switch cap couples every flow)."""
         if self.switch is not None:
             return math.inf
-        res = ("up", src), ("down", dst)
-        if any(r in self._resources(*self.flows[f][:2]) for f in self.active for r in res):
+        if any(self.on_link.get(link, 0) for link in links):
             return math.inf
-        return max(self.busy_until.get(r, 0.0) for r in res)
+        return max(self.busy_until.get(link, 0.0) for link in links)
 
     def next_time(self) -> float:
         """When the next flow's last byte leaves at the current rates (inf if none moves)."""
-        best = math.inf
-        for fid in self.active:
-            _, _, left, rate, _ = self.flows[fid]
-            if left <= _EPS:
-                return self.now
-            if rate > 0:
-                best = min(best, self.now + left / rate)
-        return best
+        if self._next is None:  # kept until a flow starts, leaves, moves or changes rate
+            best = math.inf
+            for fid in self.active:
+                flow = self.flows[fid]
+                if flow[2] <= _EPS:
+                    best = 0.0
+                    break
+                if flow[3] > 0 and flow[2] / flow[3] < best:
+                    best = flow[2] / flow[3]
+            self._next = self.now + best
+        return self._next
 
     def pop(self) -> tuple[int, float]:
         """Finish the next flow: (its id, the time its last byte has left)."""
@@ -313,17 +358,20 @@ class Links:
             raise ValueError("no flow is moving")
         self._advance(when)
         fid = min(self.active, key=lambda f: self.flows[f][2] / (self.flows[f][3] or 1e-300))
-        src, dst, _, _, past = self.flows.pop(fid)
+        flow = self.flows.pop(fid)
+        self._next = None
+        src, dst, _, _, past, links = flow
         if past is not None:
             when = past
-        for res in self._resources(src, dst):
-            self.busy_until[res] = max(self.busy_until.get(res, 0.0), when)
-        self.active.remove(fid)
+        for link in links:
+            self.busy_until[link] = max(self.busy_until.get(link, 0.0), when)
+        changed = self._deactivate(fid, flow)
         queue = self.queues[(src, dst)]
         queue.popleft()
         if queue:
-            self.active.append(queue[0])
-        self._rates()
+            changed = self._activate(queue[0]) or changed
+        if changed:
+            self._rates()
         return fid, when
 
     def exchange(
@@ -360,47 +408,47 @@ class Links:
     def _advance(self, t: float) -> None:
         dt = t - self.now
         if dt > 0:
+            self._next = None
             for fid in self.active:
                 flow = self.flows[fid]
                 flow[2] = max(flow[2] - flow[3] * dt, 0.0)
         self.now = max(self.now, t)
 
     def _rates(self) -> None:
-        """Max-min fair rates by progressive filling: raise every unfrozen flow's rate alike
-        until a link is full, freeze the flows through it, repeat."""
-        uses: dict[tuple, list[int]] = {}
-        for fid in self.active:
-            src, dst = self.flows[fid][:2]
-            for res in self._resources(src, dst):
-                uses.setdefault(res, []).append(fid)
-        left = {res: self._capacity(res) for res in uses}
-        free = set(self.active)
-        while free:
-            shares = {}
-            for res, fids in uses.items():
-                count = sum(1 for f in fids if f in free)
-                if count:
-                    shares[res] = left[res] / count
-            share = min(shares.values())
-            for res, s in shares.items():
-                if s > share * (1 + 1e-12):
+        """Max-min fair rates of the moving flows by progressive filling: raise every unfrozen
+        flow's rate alike until a link is full, freeze the flows through it, repeat. The links
+        are taken in order of their fair share (a heap): freezing a link's flows at the lowest
+        share never lowers another link's, so each link's share when it comes up is final."""
+        self._next = None
+        uses: dict[int, list[int]] = {}
+        for fid in self.moving:
+            for link in self.flows[fid][5]:
+                uses.setdefault(link, []).append(fid)
+        left = {link: self.capacity[link] for link in uses}
+        count = {link: len(fids) for link, fids in uses.items()}
+        share = {link: left[link] / count[link] for link in uses}
+        heap = [(s, link) for link, s in share.items()]
+        heapq.heapify(heap)
+        frozen: set[int] = set()
+        while heap:
+            s, link = heapq.heappop(heap)
+            if not count[link] or s != share[link]:  # done, or a stale entry
+                continue
+            touched = set()
+            for fid in uses[link]:
+                if fid in frozen:
                     continue
-                for fid in uses[res]:
-                    if fid in free:
-                        free.discard(fid)
-                        self.flows[fid][3] = share
-                        for other in self._resources(*self.flows[fid][:2]):
-                            left[other] -= share
-
-    def _resources(self, src: int, dst: int) -> list[tuple]:
-        return [("up", src), ("down", dst)] + ([("switch",)] if self.switch is not None else [])
-
-    def _capacity(self, res: tuple) -> float:
-        if res[0] == "up":
-            return self.up[res[1]]
-        if res[0] == "down":
-            return self.down[res[1]]
-        return float(self.switch)
+                frozen.add(fid)
+                flow = self.flows[fid]
+                flow[3] = s
+                for other in flow[5]:
+                    left[other] -= s
+                    count[other] -= 1
+                    touched.add(other)
+            for other in touched:  # their shares once, after all of this link's flows froze
+                if count[other]:
+                    share[other] = left[other] / count[other]
+                    heapq.heappush(heap, (share[other], other))
 
 
 class Processors:

@@ -173,6 +173,54 @@ def test_max_min_fair_share_gives_a_slow_links_leftover_to_the_other_flow() -> N
     assert tl.finish[1] == pytest.approx(2 * LAT + n / (0.25 * B))
 
 
+def _max_min_reference(flows: list[tuple[int, ...]], capacity: list[float]) -> list[float]:
+    """Max-min fair rates of flows (each a tuple of the links it crosses) from scratch, by
+    textbook progressive filling: raise all unfrozen rates alike until a link is full."""
+    rate, frozen, left = [0.0] * len(flows), set(), list(capacity)
+    while len(frozen) < len(flows):
+        counts = {}
+        for i, links in enumerate(flows):
+            if i not in frozen:
+                for link in links:
+                    counts[link] = counts.get(link, 0) + 1
+        share = min(left[link] / c for link, c in counts.items())
+        full = {link for link, c in counts.items() if left[link] / c <= share * (1 + 1e-12)}
+        for i, links in enumerate(flows):
+            if i not in frozen and full & set(links):
+                frozen.add(i)
+                rate[i] = share
+                for link in links:
+                    left[link] -= share
+    return rate
+
+
+@pytest.mark.parametrize("switch", [None, 3e9])
+@pytest.mark.parametrize("seed", range(4))
+def test_link_rates_stay_max_min_fair_through_starts_and_finishes(seed: int, switch) -> None:
+    """The link model recomputes rates only where a start or a finish can change them (a flow
+    alone on its links takes their rate; a notice with no bytes takes no share): after every
+    event, every moving flow's rate equals a from-scratch max-min fair allocation."""
+    rng = np.random.default_rng(seed)
+    W = 6
+    slow = {r: Link(up_bps=float(rng.choice([1e8, 1e9])), down_bps=float(rng.choice([2e8, 1e9])))
+            for r in range(W) if rng.random() < 0.5}  # fmt: skip
+    links = netmodel.Links(Network(NET, links=slow, switch_bps=switch), W)
+    t, started = 0.0, 0
+    while started < 60 or links.active:
+        if started < 60 and (not links.active or rng.random() < 0.5):
+            src, dst = rng.choice(W, size=2, replace=False)
+            n = 0 if rng.random() < 0.3 else int(rng.integers(1, 2_000_000))
+            t = max(t, links.now) + float(rng.exponential(1e-3))
+            links.start(int(src), int(dst), n, t)
+            started += 1
+        else:
+            links.pop()
+        moving = sorted(links.moving)
+        want = _max_min_reference([links.flows[f][5] for f in moving], links.capacity)
+        got = [links.flows[f][3] for f in moving]
+        assert got == pytest.approx(want, rel=1e-9), (seed, started)
+
+
 def test_a_receivers_notice_waits_behind_what_it_already_sends_on_the_pair() -> None:
     """gloo: rank 1's bytes to rank 0 move first (rank 0's notice came at LAT); rank 1 posts its
     receive at 2 LAT and that notice leaves on the same connection behind its bytes, so rank
