@@ -91,9 +91,20 @@ def network_times(
     """Per run and network: simulated seconds to the run's first evaluation at ``target``
     accuracy, its trace replayed on that network. ``status`` is "reached", "not reached"
     (seconds inf) or "n/a" (no trace: seconds NaN)."""
+    from tqdm import tqdm
+
     reached = steps_to_target(curves, target)
     out = []
-    for run in runs.itertuples():
+    # replays of many-rank traces take minutes: a bar on a terminal (none in logs and tests)
+    bar = tqdm(
+        runs.itertuples(),
+        total=len(runs),
+        desc=f"replaying traces on {len(networks)} network(s)",
+        unit="run",
+        disable=None,
+        leave=False,
+    )
+    for run in bar:
         steps = reached.get(run.run_id)
         total = int(run.steps) if pd.notna(run.steps) and run.steps > 0 else None
         for net in networks:
