@@ -133,7 +133,7 @@ def build_report(
         doc = Doc(work / "figures")
         doc.dir.mkdir()
         replays = Replays(client, work / ".traces")  # downloads, removed before the swap
-        doc.md(header(paper, experiment, uri, len(runs), note))
+        doc.md(header(paper, experiment, runs, uri, note))
         for recipe in recipes:
             doc.md(card(recipe))
             for profile in recipe.profiles:

@@ -29,7 +29,7 @@ FINAL_METRICS = (
 
 
 RUN_COLUMNS = (
-    "run_id", "status", "start", "recipe", "row", "profile", "seed", "target", "diverged",
+    "run_id", "status", "start", "recipe", "row", "profile", "seed", "target", "diverged", "code",
 )  # fmt: skip
 
 
@@ -90,6 +90,7 @@ def _load(
             "seed": int(seed) if seed.lstrip("-").isdigit() else -1,  # -1: not recorded
             "target": tags.get("target", ""),
             "diverged": diverged,
+            "code": tags.get("suite.code", "unknown"),  # the code that made it (tracking)
             "study": tags.get("suite.study"),
             "trial": int(tags["suite.trial"]) if "suite.trial" in tags else None,
             "_logged": set(run.data.metrics),
@@ -102,7 +103,7 @@ def _load(
     # every column present even when nothing logged it: missing metrics read as NaN downstream
     columns = [*RUN_COLUMNS, "study", "trial", "_logged", *FINAL_METRICS, *runs.columns]
     runs = runs.reindex(columns=list(dict.fromkeys(columns)))
-    text = ("run_id", "status", "recipe", "row", "profile", "target")
+    text = ("run_id", "status", "recipe", "row", "profile", "target", "code")
     runs = runs.astype({c: str for c in text} | {"seed": int, "diverged": bool})  # when empty
     # consolidated: with a column per final metric of many algorithms the frame is otherwise
     # left in hundreds of blocks (pandas' PerformanceWarning at every column added later)

@@ -228,13 +228,34 @@ def tally(verdicts: list[Verdict]) -> str:
     return f"{holds}, {fails}, {n[UNTESTABLE]} not testable"
 
 
-def header(paper: str, experiment: str, uri: str, runs: int, note: str = "") -> str:
+def made_by(runs: pd.DataFrame) -> str:
+    """Which code made the report's runs (their ``suite.code`` tags), per profile: a report may
+    hold runs of several commits (each profile run when it was, reused since)."""
+    if runs.empty:
+        return ""
+
+    def name(code: str) -> str:
+        sha, _, changes = str(code).partition("+")
+        return "unrecorded code" if sha == "unknown" else (
+            f"commit {sha[:10]}" + (" with local changes" if changes else "")
+        )  # fmt: skip
+
+    parts = []
+    for profile, group in runs.groupby("profile", sort=False):
+        counts = group["code"].map(name).value_counts(sort=False)
+        parts.append(f"{profile}: " + ", ".join(f"{n} by {c}" for c, n in counts.items()))
+    return "Runs by the code that made them: " + "; ".join(parts) + "."
+
+
+def header(paper: str, experiment: str, runs: pd.DataFrame, uri: str, note: str = "") -> str:
     sha, code = code_state()  # the suite's own sources: reports it wrote are not local changes
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    made = made_by(runs)
     return (
         f"# Reproduction report: {paper}\n\nBuilt {stamp} from experiment `{experiment}` of "
-        f"the MLflow store `{store_label(uri)}` ({runs} recipe runs), code {sha[:10]}"
+        f"the MLflow store `{store_label(uri)}` ({len(runs)} recipe runs) by code {sha[:10]}"
         f"{' with local changes' if code != sha else ''}.{' ' + note if note else ''}"
+        f"{' ' + made if made else ''}"
         f"\n\n{METRIC_CONVENTION}\n\nClaims are checked on the mean over "
         "seeds of the finished runs: **holds** and **fails** are measured outcomes; *not "
         "testable* means the claim is not checked at that profile or a row it needs has no "

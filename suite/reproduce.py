@@ -275,7 +275,7 @@ def resumable_runs(uri: str, experiment: str, code: str | None = None) -> dict[s
 def reuse_note(reused: Mapping[str, int], code: str, any_code: bool) -> str:
     """What the report says about runs it did not run now: how many, from which code."""
     if not reused:
-        return "Every run in this report was run by this code."
+        return "Every run this command needed was run now, by this code."
     parts = [f"{n} by {'this code' if c == code else _short(c)}" for c, n in reused.items()]
     text = f"{sum(reused.values())} run(s) reused from the store: " + ", ".join(parts) + "."
     if any_code and any(c != code for c in reused):

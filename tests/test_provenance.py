@@ -96,6 +96,7 @@ def test_reproduce_leaves_a_clean_clone_and_reuses_only_runs_of_the_same_code(
     assert {"claims.csv", "report"} <= artifacts
     report = (clone / "out" / "reports" / "tiny" / "README.md").read_text()
     assert str(tmp_path) not in report  # no machine path in a report
+    assert f"Runs by the code that made them: smoke: 1 by commit {head[:10]}." in report
     _check_compare_view_data(client, exp, run, parent)
 
     # same code: the run is reused, and the report says so
@@ -114,6 +115,8 @@ def test_reproduce_leaves_a_clean_clone_and_reuses_only_runs_of_the_same_code(
     rows = client.search_runs([exp], "tags.`suite.recipe` = 'tiny/t1'")
     new_head = _git(clone, "rev-parse", "HEAD").strip()
     assert sorted(r.data.tags["suite.code"] for r in rows) == sorted([head, new_head])
+    report = (clone / "out" / "reports" / "tiny" / "README.md").read_text()
+    assert f"smoke: 1 by commit {new_head[:10]}." in report  # the run it shows, not the old one
     assert _git(clone, "status", "--porcelain") == ""
 
 
@@ -218,3 +221,21 @@ def test_a_failed_local_run_is_named_so(tmp_path: Path) -> None:
     (run,) = client.search_runs([client.get_experiment_by_name("baseline").experiment_id])
     assert run.info.run_name == "allreduce_sgd-n2-s0-local [failed]"
     assert run.data.tags["suite.launcher"] == "local"
+
+
+def test_a_report_says_which_code_made_its_runs_per_profile() -> None:
+    """A report may show runs of several commits (smoke run long ago, real since): its header
+    names each one's code, per profile, instead of claiming one code made them all."""
+    import pandas as pd
+
+    from reports.text import made_by
+
+    runs = pd.DataFrame(
+        {"profile": ["smoke", "smoke", "real", "real", "real"],
+         "code": ["a" * 40, "a" * 40, "b" * 40, "b" * 40 + "+f00d", "unknown"]}
+    )  # fmt: skip
+    assert made_by(runs) == (
+        f"Runs by the code that made them: smoke: 2 by commit {'a' * 10}; real: 1 by commit "
+        f"{'b' * 10}, 1 by commit {'b' * 10} with local changes, 1 by unrecorded code."
+    )
+    assert made_by(runs.iloc[:0]) == ""
