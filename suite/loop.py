@@ -283,6 +283,7 @@ class Trainer:
             )
         start = time.perf_counter() - self.elapsed_before  # a resumed run's clock goes on
         self.model.train()
+        self.transport.trace_begin()
         for step in range(first, self.steps):
             self._maybe_inject_fault(step)
             self.transport.set_step(step)
@@ -334,6 +335,7 @@ class Trainer:
                 self._check_parameters(step)  # a checkpoint never holds non-finite values
                 self.save_checkpoint(step, time.perf_counter() - start)
         train_seconds = time.perf_counter() - start
+        self.transport.trace_end()
         if self.bar is not None:
             self.bar.close()
         return self._finish(train_seconds)
@@ -748,6 +750,7 @@ class Trainer:
                 list(merged.channels),
                 list(merged.ranks),
                 list(merged.truncated),
+                list(merged.tail),
             ),
         }
         return summary, artifacts
@@ -779,10 +782,10 @@ def _busiest_link(everyone: list[dict[str, Any]]) -> int:
 def _merge_traces(world: int, traces: list[Any]) -> trace.Trace:
     """Every rank's trace in one artifact, group and channel ids re-mapped onto rank 0's
     tables (extended with any group or channel only other ranks know)."""
-    _, groups, channels, _ = traces[0]
+    _, groups, channels, *_ = traces[0]
     groups, channels = list(groups), list(channels)
     ranks = []
-    for records, their_groups, their_channels, _ in traces:
+    for records, their_groups, their_channels, *_ in traces:
         for g in their_groups:
             if g not in groups:
                 groups.append(g)
@@ -796,5 +799,10 @@ def _merge_traces(world: int, traces: list[Any]) -> trace.Trace:
         records["channel"] = cmap[records["channel"]]
         ranks.append(records)
     return trace.Trace(
-        world, tuple(groups), tuple(channels), tuple(ranks), tuple(t[3] for t in traces)
+        world,
+        tuple(groups),
+        tuple(channels),
+        tuple(ranks),
+        tuple(t[3] for t in traces),
+        tuple(t[4] for t in traces),
     )

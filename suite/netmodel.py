@@ -66,7 +66,10 @@ over it); :func:`op_seconds` is one call's time on an idle network (the alpha-be
 Records before the first step (step -1: setup such as the initial parameter broadcast) are
 replayed without their gaps (model building and data loading are not training). A step's end
 on a rank is the end of its last record of that step; steps without records share the gap
-before the next record evenly; steps after a rank's last record add its mean compute per step.
+before the next record evenly; steps after a rank's last record share its ``tail`` (the compute
+the trace measured after that record, to the end of training) evenly, and the rank finishes
+after its tail: a one-worker run, which records no ops, replays to its compute. Traces without
+a tail (written before it) give those steps the rank's mean compute per step instead.
 """
 
 from __future__ import annotations
@@ -499,6 +502,8 @@ class _Sim:
         self.links = Links(net, self.W)
         self.cpus = None if net.cpus is None else Processors(net.cpus)
         self.scale = compute_scale
+        # per rank: the gaps of harness ops after its last kept record (its compute there)
+        self.trailing = [0.0] * self.W
         self.records = [self._prepare(r, harness) for r in range(self.W)]
         # per rank, the records a wait refers to: async ops (a collective among them does not
         # block the rank that issued it; its wait does)
@@ -549,6 +554,7 @@ class _Sim:
             out.append([step, kind, g, peer, n, tag, gap + carry,
                         new_index[ref] if kind == _WAIT else -1, cpu + carry_cpu])  # fmt: skip
             carry = carry_cpu = 0.0
+        self.trailing[rank] = carry
         return out
 
     def run(self) -> list[list[float]]:
@@ -740,14 +746,17 @@ def replay(
     step_end = np.zeros((trace.world_size, max(steps, 0)))
     finish = np.zeros(trace.world_size)
     for r in range(trace.world_size):
-        step_end[r], finish[r] = _step_ends(sim.records[r], ends[r], steps, compute_scale)
+        tail = trace.tail_of(r) + sim.trailing[r]  # NaN where the trace does not know it
+        step_end[r], finish[r] = _step_ends(sim.records[r], ends[r], steps, compute_scale, tail)
     return Timeline(step_end, finish)
 
 
 def _step_ends(
-    records: list[list[Any]], ends: list[float], steps: int, scale: float
+    records: list[list[Any]], ends: list[float], steps: int, scale: float, tail: float
 ) -> tuple[np.ndarray, float]:
-    """One rank's step ends from its records' end times (see the module docstring)."""
+    """One rank's step ends from its records' end times, and its finish: the end of its last
+    record plus ``tail`` (its compute after that record; where unknown, NaN, the steps after
+    the last record take its mean compute per step). See the module docstring."""
     out = np.full(steps, math.nan)
     prev_step, prev_end, compute = -1, 0.0, 0.0
     for rec, end in zip(records, ends, strict=True):
@@ -759,6 +768,11 @@ def _step_ends(
         prev_step, prev_end = max(prev_step, step), end
     if 0 <= prev_step < steps:
         out[prev_step] = prev_end
+    after = steps - 1 - max(prev_step, -1)  # steps after the last record's
+    if math.isfinite(tail):  # they share the measured tail; the last one's end is the finish
+        for s in range(prev_step + 1, steps):
+            out[s] = prev_end + tail * scale * (s - prev_step) / after
+        return out, prev_end + tail * scale
     per_step = compute / (prev_step + 1) if prev_step >= 0 else 0.0
     for s in range(prev_step + 1, steps):  # no records left: the mean compute per step
         out[s] = prev_end + (s - prev_step) * per_step

@@ -37,6 +37,13 @@ cpu        float64  CPU seconds of the rank's main thread from the end of its pr
                     ranks only (a CUDA rank's compute is on the GPU)
 =========  =======  ==========================================================================
 
+Beside the records, each rank's ``tail``: host seconds from the end of its last record to the
+end of the training loop (its compute after its last op: the last step's optimizer step, or the
+whole run of a rank that communicated nothing, a one-worker run's). The loop starts the
+recorder's clock when training starts (:meth:`Recorder.begin`) and reads the tail when it ends
+(:meth:`Recorder.end`). NaN where unknown: traces written before it, or a rank whose records
+stopped at ``MAX_RECORDS``.
+
 A wait made in a background thread (``Work.wait(background=True)``: consensus_backup's real
 clock) leaves no wait record; its send/recv record stands alone.
 
@@ -118,6 +125,21 @@ class Recorder:
         self.channel = 0
         self.last_end = time.perf_counter()
         self.last_cpu = time.thread_time() if self.cpu_clock else math.nan
+        self.tail = math.nan  # seconds after the last record, to the loop's end (see end)
+
+    def begin(self) -> None:
+        """Training starts now: the next record's gap (or the tail) counts from here, not from
+        setup (model building, data loading, a checkpoint's load)."""
+        self.last_end = time.perf_counter()
+        self.last_cpu = time.thread_time() if self.cpu_clock else math.nan
+
+    def end(self) -> None:
+        """Training ended now: keep the time since the last record as the rank's ``tail``
+        (unknown once the records stopped at the limit: the gap would span unrecorded ops),
+        and record nothing more: the trace is training's, as the summary's counters are (the
+        end-of-run gathers that ship it are not in either)."""
+        self.tail = math.nan if self.truncated else time.perf_counter() - self.last_end
+        self.enabled = False
 
     def __len__(self) -> int:
         return self.count
@@ -193,6 +215,12 @@ class Trace:
     ranks: tuple[np.ndarray, ...]
     # per rank: records stop at MAX_RECORDS, before the run's end (empty: none truncated)
     truncated: tuple[bool, ...] = ()
+    # per rank: seconds after its last record to the end of training (NaN or empty: unknown)
+    tail: tuple[float, ...] = ()
+
+    def tail_of(self, rank: int) -> float:
+        """``rank``'s tail (NaN where unknown)."""
+        return self.tail[rank] if rank < len(self.tail) else math.nan
 
     def kind(self, record: np.void) -> str:
         return KINDS[int(record["kind"])]
@@ -231,9 +259,12 @@ def encode(
     channels: list[str],
     ranks: list[np.ndarray],
     truncated: list[bool] | None = None,
+    tail: list[float] | None = None,
 ) -> str:
-    """The ``trace.npz.b64`` artifact text (``truncated``: per rank, default none)."""
+    """The ``trace.npz.b64`` artifact text (``truncated``: per rank, default none; ``tail``:
+    per rank, default unknown)."""
     truncated = truncated if truncated is not None else [False] * len(ranks)
+    tail = tail if tail is not None else [math.nan] * len(ranks)
     meta = {
         "version": VERSION,
         "world_size": world_size,
@@ -241,6 +272,7 @@ def encode(
         "channels": list(channels),
         "kinds": list(KINDS),
         "truncated": [bool(t) for t in truncated],
+        "tail": [float(t) if math.isfinite(t) else None for t in tail],  # JSON has no NaN
     }
     buffer = io.BytesIO()
     arrays = {f"rank{r}": records for r, records in enumerate(ranks)}
@@ -272,4 +304,5 @@ def load(source: str | bytes | os.PathLike[str]) -> Trace:
         channels=tuple(meta["channels"]),
         ranks=ranks,
         truncated=tuple(meta.get("truncated", [False] * meta["world_size"])),
+        tail=tuple(math.nan if t is None else float(t) for t in meta.get("tail", ())),
     )

@@ -368,11 +368,22 @@ class Transport:
         rec = self._counters.trace
         rec.enabled = on and not rec.truncated
 
-    def trace_records(self) -> tuple[np.ndarray, list[tuple[int, ...]], list[str], bool]:
-        """This rank's trace so far: records, group table, channel table, and whether it
-        stopped at :data:`suite.trace.MAX_RECORDS`."""
+    def trace_begin(self) -> None:
+        """Training starts now (the trace's gaps count from here: ``Recorder.begin``)."""
+        self._counters.trace.begin()
+
+    def trace_end(self) -> None:
+        """Training ended now (the trace keeps the time since its last record: ``tail``)."""
+        self._counters.trace.end()
+
+    def trace_records(
+        self,
+    ) -> tuple[np.ndarray, list[tuple[int, ...]], list[str], bool, float]:
+        """This rank's trace so far: records, group table, channel table, whether it stopped
+        at :data:`suite.trace.MAX_RECORDS`, and its tail (NaN before :meth:`trace_end`)."""
         c = self._counters
-        return c.trace.records(), list(c.groups), list(c.channel_names), c.trace.truncated
+        t = c.trace
+        return t.records(), list(c.groups), list(c.channel_names), t.truncated, t.tail
 
     @contextlib.contextmanager
     def channel(self, name: str) -> Iterator[None]:

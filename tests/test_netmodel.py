@@ -10,6 +10,7 @@ receiver's notice, then the bytes): several expected values below carry that ``2
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -382,6 +383,45 @@ def test_step_ends_and_seconds_to_target() -> None:
     )
 
 
+def test_a_ranks_tail_is_its_compute_after_its_last_record() -> None:
+    # a rank that records nothing (a one-worker run) replays to its tail, shared by its steps
+    lone = dataclasses.replace(_trace(1, {}), tail=(2.0,))
+    tl = replay(lone, NET, steps=4)
+    assert tl.step_end[0] == pytest.approx([0.5, 1.0, 1.5, 2.0])
+    assert tl.network_seconds == pytest.approx(2.0)
+    assert replay(lone, NET, steps=4, compute_scale=0.5).network_seconds == pytest.approx(1.0)
+    # records up to the last step: the rank finishes its tail after its last record, plus the
+    # gaps of harness ops after it (the last evaluation's compute); step ends stay the records'
+    recs = [(0, "barrier", -1, 0, 0, 0.1), (1, "barrier", -1, 0, 0, 0.2)]
+    evaluation = (1, "all_reduce", -1, 8, 0, 0.25, -1, 1)  # channel 1: harness
+    tr = dataclasses.replace(_trace(2, {0: recs, 1: [*recs, evaluation]}), tail=(0.05, 0.5))
+    free = NetworkSpec(BW, 0.0)
+    tl = replay(tr, free, steps=2)
+    assert tl.step_end[:, 1] == pytest.approx([0.3, 0.3])
+    assert tl.finish == pytest.approx([0.35, 0.3 + 0.25 + 0.5])
+    # steps after the last record share the tail (unknown: each takes the mean compute per step)
+    tr = dataclasses.replace(_trace(2, {0: recs, 1: recs}), tail=(0.4, 0.4))
+    assert replay(tr, free, steps=4).step_end[0] == pytest.approx([0.1, 0.3, 0.5, 0.7])
+    assert replay(_trace(2, {0: recs, 1: recs}), free, steps=4).step_end[0] == pytest.approx(
+        [0.1, 0.3, 0.45, 0.6]
+    )
+
+
+def test_a_one_worker_run_replays_to_its_compute() -> None:
+    cfg = apply_overrides(
+        RunConfig(),
+        ["algorithm=allreduce_sgd", "nproc=1", "steps=30", "model.hidden=16", "eval_every=0"],
+    )
+    summary, artifacts = launch(_train, 1, (cfg,))[0]
+    tr = trace.load(artifacts[trace.ARTIFACT])
+    assert len(tr.ranks[0]) == 0  # alone, it communicates nothing
+    # its tail is the whole training loop: the replay is its compute, on any network
+    assert summary["network_seconds"] == pytest.approx(summary["train_seconds"], rel=0.05)
+    assert netmodel.network_seconds(tr, "wan", steps=30)["network_seconds"] == pytest.approx(
+        summary["network_seconds"]
+    )
+
+
 def test_an_inconsistent_trace_is_refused() -> None:
     tr = _trace(2, {0: [(0, "all_reduce", -1, 8, 0, 0.0)], 1: []})
     with pytest.raises(ValueError, match="rank 0 blocked"):
@@ -418,6 +458,8 @@ def test_a_run_summary_has_its_network_seconds() -> None:
     again = netmodel.network_seconds(art, "wan", steps=20, steps_to_target=5)
     assert again == netmodel.network_seconds(art, "wan", steps=20, steps_to_target=5)
     assert {k: summary[k] for k in again} == again
+    tails = trace.load(art).tail  # each rank's compute after its last op, to training's end
+    assert len(tails) == 3 and all(0 <= t < summary["train_seconds"] for t in tails)
     assert 0 < summary["network_seconds_to_target"] < summary["network_seconds"]
     # 20 steps of gossip with 2 neighbours each, at least 20 ms latency per step on wan
     assert summary["network_seconds"] > 20 * 20e-3

@@ -171,7 +171,7 @@ def test_the_trace_has_every_op_in_order(runs: list[dict]) -> None:
     from suite.trace import KINDS
 
     for run in runs:
-        records, groups, channels, truncated = run["trace"]
+        records, groups, channels, truncated, _ = run["trace"]
         assert not truncated
         kinds = [KINDS[k] for k in records["kind"]]
         assert kinds[:6] == ["all_reduce", "all_reduce", "broadcast", "reduce", "all_gather",
