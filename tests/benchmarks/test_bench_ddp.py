@@ -7,7 +7,8 @@ each round's pair. Ours is the full training loop (``Trainer.run`` with algorith
 with our communication hook through the transport, trace records, wire counters, per-step
 rows), timed as its summary's ``train_seconds``; theirs is a plain loop over
 ``DistributedDataParallel`` with its built-in (C++) all-reduce. Target: ours / theirs <= 1.02
-(issue 18).
+(issue 18). Torch's DDP with its own Python ``allreduce_hook`` runs beside them, so the
+printout splits the ratio into the cost of a Python hook at all and the cost of our transport.
 """
 
 from __future__ import annotations
@@ -21,4 +22,4 @@ from test_bench_allreduce import TARGET, against_torch_ddp
 @pytest.mark.bench
 @pytest.mark.parametrize("model", ["mlp", "small_cnn"])
 def test_ddp_step_time_against_torch_ddp(benchmark, model: str) -> None:
-    assert against_torch_ddp(benchmark, "ddp", model) <= TARGET
+    assert against_torch_ddp(benchmark, "ddp", model, python_hook=True) <= TARGET
