@@ -123,8 +123,7 @@ class Recorder:
         self.truncated = False  # the limit was reached: later ops are not recorded
         self.step = -1
         self.channel = 0
-        self.last_end = time.perf_counter()
-        self.last_cpu = time.thread_time() if self.cpu_clock else math.nan
+        self.begin()  # until the loop says training starts: from now
         self.tail = math.nan  # seconds after the last record, to the loop's end (see end)
 
     def begin(self) -> None:
