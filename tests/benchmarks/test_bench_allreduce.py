@@ -64,14 +64,13 @@ def _ours_seconds_per_step(cfg: RunConfig) -> float:
 
 
 def _side_by_side(cfg: RunConfig, python_hook: bool) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {"ours": [], "ddp": []}
     loops = {
         "ours": lambda: _ours_seconds_per_step(cfg),
         "ddp": lambda: _ddp_seconds_per_step(cfg, cfg.steps),
     }
     if python_hook:
-        times["python_hook"] = []
         loops["python_hook"] = lambda: _ddp_seconds_per_step(cfg, cfg.steps, python_hook=True)
+    times: dict[str, list[float]] = {name: [] for name in loops}
     _ddp_seconds_per_step(cfg, 10)  # warm-up: connections, allocator
     names = list(loops)
     for i in range(ROUNDS):  # rotate which goes first: a fixed order biases the ratio
