@@ -26,7 +26,13 @@ Semantics, per rank, record by record (:mod:`suite.trace`'s schema):
   processors. The wall time holds whatever slowed the rank then (a long compute preempted by
   the other ranks, other jobs on the host); the processors add the waits the trace put
   elsewhere: a rank woken when a collective ends waits for a core inside that op, which the
-  trace counts as communication, then runs its gap unpreempted.
+  trace counts as communication, then runs its gap unpreempted. The CPU work of the rank's
+  other threads (a record's ``other_cpu``: gloo's threads moving and reducing bytes, and the
+  kernel's TCP and link work charged to them) shares those processors too: a blocking
+  collective's members leave when its rounds are done and their ``other_cpu``, started when
+  the collective starts, has run (moving the bytes needs a core: with 4 ranks on 2 cores, a
+  small all-gather among ranks that compute is bound by it). An async op's (sends, receives,
+  a DDP bucket's all-reduce) is not charged: its bytes move while its rank goes on.
 * links (:class:`Links`): a fluid model. Every message is a flow over the sender's uplink and
   the receiver's downlink (and the switch, if capped); the flows moving at a moment share each
   link max-min fairly (progressive filling: TCP's fair share), so two flows through one link
@@ -77,6 +83,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -455,14 +462,14 @@ class Links:
 
 
 class Processors:
-    """``count`` processors shared by the ranks' compute in simulated time: processor sharing,
-    every computing rank at rate ``min(1, count / computing ranks)`` (no rank runs faster than
-    one processor). Start a rank's compute with :meth:`start` at non-decreasing times, finish
-    the next one with :meth:`pop`."""
+    """``count`` processors shared by the ranks' work in simulated time: processor sharing,
+    every task at rate ``min(1, count / tasks)`` (none runs faster than one processor). A task
+    is a rank's compute (keyed by the rank) or an op's own CPU work (keyed by (rank, record)).
+    Start one with :meth:`start` at non-decreasing times, finish the next with :meth:`pop`."""
 
     def __init__(self, count: int) -> None:
         self.count = count
-        self.left: dict[int, float] = {}  # rank -> processor seconds still to run
+        self.left: dict[Hashable, float] = {}  # task -> processor seconds still to run
         self.now = 0.0
 
     def _rate(self) -> float:
@@ -475,23 +482,23 @@ class Processors:
                 self.left[rank] -= done
         self.now = max(self.now, t)
 
-    def start(self, rank: int, seconds: float, when: float) -> None:
+    def start(self, task: Hashable, seconds: float, when: float) -> None:
         self._advance(when)
-        self.left[rank] = seconds
+        self.left[task] = seconds
 
     def next_time(self) -> float:
-        """When the next rank's compute ends at the current rate (inf if none computes)."""
+        """When the next task ends at the current rate (inf if none runs)."""
         if not self.left:
             return math.inf
         return self.now + max(min(self.left.values()), 0.0) / self._rate()
 
-    def pop(self) -> tuple[int, float]:
-        """Finish the next compute: (its rank, its end)."""
+    def pop(self) -> tuple[Hashable, float]:
+        """Finish the next task: (its key, its end)."""
         when = self.next_time()
-        rank = min(self.left, key=self.left.__getitem__)
+        task = min(self.left, key=self.left.__getitem__)
         self._advance(when)
-        del self.left[rank]
-        return rank, when
+        del self.left[task]
+        return task, when
 
 
 class _Sim:
@@ -530,29 +537,34 @@ class _Sim:
         return self.costs[key]
 
     def _prepare(self, rank: int, harness: bool) -> list[list[Any]]:
-        """The rank's records as lists [step, kind, group, peer, payload, tag, gap, ref, cpu],
-        harness ops dropped (their gaps carried to the next kept record) unless ``harness``;
-        ``cpu`` is the gap's where the trace does not know it."""
+        """The rank's records as lists [step, kind, group, peer, payload, tag, gap, ref, cpu,
+        other_cpu], harness ops dropped (their gaps, and their CPU as compute, carried to the next
+        kept record) unless ``harness``; ``cpu`` is the gap where the trace does not know it,
+        ``other_cpu`` 0."""
         rec = self.trace.ranks[rank]
         hc = self.trace.channels.index("harness") if "harness" in self.trace.channels else -1
         cols = [rec[f].tolist() for f in ("step", "kind", "group", "peer", "payload", "tag",
                                            "channel", "gap", "ref")]  # fmt: skip
-        cpus = rec["cpu"].tolist() if "cpu" in (rec.dtype.names or ()) else cols[7]
+        names = rec.dtype.names or ()
+        cpus = rec["cpu"].tolist() if "cpu" in names else cols[7]
+        other_cpus = rec["other_cpu"].tolist() if "other_cpu" in names else [0.0] * len(cpus)
         out: list[list[Any]] = []
         new_index: dict[int, int] = {}
         carry = carry_cpu = 0.0
         for i, (step, kind, g, peer, n, tag, ch, gap, ref) in enumerate(zip(*cols, strict=True)):
             cpu = cpus[i] if math.isfinite(cpus[i]) else gap
+            other_cpu = other_cpus[i] if math.isfinite(other_cpus[i]) else 0.0
             if step < 0:
-                gap = cpu = 0.0  # setup before step 0 is not training compute
+                gap = cpu = other_cpu = 0.0  # setup before step 0 is not training compute
             skip = (ch == hc and not harness) or (kind == _WAIT and ref not in new_index)
             if skip:
                 carry += gap
-                carry_cpu += cpu
+                carry_cpu += cpu + other_cpu
                 continue
             new_index[i] = len(out)
             out.append([step, kind, g, peer, n, tag, gap + carry,
-                        new_index[ref] if kind == _WAIT else -1, cpu + carry_cpu])  # fmt: skip
+                        new_index[ref] if kind == _WAIT else -1, cpu + carry_cpu,
+                        other_cpu])  # fmt: skip
             carry = carry_cpu = 0.0
         self.trailing[rank] = carry
         return out
@@ -573,6 +585,7 @@ class _Sim:
         calls: dict[int, dict[int, list[tuple[int, float]]]] = {}  # group -> call -> arrivals
         ncalls = [dict[int, int]() for _ in range(W)]
         on_left: dict[int, Any] = {}  # flow id -> what its end does
+        on_cpu: dict[tuple[int, int], Any] = {}  # a collective's CPU work -> what its end does
         heap: list[tuple[float, int, Any]] = []
         seq = [0]
 
@@ -587,6 +600,28 @@ class _Sim:
             gap_done[r] = False
             if pos[r] < len(records[r]):
                 at(when, lambda: advance(r, when))
+
+        def gated(r: int, i: int, start: float) -> Any:
+            """What ends blocking collective ``i`` of rank ``r`` when its rounds are done: the
+            rank goes on once they are and its ``other_cpu`` (gloo's threads moving this op's
+            bytes, from ``start``) has run on the shared processors, whichever is later. An
+            async op's ``other_cpu`` (its bytes move while its rank computes or waits) is not
+            charged: it overlaps the transfer (README, "Network time")."""
+            release = lambda when: finish(r, when)  # noqa: E731
+            c = records[r][i][9]
+            if cpus is None or c <= 0:
+                return release
+            parts = [2, start]  # parts still to come, the latest end so far
+
+            def part(when: float) -> None:
+                parts[0] -= 1
+                parts[1] = max(parts[1], when)
+                if parts[0] == 0:
+                    release(parts[1])
+
+            on_cpu[(r, i)] = part
+            cpus.start((r, i), c * self.scale, start)
+            return part
 
         def complete(r: int, i: int, when: float) -> None:
             done[r][i] = when
@@ -613,16 +648,16 @@ class _Sim:
                 when = max(issued, notice)
                 at(when, lambda r=r, i=i, p=rec[3], n=rec[4], w=when: data(r, i, p, n, key, w))
 
-        def leave(members: list[tuple[int, int]], when: float) -> None:
-            """The collective's members (rank, record) are done: a blocked rank goes on, an
-            async one's record completes (its wait may be blocked on it)."""
-            for m, i in members:
-                if i in self.awaited[m]:
+        def leave(members: list[tuple[int, int, Any]], when: float) -> None:
+            """The collective's rounds are done: a blocked member goes on (``gated``), an async
+            one's record completes (its wait may be blocked on it)."""
+            for m, i, exit_ in members:
+                if exit_ is None:
                     complete(m, i, when)
                 else:
-                    finish(m, when)
+                    exit_(when)
 
-        def collective(group: tuple[int, ...], members: list[tuple[int, int]], kind: int,
+        def collective(group: tuple[int, ...], members: list[tuple[int, int, Any]], kind: int,
                        root: int, n: int, when: float) -> None:  # fmt: skip
             plan = rounds(_NAMES[kind], group, root, n)
 
@@ -650,7 +685,7 @@ class _Sim:
 
         def advance(r: int, now: float) -> None:
             rec = records[r][pos[r]]
-            _, kind, g, peer, n, tag, gap, ref, cpu = rec
+            _, kind, g, peer, n, tag, gap, ref, cpu, _ = rec
             if not gap_done[r]:  # compute first, then come back at the op's start
                 gap_done[r] = True
                 t[r] = now + gap * self.scale  # at least its measured wall time
@@ -690,8 +725,10 @@ class _Sim:
                 if len(arrived) == len(group):
                     del calls[g][c]
                     start = max(a for _, a, _ in arrived)
-                    members = [(m, j) for m, _, j in arrived]
-                    fast = not any(j in self.awaited[m] for m, j in members)
+                    # gloo moves the bytes once all have arrived (async members: see gated)
+                    members = [(m, j, None if j in self.awaited[m] else gated(m, j, start))
+                               for m, _, j in arrived]  # fmt: skip
+                    fast = all(exit_ is not None for _, _, exit_ in members)
                     if fast and len(group) == W and not links.active:  # the fast, exact path
                         leave(members, start + self.idle_cost(kind, g, peer, n))
                     else:
@@ -709,9 +746,12 @@ class _Sim:
                 _, _, fn = heapq.heappop(heap)
                 fn()
             elif cpu_at < flow_at:
-                r, when = cpus.pop()  # type: ignore[union-attr]
-                t[r] = max(t[r], when)
-                at(t[r], lambda r=r: advance(r, t[r]))
+                task, when = cpus.pop()  # type: ignore[union-attr]
+                if isinstance(task, int):  # a rank's compute
+                    t[task] = max(t[task], when)
+                    at(t[task], lambda r=task: advance(r, t[r]))
+                else:  # a blocking collective's CPU work
+                    on_cpu.pop(task)(when)
             elif math.isfinite(flow_at):
                 fid, when = links.pop()
                 on_left.pop(fid)(when)
@@ -789,12 +829,12 @@ def op_seconds(
     ranks: dict[int, list[tuple]] = {}
     if op == "send":
         world_size = 2
-        ranks = {0: [(0, KIND["send"], 0, 1, payload, 0, 0, 0.0, 0.0, -1, 0.0),
-                     (0, _WAIT, 0, 1, payload, 0, 0, 0.0, 0.0, 0, 0.0)],
-                 1: [(0, _RECV, 0, 0, payload, 0, 0, 0.0, 0.0, -1, 0.0),
-                     (0, _WAIT, 0, 0, payload, 0, 0, 0.0, 0.0, 0, 0.0)]}  # fmt: skip
+        ranks = {0: [(0, KIND["send"], 0, 1, payload, 0, 0, 0.0, 0.0, -1, 0.0, 0.0),
+                     (0, _WAIT, 0, 1, payload, 0, 0, 0.0, 0.0, 0, 0.0, 0.0)],
+                 1: [(0, _RECV, 0, 0, payload, 0, 0, 0.0, 0.0, -1, 0.0, 0.0),
+                     (0, _WAIT, 0, 0, payload, 0, 0, 0.0, 0.0, 0, 0.0, 0.0)]}  # fmt: skip
     else:
-        one = (0, KIND[op], 0, 0, payload, 0, 0, 0.0, 0.0, -1, 0.0)
+        one = (0, KIND[op], 0, 0, payload, 0, 0, 0.0, 0.0, -1, 0.0, 0.0)
         ranks = {r: [one] for r in range(world_size)}
     arrays = tuple(np.array(ranks[r], dtype=DTYPE) for r in range(world_size))
     trace = Trace(world_size, (tuple(range(world_size)),), ("algorithm",), arrays)

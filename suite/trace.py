@@ -30,11 +30,18 @@ cpu        float64  CPU seconds of the rank's main thread from the end of its pr
                     to the end of this one: the gap's compute, plus the op's own main-thread
                     work (small: gloo runs a collective in its own threads). Where ranks share
                     processors, ``gap`` includes time spent waiting for one and ``cpu`` does
-                    not. Measured only where ``CPU_CLOCK`` is on (emulated runs, whose
-                    predicted time shares the host's processors: :mod:`suite.netmodel`), as
-                    the clock costs a system call a record (~2 us, more than the rest of a
-                    record); NaN elsewhere and in traces of version 1. Meaningful for CPU
-                    ranks only (a CUDA rank's compute is on the GPU)
+                    not.
+other_cpu  float64  CPU seconds of the rank's other threads over the same span, and the
+                    kernel's work charged to them: gloo's threads moving and reducing the bytes
+                    of this op (a collective) or of async ops in flight (sends, receives, a DDP
+                    bucket's all-reduce). Where ranks share processors this work competes with
+                    their compute.
+                    ``cpu`` and ``other_cpu`` are measured only where ``CPU_CLOCK`` is on
+                    (emulated runs, whose predicted time shares the host's processors:
+                    :mod:`suite.netmodel`), as the clocks cost system calls (~2 us each, more
+                    than the rest of a record); NaN elsewhere, in traces of version 1 (neither)
+                    and 2 (no ``other_cpu``). Meaningful for CPU ranks only (a CUDA rank's
+                    compute is on the GPU)
 =========  =======  ==========================================================================
 
 Beside the records, each rank's ``tail``: host seconds from the end of its last record to the
@@ -81,7 +88,8 @@ KINDS = (
 )
 KIND = {name: i for i, name in enumerate(KINDS)}
 FIELDS = (
-    "step", "kind", "group", "peer", "payload", "tag", "channel", "gap", "seconds", "ref", "cpu"
+    "step", "kind", "group", "peer", "payload", "tag", "channel", "gap", "seconds", "ref", "cpu",
+    "other_cpu",
 )  # fmt: skip
 DTYPE = np.dtype(
     [
@@ -96,17 +104,18 @@ DTYPE = np.dtype(
         ("seconds", "<f8"),
         ("ref", "<i4"),
         ("cpu", "<f8"),
+        ("other_cpu", "<f8"),
     ]
 )
 WIDTH = len(FIELDS)
 ARTIFACT = "trace.npz.b64"
-VERSION = 2  # 2 added ``cpu``; version 1 traces load with it NaN
-# Records kept per rank (88 bytes each in memory, about 18 in the artifact): a bound on what a
+VERSION = 3  # 2 added ``cpu``, 3 ``other_cpu``; older traces load with them NaN
+# Records kept per rank (96 bytes each in memory, about 18 in the artifact): a bound on what a
 # long run with many ops per step (eventgrad on ResNet-20: ~280 a step) holds and ships at the
 # end. Past it a rank stops recording and its trace says so (``Trace.truncated``).
 MAX_RECORDS = 2_000_000
-# Record each op's main-thread CPU seconds (``cpu``); set in a rank before its transport is made
-# (suite.emulate.Emulation.enter does).
+# Record each op's CPU seconds (``cpu``, ``other_cpu``); set in a rank before its transport is
+# made (suite.emulate.Emulation.enter does).
 CPU_CLOCK = False
 
 
@@ -131,6 +140,7 @@ class Recorder:
         setup (model building, data loading, a checkpoint's load)."""
         self.last_end = time.perf_counter()
         self.last_cpu = time.thread_time() if self.cpu_clock else math.nan
+        self.last_process_cpu = time.process_time() if self.cpu_clock else math.nan
 
     def end(self) -> None:
         """Training ended now: keep the time since the last record as the rank's ``tail``
@@ -158,12 +168,17 @@ class Recorder:
         Kept lean: it runs on every op."""
         if not self.enabled:
             return -1
-        cpu = time.thread_time() if self.cpu_clock else math.nan  # a system call
+        cpu = other = math.nan
+        if self.cpu_clock:  # two system calls
+            thread, process = time.thread_time(), time.process_time()
+            cpu = thread - self.last_cpu
+            other = process - self.last_process_cpu - cpu
+            self.last_cpu, self.last_process_cpu = thread, process
         self.data.extend(
             (self.step, kind, group, peer, payload, tag, self.channel, t0 - self.last_end,
-             t1 - t0, ref, cpu - self.last_cpu)
+             t1 - t0, ref, cpu, other)
         )  # fmt: skip
-        self.last_end, self.last_cpu = t1, cpu
+        self.last_end = t1
         self.count += 1
         if self.count >= self.limit:
             self.enabled, self.truncated = False, True
@@ -188,12 +203,12 @@ class Recorder:
 
 
 def upgrade(records: np.ndarray) -> np.ndarray:
-    """Records of an older schema (a subset of ``FIELDS``) as ``DTYPE``, a missing ``cpu``
-    NaN (unknown)."""
+    """Records of an older schema (a subset of ``FIELDS``) as ``DTYPE``, a missing ``cpu`` or
+    ``other_cpu`` NaN (unknown)."""
     if records.dtype == DTYPE:
         return records
     out = np.zeros(len(records), dtype=DTYPE)
-    out["cpu"] = np.nan
+    out["cpu"] = out["other_cpu"] = np.nan
     for name in records.dtype.names or ():
         out[name] = records[name]
     return out
@@ -294,7 +309,7 @@ def load(source: str | bytes | os.PathLike[str]) -> Trace:
         data = base64.b64decode(data)
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         meta: dict[str, Any] = json.loads(npz["meta"].tobytes().decode())
-        if meta.get("version") not in (1, VERSION) or tuple(meta["kinds"]) != KINDS:
+        if meta.get("version") not in (1, 2, VERSION) or tuple(meta["kinds"]) != KINDS:
             raise ValueError(f"unsupported trace version or kinds: {meta}")
         ranks = tuple(upgrade(npz[f"rank{r}"]) for r in range(meta["world_size"]))
     return Trace(

@@ -341,7 +341,7 @@ class Transport:
         saved = state.get(_TRACE_KEY)
         if saved is not None:  # ids re-mapped onto this process's tables
             # a checkpoint written before the trace's cpu field names no fields
-            fields = saved.get("fields", _trace.FIELDS[:-1])
+            fields = saved.get("fields", _trace.FIELDS[: _trace.FIELDS.index("cpu")])
             records = saved["records"].numpy().view(_trace.dtype_of(fields)).copy()
             records = _trace.upgrade(records)
             groups = np.array([c.group_id(tuple(g)) for g in saved["groups"]] or [0])

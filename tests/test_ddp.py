@@ -182,8 +182,8 @@ def test_a_replayed_async_all_reduce_overlaps_the_compute_before_its_wait(comput
     n = 4_000_000
     cost = op_seconds("all_reduce", n, 2, net)
     rows = [
-        (0, KIND["all_reduce"], 0, -1, n, 0, 0, 0.0, 0.0, -1, np.nan),
-        (0, KIND["wait"], 0, -1, n, 0, 0, compute * cost, 0.0, 0, np.nan),
+        (0, KIND["all_reduce"], 0, -1, n, 0, 0, 0.0, 0.0, -1, np.nan, np.nan),
+        (0, KIND["wait"], 0, -1, n, 0, 0, compute * cost, 0.0, 0, np.nan, np.nan),
     ]
     ranks = tuple(np.array(rows, dtype=DTYPE) for _ in range(2))
     timeline = replay(Trace(2, ((0, 1),), ("algorithm", "harness"), ranks), net)

@@ -194,7 +194,7 @@ def _records(rows: list[tuple]) -> np.ndarray:
     """Records of one rank from (step, kind, peer, payload, tag, gap, ref) tuples."""
     out = np.zeros(len(rows), dtype=trace.DTYPE)
     for i, (step, kind, peer, payload, tag, gap, ref) in enumerate(rows):
-        out[i] = (step, trace.KIND[kind], 0, peer, payload, tag, 0, gap, 0.0, ref, np.nan)
+        out[i] = (step, trace.KIND[kind], 0, peer, payload, tag, 0, gap, 0.0, ref, np.nan, np.nan)
     return out
 
 

@@ -37,8 +37,8 @@ B = BW / 8  # bytes/s
 
 
 def _trace(world: int, ranks: dict[int, list[tuple]], groups=None) -> Trace:
-    """Records as (step, kind, peer, payload, tag, gap[, ref[, channel[, group[, cpu]]]]), group
-    0 = everyone, cpu NaN (unknown: the gap) unless given."""
+    """Records as (step, kind, peer, payload, tag, gap[, ref[, channel[, group[, cpu[, other]]]]]),
+    group 0 = everyone, cpu NaN (unknown: the gap) and other (other_cpu) NaN unless given."""
     arrays = []
     for r in range(world):
         rows = []
@@ -48,7 +48,10 @@ def _trace(world: int, ranks: dict[int, list[tuple]], groups=None) -> Trace:
             channel = rest[1] if len(rest) > 1 else 0
             group = rest[2] if len(rest) > 2 else 0
             cpu = rest[3] if len(rest) > 3 else math.nan
-            rows.append((step, KIND[kind], group, peer, n, tag, channel, gap, 0.0, ref, cpu))
+            other_cpu = rest[4] if len(rest) > 4 else math.nan
+            rows.append(
+                (step, KIND[kind], group, peer, n, tag, channel, gap, 0.0, ref, cpu, other_cpu)
+            )
         arrays.append(np.array(rows, dtype=DTYPE))
     return Trace(world, groups or (tuple(range(world)),), ("algorithm", "harness"), tuple(arrays))
 
@@ -323,6 +326,28 @@ def test_a_gap_on_shared_processors_lasts_its_wall_time_and_its_cpu_seconds_shar
     assert seconds(0.3, math.nan, 2) == pytest.approx(0.6)
 
 
+def test_a_collectives_own_cpu_holds_its_members_on_shared_processors() -> None:
+    """other_cpu of a blocking collective (gloo's threads moving its bytes) must run before its
+    members go on: 4 ranks with 0.1 s of it each on 2 processors leave a 0-byte all-reduce after
+    0.2 s, on 4 after 0.1 s; it runs beside the links (a longer transfer hides it); without
+    cpus (a processor each, idle) it is not modelled, nor is an async op's (issued, then
+    waited for: its bytes move while its rank goes on)."""
+    c = 0.1
+
+    def seconds(n: int, cpus: int | None, wait: bool = False) -> float:
+        op = (0, "all_reduce", -1, n, 0, 0.0, -1, 0, 0, 0.0, c)
+        recs = [op, (0, "wait", -1, n, 0, 0.0, 0)] if wait else [op]
+        tr = _trace(4, {r: recs for r in range(4)})
+        return replay(tr, Network(NET, cpus=cpus)).network_seconds
+
+    assert seconds(0, None) == pytest.approx(6 * LAT)
+    assert seconds(0, 2) == pytest.approx(2 * c)
+    assert seconds(0, 4) == pytest.approx(c)
+    n = 200_000_000  # 6 rounds of 50 MB at 1 Gbit/s: 2.4 s
+    assert seconds(n, 2) == pytest.approx(6 * (LAT + n / 4 / B))
+    assert seconds(0, 2, wait=True) == pytest.approx(6 * LAT)
+
+
 def test_the_emulated_network_is_the_hosts_processors_and_measured_links() -> None:
     spec = NetworkSpec(1e9, None, "1gbit")
     measured = {"measured_throughput_bps": 9e8, "measured_rtt_s": 2e-5, "emulated_cpus": 2}
@@ -573,11 +598,13 @@ def test_op_seconds_give_the_alpha_beta_costs() -> None:
 def test_an_emulated_run_gets_the_models_prediction_beside_its_time(tmp_path: Path) -> None:
     """--emulate: the model's seconds for the emulated network from the run's own trace (needs
     root and iproute2, as tests/test_emulate.py's runs). Ring all-reduce of a 1.2 MB model on 2
-    ranks at 100 Mbit/s: about 0.1 s a step, measured and predicted (generous bounds)."""
+    ranks at 100 Mbit/s: about 0.1 s a step, measured and predicted (generous bounds). Its trace
+    has the CPU seconds the model shares the host's processors with: the main thread's, and
+    gloo's threads' (which move a collective's bytes)."""
     proc = suite_cmd(
         "run", "allreduce_sgd", "--nproc", "2", "--steps", "10", "--emulate", "100mbit",
-        "--json", "--quiet", "--no-track", "--set", "model.hidden=512,512",
-        "--set", "eval_every=0", cwd=tmp_path,
+        "--json", "--quiet", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--set", "model.hidden=512,512", "--set", "eval_every=0", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = last_json(proc.stdout)
@@ -587,6 +614,12 @@ def test_an_emulated_run_gets_the_models_prediction_beside_its_time(tmp_path: Pa
     assert predicted > n / 12.5e6
     assert 0.5 < out["train_seconds"] / 10 / predicted < 2.0
     assert out["emulated_cpus"] == len(os.sched_getaffinity(0))  # the model's shared processors
+    (path,) = tmp_path.glob(f"mlartifacts/*/artifacts/{trace.ARTIFACT}")
+    for records in trace.load(path).ranks:
+        reduces = records[(records["kind"] == KIND["all_reduce"]) & (records["step"] >= 0)]
+        assert len(reduces) >= 10
+        assert np.isfinite(reduces["cpu"]).all() and np.isfinite(reduces["other_cpu"]).all()
+        assert reduces["other_cpu"].sum() > 0
 
 
 def test_suite_replay_of_a_trace_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -65,7 +65,7 @@ def _records(row: str) -> list[np.ndarray]:
             else:
                 recs.append((step, "all_reduce", -1, P, GAP, -1))
         rows = [
-            (s, trace.KIND[k], 0, peer, n, 0, 0, gap, 0.0, ref, gap)
+            (s, trace.KIND[k], 0, peer, n, 0, 0, gap, 0.0, ref, gap, 0.0)
             for s, k, peer, n, gap, ref in recs
         ]
         per_rank.append(np.array(rows, dtype=trace.DTYPE))

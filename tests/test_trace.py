@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import io
 import json
+import threading
 import time
 
 import numpy as np
@@ -184,25 +185,54 @@ def test_a_record_has_its_gaps_cpu_seconds_apart_from_its_wall_seconds() -> None
     recorder = trace.Recorder()  # elsewhere the clock is not read (it costs a system call)
     recorder.note(0, 0, -1, 8, 0, time.perf_counter(), time.perf_counter())
     assert np.isnan(recorder.records()["cpu"]).all()
+    assert np.isnan(recorder.records()["other_cpu"]).all()
 
 
-def test_traces_and_checkpoints_stored_before_the_cpu_field_still_load(tmp_path) -> None:
-    """Version 1 (no ``cpu``): the records load with cpu NaN (unknown), in an artifact and in a
-    checkpoint's transport state."""
-    old = np.dtype([(name, trace.DTYPE[name]) for name in trace.FIELDS if name != "cpu"])
-    records = np.zeros(2, dtype=old)
-    records["kind"], records["gap"], records["ref"] = trace.KIND["all_reduce"], 0.25, -1
-    records["payload"] = 8
-    text = trace.encode(1, [(0,)], ["algorithm"], [records])
-    buffer = io.BytesIO()  # the same artifact, as version 1 wrote it
-    with np.load(io.BytesIO(base64.b64decode(text))) as npz:
-        meta = json.dumps({**json.loads(npz["meta"].tobytes().decode()), "version": 1})
-    np.savez_compressed(buffer, rank0=records, meta=np.frombuffer(meta.encode(), np.uint8))
-    tr = trace.load(base64.b64encode(buffer.getvalue()).decode())
-    assert tr.ranks[0].dtype == trace.DTYPE
-    assert np.isnan(tr.ranks[0]["cpu"]).all() and (tr.ranks[0]["gap"] == 0.25).all()
-    (loaded,) = launch(_resume_from_version_1, 1, (records,))
-    assert len(loaded) == 2 and np.isnan(loaded["cpu"]).all() and (loaded["gap"] == 0.25).all()
+def _burn(seconds: float) -> None:
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        pass
+
+
+def test_other_threads_cpu_is_kept_apart_from_the_main_threads() -> None:
+    """other_cpu: the CPU seconds of the rank's other threads since the previous record (gloo
+    moves a collective's bytes in its own threads); cpu keeps the main thread's alone."""
+    recorder = trace.Recorder(cpu=True)
+    _burn(0.03)  # the gap's compute, on the main thread
+    t0 = time.perf_counter()
+    worker = threading.Thread(target=_burn, args=(0.06,))  # the op's work, in another thread
+    worker.start()
+    worker.join()
+    recorder.note(0, 0, -1, 8, 0, t0, time.perf_counter())
+    (record,) = recorder.records()
+    assert 0.03 <= record["cpu"] < 0.055
+    assert 0.06 <= record["other_cpu"] < 0.085
+
+
+def test_traces_and_checkpoints_stored_before_the_cpu_fields_still_load(tmp_path) -> None:
+    """Version 1 (no ``cpu``, no ``other_cpu``) and 2 (no ``other_cpu``): the records load with
+    what is missing NaN (unknown), in an artifact and in a checkpoint's transport state."""
+    for version, missing in ((1, ("cpu", "other_cpu")), (2, ("other_cpu",))):
+        fields = [name for name in trace.FIELDS if name not in missing]
+        old = np.dtype([(name, trace.DTYPE[name]) for name in fields])
+        records = np.zeros(2, dtype=old)
+        records["kind"], records["gap"], records["ref"] = trace.KIND["all_reduce"], 0.25, -1
+        records["payload"] = 8
+        text = trace.encode(1, [(0,)], ["algorithm"], [records])
+        buffer = io.BytesIO()  # the same artifact, as that version wrote it
+        with np.load(io.BytesIO(base64.b64decode(text))) as npz:
+            meta = json.dumps({**json.loads(npz["meta"].tobytes().decode()), "version": version})
+        np.savez_compressed(buffer, rank0=records, meta=np.frombuffer(meta.encode(), np.uint8))
+        tr = trace.load(base64.b64encode(buffer.getvalue()).decode())
+        assert tr.ranks[0].dtype == trace.DTYPE
+        assert (tr.ranks[0]["gap"] == 0.25).all()
+        for name in missing:
+            assert np.isnan(tr.ranks[0][name]).all(), (version, name)
+        if version == 2:
+            assert (tr.ranks[0]["cpu"] == 0).all()  # kept
+            continue
+        (loaded,) = launch(_resume_from_version_1, 1, (records,))
+        assert len(loaded) == 2 and np.isnan(loaded["cpu"]).all() and (loaded["gap"] == 0.25).all()
 
 
 def _resume_from_version_1(records: np.ndarray) -> np.ndarray:
