@@ -7,8 +7,9 @@ each round's pair. Ours is the full training loop (``Trainer.run`` with algorith
 with our communication hook through the transport, trace records, wire counters, per-step
 rows), timed as its summary's ``train_seconds``; theirs is a plain loop over
 ``DistributedDataParallel`` with its built-in (C++) all-reduce. Target: ours / theirs <= 1.02
-(issue 18). Torch's DDP with its own Python ``allreduce_hook`` runs beside them, so the
-printout splits the ratio into the cost of a Python hook at all and the cost of our transport.
+(issue 18). Torch's DDP with its own Python ``allreduce_hook``, and torch's plain loop over
+our wrapper and hook, run beside them, so the printout splits the ratio into the cost of a
+Python hook at all, our transport's against PyTorch's hook, and our loop's bookkeeping.
 """
 
 from __future__ import annotations
