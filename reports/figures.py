@@ -37,6 +37,21 @@ def axes() -> tuple[Figure, Any]:
         return plt.subplots(figsize=(7.0, 4.4))
 
 
+CROWDED = 6  # legend entries past which the legend goes beside the axes, not over the lines
+
+
+def legend(ax: Any, fontsize: float | None = None, loc: str = "best") -> None:
+    """The axes' legend, untitled: inside them where it has few entries, beside them (right of
+    the axes; the figure is saved with a tight bounding box) where it has many, so that it
+    never covers the lines of a many-method figure."""
+    handles, labels = ax.get_legend_handles_labels()
+    if len(labels) > CROWDED:
+        ax.legend(handles, labels, title=None, fontsize=fontsize or 7, loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)  # fmt: skip
+    else:
+        ax.legend(handles, labels, title=None, fontsize=fontsize, loc=loc)
+
+
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 DASHES = ((), (5, 2), (1, 1.5), (6, 2, 1, 2), (3, 3), (8, 2, 2, 2, 2, 2))
 
@@ -103,7 +118,7 @@ def fig_accuracy_vs_bytes(curves: pd.DataFrame, recipe: Recipe, profile: str) ->
         title=f"{recipe.key} ({profile}): accuracy against communication,\nmean ± std over "
         "seeds at each evaluation",
     )
-    ax.legend(title=None, fontsize=8)
+    legend(ax, fontsize=8)
     return fig
 
 
@@ -131,7 +146,7 @@ def fig_loss_vs_step(curves: pd.DataFrame, recipe: Recipe, profile: str) -> Figu
         ylabel="training loss (mean over ranks)",
         title=f"{recipe.key} ({profile}): training loss, band ±1 std over seeds{binned}",
     )
-    ax.legend(title=None)
+    legend(ax)
     return fig
 
 
@@ -166,7 +181,7 @@ def fig_curve(
         ylabel=ylabel,
         title=f"{recipe.key} ({profile}): {ylabel}, band ±1 std over seeds{binned}",
     )
-    ax.legend(title=None)
+    legend(ax)
     return fig
 
 
@@ -189,7 +204,7 @@ def _curve_against_metric(
     ylabel = curve.label or curve.metric
     ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{recipe.key} ({profile}): {ylabel}, one line "
            "per seed")  # fmt: skip
-    ax.legend(title=None)
+    legend(ax)
     return fig
 
 
@@ -237,7 +252,7 @@ def fig_tradeoff(runs: pd.DataFrame, recipe: Recipe, profile: str) -> Figure | N
         title=f"{recipe.key} ({profile}): accuracy cost of the communication saved,\n"
         "each seed and mean ± std over seeds",
     )
-    ax.legend(fontsize=7, loc="best")
+    legend(ax, fontsize=7)
     return fig
 
 
@@ -359,5 +374,5 @@ def fig_bandwidth_sweep(
         ylabel="simulated seconds to the target",
         title=f"{recipe.key} ({profile}): {title}",
     )
-    ax.legend(title=None, fontsize=8)
+    legend(ax, fontsize=8)
     return fig

@@ -36,7 +36,7 @@ class Doc:
         path = self.dir / f"{name}.png"
         try:
             fig.tight_layout()
-            fig.savefig(path, dpi=150)
+            fig.savefig(path, dpi=150, bbox_inches="tight")  # a legend beside the axes
         finally:
             plt.close(fig)
         self.figures.append(path)

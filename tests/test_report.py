@@ -451,6 +451,29 @@ def test_identical_rows_are_noted_and_drawn_with_distinct_styles() -> None:
     plt.close(fig)
 
 
+def test_a_many_method_figures_legend_sits_beside_the_axes_not_over_the_lines() -> None:
+    """Up to figures.CROWDED rows the legend is inside the axes; past it, right of them (the
+    compare report's 16 methods covered their own lines)."""
+
+    def legend_box(labels: list[str]) -> tuple[float, float]:
+        curves = pd.DataFrame(
+            [(f"{row}0", row, 0, 9, m, v) for i, row in enumerate(labels)
+             for m, v in (("test_accuracy", 0.8 + i / 100), ("wire_bytes", 1e6 * (i + 1)))],
+            columns=["run_id", "row", "seed", "step", "metric", "value"],
+        )  # fmt: skip
+        fig = figures.fig_accuracy_vs_bytes(curves, _recipe(*labels), "smoke")
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        box, axis = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        plt.close(fig)
+        return box.x0 - axis.x1, box.x1 - axis.x1  # > 0: right of the axes
+
+    few = [f"method {i}" for i in range(figures.CROWDED)]
+    assert legend_box(few)[1] <= 0  # inside
+    many = [f"method {i}" for i in range(figures.CROWDED + 10)]
+    assert legend_box(many)[0] > 0  # beside
+
+
 def test_byte_axes_go_log_when_rows_differ_by_an_order_of_magnitude() -> None:
     recipe = _recipe("Dense", "Sparse", reference="Dense")
     wide = _row_runs({"Dense": (0.9, 3e6), "Sparse": (0.88, 1e5)})  # 30x apart
