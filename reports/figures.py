@@ -40,7 +40,7 @@ def axes() -> tuple[Figure, Any]:
 CROWDED = 6  # legend entries past which the legend goes beside the axes, not over the lines
 
 
-def legend(ax: Any, fontsize: float | None = None, loc: str = "best") -> None:
+def legend(ax: Any, fontsize: float | None = None) -> None:
     """The axes' legend, untitled: inside them where it has few entries, beside them (right of
     the axes; the figure is saved with a tight bounding box) where it has many, so that it
     never covers the lines of a many-method figure."""
@@ -49,7 +49,7 @@ def legend(ax: Any, fontsize: float | None = None, loc: str = "best") -> None:
         ax.legend(handles, labels, title=None, fontsize=fontsize or 7, loc="upper left",
                   bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)  # fmt: skip
     else:
-        ax.legend(handles, labels, title=None, fontsize=fontsize, loc=loc)
+        ax.legend(handles, labels, title=None, fontsize=fontsize, loc="best")
 
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
