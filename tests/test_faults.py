@@ -298,9 +298,12 @@ def test_run_fault_matrix(tmp_path: Path, fault: str) -> None:
 # Drivers: `suite reproduce` and `suite sweep` stop every child and end every run
 
 REPRODUCE = ["reproduce", "baseline", "--seeds", "0", "--set", "nproc=2"]
-REPRODUCE += ["--set", "steps=100000", "--set", "eval_every=0", "--out", "report"]
+# steps no run can finish before the fault arrives (a digits step is ~1 ms: 100,000 steps once
+# finished in 108 s while a slow start held the fault back)
+FOREVER = "steps=100000000"
+REPRODUCE += ["--set", FOREVER, "--set", "eval_every=0", "--out", "report"]
 SWEEP = ["sweep", "baseline/periods", "--space", "lr", "--trials", "4", "--set", "nproc=2"]
-SWEEP += ["--set", "steps=100000", "--set", "eval_every=0"]
+SWEEP += ["--set", FOREVER, "--set", "eval_every=0"]
 
 DRIVER_FAULTS = {
     "SIGTERM to suite reproduce": (REPRODUCE, signal.SIGTERM, 1, 130),
@@ -314,8 +317,12 @@ DRIVER_FAULTS = {
 def test_driver_fault_matrix(tmp_path: Path, fault: str) -> None:
     args, sig, jobs, expected_code = DRIVER_FAULTS[fault]
     proc = _start(args, tmp_path)
-    # the sweep's and the reproduction's parent run is RUNNING too
-    _running(tmp_path, jobs + 1, limit=120)
+    try:  # the sweep's and the reproduction's parent run is RUNNING too
+        _running(tmp_path, jobs + 1, limit=240)
+    except AssertionError:  # say why, and leave no driver running into the next tests
+        proc.kill()
+        print((tmp_path / "err.txt").read_text()[-3000:], _runs(tmp_path))
+        raise
     time.sleep(1.0)
     proc.send_signal(sig)
     assert _finish(proc, tmp_path) == expected_code
