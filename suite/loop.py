@@ -262,12 +262,20 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.reached: tuple[int, float, float] | None = None  # (steps, seconds, algorithm clock)
         self.bar = None
+        self.start = 0.0  # perf_counter at the run's step 0 (begin; earlier if resumed)
         self._init_checkpointing()
 
     # -- the loop --------------------------------------------------------------------------
 
     def run(self) -> tuple[dict[str, Any] | None, dict[str, str]]:
-        cfg, stats = self.cfg, self.transport.stats
+        first = self.begin()
+        for step in range(first, self.steps):
+            if self.train_step(step):
+                break
+        return self.end()
+
+    def begin(self) -> int:
+        """Start (or resume) the run's clock, progress bar and trace; returns the first step."""
         first = self.resume()
         if self.rank == 0 and self.job.progress:
             from tqdm import tqdm
@@ -281,60 +289,69 @@ class Trainer:
                 dynamic_ncols=True,
                 mininterval=0.5,
             )
-        start = time.perf_counter() - self.elapsed_before  # a resumed run's clock goes on
+        self.start = time.perf_counter() - self.elapsed_before  # a resumed run's clock goes on
         self.model.train()
         self.transport.trace_begin()
-        for step in range(first, self.steps):
-            self._maybe_inject_fault(step)
-            self.transport.set_step(step)
-            t0 = time.perf_counter()
-            comm0 = stats.seconds
-            self.optimizer.zero_grad(set_to_none=False)
-            loss_sum, at_x = 0.0, None
-            probe = self.algorithm.loss_model()  # x_t, where the gradient is taken elsewhere
-            forward = self.algorithm.train_model()  # the model, or a DDP wrapper of it
-            for i in range(cfg.micro_batches):
-                x, y = next(self.batches)
-                with self.algorithm.accumulate(i == cfg.micro_batches - 1):
-                    loss = F.cross_entropy(forward(x), y, label_smoothing=cfg.label_smoothing)
-                    if cfg.micro_batches > 1:  # x / 1 is exact: no op (and grad node) for it
-                        loss = loss / cfg.micro_batches
-                    loss.backward()
-                loss_sum += loss.item()
-                if probe is not None:
-                    at_x = (at_x or 0.0) + self._probe_loss(probe, x, y) / cfg.micro_batches
-                heartbeat()
-            if not math.isfinite(loss_sum):  # before its gradients reach any other rank
-                raise Diverged(step, self.rank, "loss")
-            self.algorithm.reduce_gradients(step)
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.optimizer.step()
-            self.scheduler.step()
-            self._schedule_weight_decay()
-            self.algorithm.mix_parameters(step)
-            step_s = time.perf_counter() - t0
-            comm_s = stats.seconds - comm0
-            self._record(step, loss_sum, lr, step_s, comm_s, at_x)
-            if self.bar is not None:
-                self.bar.update()
-            last = step == self.steps - 1
-            self.steps_run = step + 1
-            evaluating = (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last
-            if evaluating or (step + 1) % cfg.log_every == 0:
-                self._check_parameters(step)
-            if evaluating:
-                self._flush_rows()
-                scores = self.evaluate()
-                self._note_target(step, scores, time.perf_counter() - start)
-                self._log(step, scores)
-                if not last and self._prune(step, scores):
-                    break
-            elif (step + 1) % cfg.log_every == 0:
-                self._flush_rows()
-            if self._checkpoint_due(step, time.perf_counter() - start):
-                self._check_parameters(step)  # a checkpoint never holds non-finite values
-                self.save_checkpoint(step, time.perf_counter() - start)
-        train_seconds = time.perf_counter() - start
+        return first
+
+    def train_step(self, step: int) -> bool:
+        """One step of the loop, with all its bookkeeping (rows, logging, evaluation,
+        checkpoints); True when the run stops here early (pruned)."""
+        cfg, stats, start = self.cfg, self.transport.stats, self.start
+        self._maybe_inject_fault(step)
+        self.transport.set_step(step)
+        t0 = time.perf_counter()
+        comm0 = stats.seconds
+        self.optimizer.zero_grad(set_to_none=False)
+        loss_sum, at_x = 0.0, None
+        probe = self.algorithm.loss_model()  # x_t, where the gradient is taken elsewhere
+        forward = self.algorithm.train_model()  # the model, or a DDP wrapper of it
+        for i in range(cfg.micro_batches):
+            x, y = next(self.batches)
+            with self.algorithm.accumulate(i == cfg.micro_batches - 1):
+                loss = F.cross_entropy(forward(x), y, label_smoothing=cfg.label_smoothing)
+                if cfg.micro_batches > 1:  # x / 1 is exact: no op (and grad node) for it
+                    loss = loss / cfg.micro_batches
+                loss.backward()
+            loss_sum += loss.item()
+            if probe is not None:
+                at_x = (at_x or 0.0) + self._probe_loss(probe, x, y) / cfg.micro_batches
+            heartbeat()
+        if not math.isfinite(loss_sum):  # before its gradients reach any other rank
+            raise Diverged(step, self.rank, "loss")
+        self.algorithm.reduce_gradients(step)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self._schedule_weight_decay()
+        self.algorithm.mix_parameters(step)
+        step_s = time.perf_counter() - t0
+        comm_s = stats.seconds - comm0
+        self._record(step, loss_sum, lr, step_s, comm_s, at_x)
+        if self.bar is not None:
+            self.bar.update()
+        last = step == self.steps - 1
+        self.steps_run = step + 1
+        evaluating = (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last
+        if evaluating or (step + 1) % cfg.log_every == 0:
+            self._check_parameters(step)
+        if evaluating:
+            self._flush_rows()
+            scores = self.evaluate()
+            self._note_target(step, scores, time.perf_counter() - start)
+            self._log(step, scores)
+            if not last and self._prune(step, scores):
+                return True
+        elif (step + 1) % cfg.log_every == 0:
+            self._flush_rows()
+        if self._checkpoint_due(step, time.perf_counter() - start):
+            self._check_parameters(step)  # a checkpoint never holds non-finite values
+            self.save_checkpoint(step, time.perf_counter() - start)
+        return False
+
+    def end(self) -> tuple[dict[str, Any] | None, dict[str, str]]:
+        """Stop the clock and the trace; the run's summary (rank 0) and artifacts."""
+        train_seconds = time.perf_counter() - self.start
         self.transport.trace_end()
         if self.bar is not None:
             self.bar.close()
