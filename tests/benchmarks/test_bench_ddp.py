@@ -1,15 +1,16 @@
 """The ``ddp`` baseline's step time against torch's own DistributedDataParallel without the
 transport, side by side in one run.
 
-Both train the same model on the same shards on the same 2 gloo ranks, alternating whole runs
-(and which goes first) so machine noise hits both alike; the ratio is the median over rounds of
-each round's pair. Ours is the full training loop (``Trainer.run`` with algorithm ``ddp``: DDP
-with our communication hook through the transport, trace records, wire counters, per-step
-rows), timed as its summary's ``train_seconds``; theirs is a plain loop over
-``DistributedDataParallel`` with its built-in (C++) all-reduce. Target: ours / theirs <= 1.02
-(issue 18). Torch's DDP with its own Python ``allreduce_hook``, and torch's plain loop over
-our wrapper and hook, run beside them, so the printout splits the ratio into the cost of a
-Python hook at all, our transport's against PyTorch's hook, and our loop's bookkeeping.
+Both train the same model on the same shards on the same 2 gloo ranks, measured as
+allreduce_sgd's benchmark measures (its module docstring: fresh instances in groups, turns of
+``log_every`` steps, per-position medians, a torch DDP control for the resolution). Ours is a
+step of the full training loop (``Trainer.train_step`` with algorithm ``ddp``: DDP with our
+communication hook through the transport, trace records, wire counters, per-step rows); theirs
+is a plain loop over ``DistributedDataParallel`` with its built-in (C++) all-reduce. Target:
+ours / theirs <= 1.02 (issue 18). Torch's DDP with its own Python ``allreduce_hook``, and
+torch's plain loop over our wrapper and hook, run beside them, so the printout splits the ratio
+into the cost of a Python hook at all, our transport's against PyTorch's hook, and our loop's
+bookkeeping.
 """
 
 from __future__ import annotations
