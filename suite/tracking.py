@@ -498,6 +498,11 @@ class MetricsSink:
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         self._send(("metrics", step, int(time.time() * 1000), dict(metrics)))
 
+    def log_steps(self, steps: Sequence[tuple[int, Mapping[str, float]]]) -> None:
+        """Several steps' metrics in one message (the loop's rows, every ``log_every`` steps)."""
+        stamp = int(time.time() * 1000)
+        self._send(("metrics_steps", [(step, stamp, dict(m)) for step, m in steps]))
+
     def close(self) -> None:
         """Say that every metric has been sent (the run finished on rank 0)."""
         self._send(("metrics_end",))
@@ -743,6 +748,8 @@ class _Writer:
                     self._open(*item[1:])  # says "opened" as soon as the run exists
                 elif item[0] == "metrics":
                     self.pending.append(item[1:])
+                elif item[0] == "metrics_steps":
+                    self.pending.extend(item[1])
                 elif item[0] == "metrics_end":
                     self.metrics_done = True
                 elif item[0] == "end":
@@ -801,6 +808,8 @@ class _Writer:
                 continue
             if item[0] == "metrics":
                 self.pending.append(item[1:])
+            elif item[0] == "metrics_steps":
+                self.pending.extend(item[1])
             elif item[0] == "metrics_end":
                 self.metrics_done = True
 

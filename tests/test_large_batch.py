@@ -174,6 +174,10 @@ class _Losses:
         if "train_loss" in metrics:
             self.train_loss[step] = metrics["train_loss"]
 
+    def log_steps(self, steps: list[tuple[int, dict]]) -> None:
+        for step, metrics in steps:
+            self.log(step, metrics)
+
 
 def _train(cfg: RunConfig) -> dict:
     losses = _Losses()

@@ -32,6 +32,10 @@ class _Rows:
     def log(self, step: int, metrics: dict) -> None:
         self.rows.append((step, dict(metrics)))
 
+    def log_steps(self, steps: list[tuple[int, dict]]) -> None:
+        for step, metrics in steps:
+            self.log(step, metrics)
+
     def close(self) -> None:
         pass
 

@@ -140,6 +140,57 @@ def test_lr_schedule_warmup_and_milestones() -> None:
     assert [f(s) for s in (0, 3, 9, 10, 19, 20)] == [0.25, 1.0, 1.0, 0.5, 0.5, 0.25]
 
 
+class _Lrs:
+    """Rank 0's metrics sink, keeping each step's logged lr."""
+
+    def __init__(self) -> None:
+        self.lr: dict[int, float] = {}
+
+    def log(self, step: int, metrics: dict) -> None:
+        if "lr" in metrics:
+            self.lr[step] = metrics["lr"]
+
+    def log_steps(self, steps: list[tuple[int, dict]]) -> None:
+        for step, metrics in steps:
+            self.log(step, metrics)
+
+
+def _lrs_in_a_rank(cfg: RunConfig) -> tuple[dict[int, float], list[float], bool]:
+    sink = _Lrs()
+    trainer = Trainer(Job(cfg, target="test", paper="test", progress=False), Transport(), sink)
+    trainer.run()
+    expected = [cfg.optim.lr * trainer.lr_factor(s) for s in range(cfg.steps)]
+    return sink.lr, expected, trainer.lr_moves
+
+
+def _logged_lrs(*items: str) -> tuple[dict[int, float], list[float], bool]:
+    """Each step's logged lr, the schedule's lr for each step, and whether the loop steps it."""
+    cfg = _config("algorithm=single", "nproc=1", "steps=12", "log_every=5", *items)
+    return launch(_lrs_in_a_rank, 1, (cfg,))[0]
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        ("optim.warmup_steps=6",),
+        ("optim.warmup_epochs=0.1",),
+        ("optim.schedule=multistep", "optim.milestones=0.1", "optim.gamma=0.5"),
+        ("optim.schedule=poly",),
+    ],
+)
+def test_the_loop_follows_a_moving_lr_schedule_step_by_step(items: tuple[str, ...]) -> None:
+    lrs, expected, _ = _logged_lrs(*items)
+    assert sorted(lrs) == list(range(12))
+    assert [lrs[s] for s in range(12)] == pytest.approx(expected)
+    assert len(set(lrs.values())) > 1  # it moved
+
+
+def test_a_constant_lr_stays_the_base_lr_without_stepping_a_scheduler() -> None:
+    lrs, expected, moves = _logged_lrs()
+    assert not moves
+    assert set(lrs.values()) == set(expected) == {RunConfig().optim.lr} and len(lrs) == 12
+
+
 def _crossover_authors_lr(epoch: int, itr: int, spe: int, warmup: int, maxepoch: int) -> float:
     """The Crossover-SGD authors' update_learning_rate (imagenet_test.py), transcribed: the
     factor of the base lr (and of the weight decay) at micro-batch ``itr`` of ``epoch``."""
