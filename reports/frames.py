@@ -187,16 +187,33 @@ def saved_table(runs: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
 
 
 def target_accuracy(runs: pd.DataFrame, recipe: Recipe) -> tuple[float, str] | None:
-    """(target, how it was chosen): the recipe's at the runs' profile, else 95% of the worst
-    row's mean accuracy."""
+    """(target, how it was chosen): the recipe's at the runs' profile, else the target the runs
+    themselves were given (the profile's ``target_accuracy``), else 95% of the worst row's mean
+    accuracy."""
+    profiles = set(runs["profile"]) if "profile" in runs else set()
+    profile = profiles.pop() if len(profiles) == 1 else None  # one profile's runs
     target = recipe.target_accuracy
-    if isinstance(target, Mapping):  # one per profile: the runs' (one profile's runs)
-        profiles = set(runs["profile"]) if "profile" in runs else set()
-        target = recipe.target_at(profiles.pop()) if len(profiles) == 1 else None
+    if isinstance(target, Mapping):  # one per profile
+        target = recipe.target_at(profile) if profile is not None else None
     if target is not None:
         return target, "the recipe's target"
+    given = _runs_target(recipe, profile)
+    if given is not None:
+        return given, "the runs' target_accuracy"
     means = runs.groupby("row")["test_accuracy"].mean().dropna()
     return (0.95 * float(means.min()), "95% of the worst row's mean") if len(means) else None
+
+
+def _runs_target(recipe: Recipe, profile: str | None) -> float | None:
+    """The ``target_accuracy`` every run of ``profile`` was given, if one (rows setting their
+    own would make it ambiguous)."""
+    if profile not in recipe.profiles:
+        return None
+    key = "target_accuracy="
+    if any(o.startswith(key) for row in recipe.rows for o in row.overrides):
+        return None
+    given = [o[len(key) :] for o in recipe.profiles[profile].overrides if o.startswith(key)]
+    return float(given[-1]) if given and float(given[-1]) > 0 else None
 
 
 def time_to_target(runs: pd.DataFrame, curves: pd.DataFrame, target: float) -> pd.DataFrame:

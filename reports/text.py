@@ -305,11 +305,11 @@ CAPTIONS = {
     "claims allow. Up and to the left is better; the byte axis is logarithmic where rows "
     "differ tenfold or more.",
     "time-to-target": "Seconds until a run's test accuracy first reaches the target (in the "
-    "title: the recipe's target, or 95% of the worst row's mean final accuracy, so every row "
-    "can reach it): as measured here, and as the network model predicts them (suite.netmodel: "
-    "the run's trace replayed on its config's network, 1 Gbit/s and 50 µs unless set). Above "
-    "each bar: its measured time as a multiple of the reference row's, marked slower or "
-    "faster.",
+    "title: the recipe's target, else the target_accuracy its runs were given, else 95% of the "
+    "worst row's mean final accuracy, which every row reaches): as measured here, and as the "
+    "network model predicts them (suite.netmodel: the run's trace replayed on its config's "
+    "network, 1 Gbit/s and 50 µs unless set). Above each bar: its measured time as a multiple "
+    "of the reference row's, marked slower or faster.",
     "bandwidth-sweep": "Simulated seconds to the target accuracy against the link rate of "
     "every rank (log-log; latency fixed, see the x axis): each run's stored trace replayed by "
     "the network model (suite.netmodel) with its measured compute; mean ±1 std over the seeds "

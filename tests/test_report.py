@@ -421,6 +421,22 @@ def test_a_recipe_can_set_its_target_accuracy_per_profile() -> None:
         replace(recipe, target_accuracy={"real": 0.8})
 
 
+def test_without_a_recipe_target_the_report_uses_the_target_its_runs_were_given() -> None:
+    given = Profile(("steps=10", "target_accuracy=0.7"))
+    recipe = Recipe(
+        "fake", "T", "t", (Row("A", "allreduce_sgd"), Row("B", "allreduce_sgd")), (),
+        {"smoke": given, "real": Profile()},
+    )  # fmt: skip
+    runs = pd.DataFrame({"row": ["A", "B"], "test_accuracy": [0.9, 0.8], "profile": "smoke"})
+    assert frames.target_accuracy(runs, recipe) == (0.7, "the runs' target_accuracy")
+    at_real = frames.target_accuracy(runs.assign(profile="real"), recipe)  # none given there
+    assert at_real == (pytest.approx(0.95 * 0.8), "95% of the worst row's mean")
+    # a row with a target of its own makes the runs' target ambiguous
+    rows = (Row("A", "allreduce_sgd", ("target_accuracy=0.5",)), Row("B", "allreduce_sgd"))
+    ambiguous = frames.target_accuracy(runs, replace(recipe, rows=rows))
+    assert ambiguous == (pytest.approx(0.95 * 0.8), "95% of the worst row's mean")
+
+
 def test_identical_rows_are_noted_and_drawn_with_distinct_styles() -> None:
     # h=0 trains exactly as D-PSGD and sends a little more (its flags); h=1 trains otherwise
     sent = {"D-PSGD": 1e6, "EventGraD h=0": 1.001e6, "h=1": 4e5}
