@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+from conftest import KeptMetrics
 from torch import nn
 
 from suite.config import ConfigError, RunConfig, apply_overrides, validate
@@ -164,29 +165,14 @@ def test_validate_checks_label_smoothing_on_a_built_config() -> None:
         validate(replace(cfg, label_smoothing=1.0))
 
 
-class _Losses:
-    """Stands in for rank 0's MetricsSink: keeps each step's train_loss."""
-
-    def __init__(self) -> None:
-        self.train_loss: dict[int, float] = {}
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        if "train_loss" in metrics:
-            self.train_loss[step] = metrics["train_loss"]
-
-    def log_steps(self, steps: list[tuple[int, dict]]) -> None:
-        for step, metrics in steps:
-            self.log(step, metrics)
-
-
 def _train(cfg: RunConfig) -> dict:
-    losses = _Losses()
+    sink = KeptMetrics()
     job = Job(cfg, target="test", paper="test", progress=False)
-    trainer = Trainer(job, Transport(), losses)  # type: ignore[arg-type]
+    trainer = Trainer(job, Transport(), sink)  # type: ignore[arg-type]
     summary, _ = trainer.run()
     return {
         "summary": summary,
-        "losses": losses.train_loss,
+        "losses": sink.series("train_loss"),
         "groups": [g.get("lars") for g in trainer.optimizer.param_groups],
         "optimizer": type(trainer.optimizer).__name__,
     }

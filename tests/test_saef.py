@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from conftest import KeptMetrics
 
 from suite.algorithms.base import Context
 from suite.algorithms.server import Server, build_compressor
@@ -275,26 +276,12 @@ def test_saef_mismatch_is_below_efs_on_the_same_run() -> None:
     assert ef[0]["summary"]["measurements"] == 2 * 39  # after every step but the last, 2 ranks
 
 
-class _Rows:
-    """Rank 0's metrics sink, keeping every metric logged, by step."""
-
-    def __init__(self) -> None:
-        self.rows: dict[int, dict[str, float]] = {}
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        self.rows.setdefault(step, {}).update(metrics)
-
-    def log_steps(self, steps: list[tuple[int, dict[str, float]]]) -> None:
-        for step, metrics in steps:
-            self.log(step, metrics)
-
-
 def _logged(cfg: RunConfig) -> dict[int, dict[str, float]]:
     """Every metric rank 0 logs, by step."""
-    sink = _Rows()
+    sink = KeptMetrics()
     job = Job(cfg, target="test", paper="test", progress=False)
     Trainer(job, Transport(), sink if dist.get_rank() == 0 else None).run()  # type: ignore[arg-type]
-    return sink.rows
+    return sink.by_step()
 
 
 def test_saef_logs_its_training_loss_at_x_t_like_ef_and_the_step_ahead_loss_beside_it() -> None:

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import KeptMetrics
 
 from suite import trace
 from suite.config import RunConfig, apply_overrides
@@ -23,31 +24,14 @@ from suite.transport import Transport
 SMALL = ["model.hidden=16", "eval_every=0", "eval_per_rank=false", "device=cpu", "log_every=2"]
 
 
-class _Rows:
-    """A metrics sink that keeps what rank 0 logs."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[int, dict]] = []
-
-    def log(self, step: int, metrics: dict) -> None:
-        self.rows.append((step, dict(metrics)))
-
-    def log_steps(self, steps: list[tuple[int, dict]]) -> None:
-        for step, metrics in steps:
-            self.log(step, metrics)
-
-    def close(self) -> None:
-        pass
-
-
 def _train(cfg: RunConfig) -> tuple | None:
-    sink = _Rows()
+    sink = KeptMetrics()
     transport = Transport()
     job = Job(cfg, target="test", paper="test", progress=False)
     summary, artifacts = Trainer(job, transport, sink if transport.rank == 0 else None).run()
     if summary is None:
         return None
-    return summary, artifacts, sink.rows
+    return summary, artifacts, sink.logged
 
 
 def _run(n: int, *items: str) -> tuple[dict, dict, list]:

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import KeptMetrics
 
 from suite.config import RunConfig, apply_overrides
 from suite.launcher import launch
@@ -140,27 +141,12 @@ def test_lr_schedule_warmup_and_milestones() -> None:
     assert [f(s) for s in (0, 3, 9, 10, 19, 20)] == [0.25, 1.0, 1.0, 0.5, 0.5, 0.25]
 
 
-class _Lrs:
-    """Rank 0's metrics sink, keeping each step's logged lr."""
-
-    def __init__(self) -> None:
-        self.lr: dict[int, float] = {}
-
-    def log(self, step: int, metrics: dict) -> None:
-        if "lr" in metrics:
-            self.lr[step] = metrics["lr"]
-
-    def log_steps(self, steps: list[tuple[int, dict]]) -> None:
-        for step, metrics in steps:
-            self.log(step, metrics)
-
-
 def _lrs_in_a_rank(cfg: RunConfig) -> tuple[dict[int, float], list[float], bool]:
-    sink = _Lrs()
+    sink = KeptMetrics()
     trainer = Trainer(Job(cfg, target="test", paper="test", progress=False), Transport(), sink)
     trainer.run()
     expected = [cfg.optim.lr * trainer.lr_factor(s) for s in range(cfg.steps)]
-    return sink.lr, expected, trainer.lr_moves
+    return sink.series("lr"), expected, trainer.lr_moves
 
 
 def _logged_lrs(*items: str) -> tuple[dict[int, float], list[float], bool]:
