@@ -6,12 +6,13 @@ in long form. Nothing here draws or writes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from suite.config import split_override
 from suite.recipes import Recipe
 from suite.tracking import open_client
 
@@ -209,11 +210,15 @@ def _runs_target(recipe: Recipe, profile: str | None) -> float | None:
     own would make it ambiguous)."""
     if profile not in recipe.profiles:
         return None
-    key = "target_accuracy="
-    if any(o.startswith(key) for row in recipe.rows for o in row.overrides):
+
+    def targets(overrides: Sequence[str]) -> list[float]:
+        pairs = (split_override(o) for o in overrides)
+        return [float(value) for key, value in pairs if key == "target_accuracy"]
+
+    if any(targets(row.overrides) for row in recipe.rows):
         return None
-    given = [o[len(key) :] for o in recipe.profiles[profile].overrides if o.startswith(key)]
-    return float(given[-1]) if given and float(given[-1]) > 0 else None
+    given = targets(recipe.profiles[profile].overrides)
+    return given[-1] if given and given[-1] > 0 else None
 
 
 def time_to_target(runs: pd.DataFrame, curves: pd.DataFrame, target: float) -> pd.DataFrame:
