@@ -147,9 +147,9 @@ class DDP(Algorithm):
         # this step's all-reduces: (work, tensor, bucket to copy it into, DDP's future)
         self.pending: list[tuple[Work, Tensor, Tensor | None, torch.futures.Future]] = []
         self.dry = False  # the hook passes buckets through untouched (settle_buckets)
-        settle_buckets(self)
         # unannotated: DDP checks a hook's annotations against the classes, not strings
         self.ddp.register_comm_hook(None, lambda state, bucket: self._hook(bucket))
+        settle_buckets(self)  # after the hook: DDP's own all-reduce would exchange the zeros
 
     def _hook(self, bucket: dist.GradBucket) -> torch.futures.Future[Tensor]:
         buffer = bucket.buffer()

@@ -188,3 +188,22 @@ def test_a_replayed_async_all_reduce_overlaps_the_compute_before_its_wait(comput
     ranks = tuple(np.array(rows, dtype=DTYPE) for _ in range(2))
     timeline = replay(Trace(2, ((0, 1),), ("algorithm", "harness"), ranks), net)
     assert timeline.network_seconds == pytest.approx(max(1.0, compute) * cost)
+
+
+def _collectives_while_built(cfg: RunConfig) -> tuple[int, int]:
+    """Collectives the process group ran while the algorithm was built, and the bytes the
+    transport counted meanwhile."""
+    group = dist.distributed_c10d._get_default_group()
+    before = group._get_sequence_number_for_group()
+    trainer = Trainer(Job(cfg, target="test", paper="test", progress=False), Transport())
+    return group._get_sequence_number_for_group() - before, trainer.transport.stats.bytes_sent
+
+
+@pytest.mark.parametrize("name", ["ddp", "ddp_bf16", "powersgd"])
+def test_building_sends_only_ddps_bucket_assignment(name: str) -> None:
+    # settle_buckets' dry passes go through the hook, which passes the zeros through: what is
+    # left is DDP's broadcast of its rebuilt bucket assignment (two small integer tensors),
+    # set-up outside the transport as the module docstring says. DDP's built-in all-reduce
+    # of the zeros (the hook registered after the dry passes) made it 4.
+    cfg = _config(f"algorithm={name}", "nproc=2", "steps=1")
+    assert launch(_collectives_while_built, 2, (cfg,)) == [(2, 0)] * 2
