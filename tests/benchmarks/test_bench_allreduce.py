@@ -20,13 +20,16 @@ at its typical cost. A ratio is the median over groups of the group's own ratio.
 DDP loop runs as a control (A/A): its ratio to the first is this run's resolution. Both are
 printed and recorded, with every group's ratio and the ratio of mean step times (stalls in).
 
-Two more loops can stand beside them (``python_hook=True``, the ``ddp`` benchmark): torch's DDP
+More loops can stand beside them (``python_hook=True``, the ``ddp`` benchmark): torch's DDP
 with PyTorch's own Python ``allreduce_hook``, and torch's plain loop over our ``ddp`` algorithm's
 wrapper (our hook through the transport, counted and traced, without the rest of our loop). Any
 hook that counts bytes in Python pays what the first pays over the built-in C++ reducer, so the
 ratios split ours / DDP into a Python hook at all (python hook / DDP), our transport against
 PyTorch's hook (our hook / python hook) and our loop's bookkeeping (ours / our hook); all are
-printed and recorded, so a miss of the target says which part it is.
+printed and recorded, so a miss of the target says which part it is. A third splits it the
+other way: our whole loop over the same DDP wrapper with torch's built-in all-reduce in place
+of our hook (uncounted), so ours / it is what the hook and the transport cost inside our loop,
+and it / DDP what our loop costs around torch's DDP.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import itertools
 import os
 import statistics
 import time
+import unittest.mock
 from collections.abc import Callable
 from typing import Any
 
@@ -92,6 +96,20 @@ def _our_hook(cfg: RunConfig) -> Callable[[], None]:
     return _plain_step(trainer.algorithm.train_model(), trainer.batches, cfg.optim.lr)
 
 
+def _builtin_hook(ddp: DistributedDataParallel, state: Any, hook: Any) -> None:
+    """In place of ``DistributedDataParallel.register_comm_hook``: torch's built-in C++
+    all-reduce, uncounted, whatever hook was asked for."""
+    ddp._register_builtin_comm_hook(dist.BuiltinCommHookType.ALLREDUCE)
+
+
+def _torch_ddp_in_our_loop(cfg: RunConfig) -> Callable[[], None]:
+    """A step of our whole loop over the ddp algorithm's DDP wrapper with torch's built-in
+    all-reduce instead of our hook through the transport: what the transport costs, in our
+    loop, is ours / this."""
+    with unittest.mock.patch.object(DistributedDataParallel, "register_comm_hook", _builtin_hook):
+        return _ours(cfg)
+
+
 def _ours(cfg: RunConfig) -> Callable[[], None]:
     """One step of our whole loop; the run never reaches its last step (no evaluation)."""
     trainer = Trainer(Job(cfg, "bench", "bench", progress=False), Transport())
@@ -112,6 +130,7 @@ def _side_by_side(cfg: RunConfig, python_hook: bool) -> list[dict[str, tuple[flo
     if python_hook:
         builders["python_hook"] = lambda: _torch_ddp(cfg, python_hook=True)
         builders["our_hook"] = lambda: _our_hook(cfg)
+        builders["uncounted"] = lambda: _torch_ddp_in_our_loop(cfg)
     groups = []
     for _ in range(GROUPS):  # fresh instances: where a model's memory lands biases its speed
         turns = [(name, build()) for name, build in builders.items()]
@@ -187,9 +206,12 @@ def against_torch_ddp(benchmark, algorithm: str, model: str, python_hook: bool =
         split = {
             "python_hook_ms_per_step": per_step["python_hook"] * 1e3,
             "our_hook_ms_per_step": per_step["our_hook"] * 1e3,
+            "uncounted_ms_per_step": per_step["uncounted"] * 1e3,
             "python_hook_over_ddp": ratio("python_hook", "ddp"),
             "our_hook_over_python_hook": ratio("our_hook", "python_hook"),
             "ours_over_our_hook": ratio("ours", "our_hook"),
+            "ours_over_uncounted": ratio("ours", "uncounted"),
+            "uncounted_over_ddp": ratio("uncounted", "ddp"),
         }
         benchmark.extra_info.update(split)
         print(
@@ -199,6 +221,12 @@ def against_torch_ddp(benchmark, algorithm: str, model: str, python_hook: bool =
             f"{split['python_hook_over_ddp']:.3f}, our transport against it (our hook / it) "
             f"{split['our_hook_over_python_hook']:.3f}, our loop's bookkeeping (ours / our "
             f"hook) {split['ours_over_our_hook']:.3f}"
+        )
+        print(
+            f"{model}: our loop over torch's DDP with its built-in all-reduce (uncounted) "
+            f"{split['uncounted_ms_per_step']:.3f} ms/step; the hook and transport's cost in "
+            f"our loop (ours / it) {split['ours_over_uncounted']:.3f}, our loop's cost around "
+            f"torch's DDP (it / DDP) {split['uncounted_over_ddp']:.3f}"
         )
     return result
 
