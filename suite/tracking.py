@@ -746,14 +746,10 @@ class _Writer:
                 item = self._next()
                 if item[0] == "open":
                     self._open(*item[1:])  # says "opened" as soon as the run exists
-                elif item[0] == "metrics":
-                    self.pending.append(item[1:])
-                elif item[0] == "metrics_steps":
-                    self.pending.extend(item[1])
-                elif item[0] == "metrics_end":
-                    self.metrics_done = True
                 elif item[0] == "end":
                     end = item
+                else:
+                    self._take_metrics(item)
                 if end and end[1] == "FINISHED" and not self.metrics_done:
                     # the two pipes are read apart: rank 0's last metrics may still be in
                     # flight behind the owner's "end"; they are all sent, so wait for them
@@ -806,12 +802,16 @@ class _Writer:
                 item = self.inbox.get(timeout=0.1)
             except queue.Empty:
                 continue
-            if item[0] == "metrics":
-                self.pending.append(item[1:])
-            elif item[0] == "metrics_steps":
-                self.pending.extend(item[1])
-            elif item[0] == "metrics_end":
-                self.metrics_done = True
+            self._take_metrics(item)
+
+    def _take_metrics(self, item: tuple) -> None:
+        """Rank 0's metrics: one step's, a flush's worth of steps, or the end of them."""
+        if item[0] == "metrics":
+            self.pending.append(item[1:])
+        elif item[0] == "metrics_steps":
+            self.pending.extend(item[1])
+        elif item[0] == "metrics_end":
+            self.metrics_done = True
 
     def _open(
         self,
