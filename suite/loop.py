@@ -61,7 +61,7 @@ from suite.optim import LARS, lars_param_groups
 from suite.registry import ALGORITHMS, DATASETS, MODELS
 from suite.tasks.data import Dataset, ShardedBatches, eval_batches, eval_shard
 from suite.tracking import MetricsSink
-from suite.transport import Transport
+from suite.transport import Transport, Work
 
 # Columns of a rank's per-step row, before the algorithm's own metrics.
 # Summed over ranks when gathered (the rest are averaged).
@@ -255,6 +255,7 @@ class Trainer:
         self.algorithm: Algorithm = entry.obj(cfg.algorithm.args, ctx)
         self.averaged = copy.deepcopy(self.model) if self.world > 1 else self.model
         self.rows: list[list[float]] = []
+        self.rows_in_flight: Work | None = None  # the last flush's gather (_flush_rows)
         self.metric_names: list[str] | None = None
         self.compute_seconds = 0.0  # this rank's total step time outside communication
         self.steps_run = 0
@@ -346,7 +347,7 @@ class Trainer:
             if not last and self._prune(step, scores):
                 return True
         elif (step + 1) % cfg.log_every == 0:
-            self._flush_rows()
+            self._flush_rows(wait=False)
         if self._checkpoint_due(step, time.perf_counter() - start):
             self._check_parameters(step)  # a checkpoint never holds non-finite values
             self.save_checkpoint(step, time.perf_counter() - start)
@@ -354,6 +355,7 @@ class Trainer:
 
     def end(self) -> tuple[dict[str, Any] | None, dict[str, str]]:
         """Stop the clock and the trace; the run's summary (rank 0) and artifacts."""
+        self._flush_rows()  # nothing left after the last step's evaluation; a caller's stop
         train_seconds = time.perf_counter() - self.start
         self.transport.trace_end()
         if self.bar is not None:
@@ -566,20 +568,34 @@ class Trainer:
 
     # -- metrics to rank 0 -----------------------------------------------------------------
 
-    def _flush_rows(self) -> None:
-        """Gather the buffered per-step rows to rank 0 (one harness op) and log them."""
-        if not self.rows:
-            return
-        local = torch.tensor(self.rows, dtype=torch.float64)
-        self.rows = []
+    def _flush_rows(self, wait: bool = True) -> None:
+        """Send the buffered per-step rows to rank 0 (one harness gather) and log them there.
+
+        With ``wait=False`` (every ``log_every`` steps between evaluations) the gather is left
+        in flight and rank 0 takes it at the next flush, so no rank stops for its latency
+        (0.5-0.9 ms on 2 vCPUs: 1-2% of a digits MLP step at log_every 50); the progress bar
+        and MLflow's metrics then lag by ``log_every`` steps. Evaluations, checkpoints and the
+        run's end wait for every row."""
+        before, self.rows_in_flight = self.rows_in_flight, None
+        local = None
+        if self.rows:
+            local = torch.from_numpy(np.array(self.rows, dtype=np.float64))
+            self.rows = []
         with self.transport.harness():
-            parts = self.transport.gather(local, dst=0)
-        if parts is None:
-            return
-        table = torch.stack(parts)  # ranks x steps x (1 + columns)
+            if local is not None and not wait:
+                self.rows_in_flight = self.transport.gather_async(local, dst=0)
+            gathered = [before.wait() if before is not None else None]
+            if local is not None and wait:
+                gathered.append(self.transport.gather(local, dst=0))
+        for parts in gathered:  # in step order
+            if parts is not None:
+                self._take_rows(np.stack([p.numpy() for p in parts]))
+
+    def _take_rows(self, table: np.ndarray) -> None:
+        """Rank 0: log gathered rows (ranks x steps x (1 + columns)) and update the bar."""
         names = self.metric_names or list(_ROW)
-        summed = torch.tensor([name in _SUMMED for name in names])
-        values = torch.where(summed, table[:, :, 1:].sum(0), table[:, :, 1:].mean(0))
+        summed = np.array([name in _SUMMED for name in names])
+        values = np.where(summed, table[:, :, 1:].sum(0), table[:, :, 1:].mean(0))
         steps = table[0, :, 0].tolist()
         early = max(1, self.steps // 4)
         loss = names.index("train_loss")
@@ -588,7 +604,7 @@ class Trainer:
             if step < early:
                 self.loss_area[1] += step_loss
         if self.metrics is not None:  # one message for the lot, not one a step
-            slowest = table[:, :, 1 + names.index("step_seconds")].max(0).values.tolist()
+            slowest = table[:, :, 1 + names.index("step_seconds")].max(0).tolist()
             self.metrics.log_steps(
                 [
                     (int(step), {**dict(zip(names, row, strict=True)), "step_seconds_max": worst})

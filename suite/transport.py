@@ -245,8 +245,9 @@ class _Counters:
 
 
 class Work:
-    """Handle of an async send/recv or all-reduce; ``wait()`` adds the time waited to the op's
-    seconds (and then runs ``then``, if given: a mean's division)."""
+    """Handle of an async op; ``wait()`` adds the time waited to the op's seconds (and then
+    runs ``then``, if given: a mean's division) and returns the op's ``value``, if any (a
+    gather's tensors)."""
 
     def __init__(
         self,
@@ -256,18 +257,19 @@ class Work:
         counters: _Counters | None = None,
         record: tuple[int, int, int, int, int] = (-1, 0, -1, 0, 0),
         then: Callable[[], Any] | None = None,
+        value: Any = None,
     ) -> None:
         self._work, self._stats, self._op = work, stats, op
         self._counters, self._record = counters, record  # record: (index, gid, peer, n, tag)
-        self._then = then
+        self._then, self._value = then, value
 
-    def wait(self, *, background: bool = False) -> None:
+    def wait(self, *, background: bool = False) -> Any:
         """Block until done. ``background=True`` is for a helper thread that waits while the
         rank computes: that time is neither charged to the op's seconds nor shown to the
         launcher's hang detector (the thread that consumes the result accounts for its own
         wait; see baselines/consensus_backup.py's real clock)."""
         if self._work is None:
-            return
+            return self._value
         if background:
             self._work.wait()
             self._work = None
@@ -283,6 +285,7 @@ class Work:
                 self._counters.trace.note(_WAIT, gid, peer, n, tag, t0, t1, index)
         if self._then is not None:
             self._then()
+        return self._value
 
     def is_completed(self) -> bool:
         return self._work is None or self._work.is_completed()
@@ -557,22 +560,43 @@ class Transport:
         if ragged:
             self._check_ragged(x, sizes)
             x = self._pad(x, max(sizes))
-        root = self.rank == dst
-        out = [torch.empty_like(x) for _ in self.ranks] if root else None
-        n = nbytes(x)
+        out = [torch.empty_like(x) for _ in self.ranks] if self.rank == dst else None
         self._timed(
-            "gather",
-            lambda: dist.gather(x, out, dst=dst, group=self.group),
-            payload=n,
-            root=dst,
-            sent=0 if root else n,
-            recv=n * (self.world_size - 1) if root else 0,
-            messages=0 if root else 1,
-            link=None if root else (self.rank, dst),
+            "gather", lambda: dist.gather(x, out, dst=dst, group=self.group), **self._gather(x, dst)
         )
         if out is not None and ragged:
             out = [t[:s] for t, s in zip(out, sizes, strict=True)]
         return out
+
+    def gather_async(self, x: Tensor, dst: int) -> Work:
+        """:meth:`gather` of tensors of one size on every rank, issued without waiting:
+        ``wait()`` returns every rank's tensor on ``dst`` (None elsewhere). Counted and traced
+        when issued, its wait traced too (as :meth:`all_reduce_async`)."""
+        c = self._counters
+        root = self.rank == dst
+        if self._alone:
+            return Work(None, c.active, "gather", value=[x])
+        out = [torch.empty_like(x) for _ in self.ranks] if root else None
+        stats, counts = c.active, self._gather(x, dst)
+        work = self._timed(
+            "gather",
+            lambda: dist.gather(x, out, dst=dst, group=self.group, async_op=True),
+            **counts,
+        )
+        record = (self._last_record, self._gid, dst, counts["payload"], 0)
+        return Work(work, stats, "gather", c, record, value=out)
+
+    def _gather(self, x: Tensor, dst: int) -> dict[str, Any]:
+        """The counts and trace fields of this rank's part in a gather of ``x`` to ``dst``."""
+        n, root = nbytes(x), self.rank == dst
+        return {
+            "payload": n,
+            "root": dst,
+            "sent": 0 if root else n,
+            "recv": n * (self.world_size - 1) if root else 0,
+            "messages": 0 if root else 1,
+            "link": None if root else (self.rank, dst),
+        }
 
     def _check_ragged(self, x: Tensor, sizes: list[int]) -> None:
         if x.dim() != 1:

@@ -73,7 +73,14 @@ def test_the_trace_has_one_record_per_op_in_order(allreduce: tuple) -> None:
         # end-of-run gathers that ship the counters and the trace are in neither)
         harness = records[records["channel"] == tr.channels.index("harness")]
         assert len(algo) == comm[rank]["algorithm"]["calls"]
-        assert len(harness) == comm[rank]["harness"]["calls"]
+        # the rows gathers between evaluations are async: each is a call and a wait record
+        calls = harness[harness["kind"] != trace.KIND["wait"]]
+        assert len(calls) == comm[rank]["harness"]["calls"]
+        waits = np.flatnonzero(records["kind"] == trace.KIND["wait"])
+        assert len(waits) == 1  # steps 0-1's rows, taken at step 3's flush
+        for i in waits:
+            assert trace.KINDS[records["kind"][records["ref"][i]]] == "gather"
+            assert records["channel"][i] == tr.channels.index("harness")
     # each rank's compute after its last record, to training's end (the final evaluation's
     # all-reduce is the last record: what follows is bookkeeping, well under a second)
     assert len(tr.tail) == 3 and all(0 <= t < 1.0 for t in tr.tail)
@@ -90,8 +97,10 @@ def test_a_point_to_point_trace_replays_the_summary_and_waits_point_back() -> No
         assert "send" in kinds and "wait" in kinds
         for i in np.flatnonzero(records["kind"] == trace.KIND["wait"]):
             ref = records["ref"][i]
-            assert 0 <= ref < i and kinds[ref] in ("send", "recv")
+            # the algorithm's sends and receives, and the harness's async rows gathers
+            assert 0 <= ref < i and kinds[ref] in ("send", "recv", "gather")
             assert records["peer"][ref] == records["peer"][i]
+            assert records["channel"][ref] == records["channel"][i]
         assert (records["gap"] >= 0).all()
 
 

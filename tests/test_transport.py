@@ -32,6 +32,10 @@ def _exercise() -> dict:
     measure(
         "gather", lambda: None if (g := t.gather(x, dst=0)) is None else [p.tolist() for p in g]
     )
+    measure(
+        "gather_async",
+        lambda: None if (g := t.gather_async(x, dst=0).wait()) is None else [p.tolist() for p in g],
+    )
     ragged = torch.arange(r + 1, dtype=torch.float32)
     measure("ragged_all_gather", lambda: [p.tolist() for p in t.all_gather(ragged)])
     sizes = list(range(1, n + 1))
@@ -84,6 +88,7 @@ def test_collective_results_are_right(runs: list[dict]) -> None:
         assert res["broadcast"] == [[2.0] * 5]
         assert res["all_gather"] == [[[float(k + 1)] * 5] for k in range(n)]
         assert res["gather"] == ([[[float(k + 1)] * 5] for k in range(n)] if r == 0 else None)
+        assert res["gather_async"] == res["gather"]
         expected_ragged = [list(map(float, range(k + 1))) for k in range(n)]
         assert res["ragged_all_gather"] == expected_ragged
         assert res["ragged_gather"] == (expected_ragged if r == 0 else None)
@@ -125,10 +130,14 @@ def test_collective_counts_follow_the_rule(runs: list[dict]) -> None:
             (n - 1) * N_BYTES,
             1,
         )
-        ga = _op(out, "gather", "gather")
-        assert (ga["bytes_sent"], ga["bytes_recv"], ga["messages"]) == (
-            (0, (n - 1) * N_BYTES, 0) if r == 0 else (N_BYTES, 0, 1)
-        )
+        for channel in ("gather", "gather_async"):  # counted alike, issued or waited for
+            ga = _op(out, channel, "gather")
+            assert (ga["calls"], ga["bytes_sent"], ga["bytes_recv"], ga["messages"]) == (
+                (1, 0, (n - 1) * N_BYTES, 0) if r == 0 else (1, N_BYTES, 0, 1)
+            )
+            assert out[channel]["links"] == (
+                {} if r == 0 else {f"{r}->0": {"messages": 1, "bytes": N_BYTES}}
+            )
 
 
 def test_ragged_counts_include_size_exchange_and_padding(runs: list[dict]) -> None:
@@ -202,12 +211,12 @@ def _alone() -> dict:
     x = torch.ones(4)
     t.all_reduce(x)
     t.broadcast(x, 0)
-    parts = t.all_gather(x)
+    parts = t.all_gather(x) + t.gather_async(x, dst=0).wait()
     return {"calls": t.stats.calls, "bytes": t.stats.bytes_sent, "parts": len(parts)}
 
 
 def test_a_single_rank_communicates_nothing() -> None:
-    assert launch(_alone, 1) == [{"calls": 0, "bytes": 0, "parts": 1}]
+    assert launch(_alone, 1) == [{"calls": 0, "bytes": 0, "parts": 2}]
 
 
 # -- the analytic model -----------------------------------------------------------------------
