@@ -31,6 +31,10 @@ Failure handling (the guarantees ``suite run`` relies on):
   re-raises KeyboardInterrupt. Workers die with the launcher (PR_SET_PDEATHSIG on Linux, and a
   watchdog thread elsewhere), so no orphans are left even if the launcher is killed -9.
   Workers ignore SIGHUP too (a closed terminal): the launcher's owner decides what it means.
+- A world whose ranks fail to join their process group (a rank's rendezvous fails or hangs
+  before every rank has joined: none has run ``fn`` yet) is started again, once
+  (``RENDEZVOUS_TRIES``), with a warning naming the error; a second failure is raised as any
+  other. Once a rank has joined, a failure is never retried: ``fn`` may have started.
 - The job's temporary folder (``$TMPDIR/suite-job-PID-*``, PID the launcher's) is removed
   however the launch ends; one left by a launcher killed -9 is removed by the next launch on
   this machine, once its owner (pid and start time, in the folder's ``owner`` file) is gone.
@@ -70,6 +74,7 @@ import torch.distributed as dist
 # for the import (torch.optim's first optimizer imports torch._dynamo: seconds of CPU).
 FORK_PRELOAD = ("torch._dynamo",)
 HANG_TIMEOUT = 40.0  # seconds without progress on any rank before the job is declared hung
+RENDEZVOUS_TRIES = 2  # starts of the whole world when a rank fails to join it (see launch)
 TERMINATE_GRACE = 3.0  # seconds between SIGTERM and SIGKILL when stopping ranks
 COLLECTIVE_MARGIN = 30.0  # backend timeout = hang_timeout + this, so the launcher decides first
 # What one forked rank needs of its own, beyond what it shares with the others. Measured on the
@@ -244,6 +249,7 @@ def _worker(
         dist.init_process_group(
             job.backend, store=store, rank=rank, world_size=job.nproc, timeout=timeout
         )
+        open(os.path.join(job.jobdir, f"rank{rank}.joined"), "w").close()
         result = fn(*args)
         tmp = os.path.join(job.jobdir, f"result{rank}.tmp")
         with open(tmp, "wb") as f:
@@ -455,6 +461,49 @@ def launch(
     if method == "fork":
         for module in FORK_PRELOAD:
             importlib.import_module(module)
+    try:
+        if emulate is not None:
+            emulate.wire(nproc)
+        _raise_fd_limit(nproc)
+        for attempt in range(1, RENDEZVOUS_TRIES + 1):
+            try:
+                return _run_world(fn, nproc, args, device, hang_timeout, poll, emulate)
+            except _NotJoined as failed:
+                if attempt == RENDEZVOUS_TRIES:
+                    raise failed.failure from None
+                print(
+                    f"warning: the {nproc} ranks could not join their process group (rank "
+                    f"{failed.failure.rank}: {_headline(failed.failure.details)}); starting "
+                    "them again",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        raise AssertionError("unreachable")
+    finally:
+        if emulate is not None:
+            emulate.unwire()
+
+
+class _NotJoined(Exception):
+    """A rank failed before every rank had joined the process group: no rank has run the
+    job's function, so the world can be started again."""
+
+    def __init__(self, failure: RankFailure) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
+def _run_world(
+    fn: Callable[..., Any],
+    nproc: int,
+    args: tuple,
+    device: str,
+    hang_timeout: float,
+    poll: float,
+    emulate: Any,
+) -> list[Any]:
+    """One start of the ranks, in a fresh job folder (a fresh rendezvous store)."""
+    method = _start_method(device)
     ctx = mp.get_context(method)
     jobdir = _make_jobdir()  # mode 0700: the rendezvous store lives here
     job = _Job(nproc, backend_for(device), jobdir, hang_timeout, os.getpid(), emulate)
@@ -465,10 +514,6 @@ def launch(
         for r in range(nproc)
     ]
     try:
-        if emulate is not None:
-            emulate.wire(nproc)
-            beats[:] = [time.time()] * nproc  # wiring and measuring the links is no hang
-        _raise_fd_limit(nproc)
         if method == "fork":  # the ranks' garbage collections then leave the shared pages be
             gc.freeze()
         try:
@@ -476,13 +521,20 @@ def launch(
                 p.start()
         finally:
             gc.unfreeze()
-        _monitor(procs, beats, waiting, job, poll)
+        try:
+            _monitor(procs, beats, waiting, job, poll)
+        except RankFailure as failure:
+            _stop(procs)  # before looking: a rank still starting could yet join
+            joined = any(
+                os.path.exists(os.path.join(jobdir, f"rank{r}.joined")) for r in range(nproc)
+            )
+            if joined:
+                raise
+            raise _NotJoined(failure) from None
         return [_load_result(jobdir, r) for r in range(nproc)]
     finally:
-        _stop([p for p in procs if p.pid is not None])  # wiring may fail before any start
+        _stop([p for p in procs if p.pid is not None])
         shutil.rmtree(jobdir, ignore_errors=True)
-        if emulate is not None:
-            emulate.unwire()
 
 
 def _fds_needed(nproc: int) -> int:

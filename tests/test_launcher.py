@@ -80,6 +80,59 @@ def test_a_hung_rank_is_found_and_its_stack_dumped() -> None:
     assert others.count("in all_reduce") == 2
 
 
+# -- a world that cannot join its process group is started once more ---------------------------
+
+
+def _flaky_rendezvous(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fails: int) -> Path:
+    """Rank 1's first ``fails`` rendezvous raise as gloo's did in a flaky CI run (the ranks are
+    forked: they inherit the patch); each start of rank 1 is counted in a file."""
+    import torch.distributed as dist
+
+    starts = tmp_path / "starts"
+    join = dist.init_process_group
+
+    def init(*args, **kwargs):
+        if kwargs.get("rank") == 1:
+            with open(starts, "a") as f:
+                f.write("x")
+            if len(starts.read_text()) <= fails:
+                raise RuntimeError("Gloo connectFullMesh failed with Connection closed by peer")
+        return join(*args, **kwargs)
+
+    monkeypatch.setattr(dist, "init_process_group", init)
+    return starts
+
+
+def test_a_failed_rendezvous_starts_the_world_again(monkeypatch, tmp_path, capsys) -> None:
+    starts = _flaky_rendezvous(monkeypatch, tmp_path, fails=1)
+    assert launch(_work, 3, ("none", -1)) == [0, 10, 20]
+    assert starts.read_text() == "xx"
+    err = capsys.readouterr().err
+    assert "could not join their process group (rank 1: RuntimeError: Gloo connectFullMesh" in err
+
+
+def test_a_rendezvous_that_fails_again_is_the_ranks_failure(monkeypatch, tmp_path) -> None:
+    starts = _flaky_rendezvous(monkeypatch, tmp_path, fails=2)
+    with pytest.raises(RankFailure) as info:
+        launch(_work, 3, ("none", -1))
+    assert info.value.rank == 1 and "connectFullMesh" in info.value.details
+    assert starts.read_text() == "xx"  # RENDEZVOUS_TRIES starts, no more
+
+
+def _fail_once_joined(starts: str) -> int:
+    with open(starts, "a") as f:
+        f.write("x")
+    raise ValueError("failed after joining")
+
+
+def test_a_failure_after_joining_is_never_retried(tmp_path) -> None:
+    starts = tmp_path / "starts"
+    with pytest.raises(RankFailure) as info:
+        launch(_fail_once_joined, 2, (str(starts),))
+    assert "failed after joining" in info.value.details
+    assert len(starts.read_text()) <= 2  # one start: each rank ran the function at most once
+
+
 def _spin_forever() -> None:
     Transport()
     while True:
