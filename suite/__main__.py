@@ -1,9 +1,8 @@
 """``python -m suite`` is the ``suite`` command (and what torchrun runs with ``-m suite``)."""
 
 import os
-import sys
 
-from suite.cli import main
+from suite.cli import exit_now, main
 
 if "TORCHELASTIC_RUN_ID" in os.environ:
     # Under torchrun, torch's own error recording: a rank's uncaught error is written to the
@@ -12,4 +11,4 @@ if "TORCHELASTIC_RUN_ID" in os.environ:
 
     main = record(main)
 
-sys.exit(main())
+exit_now(main())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -162,3 +164,16 @@ def test_a_hung_rank_fails_the_run_within_the_bound(tmp_path: Path) -> None:
     assert "rank 1 hung" in proc.stderr
     assert "_maybe_inject_fault" in proc.stderr  # the stack shows where it hangs
     assert elapsed < 60
+
+
+def test_the_command_exits_fast_yet_runs_exit_handlers_and_flushes_its_output() -> None:
+    script = (
+        "import atexit, sys\n"
+        "from suite.cli import exit_now\n"
+        "atexit.register(lambda: print('handler ran', file=sys.stderr))\n"
+        "print('unflushed', end='')\n"
+        "exit_now(3)\n"
+        "print('never')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "unflushed", "handler ran\n")
