@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import ctypes
 import difflib
 import hashlib
 import json
 import math
 import os
+import select
 import signal
 import sys
 import tempfile
@@ -1181,14 +1181,36 @@ def _signals_interrupt() -> Any:
 def _die_with_driver() -> None:
     """A ``suite run`` that ``suite reproduce``/``sweep`` started (``run_job`` names the driver's
     pid in SUITE_DRIVER_PID) gets SIGTERM when the driver dies, even by kill -9, and stops like
-    an interrupted run. Set here, by the child itself: the driver starts children from threads,
-    where a preexec_fn is not safe."""
+    an interrupted run. The child is not the driver's own (it is forked from the driver's fork
+    server, see ``reproduce._run_cli``), so a thread watches the driver: on a pidfd, which
+    turns readable when the driver exits, or by polling where there is none."""
     driver = os.environ.pop("SUITE_DRIVER_PID", None)
-    if driver is None or not sys.platform.startswith("linux"):
+    if driver is None:
         return
+    pid = int(driver)
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != int(driver):  # the driver died before prctl took effect
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:  # the driver died before the watch began
         sys.exit(EXIT_INTERRUPTED)
+    except (OSError, AttributeError):  # not Linux (5.3 or later)
+        pidfd = None
+
+    def watch() -> None:
+        if pidfd is not None:
+            select.select([pidfd], [], [])
+        else:
+            while _alive(pid):
+                time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="watch-driver", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

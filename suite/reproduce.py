@@ -7,34 +7,38 @@ run starts; the other recipes run, and the command exits 1. When no recipe at th
 its data (``--profile real`` without Fashion-MNIST, say), nothing can run: it stops there with
 DataNotFoundError (the CLI's exit 2) before any run or rank starts.
 
-Each run is its own ``suite run`` process (torch.distributed keeps global state, so repeated jobs
-in one process are fragile), tagged in MLflow with its recipe, row, profile and a hash of its
-resolved config, and nested under one parent run per paper and profile (``mlflow.parentRunId``),
-which holds the claims table and the report. A run whose hash already has a FINISHED run in the
-store made by the same code (its ``suite.code`` fingerprint, see ``suite.tracking.code_state``),
-or a run that diverged (the same config diverges again), is reused unless ``--force``; runs of
-other code are rerun unless ``--reuse-any-code``, and what was reused, from which commits, is
-said and written into the report. One whose hash has a FAILED or KILLED run of the same code
-with a checkpoint is resumed from it (``suite resume``) rather than started again. Reports go to
+Each run is its own ``suite run`` process (torch.distributed keeps global state, so repeated
+jobs in one process are fragile), forked from a server process that has torch and the suite
+imported (multiprocessing's forkserver: a fresh interpreter would spend ~2 s importing torch per
+run), tagged in MLflow with its recipe, row, profile and a hash of its resolved config, and
+nested under one parent run per paper and profile (``mlflow.parentRunId``), which holds the
+claims table and the report. A run whose hash already has a FINISHED run in the store made by
+the same code (its ``suite.code`` fingerprint, see ``suite.tracking.code_state``), or a run that
+diverged (the same config diverges again), is reused unless ``--force``; runs of other code are
+rerun unless ``--reuse-any-code``, and what was reused, from which commits, is said and written
+into the report. One whose hash has a FAILED or KILLED run of the same code with a checkpoint is
+resumed from it (``suite resume``) rather than started again. Reports go to
 ``out/reports/PAPER/`` (git-ignored) unless ``--out`` says otherwise, so the suite never dirties
-its own checkout; ``make reference-reports`` rebuilds the committed ones. A run that diverges
-is reported as such, its claims fail, and the other runs go on. Every row's config is resolved
+its own checkout; ``make reference-reports`` rebuilds the committed ones. A run that diverges is
+reported as such, its claims fail, and the other runs go on. Every row's config is resolved
 before anything starts, so a recipe naming an unknown algorithm or key fails at once (exit 2)
 with the valid choices.
 
 Stopping: an interrupted driver (Ctrl-C, SIGTERM, SIGHUP: the CLI sets :data:`STOP`) stops every
 child it is running, whichever thread started it: SIGTERM (the child stops its ranks and ends its
 run FAILED), SIGKILL after ``STOP_GRACE`` seconds. A child also gets SIGTERM if its driver dies
-without a word (kill -9): it asks for that itself (SUITE_DRIVER_PID, see ``cli._die_with_driver``).
+without a word (kill -9): it watches the driver itself (SUITE_DRIVER_PID, see
+``cli._die_with_driver``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing as mp
 import os
-import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -76,8 +80,8 @@ def run_job(
     run_name: str,
     extra_args: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run one tracked job as ``python -m suite run`` and return its summary (the JSON line)."""
-    cmd = [sys.executable, "-m", "suite", "run", target, "--json", "--quiet"]
+    """Run one tracked job as a ``suite run`` child and return its summary (the JSON line)."""
+    cmd = ["run", target, "--json", "--quiet"]
     cmd += ["--tracking-uri", uri, "--experiment", experiment, "--run-name", run_name]
     for item in overrides:
         cmd += ["--set", item]
@@ -89,42 +93,81 @@ def run_job(
 
 def resume_job(run_id: str, *, uri: str) -> dict[str, Any]:
     """Continue a FAILED or KILLED run from its checkpoint (``suite resume``); its summary."""
-    cmd = [sys.executable, "-m", "suite", "resume", run_id, "--json", "--quiet"]
+    cmd = ["resume", run_id, "--json", "--quiet"]
     return _run_cli([*cmd, "--tracking-uri", uri])
 
 
-def _run_cli(cmd: list[str]) -> dict[str, Any]:
-    """Run a ``suite`` child to its end (stopping it if the driver is interrupted meanwhile)
-    and return its JSON line; JobFailed if it failed."""
-    env = {**os.environ, "SUITE_DRIVER_PID": str(os.getpid())}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        while True:
-            try:
-                stdout, stderr = proc.communicate(timeout=0.5)
-                break
-            except subprocess.TimeoutExpired:
-                if STOP.is_set():  # the driver was interrupted (in another thread)
-                    raise KeyboardInterrupt from None
-    except BaseException:
-        _stop_child(proc)
-        raise
-    if proc.returncode == 130:
+def _run_cli(argv: list[str]) -> dict[str, Any]:
+    """Run the command ``suite ARGV`` as a child to its end (stopping it if the driver is
+    interrupted meanwhile) and return its JSON line; JobFailed if it failed."""
+    with tempfile.TemporaryDirectory(prefix="suite-child-") as folder:
+        out, err = Path(folder, "stdout"), Path(folder, "stderr")
+        out.touch()
+        err.touch()
+        env = {**os.environ, "SUITE_DRIVER_PID": str(os.getpid())}
+        proc = _children().Process(target=_child_main, args=(argv, env, str(out), str(err)))
+        proc.start()
+        try:
+            while proc.exitcode is None:
+                proc.join(0.5)
+                if proc.exitcode is None and STOP.is_set():  # interrupted (in another thread)
+                    raise KeyboardInterrupt
+        except BaseException:
+            _stop_child(proc)
+            raise
+        code = proc.exitcode
+        stdout, stderr = out.read_text(), err.read_text()
+        proc.close()
+    if code == 130:
         raise KeyboardInterrupt
-    if proc.returncode != 0:
-        raise JobFailed(proc.returncode, stderr, _last_json(stdout))
+    if code != 0:
+        raise JobFailed(code, stderr, _last_json(stdout))
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def _stop_child(proc: subprocess.Popen) -> None:
+# Children are forked from a server process that has torch and the suite imported
+# (multiprocessing's forkserver), not started as fresh interpreters: each would import torch
+# again, about 2 s of CPU per run of a reproduction or a sweep.
+_PRELOAD = ["suite.cli", "suite.loop", "torch._dynamo"]
+
+
+def _children() -> Any:
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
+
+
+def start_children() -> None:
+    """Start the fork server now, so its imports overlap the driver's own start (MLflow's)."""
+    from multiprocessing import forkserver
+
+    _children()
+    forkserver.ensure_running()
+
+
+def _child_main(argv: list[str], env: dict[str, str], out: str, err: str) -> None:
+    """A ``suite`` command in a process forked from the server: the driver's environment, its
+    output to the files the driver reads."""
+    os.environ.clear()
+    os.environ.update(env)  # SUITE_DRIVER_PID among them: see cli._die_with_driver
+    for path, fd in ((out, 1), (err, 2)):
+        opened = os.open(path, os.O_WRONLY | os.O_APPEND)
+        os.dup2(opened, fd)
+        os.close(opened)
+    sys.argv = ["suite", *argv]
+    from suite.cli import exit_now, main
+
+    exit_now(main(argv))
+
+
+def _stop_child(proc: Any) -> None:
     """SIGTERM (the child ends its run FAILED and exits 130), SIGKILL after ``STOP_GRACE``."""
-    if proc.poll() is None:
+    if proc.exitcode is None:
         proc.terminate()
-    try:
-        proc.communicate(timeout=STOP_GRACE)
-    except subprocess.TimeoutExpired:
+    proc.join(STOP_GRACE)
+    if proc.exitcode is None:
         proc.kill()
-        proc.communicate()
+        proc.join()
 
 
 def _last_json(stdout: str) -> dict[str, Any] | None:
@@ -320,6 +363,8 @@ def reproduce(
     for name, why in missing.items():  # once per recipe, before anything runs
         print(f"{name}: not run, its data is missing.\n{why}", file=sys.stderr)
     runs = [r for r in runs if r.recipe.name not in missing]
+    if runs:
+        start_children()
     _, code = code_state()
     only = None if reuse_any_code else code
     done = {} if force else finished_runs(uri, paper, only)

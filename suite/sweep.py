@@ -60,7 +60,7 @@ from typing import Any
 
 from suite.config import ConfigError
 from suite.recipes import Recipe, Space, config_hash
-from suite.reproduce import JobFailed, run_job
+from suite.reproduce import JobFailed, run_job, start_children
 from suite.tracking import driver_parent_run, ensure_experiment, open_client
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -190,6 +190,7 @@ def sweep(
         )
     seed = recipe.profile(profile).seeds[0]
     recipe.resolve(row, profile, seed, extra)  # bad recipe or --set: fail before any trial
+    start_children()
     url = storage_url(storage)
     interval, grace = heartbeat_settings()
     name = study_name or f"{recipe.name}:{space_name}:{profile}"
