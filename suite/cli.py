@@ -1199,18 +1199,10 @@ def _die_with_driver() -> None:
         if pidfd is not None:
             select.select([pidfd], [], [])
         else:
-            while _alive(pid):
+            from suite import liveness
+
+            while liveness.alive(str(pid)):
                 time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="watch-driver", daemon=True).start()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -177,3 +179,22 @@ def test_the_command_exits_fast_yet_runs_exit_handlers_and_flushes_its_output() 
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert (done.returncode, done.stdout, done.stderr) == (3, "unflushed", "handler ran\n")
+
+
+@pytest.mark.parametrize("watch", ["pidfd", "polling"])
+def test_a_child_of_a_driver_gets_sigterm_when_the_driver_dies(watch: str) -> None:
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    script = (
+        "import os, sys, time\n"
+        "from suite import cli\n"
+        "if sys.argv[1] == 'polling':\n"
+        "    del os.pidfd_open  # as where there is none\n"
+        "cli._die_with_driver()\n"
+        "time.sleep(60)\n"
+    )
+    env = {**os.environ, "SUITE_DRIVER_PID": str(driver.pid)}
+    start = time.monotonic()
+    child = subprocess.run([sys.executable, "-c", script, watch], env=env, timeout=30)
+    driver.wait()
+    assert child.returncode == -signal.SIGTERM  # no handler here: SIGTERM's default, death
+    assert time.monotonic() - start < 10
