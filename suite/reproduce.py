@@ -132,6 +132,8 @@ _PRELOAD = ["suite.cli", "suite.loop", "torch._dynamo"]
 
 
 def _children() -> Any:
+    if "forkserver" not in mp.get_all_start_methods():  # Windows: fresh interpreters
+        return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(_PRELOAD)
     return ctx
@@ -141,8 +143,8 @@ def start_children() -> None:
     """Start the fork server now, so its imports overlap the driver's own start (MLflow's)."""
     from multiprocessing import forkserver
 
-    _children()
-    forkserver.ensure_running()
+    if _children().get_start_method() == "forkserver":
+        forkserver.ensure_running()
 
 
 def _child_main(argv: list[str], env: dict[str, str], out: str, err: str) -> None:

@@ -502,3 +502,28 @@ def test_reproduce_at_real_without_fashion_mnist_exits_2_before_any_run(
         assert "nothing was run" in err
     assert started == []
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_run_job_runs_a_tracked_child_by_either_start_method(
+    method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork server where there is one; fresh interpreters (spawn) where there is none."""
+    import multiprocessing
+
+    if method == "spawn":
+        monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    assert reproduce_mod._children().get_start_method() == method
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    summary = reproduce_mod.run_job(
+        "allreduce_sgd",
+        ["nproc=2", "steps=3", "eval_every=0", "eval_per_rank=false"],
+        uri=uri,
+        experiment="e",
+        tags={"suite.test": method},
+        run_name="r",
+    )
+    assert summary["steps"] == 3 and summary["world_size"] == 2
+    run = MlflowClient(uri).get_run(summary["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["suite.test"] == method
