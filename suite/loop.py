@@ -581,13 +581,15 @@ class Trainer:
         if self.rows:
             local = torch.from_numpy(np.array(self.rows, dtype=np.float64))
             self.rows = []
+        gathered = []  # in step order: the rows in flight, then these if waiting
         with self.transport.harness():
             if local is not None and not wait:
                 self.rows_in_flight = self.transport.gather_async(local, dst=0)
-            gathered = [before.wait() if before is not None else None]
+            if before is not None:
+                gathered.append(before.wait())
             if local is not None and wait:
                 gathered.append(self.transport.gather(local, dst=0))
-        for parts in gathered:  # in step order
+        for parts in gathered:
             if parts is not None:
                 self._take_rows(np.stack([p.numpy() for p in parts]))
 

@@ -561,9 +561,8 @@ class Transport:
             self._check_ragged(x, sizes)
             x = self._pad(x, max(sizes))
         out = [torch.empty_like(x) for _ in self.ranks] if self.rank == dst else None
-        self._timed(
-            "gather", lambda: dist.gather(x, out, dst=dst, group=self.group), **self._gather(x, dst)
-        )
+        gather = functools.partial(dist.gather, x, out, dst=dst, group=self.group)
+        self._timed("gather", gather, **self._gather_counts(x, dst))
         if out is not None and ragged:
             out = [t[:s] for t, s in zip(out, sizes, strict=True)]
         return out
@@ -573,11 +572,10 @@ class Transport:
         ``wait()`` returns every rank's tensor on ``dst`` (None elsewhere). Counted and traced
         when issued, its wait traced too (as :meth:`all_reduce_async`)."""
         c = self._counters
-        root = self.rank == dst
         if self._alone:
             return Work(None, c.active, "gather", value=[x])
-        out = [torch.empty_like(x) for _ in self.ranks] if root else None
-        stats, counts = c.active, self._gather(x, dst)
+        out = [torch.empty_like(x) for _ in self.ranks] if self.rank == dst else None
+        stats, counts = c.active, self._gather_counts(x, dst)
         work = self._timed(
             "gather",
             lambda: dist.gather(x, out, dst=dst, group=self.group, async_op=True),
@@ -586,7 +584,7 @@ class Transport:
         record = (self._last_record, self._gid, dst, counts["payload"], 0)
         return Work(work, stats, "gather", c, record, value=out)
 
-    def _gather(self, x: Tensor, dst: int) -> dict[str, Any]:
+    def _gather_counts(self, x: Tensor, dst: int) -> dict[str, Any]:
         """The counts and trace fields of this rank's part in a gather of ``x`` to ``dst``."""
         n, root = nbytes(x), self.rank == dst
         return {
