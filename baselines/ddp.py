@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from torch.autograd import Variable
 from torch.nn.parallel import DistributedDataParallel
 
-from suite.algorithms.base import Algorithm, Context
+from suite.algorithms.base import NO_CONTEXT, Algorithm, Context
 from suite.registry import ALGORITHMS
 from suite.transport import Work
 
@@ -118,6 +118,23 @@ def done(x: Tensor) -> torch.futures.Future[Tensor]:
     return future
 
 
+# Unannotated: DDP checks a hook's annotations against the classes, and this module's are
+# strings. Lean: it runs for every bucket of every step, in the backward pass.
+def _hook(algorithm, bucket):
+    """DDP's communication hook: PyTorch's ``allreduce_hook`` (divide the bucket by the world
+    size, as DDP's built-in reducer does, and all-reduce it) or, with 16-bit compression, its
+    ``fp16_compress_hook``/``bf16_compress_hook`` (cast, divide, all-reduce, cast back into
+    the bucket), through the transport."""
+    buffer = bucket.buffer()
+    if algorithm.dry:
+        return done(buffer)
+    if algorithm.dtype is None:
+        return algorithm._all_reduce(bucket, buffer.div_(algorithm.world_size))
+    return algorithm._all_reduce(
+        bucket, buffer.to(algorithm.dtype).div_(algorithm.world_size), buffer
+    )
+
+
 def settle_buckets(algorithm: Any) -> None:
     """Two dry forward and backward passes on zeros when the algorithm is built (its hook
     passes buckets through, ``algorithm.dry``; model buffers, gradients and RNGs are left as
@@ -155,18 +172,9 @@ class DDP(Algorithm):
         # this step's all-reduces: (work, tensor, bucket to copy it into, DDP's future)
         self.pending: list[tuple[Work, Tensor, Tensor | None, torch.futures.Future]] = []
         self.dry = False  # the hook passes buckets through untouched (settle_buckets)
-        # unannotated: DDP checks a hook's annotations against the classes, not strings
-        self.ddp.register_comm_hook(None, lambda state, bucket: self._hook(bucket))
+        self.dtype = _DTYPES.get(config.compression)  # of the all-reduce; None: the bucket's
+        self.ddp.register_comm_hook(self, _hook)
         settle_buckets(self)  # after the hook: DDP's own all-reduce would exchange the zeros
-
-    def _hook(self, bucket: dist.GradBucket) -> torch.futures.Future[Tensor]:
-        buffer = bucket.buffer()
-        if self.dry:
-            return done(buffer)
-        dtype = _DTYPES.get(self.config.compression)
-        if dtype is None:  # allreduce_hook: divide first, as DDP's built-in reducer does
-            return self._all_reduce(bucket, buffer.div_(self.world_size))
-        return self._all_reduce(bucket, buffer.to(dtype).div_(self.world_size), buffer)
 
     def _all_reduce(
         self, bucket: dist.GradBucket, x: Tensor, into: Tensor | None = None
@@ -192,7 +200,7 @@ class DDP(Algorithm):
         return self.ddp
 
     def accumulate(self, last: bool) -> contextlib.AbstractContextManager[Any]:
-        return contextlib.nullcontext() if last else self.ddp.no_sync()
+        return NO_CONTEXT if last else self.ddp.no_sync()
 
 
 ALGORITHMS.preset(

@@ -254,7 +254,7 @@ class Trainer:
         entry = ALGORITHMS.get(cfg.algorithm.name)
         self.algorithm: Algorithm = entry.obj(cfg.algorithm.args, ctx)
         self.averaged = copy.deepcopy(self.model) if self.world > 1 else self.model
-        self.rows: list[list[float]] = []
+        self.rows: list[tuple[float, ...]] = []
         self.rows_in_flight: Work | None = None  # the last flush's gather (_flush_rows)
         self.metric_names: list[str] | None = None
         self.compute_seconds = 0.0  # this rank's total step time outside communication
@@ -417,24 +417,17 @@ class Trainer:
         """One step's row; with ``at_x`` (the loss at x_t, see Algorithm.loss_model) that is the
         logged train_loss, and ``loss`` (at the gradient point) is algo.train_loss_ahead."""
         stats = self.transport.stats
+        total = stats.total
         extra = self.algorithm.step_metrics()
         if at_x is not None:
             extra, loss = {**extra, "train_loss_ahead": loss}, at_x
         if self.metric_names is None:
             self.metric_names = [*_ROW, *(f"algo.{k}" for k in extra)]
-        row = [
-            loss,
-            lr,
-            stats.bytes_sent,
-            stats.bytes_recv,
-            stats.messages,
-            stats.wire_bytes,
-            step_s,
-            comm_s,
-            step_s - comm_s,
-            *extra.values(),
-        ]
-        self.rows.append([float(step), *map(float, row)])
+        # as they come (ints and floats): the flush makes them one float64 array
+        self.rows.append(
+            (step, loss, lr, total.bytes_sent, total.bytes_recv, total.messages,
+             stats.wire_bytes, step_s, comm_s, step_s - comm_s, *map(float, extra.values()))
+        )  # fmt: skip
         self.compute_seconds += step_s - comm_s
 
     # -- checkpoints -----------------------------------------------------------------------

@@ -87,6 +87,19 @@ _REDUCE_OPS = {
 }
 
 
+def _allreduce_options(op: str, async_op: bool) -> dist.AllreduceOptions:
+    """What ``dist.all_reduce(op=..., async_op=...)`` passes its group."""
+    opts = dist.AllreduceOptions()
+    opts.reduceOp, opts.asyncOp = _REDUCE_OPS[op], async_op
+    return opts
+
+
+# made once: a step repeats the same all-reduces (a DDP bucket's hook, every step)
+_ALLREDUCE_OPTIONS = {
+    (op, a): _allreduce_options(op, a) for op in _REDUCE_OPS for a in (False, True)
+}
+
+
 def nbytes(t: Tensor) -> int:
     return t.numel() * t.element_size()
 
@@ -311,6 +324,10 @@ class Transport:
         self._ranks_key = tuple(self.ranks)
         self._gid = self._counters.group_id(self._ranks_key)
         self._last_record = -1  # trace index of this transport's latest op
+        # all-reduces go to the group itself, not through dist.all_reduce: its checks cost
+        # ~8 us a call, a DDP bucket's hook pays them every step, and they are moot here (a
+        # transport's group holds its rank; tensors are dense, real, not coalesced)
+        self._process_group = dist.group.WORLD if group is None else group
 
     # -- accounting ------------------------------------------------------------------------
 
@@ -434,15 +451,13 @@ class Transport:
             raise ValueError(f"unknown reduce op {op!r}; valid choices: {', '.join(_REDUCE_OPS)}")
         if self._alone:
             return x
+        group, opts = self._process_group, _ALLREDUCE_OPTIONS[op, False]
+
+        def all_reduce() -> None:  # named: a hung peer's stack dump shows it waits in here
+            group.allreduce([x], opts).wait()
+
         n = nbytes(x)
-        self._timed(
-            "all_reduce",
-            lambda: dist.all_reduce(x, op=_REDUCE_OPS[op], group=self.group),
-            payload=n,
-            sent=n,
-            recv=n,
-            messages=1,
-        )
+        self._timed("all_reduce", all_reduce, payload=n, sent=n, recv=n, messages=1)
         if op == "mean":
             x.div_(self.world_size)
         return x
@@ -460,10 +475,10 @@ class Transport:
         c = self._counters
         if self._alone:
             return Work(None, c.active, "all_reduce")
-        n, stats = nbytes(x), c.active
+        n, stats, opts = nbytes(x), c.active, _ALLREDUCE_OPTIONS[op, True]
         work = self._timed(
             "all_reduce",
-            lambda: dist.all_reduce(x, op=_REDUCE_OPS[op], group=self.group, async_op=True),
+            lambda: self._process_group.allreduce([x], opts),
             payload=n,
             sent=n,
             recv=n,

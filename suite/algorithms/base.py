@@ -36,6 +36,9 @@ from suite.transport import Transport
 
 # Attributes every algorithm has that are the loop's, not its own state.
 _CONTEXT = ("config", "ctx", "transport", "model", "optimizer")
+# the context a micro-batch runs in when there is nothing to do (reusable: made once, not per
+# micro-batch)
+NO_CONTEXT: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ class Algorithm:
     def accumulate(self, last: bool) -> contextlib.AbstractContextManager[Any]:
         """The context one micro-batch's forward and backward run in; ``last``: the step's last
         micro-batch. Default: nothing (DDP: ``no_sync()`` on all but the last)."""
-        return contextlib.nullcontext()
+        return NO_CONTEXT
 
     def reduce_gradients(self, step: int) -> None:
         """Hook 1: gradients are in ``p.grad``; combine them before the optimizer step."""
