@@ -324,10 +324,14 @@ class Transport:
         self._ranks_key = tuple(self.ranks)
         self._gid = self._counters.group_id(self._ranks_key)
         self._last_record = -1  # trace index of this transport's latest op
-        # all-reduces go to the group itself, not through dist.all_reduce: its checks cost
-        # ~8 us a call, a DDP bucket's hook pays them every step, and they are moot here (a
-        # transport's group holds its rank; tensors are dense, real, not coalesced)
-        self._process_group = dist.group.WORLD if group is None else group
+
+    @property
+    def _process_group(self) -> Any:
+        """The group itself. All-reduces are called on it directly, not through
+        ``dist.all_reduce``: its checks cost ~8 us a call, a DDP bucket's hook pays them every
+        step, and they are moot here (a transport's group holds its rank; tensors are dense,
+        real, not coalesced). Looked up, not kept: a transport of the world group pickles."""
+        return dist.group.WORLD if self.group is None else self.group
 
     # -- accounting ------------------------------------------------------------------------
 
