@@ -8,21 +8,21 @@ its data (``--profile real`` without Fashion-MNIST, say), nothing can run: it st
 DataNotFoundError (the CLI's exit 2) before any run or rank starts.
 
 Each run is its own ``suite run`` process (torch.distributed keeps global state, so repeated
-jobs in one process are fragile), forked from a server process that has torch and the suite
-imported (multiprocessing's forkserver: a fresh interpreter would spend ~2 s importing torch per
-run), tagged in MLflow with its recipe, row, profile and a hash of its resolved config, and
-nested under one parent run per paper and profile (``mlflow.parentRunId``), which holds the
-claims table and the report. A run whose hash already has a FINISHED run in the store made by
-the same code (its ``suite.code`` fingerprint, see ``suite.tracking.code_state``), or a run that
-diverged (the same config diverges again), is reused unless ``--force``; runs of other code are
-rerun unless ``--reuse-any-code``, and what was reused, from which commits, is said and written
-into the report. One whose hash has a FAILED or KILLED run of the same code with a checkpoint is
-resumed from it (``suite resume``) rather than started again. Reports go to
-``out/reports/PAPER/`` (git-ignored) unless ``--out`` says otherwise, so the suite never dirties
-its own checkout; ``make reference-reports`` rebuilds the committed ones. A run that diverges is
-reported as such, its claims fail, and the other runs go on. Every row's config is resolved
-before anything starts, so a recipe naming an unknown algorithm or key fails at once (exit 2)
-with the valid choices.
+jobs in one process are fragile), forked from a server process that has torch, the suite and
+MLflow imported (multiprocessing's forkserver: a fresh interpreter would spend ~2 s importing
+torch per run, and its MLflow writer ~2 s importing MLflow), tagged in MLflow with its recipe,
+row, profile and a hash of its resolved config, and nested under one parent run per paper and
+profile (``mlflow.parentRunId``), which holds the claims table and the report. A run whose hash
+already has a FINISHED run in the store made by the same code (its ``suite.code`` fingerprint,
+see ``suite.tracking.code_state``), or a run that diverged (the same config diverges again), is
+reused unless ``--force``; runs of other code are rerun unless ``--reuse-any-code``, and what
+was reused, from which commits, is said and written into the report. One whose hash has a FAILED
+or KILLED run of the same code with a checkpoint is resumed from it (``suite resume``) rather
+than started again. Reports go to ``out/reports/PAPER/`` (git-ignored) unless ``--out`` says
+otherwise, so the suite never dirties its own checkout; ``make reference-reports`` rebuilds the
+committed ones. A run that diverges is reported as such, its claims fail, and the other runs go
+on. Every row's config is resolved before anything starts, so a recipe naming an unknown
+algorithm or key fails at once (exit 2) with the valid choices.
 
 Stopping: an interrupted driver (Ctrl-C, SIGTERM, SIGHUP: the CLI sets :data:`STOP`) stops every
 child it is running, whichever thread started it: SIGTERM (the child stops its ranks and ends its
@@ -49,6 +49,7 @@ from typing import Any
 from suite.recipes import Recipe, Row, config_hash, recipes_of
 from suite.registry import UnknownNameError
 from suite.tasks.data import DataNotFoundError
+from suite.tracking import WRITER_MODULES, mlflow_environment
 
 REPORTS_DIR = Path("out") / "reports"  # in the working directory, next to ./mlflow.db
 STOP = threading.Event()  # set when the driver is interrupted: every run_job stops its child
@@ -125,16 +126,18 @@ def _run_cli(argv: list[str]) -> dict[str, Any]:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-# Children are forked from a server process that has torch and the suite imported
+# Children are forked from a server process that has torch, the suite and MLflow imported
 # (multiprocessing's forkserver), not started as fresh interpreters: each would import torch
-# again, about 2 s of CPU per run of a reproduction or a sweep.
-_PRELOAD = ["suite.cli", "suite.loop", "torch._dynamo"]
+# again, about 2 s of CPU per run of a reproduction or a sweep, and its MLflow writer would
+# import MLflow, 2 s more (the writer is forked from the run: tracking.WRITER_MODULES).
+_PRELOAD = ["suite.cli", "suite.loop", "torch._dynamo", *WRITER_MODULES]
 
 
 def _children() -> Any:
     if "forkserver" not in mp.get_all_start_methods():  # Windows: fresh interpreters
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
+    mlflow_environment()  # the server inherits it, and imports MLflow
     ctx.set_forkserver_preload(_PRELOAD)
     return ctx
 

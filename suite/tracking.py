@@ -249,14 +249,19 @@ def _user() -> str:
         return "unknown"
 
 
+def mlflow_environment() -> None:
+    """What MLflow must see in the environment before it is imported: its usage telemetry off
+    unless the user turns it on (ranks should not phone home mid-run, and many clusters are
+    offline), and no progress bar for artifacts (reports read many)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def quiet_mlflow() -> None:
     """MLflow logs database migrations at INFO into the progress bar; keep only warnings.
 
-    Importing MLflow resets its loggers' level, so import it first, then lower them. Its usage
-    telemetry is off unless the user turns it on: ranks should not phone home mid-run, and
-    many clusters are offline."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reports read many
+    Importing MLflow resets its loggers' level, so import it first, then lower them."""
+    mlflow_environment()
     import mlflow  # noqa: F401
 
     for name in ("mlflow", "alembic"):
@@ -516,6 +521,12 @@ class MetricsSink:
                 self._broken = True
 
 
+# The modules the writer imports before anything else (``_Writer.serve``): about 2 s of CPU.
+# A process that has them already (a reproduction's or a sweep's run, forked from a server
+# that preloads them: suite.reproduce) forks its writer instead of starting an interpreter.
+WRITER_MODULES = ("mlflow.store.tracking.sqlalchemy_store", "mlflow.tracking")
+
+
 class RunWriter:
     """The process that owns one MLflow run; this object is its owner's handle.
 
@@ -526,8 +537,10 @@ class RunWriter:
         self._control, control_end = mp.Pipe()
         metrics_end, metrics_send = mp.Pipe(duplex=False)
         self.sink = MetricsSink(metrics_send)
+        self._flush_seconds = flush_seconds
         # A fresh interpreter with the two pipe ends as inherited descriptors: it starts at
         # once, and nothing of this process (threads, locks, the main module) comes along.
+        # Where MLflow is imported already, a fork instead (start).
         self._args = [
             sys.executable,
             "-m",
@@ -538,7 +551,7 @@ class RunWriter:
             str(flush_seconds),
         ]
         self._child_ends = (control_end, metrics_end)
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen | _ForkedWriter | None = None
         self._opened: tuple | None = None  # open()'s arguments, for recording it ourselves
         self._ended: tuple | None = None  # the writer's final reply: (run_id, error)
         self._dead = False  # the control pipe is closed: the writer is gone
@@ -548,11 +561,29 @@ class RunWriter:
 
     def start(self) -> RunWriter:
         self._start_ms = int(time.time() * 1000)
-        fds = tuple(end.fileno() for end in self._child_ends)
-        self._process = subprocess.Popen(self._args, pass_fds=fds, stdin=subprocess.DEVNULL)
+        if hasattr(os, "fork") and all(m in sys.modules for m in WRITER_MODULES):
+            self._process = self._fork()
+        else:
+            fds = tuple(end.fileno() for end in self._child_ends)
+            self._process = subprocess.Popen(self._args, pass_fds=fds, stdin=subprocess.DEVNULL)
         for end in self._child_ends:
             end.close()
         return self
+
+    def _fork(self) -> _ForkedWriter:
+        """The writer as a fork of this process, which has MLflow imported already."""
+        sys.stdout.flush()  # or the writer would write this process's buffered output again
+        sys.stderr.flush()
+        owner = os.getpid()
+        pid = os.fork()
+        if pid:
+            return _ForkedWriter(pid)
+        try:  # the writer: without the owner's ends of the pipes, so each sees the other go
+            self._control.close()
+            self.sink._conn.close()
+            _writer_main(*self._child_ends, owner, self._flush_seconds)
+        finally:
+            os._exit(1)
 
     def open(
         self,
@@ -660,6 +691,32 @@ class RunWriter:
                 f"{type(err).__name__}: {err}"
             ) from None
         return self.run_id
+
+
+class _ForkedWriter:
+    """What RunWriter uses of ``subprocess.Popen`` (wait, kill, returncode) for a writer forked
+    from this process."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            pid, status = os.waitpid(self.pid, 0 if deadline is None else os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+            elif deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"MLflow writer (pid {self.pid})", timeout or 0)
+            else:
+                time.sleep(0.01)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
 
 
 def _exit_text(code: int | None) -> str:

@@ -172,23 +172,70 @@ def test_a_process_killed_while_creating_the_store_leaves_no_broken_store(tmp_pa
     assert client.create_run(exp_id).info.status == "RUNNING"
 
 
-_OWNER = """
+# An owner of a writer: a fresh interpreter ("exec"), or forked from the owner where MLflow is
+# imported already ("fork": a reproduction's runs); it says which it got.
+_OWNER_START = """
 import os, sys, time
-from suite.tracking import RunWriter
+from suite import tracking
 
-writer = RunWriter().start()
-writer.open(sys.argv[1], "exp", "orphaned", {"seed": 0}, {"target": "t"})
+if sys.argv[2] == "fork":
+    for name in tracking.WRITER_MODULES:
+        __import__(name)
+writer = tracking.RunWriter().start()
+print("forked" if isinstance(writer._process, tracking._ForkedWriter) else "exec", flush=True)
+writer.open(sys.argv[1], "exp", "run", {"seed": 0}, {"target": "t"})
 for step in range(5):
     writer.sink.log(step, {"train_loss": 1.0 / (step + 1)})
+"""
+_OWNER = (
+    _OWNER_START
+    + """
 time.sleep(0.5)
 os._exit(0)  # the owner vanishes without ending the run (as under kill -9)
 """
+)
+_FINISHER = (
+    _OWNER_START
+    + """
+writer.sink.close()
+print(writer.end("FINISHED", {"test_accuracy": 0.5}, {}), flush=True)
+"""
+)
 
 
-def test_a_run_whose_owner_dies_is_ended_failed_by_the_writer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("start", ["exec", "fork"])
+def test_a_writer_records_a_finished_run_however_it_was_started(tmp_path: Path, start: str) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    owner = subprocess.run([sys.executable, "-c", _OWNER, uri], cwd=tmp_path, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", _FINISHER, uri, start],
+        cwd=tmp_path,
+        timeout=120,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    how, run_id = proc.stdout.split()
+    assert how == {"exec": "exec", "fork": "forked"}[start]
+    client = _client(tmp_path)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["seed"] == "0"
+    assert len(client.get_metric_history(run_id, "train_loss")) == 5
+    assert "MLflow writer" not in proc.stderr  # recorded by the writer, not by the owner
+
+
+@pytest.mark.parametrize("start", ["exec", "fork"])
+def test_a_run_whose_owner_dies_is_ended_failed_by_the_writer(tmp_path: Path, start: str) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    owner = subprocess.run(
+        [sys.executable, "-c", _OWNER, uri, start],
+        cwd=tmp_path,
+        timeout=60,
+        capture_output=True,
+        text=True,
+    )
     assert owner.returncode == 0
+    assert owner.stdout.split() == [{"exec": "exec", "fork": "forked"}[start]]
     deadline = time.monotonic() + 60
     status = None
     while time.monotonic() < deadline and status != "FAILED":
