@@ -1,6 +1,7 @@
 """A reproduction's runs: each is a ``suite run`` child forked from the driver's fork server
-(torch and the suite already imported, ``suite.reproduce._run_cli``), not a fresh interpreter.
-Measured side by side against the same ``suite run`` as a fresh ``python -m suite`` process."""
+(torch, the suite and MLflow already imported, ``suite.reproduce._run_cli``), not a fresh
+interpreter, and forks its MLflow writer. Measured side by side against the same ``suite run``
+as a fresh ``python -m suite`` process, whose writer is a fresh interpreter too."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
 
 
-RUN_JOB_TARGET = 0.8  # a reproduction's run, forked from its server / as a fresh interpreter
+RUN_JOB_TARGET = 0.7  # a reproduction's run, forked from its server / as a fresh interpreter
 
 
 @pytest.mark.bench
@@ -31,9 +32,9 @@ def test_a_reproductions_run_forks_from_its_server_faster_than_a_fresh_process(
     every 25) as ``suite reproduce`` starts it (``run_job``: forked from the fork server that has
     torch imported) and as a fresh
     ``python -m suite run`` with the same arguments, in alternate rounds; the ratio of their
-    median wall times (0.72 measured: 4.05 s against 5.66 s). Each run ends by ``exit_now``
-    either way, and each starts its MLflow writer as a fresh interpreter (its import of MLflow is
-    what is left of a short run's start-up)."""
+    median wall times. Measured: 0.72 (4.05 s against 5.66 s) when the forked run still started
+    its MLflow writer as a fresh interpreter, 0.58 (3.19 s against 5.54 s) since it forks it
+    (a808f74). Each run ends by ``exit_now`` either way."""
     monkeypatch.chdir(tmp_path)  # the forked child's working directory is the driver's
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sets = ["nproc=4", "steps=300", "eval_every=25"]  # a smoke reproduction's run
