@@ -60,6 +60,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -581,7 +582,9 @@ class RunWriter:
         try:  # the writer: without the owner's ends of the pipes, so each sees the other go
             self._control.close()
             self.sink._conn.close()
-            _writer_main(*self._child_ends, owner, self._flush_seconds)
+            _writer_main(*self._child_ends, owner, self._flush_seconds)  # exits by itself
+        except BaseException:
+            traceback.print_exc()  # as an interpreter would say why, before its exit code
         finally:
             os._exit(1)
 
