@@ -203,19 +203,26 @@ print(writer.end("FINISHED", {"test_accuracy": 0.5}, {}), flush=True)
 )
 
 
-@pytest.mark.parametrize("start", ["exec", "fork"])
-def test_a_writer_records_a_finished_run_however_it_was_started(tmp_path: Path, start: str) -> None:
+STARTED = {"exec": "exec", "fork": "forked"}  # how an owner script is asked, what it says
+
+
+def _run_owner(script: str, tmp_path: Path, start: str) -> subprocess.CompletedProcess:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = subprocess.run(
-        [sys.executable, "-c", _FINISHER, uri, start],
+    return subprocess.run(
+        [sys.executable, "-c", script, uri, start],
         cwd=tmp_path,
         timeout=120,
         capture_output=True,
         text=True,
     )
+
+
+@pytest.mark.parametrize("start", ["exec", "fork"])
+def test_a_writer_records_a_finished_run_however_it_was_started(tmp_path: Path, start: str) -> None:
+    proc = _run_owner(_FINISHER, tmp_path, start)
     assert proc.returncode == 0, proc.stderr
     how, run_id = proc.stdout.split()
-    assert how == {"exec": "exec", "fork": "forked"}[start]
+    assert how == STARTED[start]
     client = _client(tmp_path)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -226,16 +233,9 @@ def test_a_writer_records_a_finished_run_however_it_was_started(tmp_path: Path, 
 
 @pytest.mark.parametrize("start", ["exec", "fork"])
 def test_a_run_whose_owner_dies_is_ended_failed_by_the_writer(tmp_path: Path, start: str) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    owner = subprocess.run(
-        [sys.executable, "-c", _OWNER, uri, start],
-        cwd=tmp_path,
-        timeout=60,
-        capture_output=True,
-        text=True,
-    )
+    owner = _run_owner(_OWNER, tmp_path, start)
     assert owner.returncode == 0
-    assert owner.stdout.split() == [{"exec": "exec", "fork": "forked"}[start]]
+    assert owner.stdout.split() == [STARTED[start]]
     deadline = time.monotonic() + 60
     status = None
     while time.monotonic() < deadline and status != "FAILED":
