@@ -650,14 +650,17 @@ def _load_result(jobdir: str, rank: int) -> Any:
 
 
 def _monitor(procs: list[Any], beats: Any, waiting: Any, job: _Job, poll: float) -> None:
-    while any(p.exitcode is None for p in procs):
-        live = [p for p in procs if p.exitcode is None]
-        mp.connection.wait([p.sentinel for p in live], timeout=poll)
+    while True:
+        # checked before "all exited": ranks that fail together can all exit between two looks
         if any(p.exitcode not in (None, 0) for p in procs):
             time.sleep(0.2)  # let peers of a dead rank record their errors too
             codes = [p.exitcode for p in procs]  # before we stop anyone: only real failures
             _stop(procs)
             raise _failure(codes, job)
+        live = [p for p in procs if p.exitcode is None]
+        if not live:
+            return
+        mp.connection.wait([p.sentinel for p in live], timeout=poll)
         if time.time() - max(beats) > job.hang_timeout:
             raise _hang(procs, beats, waiting, job)
 

@@ -252,3 +252,29 @@ def test_stale_job_folders_go_but_a_live_launchers_stays(
     launcher._remove_stale_jobdirs()
     assert live.exists()
     assert not gone.exists()
+
+
+# -- ranks that fail together ----------------------------------------------------------------
+
+
+class _Exited:
+    """A rank process that has already exited with ``exitcode``."""
+
+    def __init__(self, exitcode: int) -> None:
+        self.exitcode, self.sentinel = exitcode, None
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+def test_ranks_that_all_failed_before_the_monitor_looked_are_a_failure(tmp_path: Path) -> None:
+    # Both ranks raise at once and exit 1 between two of the monitor's looks: it must not take
+    # "no rank is running" for success (a flaky CI run then read a missing result file).
+    from suite import launcher
+
+    job = launcher._Job(2, "gloo", str(tmp_path), 60.0, os.getpid())
+    beats = [time.time()] * 2
+    with pytest.raises(RankFailure) as caught:
+        launcher._monitor([_Exited(1), _Exited(1)], beats, [0, 0], job, 0.01)
+    assert caught.value.rank in (0, 1)
+    launcher._monitor([_Exited(0), _Exited(0)], beats, [0, 0], job, 0.01)  # all done: returns
