@@ -513,6 +513,11 @@ class MetricsSink:
         """Say that every metric has been sent (the run finished on rank 0)."""
         self._send(("metrics_end",))
 
+    def release(self) -> None:
+        """Close this end of the pipe without a word: a forked writer's copy of it, so the
+        writer sees the pipe close when rank 0's end does."""
+        self._conn.close()
+
     def _send(self, message: tuple) -> None:
         # A dead writer must not take the training run down with it; its owner reports it.
         if not self._broken:
@@ -581,7 +586,7 @@ class RunWriter:
             return _ForkedWriter(pid)
         try:  # the writer: without the owner's ends of the pipes, so each sees the other go
             self._control.close()
-            self.sink._conn.close()
+            self.sink.release()
             _writer_main(*self._child_ends, owner, self._flush_seconds)  # exits by itself
         except BaseException:
             traceback.print_exc()  # as an interpreter would say why, before its exit code
