@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from suite.config import RunConfig
 from suite.recipes import Recipe, Row, config_hash, recipes_of
 from suite.registry import UnknownNameError
 from suite.tasks.data import DataNotFoundError
@@ -193,6 +194,7 @@ class PlannedRun:
     seed: int
     overrides: tuple[str, ...]
     hash: str
+    setup: str = ""  # what actually runs: "digits/mlp, 4 ranks, 300 steps"
 
     @property
     def tags(self) -> dict[str, str]:
@@ -239,6 +241,14 @@ def missing_data(recipes: Sequence[Recipe], profile: str, extra: Sequence[str]) 
     return missing
 
 
+def _setup(cfg: RunConfig) -> str:
+    """What a run trains, in a few words: the data and model may be a profile's stand-ins for
+    the paper's (a recipe's label names the paper's task)."""
+    length = f"{cfg.epochs:g} epochs" if cfg.epochs > 0 else f"{cfg.steps} steps"
+    ranks = f"{cfg.nproc} rank" + ("s" if cfg.nproc != 1 else "")
+    return f"{cfg.dataset.name}/{cfg.model.name}, {ranks}, {length}"
+
+
 def plan(
     target: str, profile: str, seeds: Sequence[int] | None, extra: Sequence[str]
 ) -> list[PlannedRun]:
@@ -257,7 +267,7 @@ def plan(
                 cfg = recipe.resolve(row, profile, seed, extra)
                 key = config_hash(f"{recipe.name}|{row.label}|{profile}|{row.target}", cfg)
                 overrides = tuple(recipe.overrides(row, profile, seed, extra))
-                runs.append(PlannedRun(recipe, row, profile, seed, overrides, key))
+                runs.append(PlannedRun(recipe, row, profile, seed, overrides, key, _setup(cfg)))
     return runs
 
 
@@ -392,7 +402,11 @@ def reproduce(
     failed = 0
     status = "FAILED"
     try:
+        announced = set()
         for i, run in enumerate(todo, 1):
+            if (run.recipe.name, run.setup) not in announced:  # the task, once per recipe
+                announced.add((run.recipe.name, run.setup))
+                print(f"{run.recipe.key} at {profile}: {run.setup}", file=sys.stderr)
             if _run_one(i, len(todo), run, resumable, uri, paper, parent):
                 failed += 1
         from reports.builder import build_report

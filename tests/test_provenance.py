@@ -75,6 +75,7 @@ def test_reproduce_leaves_a_clean_clone_and_reuses_only_runs_of_the_same_code(
 
     first = _reproduce(clone)
     assert first.returncode == 0, first.stderr
+    assert "T1 at smoke: digits/mlp, 2 ranks, 10 steps" in first.stderr  # what it trains
     # the suite wrote its store, summaries and report, and the checkout is still clean
     assert _git(clone, "status", "--porcelain") == ""
     assert (clone / "out" / "reports" / "tiny" / "README.md").is_file()

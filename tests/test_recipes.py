@@ -292,6 +292,17 @@ def test_every_registered_recipe_resolves_every_row_and_space(name: str) -> None
             recipe.resolve(row, profile, seed=0, extra=space.suggest(study.ask()))
 
 
+def test_a_planned_run_says_what_it_trains_the_stand_in_data_and_model_included() -> None:
+    from suite.reproduce import plan
+
+    mnist = [r for r in plan("eventgrad", "smoke", None, ()) if r.recipe.key == "MNIST"]
+    assert {r.setup for r in mnist} == {"digits/mlp, 4 ranks, 300 steps"}  # MNIST's stand-in
+    speedup = [r for r in plan("dybw", "smoke", None, ()) if r.recipe.key == "Linear speedup"]
+    assert {r.setup.split(", ")[1] for r in speedup} == {"1 rank", "2 ranks", "4 ranks"}
+    real = plan("eventgrad", "real", None, ())
+    assert {r.setup for r in real} == {"fashion_mnist/cnn2, 4 ranks, 10 epochs"}
+
+
 @pytest.mark.parametrize("name", _registered_recipes())
 def test_every_recipes_lr_milestones_are_epochs_inside_the_run(name: str) -> None:
     """Milestones are epochs: "0.5,0.75" meant as fractions of a 10-epoch run decays the lr
