@@ -143,11 +143,10 @@ def quick_check(args: argparse.Namespace, world_size: int | None = None) -> RunC
 
 def _plan(target: str, cfg: RunConfig, torchrun: bool) -> str:
     """The first line ``suite run`` prints, before its heavy imports."""
-    length = f"{cfg.epochs:g} epochs" if cfg.epochs > 0 else f"{cfg.steps} steps"
     where = "this torchrun job's" if torchrun else "local"
     return (
         f"{target}: starting {cfg.nproc} {where} rank(s), {cfg.dataset.name}/{cfg.model.name}, "
-        f"{length} ..."
+        f"{cfg.length} ..."
     )
 
 

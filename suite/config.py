@@ -168,6 +168,11 @@ class RunConfig:
     # RATE[:LATENCY], see suite.network): reporting only, training does not depend on it
     network: str = "1g"
 
+    @property
+    def length(self) -> str:
+        """How long the run is, as asked for: "1.5 epochs" or "300 steps"."""
+        return f"{self.epochs:g} epochs" if self.epochs > 0 else f"{self.steps} steps"
+
 
 # Which registry each component field draws its names from: the run's own components, and
 # components nested inside an algorithm's knobs (``algorithm.compressor=top_k``, then

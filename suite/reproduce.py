@@ -244,9 +244,8 @@ def missing_data(recipes: Sequence[Recipe], profile: str, extra: Sequence[str]) 
 def _setup(cfg: RunConfig) -> str:
     """What a run trains, in a few words: the data and model may be a profile's stand-ins for
     the paper's (a recipe's label names the paper's task)."""
-    length = f"{cfg.epochs:g} epochs" if cfg.epochs > 0 else f"{cfg.steps} steps"
     ranks = f"{cfg.nproc} rank" + ("s" if cfg.nproc != 1 else "")
-    return f"{cfg.dataset.name}/{cfg.model.name}, {ranks}, {length}"
+    return f"{cfg.dataset.name}/{cfg.model.name}, {ranks}, {cfg.length}"
 
 
 def plan(
