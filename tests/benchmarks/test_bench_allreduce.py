@@ -274,7 +274,7 @@ def test_ratio_interval_holds_the_median_and_narrows_with_agreement() -> None:
     assert min(noisy) <= low < statistics.median(noisy) < high <= max(noisy)
     tight = [1.06 + 0.001 * (i % 3) for i in range(12)]  # groups that agree: a narrow interval
     tight_low, tight_high = ratio_interval(tight)
-    assert 1.06 <= tight_low <= tight_high <= 1.062
+    assert tight_low >= 1.06 and tight_low <= tight_high <= 1.062
     assert ratio_interval([1.03] * 5) == (1.03, 1.03)
     assert ratio_interval(noisy) == (low, high)  # seeded: the same run prints the same interval
 
