@@ -194,7 +194,7 @@ class PlannedRun:
     seed: int
     overrides: tuple[str, ...]
     hash: str
-    setup: str = ""  # what actually runs: "digits/mlp, 4 ranks, 300 steps"
+    setup: str  # what actually runs: "digits/mlp, 4 ranks, 300 steps" (_setup)
 
     @property
     def tags(self) -> dict[str, str]:
