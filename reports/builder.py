@@ -68,7 +68,7 @@ from reports.text import (
     tally,
     time_notes,
 )
-from suite.config import ConfigError
+from suite.errors import ConfigError
 from suite.network import parse_network
 from suite.recipes import Recipe, Verdict, aggregate, recipes_of, slug
 from suite.tracking import open_client

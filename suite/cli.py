@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import difflib
 import hashlib
 import json
 import math
@@ -32,18 +31,17 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from suite.config import (
-    ConfigError,
-    DataNotFoundError,
     RunConfig,
     apply_overrides,
     describe_type,
     flatten,
-    make_component,
     precheck,
     settable_keys,
 )
 from suite.divergence import Diverged, json_safe
-from suite.registry import ALGORITHMS, RECIPES, REGISTRIES, UnknownNameError
+from suite.errors import ConfigError, DataNotFoundError, did_you_mean
+from suite.registry import RECIPES, REGISTRIES, UnknownNameError
+from suite.targets import check_paper, check_target, resolve_target
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -66,54 +64,6 @@ JSON_KEYS = (
 
 class UsageError(Exception):
     """Bad input found by the CLI itself."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Targets
-
-
-def _did_you_mean(name: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def check_target(target: str) -> None:
-    """An unknown algorithm (or preset) name is bad input; checked against suite.names, so
-    without importing torch."""
-    from suite import names
-
-    if target not in names.ALGORITHMS:
-        hint = "; recipes run with `suite reproduce PAPER`" if target in names.RECIPES else ""
-        raise ConfigError(
-            f"unknown target {target!r}{_did_you_mean(target, list(names.ALGORITHMS))}; valid "
-            f"choices: {', '.join(names.ALGORITHMS)}{hint}"
-        )
-
-
-def check_paper(target: str) -> None:
-    """An unknown paper (of ``PAPER`` or ``PAPER/LABEL``) is bad input, checked without torch
-    against suite.names and the folders of reproduce/ (a paper is a folder there, so one added
-    since the table was generated is known too); a bad LABEL is left to suite.reproduce."""
-    from suite import names
-
-    paper = target.split("/", 1)[0]
-    known = sorted({*names.PAPERS, *names.paper_folders()})
-    if paper not in known:
-        raise ConfigError(
-            f"no recipes for paper {paper!r}{_did_you_mean(paper, known)}; valid "
-            f"choices: {', '.join(known)}"
-        )
-
-
-def resolve_target(target: str) -> tuple[RunConfig, str]:
-    """(base config, paper) of an algorithm (or preset) name."""
-    check_target(target)
-    entry = ALGORITHMS.get(target)
-    cfg = RunConfig(algorithm=make_component("algorithm", target))
-    world = entry.meta.get("world_size")
-    if world is not None:
-        cfg = apply_overrides(cfg, {"nproc": world})
-    return cfg, entry.paper or "baseline"
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -713,7 +663,7 @@ def _kind(name: str) -> str:
     kind = name if name in REGISTRIES else name + "s"
     if kind not in REGISTRIES:
         raise UsageError(
-            f"unknown kind {name!r}{_did_you_mean(name, list(REGISTRIES))}; valid choices: "
+            f"unknown kind {name!r}{did_you_mean(name, list(REGISTRIES))}; valid choices: "
             f"{', '.join(REGISTRIES)}"
         )
     return kind
@@ -899,7 +849,7 @@ class _Parser(argparse.ArgumentParser):
         choices = action.choices
         if choices is not None and value not in choices:
             listed = [str(c) for c in choices]
-            hint = _did_you_mean(str(value), listed)
+            hint = did_you_mean(str(value), listed)
             if hint:
                 raise argparse.ArgumentError(
                     action, f"invalid choice: {value!r}{hint}; choose from {', '.join(listed)}"

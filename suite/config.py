@@ -19,7 +19,6 @@ included) must be finite: :func:`validate` refuses inf and nan unless the field 
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import math
@@ -29,6 +28,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, Literal
 
+from suite.errors import ConfigError, did_you_mean
+from suite.network import parse_network
 from suite.registry import (
     ALGORITHMS,
     COMPRESSORS,
@@ -37,17 +38,6 @@ from suite.registry import (
     Registry,
     UnknownNameError,
 )
-
-
-class ConfigError(ValueError):
-    """Bad configuration input; the message names the problem and the valid choices."""
-
-
-class DataNotFoundError(FileNotFoundError):
-    """A dataset's files are missing; the message says where we looked and how to get them."""
-
-    def __str__(self) -> str:
-        return self.args[0]
 
 
 @dataclass(frozen=True)
@@ -395,9 +385,9 @@ def apply_overrides(cfg: RunConfig, items: Iterable[str] | Mapping[str, Any]) ->
 
 def _unknown_key(key: str, valid: Iterable[str]) -> ConfigError:
     keys = sorted(valid)
-    close = difflib.get_close_matches(key, keys, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ConfigError(f"unknown config key {key!r}{hint}; valid keys: {', '.join(keys)}")
+    return ConfigError(
+        f"unknown config key {key!r}{did_you_mean(key, keys)}; valid keys: {', '.join(keys)}"
+    )
 
 
 def _check_name(kind: str, name: str, choices: Iterable[str]) -> str:
@@ -560,7 +550,6 @@ def _check_fields(cfg: RunConfig, world_known: bool = True) -> None:
         raise ConfigError(f"target_accuracy must be in [0, 1], got {cfg.target_accuracy}")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise ConfigError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    from suite.network import parse_network  # here: suite.network imports this module
 
     parse_network(cfg.network)  # ConfigError listing the presets and the grammar
     if world_known and cfg.fault.kind != "none" and not 0 <= cfg.fault.rank < cfg.nproc:

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from suite import liveness, trace
-from suite.config import ConfigError
+from suite.errors import ConfigError
 from suite.network import NetworkSpec, format_spec
 
 NETNS_DIR = "/run/netns"

@@ -579,7 +579,7 @@ def check_capacity(nproc: int, param_bytes: int) -> None:
 
     import psutil
 
-    from suite.config import ConfigError
+    from suite.errors import ConfigError
 
     per_rank = RANK_MEMORY + MODEL_COPIES * param_bytes
     available = psutil.virtual_memory().available

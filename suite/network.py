@@ -12,17 +12,16 @@ Grammar (case-insensitive, no spaces)::
     LATENCY  := "0" | NUMBER ("s" | "ms" | "us")
 
 Examples: ``datacenter``, ``1gbit:0.5ms``, ``100mbit`` (latency unset), ``10gbit:0``.
-Pure: no I/O, nothing imported beyond the standard library and :class:`ConfigError`.
+Pure: no I/O, nothing imported beyond the standard library and :mod:`suite.errors`.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from dataclasses import dataclass
 
-from suite.config import ConfigError
+from suite.errors import ConfigError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -82,11 +81,9 @@ def parse_network(text: str) -> NetworkSpec:
         return PRESETS[key]
     match = _SPEC.fullmatch(key)
     if match is None:
-        close = difflib.get_close_matches(key, list(PRESETS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(
-            f"unknown network {text!r}{hint}; valid: a preset ({describe_presets()}) or a spec "
-            f"{GRAMMAR}"
+            f"unknown network {text!r}{did_you_mean(key, PRESETS)}; valid: a preset "
+            f"({describe_presets()}) or a spec {GRAMMAR}"
         )
     rate = float(match["rate"]) * _RATE_UNITS[match["runit"]]
     if match["zero"] is not None:

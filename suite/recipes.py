@@ -47,8 +47,10 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from suite.config import ConfigError, RunConfig, apply_overrides, flatten
+from suite.config import RunConfig, apply_overrides, flatten
+from suite.errors import ConfigError
 from suite.network import parse_network
+from suite.targets import resolve_target
 
 PROFILES = ("smoke", "real", "full")
 # the network model's figures a claim can state on another network: "FIELD@NETWORK"
@@ -375,8 +377,6 @@ class Recipe:
 
     def resolve(self, row: Row, profile: str, seed: int, extra: Sequence[str] = ()) -> RunConfig:
         """The run's full config; raises ConfigError / UnknownNameError on a bad recipe."""
-        from suite.cli import resolve_target
-
         base, _ = resolve_target(row.target)
         return apply_overrides(base, self.overrides(row, profile, seed, extra))
 

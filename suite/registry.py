@@ -14,12 +14,13 @@ so the CLI can turn it into exit code 2 without more work.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
 import importlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+
+from suite.errors import did_you_mean
 
 T = TypeVar("T")
 
@@ -51,9 +52,8 @@ class UnknownNameError(LookupError):
 
     def __init__(self, kind: str, name: str, choices: list[str]) -> None:
         self.kind, self.name, self.choices = kind, name, choices
-        close = difflib.get_close_matches(name, choices, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         listed = ", ".join(choices) if choices else "(none registered)"
+        hint = did_you_mean(name, choices)
         super().__init__(f"unknown {kind} {name!r}{hint}; valid choices: {listed}")
 
     def __str__(self) -> str:  # LookupError would quote the message

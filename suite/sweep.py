@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from suite.config import ConfigError
+from suite.errors import ConfigError
 from suite.recipes import Recipe, Space, config_hash
 from suite.reproduce import JobFailed, run_job, start_children
 from suite.tracking import driver_parent_run, ensure_experiment, open_client

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from suite.algorithms.crossover import CrossoverConfig, model_segments
-from suite.config import ConfigError, RunConfig, apply_overrides, validate
+from suite.config import RunConfig, apply_overrides, validate
+from suite.errors import ConfigError
 from suite.launcher import launch
 from suite.loop import Job, Trainer
 from suite.registry import MODELS, load_builtins

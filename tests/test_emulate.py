@@ -17,7 +17,7 @@ import pytest
 from conftest import last_json, suite_cmd
 
 from suite import cli, emulate
-from suite.config import ConfigError
+from suite.errors import ConfigError
 from suite.network import PRESETS, NetworkSpec, format_spec, parse_network
 
 RUN = ("run", "allreduce_sgd", "--nproc", "2", "--no-track")

@@ -9,7 +9,8 @@ import torch
 from conftest import KeptMetrics
 from torch import nn
 
-from suite.config import ConfigError, RunConfig, apply_overrides, validate
+from suite.config import RunConfig, apply_overrides, validate
+from suite.errors import ConfigError
 from suite.launcher import launch
 from suite.loop import Job, Trainer, _lr_factor
 from suite.optim import LARS, lars_param_groups

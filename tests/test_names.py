@@ -29,9 +29,9 @@ def test_papers_are_the_folders_the_registry_imports() -> None:
 
 
 def test_a_recipe_label_passes_the_early_paper_check_and_a_bad_paper_does_not() -> None:
-    from suite import cli
-    from suite.config import ConfigError
+    from suite import targets
+    from suite.errors import ConfigError
 
-    cli.check_paper("eventgrad/mnist")  # PAPER/LABEL: the label is checked later
+    targets.check_paper("eventgrad/mnist")  # PAPER/LABEL: the label is checked later
     with pytest.raises(ConfigError, match="did you mean 'eventgrad'"):
-        cli.check_paper("eventgrd/mnist")
+        targets.check_paper("eventgrd/mnist")

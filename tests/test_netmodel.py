@@ -21,7 +21,8 @@ import pytest
 from conftest import last_json, suite_cmd
 
 from suite import netmodel, trace, wire
-from suite.config import ConfigError, RunConfig, apply_overrides
+from suite.config import RunConfig, apply_overrides
+from suite.errors import ConfigError
 from suite.launcher import launch
 from suite.loop import Job, Trainer
 from suite.netmodel import Link, Network, replay

@@ -19,7 +19,7 @@ import pytest
 from mlflow.entities import Metric, Param
 
 from reports import builder, figures, frames, paper_figures, text
-from suite.config import ConfigError
+from suite.errors import ConfigError
 from suite.recipes import Claim, Known, Profile, Recipe, Row, Space, Verdict, aggregate
 from suite.tracking import open_client
 

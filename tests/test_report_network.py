@@ -21,7 +21,7 @@ from mlflow.entities import Metric, Param
 
 from reports import builder, frames, simtime
 from suite import trace
-from suite.config import ConfigError
+from suite.errors import ConfigError
 from suite.network import parse_network
 from suite.recipes import Claim, Profile, Recipe, Row
 from suite.tracking import open_client

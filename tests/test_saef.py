@@ -15,7 +15,8 @@ from conftest import KeptMetrics
 from suite.algorithms.base import Context
 from suite.algorithms.server import Server, build_compressor
 from suite.compressors import ErrorFeedback
-from suite.config import ConfigError, RunConfig, apply_overrides, flatten, from_flat
+from suite.config import RunConfig, apply_overrides, flatten, from_flat
+from suite.errors import ConfigError
 from suite.launcher import launch
 from suite.loop import Job, Trainer
 from suite.registry import ALGORITHMS, COMPRESSORS, RECIPES

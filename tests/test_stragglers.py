@@ -127,7 +127,7 @@ def test_a_required_neighbour_is_waited_for_whatever_b_says() -> None:
 
 
 def test_a_slow_rank_outside_the_world_is_bad_input() -> None:
-    from suite.config import ConfigError
+    from suite.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"slow_ranks \[4\]: valid ranks are 0\.\.3"):
         _cfg("algorithm=consensus_backup", "nproc=4", "algorithm.straggler.slow_ranks=4")

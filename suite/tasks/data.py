@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
-from suite.config import DataNotFoundError  # noqa: F401  (the readers' error, kept light)
+from suite.errors import DataNotFoundError  # noqa: F401  (the readers' error)
 
 # preprocess(batch_x, train, generator) -> float tensor ready for the model.
 Preprocess = Callable[[Tensor, bool, "torch.Generator | None"], Tensor]
