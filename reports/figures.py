@@ -52,7 +52,8 @@ def legend(ax: Any, fontsize: float | None = None) -> None:
         ax.legend(handles, labels, title=None, fontsize=fontsize, loc="best")
 
 
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+# no "X": it marks crossings in the bandwidth sweep
+MARKERS = ("o", "s", "^", "D", "v", "P", "h", "<", ">", "*")
 DASHES = ((), (5, 2), (1, 1.5), (6, 2, 1, 2), (3, 3), (8, 2, 2, 2, 2, 2))
 
 
@@ -356,18 +357,36 @@ def _against(times: pd.DataFrame, row: str, ref: str | None) -> float | None:
 def fig_bandwidth_sweep(
     sweep: pd.DataFrame, marks: list[dict[str, Any]], recipe: Recipe, profile: str, title: str
 ) -> Figure | None:
+    """Time to the target against the link rate, a line per row, crosses where a row's line
+    crosses a baseline's, each filled in that row's colour. Where more rows share the axes than
+    ``CROWDED`` (the cross-method benchmark), the seeds' bands are left out and only crossings
+    with the reference row are marked: thirty crosses and seventeen bands hid the lines (the
+    report's text lists every crossing)."""
     data = sweep[sweep["status"] == REACHED]
     if data.empty:
         return None
     data = data.assign(Mbps=data["bps"] / 1e6)
+    crowded = data["row"].nunique() > CROWDED
     fig, ax = axes()
-    sns.lineplot(data, x="Mbps", y="seconds", **hue(recipe, data, markers=True), errorbar="sd",
-                 ax=ax)  # fmt: skip
+    sns.lineplot(data, x="Mbps", y="seconds", **hue(recipe, data, markers=True),
+                 errorbar=None if crowded else "sd", ax=ax)  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
-    for i, mark in enumerate(marks):
-        label = "crossing with a baseline" if i == 0 else None
-        ax.plot(mark["bps"] / 1e6, mark["seconds"], "kX", markersize=9, label=label)
+    if recipe.reference in set(data["row"]):  # the yardstick: a grey halo under its line
+        ref = data[data["row"] == recipe.reference].groupby("Mbps")["seconds"].mean()
+        ax.plot(ref.index, ref.to_numpy(), color="black", linewidth=6, alpha=0.15, zorder=1,
+                solid_capstyle="round")  # fmt: skip
+    shown = marks
+    if crowded and recipe.reference:
+        shown = [m for m in marks if m["other"] == recipe.reference]
+    colours = styles(recipe)
+    for mark in shown:
+        ax.plot(mark["bps"] / 1e6, mark["seconds"], "X", markersize=10, markeredgecolor="black",
+                markerfacecolor=colours[mark["row"]][0], zorder=5)  # fmt: skip
+    if shown:  # one legend entry for all crosses
+        against = recipe.reference if shown is not marks else "a baseline"
+        ax.plot([], [], "X", markersize=10, markeredgecolor="black", markerfacecolor="white",
+                linestyle="none", label=f"crossing with {against}")  # fmt: skip
     ax.set(
         xlabel=f"link bandwidth per rank, up and down (Mbit/s; latency {SWEEP_LATENCY_S * 1e6:g} "
         "µs)",

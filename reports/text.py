@@ -312,7 +312,10 @@ CAPTIONS = {
     "of the reference row's, marked slower or faster.",
     "bandwidth-sweep": "Simulated seconds to the target accuracy against the link rate of "
     "every rank (log-log; latency fixed, see the x axis): each run's stored trace replayed by "
-    "the network model (suite.netmodel) with its measured compute; mean ±1 std over the seeds "
-    "that reached the target. Crosses mark where a method's line crosses a baseline's (the "
-    "reference row, all-reduce, D-PSGD).",
+    "the network model (suite.netmodel) with its measured compute; mean over the seeds that "
+    "reached the target, ±1 std as a band (no bands where more than six methods share the "
+    "axes); the reference row's line runs over a grey halo. Crosses, in a method's colour, "
+    "mark where its line crosses a baseline's (the reference row, all-reduce, D-PSGD; only the "
+    "reference row's where more than six methods share the axes); the text below lists every "
+    "crossing.",
 }

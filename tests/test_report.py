@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
 
-from reports import builder, figures, frames, paper_figures, text
+from reports import builder, figures, frames, paper_figures, simtime, text
 from suite.errors import ConfigError
 from suite.recipes import Claim, Known, Profile, Recipe, Row, Space, Verdict, aggregate
 from suite.tracking import open_client
@@ -488,6 +488,48 @@ def test_a_many_method_figures_legend_sits_beside_the_axes_not_over_the_lines() 
     assert legend_box(few)[1] <= 0  # inside
     many = [f"method {i}" for i in range(figures.CROWDED + 10)]
     assert legend_box(many)[0] > 0  # beside
+
+
+def test_a_crowded_bandwidth_sweep_marks_only_the_references_crossings_and_no_bands() -> None:
+    """The sweep's crosses are filled in the crossing row's colour; past figures.CROWDED rows
+    only crossings with the reference row are marked and the seeds' bands are left out (the
+    compare report's 17 rows drew about thirty crosses and as many overlapping bands)."""
+
+    def draw(n: int) -> tuple[list, int, str]:
+        labels = [f"method {i}" for i in range(n)]
+        recipe = _recipe(*labels, reference=labels[0])
+        sweep = pd.DataFrame(
+            [(f"{row}{s}", row, bps, (i + 1) / bps ** 0.5 * (1 + s / 10), simtime.REACHED)
+             for i, row in enumerate(labels) for s in range(2) for bps in (1e7, 1e8, 1e9)],
+            columns=["run_id", "row", "bps", "seconds", "status"],
+        )  # fmt: skip
+        marks = [  # one crossing with the reference, one between two other rows
+            {"row": labels[2], "other": labels[0], "bps": 3e7, "seconds": 1e-3},
+            {"row": labels[3], "other": labels[1], "bps": 5e7, "seconds": 2e-3},
+        ]
+        fig = figures.fig_bandwidth_sweep(sweep, marks, recipe, "smoke", "time")
+        ax = fig.axes[0]
+        crosses = [ln for ln in ax.lines if ln.get_marker() == "X" and len(ln.get_xdata())]
+        faces = [(tuple(ln.get_xdata()), ln.get_markerfacecolor()) for ln in crosses]
+        colours = {label: figures.styles(recipe)[label][0] for label in labels}
+        bands = len(ax.collections)
+        title = ax.get_legend().get_texts()[-1].get_text()
+        plt.close(fig)
+        return (
+            [
+                (x, tuple(face[:3]) == tuple(colours[row]))
+                for (x, face), row in zip(faces, [m["row"] for m in marks], strict=False)
+            ],
+            bands,
+            title,
+        )
+
+    few, few_bands, few_label = draw(figures.CROWDED)
+    assert [x for x, _ in few] == [(30.0,), (50.0,)] and all(same for _, same in few)
+    assert few_bands == figures.CROWDED and few_label == "crossing with a baseline"
+    many, many_bands, many_label = draw(figures.CROWDED + 2)
+    assert many == [((30.0,), True)] and many_bands == 0
+    assert many_label == "crossing with method 0"
 
 
 def test_byte_axes_go_log_when_rows_differ_by_an_order_of_magnitude() -> None:
