@@ -67,8 +67,8 @@ ALGORITHMS: dict[str, tuple[str, ...]] = {
         "share_every",
     ),
     "ef_sgd": ("compressor", "downlink", "uplink", "measure_every"),
-    "eventgrad": ("horizon", "mode", "threshold", "warmup", "topk"),
-    "eventgrad_topk": ("horizon", "mode", "threshold", "warmup", "topk"),
+    "eventgrad": ("horizon", "mode", "threshold", "warmup", "topk", "trigger"),
+    "eventgrad_topk": ("horizon", "mode", "threshold", "warmup", "topk", "trigger"),
     "local_sgd": ("period", "buffers"),
     "powersgd": (
         "rank",

@@ -10,6 +10,7 @@ import torch
 
 from suite import netmodel, trace
 from suite.config import RunConfig, apply_overrides
+from suite.errors import ConfigError
 from suite.launcher import launch
 from suite.loop import Job, Trainer
 from suite.topologies import Ring
@@ -188,6 +189,37 @@ def test_receivers_mix_with_stale_copies_from_the_last_event() -> None:
         assert not torch.equal(runs[1]["before"][i], stale[i])  # rank 1 did move on
         expected = (runs[0]["before"][i] + runs[0]["left"][i] + stale[i]) / 3
         assert torch.allclose(runs[0]["after"][i], expected)
+
+
+def _quarter_turn_then_hold(trigger: str) -> list[list[bool]]:
+    """Which tensors fire when the weight turns a quarter (its norm unchanged), then stays."""
+    from suite.algorithms.base import Context
+    from suite.algorithms.eventgrad import EventGrad, EventGradConfig
+
+    transport = Transport()
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        model.bias.zero_()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.0)
+    cfg = EventGradConfig(mode="static", threshold=0.5, warmup=0, trigger=trigger)
+    algo = EventGrad(cfg, Context(transport, model, sgd, torch.device("cpu"), 9, 9, 0))
+    fired = []
+    for step in range(2):
+        with torch.no_grad():
+            model.weight.copy_(torch.tensor([[0.0, 1.0]]))
+        algo.reduce_gradients(step)
+        fired.append(algo.fired.tolist())
+    return fired
+
+
+def test_the_distance_trigger_sees_a_turn_the_norm_trigger_misses() -> None:
+    # the paper's trigger compares norms: a quarter turn keeps it, so nothing fires; the
+    # distance trigger fires once (sqrt 2 >= 0.5), then holds: the neighbours have it now
+    assert launch(_quarter_turn_then_hold, 2, ("norm",))[0] == [[False, False]] * 2
+    assert launch(_quarter_turn_then_hold, 2, ("distance",))[0] == [[True, False], [False, False]]
+    with pytest.raises(ConfigError, match="valid choices: norm, distance"):
+        _config("algorithm=eventgrad", "algorithm.trigger=angle")
 
 
 def _records(rows: list[tuple]) -> np.ndarray:

@@ -11,7 +11,8 @@ Per step k and per parameter tensor l (BatchNorm running statistics are never se
    (static mode: tau_l = c);
 3. an *event* when delta >= tau_l or k < warmup: x_l goes to both ring neighbours (two
    messages); the slope delta / gap enters a 2-slot history, tau_l becomes its mean (adaptive
-   mode), n_l <- n, k_l <- k;
+   mode), n_l <- n, k_l <- k (``trigger="distance"``, an ablation of ours: delta = ||x_l - what
+   the neighbours hold of it|| instead of the change of its norm);
 4. x_l <- (x_l + left copy + right copy) / 3, the copies being the last x_l each neighbour sent
    (stale when it did not fire; initially the common x0);
 5. optimizer.step() with the gradient of 1.
@@ -56,6 +57,12 @@ class EventGradConfig:
     topk: fraction of a firing tensor's entries sent (largest |x - r| first); 0 sends it whole.
         Only the sparse variant (eventgrad_topk) sets it; 10% is our default, the paper's value
         was not found.
+    trigger: what the threshold is held against. "norm" (the paper's and the authors' code):
+        | ||x_l|| - ||x_l at its last send|| |, one norm a tensor a step, blind to a change of
+        direction that keeps the norm. "distance" (ours, not in the paper): ||x_l - what the
+        neighbours hold of it|| (its last send; with topk, the record r_l), which sees every
+        change, at the cost of one more copy of the model. An ablation of the trigger, to
+        tell staleness the norm misses from staleness the threshold allows.
     """
 
     horizon: float = 1.0
@@ -63,10 +70,13 @@ class EventGradConfig:
     threshold: float = 0.0
     warmup: int = 29
     topk: float = 0.0
+    trigger: str = "norm"
 
     def __post_init__(self) -> None:
         if self.mode not in ("adaptive", "static"):
             raise ValueError(f"mode {self.mode!r}; valid choices: adaptive, static")
+        if self.trigger not in ("norm", "distance"):
+            raise ValueError(f"trigger {self.trigger!r}; valid choices: norm, distance")
         if self.horizon < 0 or self.threshold < 0 or self.warmup < 0:
             raise ValueError("horizon, threshold and warmup must be >= 0")
         if not 0.0 <= self.topk <= 1.0:
@@ -88,6 +98,9 @@ class EventGrad(Algorithm):
             self.copy_left = [p.detach().clone() for p in self.params]
             self.copy_right = [p.detach().clone() for p in self.params]
             self.record = [p.detach().clone() for p in self.params] if config.topk else []
+            # ("distance" trigger, dense) what the neighbours hold of ours: our last send
+            dense_distance = config.trigger == "distance" and not config.topk
+            self.sent = [p.detach().clone() for p in self.params] if dense_distance else []
             self.last_norm = torch.stack([p.detach().norm() for p in self.params])
         count, dev = len(self.params), ctx.device  # trigger state lives beside the norms
         self.last_step = torch.zeros(count, device=dev)
@@ -106,8 +119,13 @@ class EventGrad(Algorithm):
         """Which tensors fire at ``step``; updates the trigger state of those that do."""
         cfg = self.config
         with torch.no_grad():
-            norms = torch.stack(torch._foreach_norm([p.detach() for p in self.params]))
-        delta = (norms - self.last_norm).abs()
+            mine = [p.detach() for p in self.params]
+            if cfg.trigger == "norm":
+                norms = torch.stack(torch._foreach_norm(mine))
+                delta = (norms - self.last_norm).abs()
+            else:  # how far the neighbours' copy of each tensor is from it
+                held = self.record or self.sent
+                delta = torch.stack(torch._foreach_norm(torch._foreach_sub(mine, held)))
         if cfg.mode == "adaptive":
             self.tau.mul_(cfg.horizon)
         fire = (delta >= self.tau) | (step < cfg.warmup)
@@ -116,7 +134,8 @@ class EventGrad(Algorithm):
             self.slopes[fire] = torch.stack([delta / gap, self.slopes[:, 0]], 1)[fire]
             if cfg.mode == "adaptive":
                 self.tau[fire] = self.slopes[fire].mean(1)
-            self.last_norm[fire] = norms[fire]
+            if cfg.trigger == "norm":
+                self.last_norm[fire] = norms[fire]
             self.last_step[fire] = float(step)
         return fire
 
@@ -182,6 +201,8 @@ class EventGrad(Algorithm):
     def _payload(self, i: int) -> Tensor:
         x = self.params[i].detach().reshape(-1)
         if not self.config.topk:
+            if self.sent:
+                self.sent[i].copy_(self.params[i])
             return x.clone()
         record = self.record[i].view(-1)
         idx = (x - record).abs().topk(self._k(i), sorted=False).indices
