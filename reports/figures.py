@@ -83,7 +83,12 @@ def hue(recipe: Recipe, frame: pd.DataFrame, markers: bool = False) -> dict[str,
 
 def row_ticks(ax: Any, labels: list[str]) -> None:
     """Row names as x tick labels that never collide: each wrapped onto lines no wider than
-    its share of the axis (about 80 characters of 8 pt text across a 7 inch figure)."""
+    its share of the axis (about 80 characters of 8 pt text across a 7 inch figure); past
+    ``CROWDED`` rows that share is a few letters, so the names are slanted, whole."""
+    if len(labels) > CROWDED:
+        ax.set_xticks(range(len(labels)), labels, fontsize=8, rotation=40, ha="right",
+                      rotation_mode="anchor")  # fmt: skip
+        return
     width = max(6, 80 // max(1, len(labels)))
     wrapped = [textwrap.fill(label, width, break_long_words=True) for label in labels]
     ax.set_xticks(range(len(labels)), wrapped, fontsize=8)
@@ -302,6 +307,7 @@ def fig_time_to_target(
     colors = sns.color_palette("colorblind", 4)[2:]
     spread = times.groupby("row")[list(kinds)].agg(lambda v: v.mean() + _nz(v.std()))
     top = float(spread.max().max()) if spread.notna().any().any() else 1.0  # bars' tops
+    crowded = len(order) > CROWDED  # notes above the bars turned upright: side by side they overlap
     fig, ax = axes()
     for i, row in enumerate(order):
         mine = times[times["row"] == row]
@@ -316,29 +322,42 @@ def fig_time_to_target(
                     color=colors[j],
                     label=label,
                 )
+        upright = 90 if crowded else 0
         reached = int(mine["steps"].notna().sum())
+        seeds = f"{reached}/{len(mine)} seeds reached" if 0 < reached < len(mine) else ""
         if reached == 0:
-            ax.text(i, 0.02 * top, "not reached", ha="center", va="bottom", color="0.3")
-        elif reached < len(mine):
-            ax.text(i, 1.02 * top, f"{reached}/{len(mine)} seeds reached", ha="center", fontsize=8)
+            ax.text(i, 0.02 * top, "not reached", ha="center", va="bottom", color="0.3",
+                    rotation=upright)  # fmt: skip
+        elif seeds and not crowded:
+            ax.text(i, 1.02 * top, seeds, ha="center", fontsize=8)
         ratio = _against(times, row, ref)
         if ratio is not None:  # said plainly: a method that gets there later is slower
             word = "same" if abs(ratio - 1) < 0.02 else "slower" if ratio > 1 else "faster"
             color = {"same": "0.3", "slower": "#cf222e", "faster": "#1a7f37"}[word]
-            ax.text(i, 1.08 * top, f"{ratio:.2f}x {ref}\n({word})", ha="center", va="bottom",
-                    fontsize=7, color=color)  # fmt: skip
+            # upright, one line: the seeds' note joins it (two notes would overlap)
+            note = f"{ratio:.2f}x ({word}){', ' + seeds if seeds else ''}"
+            if not crowded:
+                note = f"{ratio:.2f}x {ref}\n({word})"
+            ax.text(i, 1.08 * top, note, ha="center", va="bottom", fontsize=7, color=color,
+                    rotation=upright)  # fmt: skip
+        elif seeds and crowded:
+            ax.text(i, 1.08 * top, seeds, ha="center", va="bottom", fontsize=7, rotation=upright)
     row_ticks(ax, order)
-    ax.set_ylim(0, 1.35 * top)  # room for the notes above the bars
+    ax.set_ylim(0, (1.55 if crowded else 1.35) * top)  # room for the notes above the bars
     handles, labels = ax.get_legend_handles_labels()
     if handles:  # one legend entry per kind, not per bar
         unique = dict(zip(labels, handles, strict=True))
-        ax.legend(unique.values(), unique.keys(), fontsize=7, loc="upper left")
+        where: dict[str, Any] = {"loc": "upper left"}
+        if crowded:  # the notes fill the top of the axes: the legend goes on top of them
+            where = {"loc": "lower left", "bbox_to_anchor": (0.0, 1.0), "ncol": 2,
+                     "frameon": False, "borderaxespad": 0.2}  # fmt: skip
+        ax.legend(unique.values(), unique.keys(), fontsize=7, **where)
     title = (
         f"{recipe.key} ({profile}): seconds until test accuracy first reaches {target:.3f} "
         f"(target: {how}); above the bars: measured time against {ref}"
     )
     ax.set_ylabel("seconds to the target (mean ± std over seeds)")
-    ax.set_title(textwrap.fill(title, 80), fontsize=10)
+    ax.set_title(textwrap.fill(title, 80), fontsize=10, pad=18 if crowded else 6)
     return fig
 
 

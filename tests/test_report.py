@@ -532,6 +532,35 @@ def test_a_crowded_bandwidth_sweep_marks_only_the_references_crossings_and_no_ba
     assert many_label == "crossing with method 0"
 
 
+def test_a_crowded_time_to_target_figure_keeps_its_notes_and_names_apart() -> None:
+    """Past figures.CROWDED rows the notes above the bars stand upright, clear of each other
+    and of the legend, and the row names stay whole (the compare report's 17 methods had both
+    run together: "allred uce_sg d", notes written over each other)."""
+    labels = [f"method {i}" for i in range(figures.CROWDED + 4)]
+    recipe = _recipe(*labels, reference=labels[0], target_accuracy=0.85)
+    runs = pd.DataFrame(
+        [{"run_id": f"{row}{s}", "row": row, "seed": s, "steps": 10.0, "network_seconds": 1.0,
+          "profile": "smoke", "test_accuracy": 0.9, "bytes_sent": 1e6, "wire_bytes": 1e6}
+         for row in labels for s in range(2)]
+    )  # fmt: skip
+    curves = pd.DataFrame(
+        [(f"{row}{s}", step, "step_seconds", 0.1 * (i + 1)) for i, row in enumerate(labels)
+         for s in range(2) for step in range(10)]
+        + [(f"{row}{s}", 9, "test_accuracy", 0.9) for row in labels for s in range(2)],
+        columns=["run_id", "step", "metric", "value"],
+    )  # fmt: skip
+    fig = figures.fig_time_to_target(runs, curves, recipe, "smoke")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    notes = [t for t in ax.texts if "(slower)" in t.get_text()]
+    assert len(notes) == len(labels) - 1  # every row but the reference, each 2x-10x slower
+    boxes = [t.get_window_extent() for t in notes]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    assert not any(ax.get_legend().get_window_extent().overlaps(b) for b in boxes)
+    assert [t.get_text() for t in ax.get_xticklabels()] == labels
+    plt.close(fig)
+
+
 def test_byte_axes_go_log_when_rows_differ_by_an_order_of_magnitude() -> None:
     recipe = _recipe("Dense", "Sparse", reference="Dense")
     wide = _row_runs({"Dense": (0.9, 3e6), "Sparse": (0.88, 1e5)})  # 30x apart
