@@ -30,6 +30,7 @@ from reports.simtime import REACHED, SWEEP_LATENCY_S
 from suite.recipes import Curve, Recipe
 
 MAX_POINTS = 400  # loss curves are binned to about this many steps per line
+CROWDED_POINTS = 60  # ... and to this many where more than CROWDED rows share the axes
 
 
 def axes() -> tuple[Figure, Any]:
@@ -128,10 +129,10 @@ def fig_accuracy_vs_bytes(curves: pd.DataFrame, recipe: Recipe, profile: str) ->
     return fig
 
 
-def _binned(data: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Long runs' per-step values as means over bins of ``width`` steps (about MAX_POINTS per
+def _binned(data: pd.DataFrame, points: int = MAX_POINTS) -> tuple[pd.DataFrame, int]:
+    """Long runs' per-step values as means over bins of ``width`` steps (about ``points`` per
     line), per run; the binned frame and the width."""
-    width = max(1, int(data["step"].max()) // MAX_POINTS)
+    width = max(1, int(data["step"].max()) // points)
     data = data.assign(step=data["step"] // width * width)
     keys = ["run_id", "row", "seed", "step"]
     return data.groupby(keys, as_index=False)["value"].mean(), width
@@ -141,16 +142,20 @@ def fig_loss_vs_step(curves: pd.DataFrame, recipe: Recipe, profile: str) -> Figu
     loss = curves[curves["metric"] == "train_loss"]
     if loss.empty:
         return None
-    loss, width = _binned(loss)
+    # many methods: wider bins and no bands, or their step-to-step noise and bands hide them
+    crowded = loss["row"].nunique() > CROWDED
+    loss, width = _binned(loss, CROWDED_POINTS if crowded else MAX_POINTS)
     fig, ax = axes()
-    sns.lineplot(loss, x="step", y="value", **hue(recipe, loss), errorbar="sd", ax=ax)
+    sns.lineplot(loss, x="step", y="value", **hue(recipe, loss),
+                 errorbar=None if crowded else "sd", ax=ax)  # fmt: skip
     if (loss["value"] > 0).all():
         ax.set_yscale("log")
     binned = f", means of {width}-step bins" if width > 1 else ""
+    spread = "mean over seeds" if crowded else "band ±1 std over seeds"
     ax.set(
         xlabel="training step",
         ylabel="training loss (mean over ranks)",
-        title=f"{recipe.key} ({profile}): training loss, band ±1 std over seeds{binned}",
+        title=f"{recipe.key} ({profile}): training loss, {spread}{binned}",
     )
     legend(ax)
     return fig

@@ -561,6 +561,29 @@ def test_a_crowded_time_to_target_figure_keeps_its_notes_and_names_apart() -> No
     plt.close(fig)
 
 
+def test_a_crowded_loss_figure_draws_coarser_means_without_bands() -> None:
+    def draw(n: int) -> tuple[int, int, str]:
+        labels = [f"method {i}" for i in range(n)]
+        curves = pd.DataFrame(
+            [(f"{row}{s}", row, s, step, "train_loss", 2.0 / (step + 1) + s / 10)
+             for row in labels for s in range(2) for step in range(600)],
+            columns=["run_id", "row", "seed", "step", "metric", "value"],
+        )  # fmt: skip
+        fig = figures.fig_loss_vs_step(curves, _recipe(*labels), "smoke")
+        ax = fig.axes[0]
+        points = max(len(line.get_xdata()) for line in ax.lines)
+        out = len(ax.collections), points, ax.get_title()
+        plt.close(fig)
+        return out
+
+    # 600 steps: unbinned under MAX_POINTS (400: bins of 599 // 400 = 1 step); crowded, bins
+    # of 599 // CROWDED_POINTS (60) = 9 steps, 67 of them
+    bands, points, title = draw(figures.CROWDED)
+    assert (bands, points) == (figures.CROWDED, 600) and title.endswith("band ±1 std over seeds")
+    bands, points, title = draw(figures.CROWDED + 1)
+    assert (bands, points) == (0, 67) and title.endswith("mean over seeds, means of 9-step bins")
+
+
 def test_byte_axes_go_log_when_rows_differ_by_an_order_of_magnitude() -> None:
     recipe = _recipe("Dense", "Sparse", reference="Dense")
     wide = _row_runs({"Dense": (0.9, 3e6), "Sparse": (0.88, 1e5)})  # 30x apart
