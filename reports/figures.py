@@ -313,6 +313,7 @@ def fig_time_to_target(
     spread = times.groupby("row")[list(kinds)].agg(lambda v: v.mean() + _nz(v.std()))
     top = float(spread.max().max()) if spread.notna().any().any() else 1.0  # bars' tops
     crowded = len(order) > CROWDED  # notes above the bars turned upright: side by side they overlap
+    upright = 90 if crowded else 0
     fig, ax = axes()
     for i, row in enumerate(order):
         mine = times[times["row"] == row]
@@ -327,7 +328,6 @@ def fig_time_to_target(
                     color=colors[j],
                     label=label,
                 )
-        upright = 90 if crowded else 0
         reached = int(mine["steps"].notna().sum())
         seeds = f"{reached}/{len(mine)} seeds reached" if 0 < reached < len(mine) else ""
         if reached == 0:
