@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -67,11 +68,11 @@ class EventGradConfig:
     """
 
     horizon: float = 1.0
-    mode: str = "adaptive"
+    mode: Literal["adaptive", "static"] = "adaptive"
     threshold: float = 0.0
     warmup: int = 29
     topk: float = 0.0
-    trigger: str = "norm"
+    trigger: Literal["norm", "distance"] = "norm"
 
     def __post_init__(self) -> None:
         if self.mode not in ("adaptive", "static"):
