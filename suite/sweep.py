@@ -190,9 +190,9 @@ def sweep(
         )
     seed = recipe.profile(profile).seeds[0]
     recipe.resolve(row, profile, seed, extra)  # bad recipe or --set: fail before any trial
-    start_children()
-    url = storage_url(storage)
+    url = storage_url(storage)  # and a bad --storage before the fork server (seconds of imports)
     interval, grace = heartbeat_settings()
+    start_children()
     name = study_name or f"{recipe.name}:{space_name}:{profile}"
     multi = len(space.objectives) > 1
     optuna.logging.set_verbosity(optuna.logging.WARNING)
