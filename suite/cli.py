@@ -663,7 +663,7 @@ def _kind(name: str) -> str:
     kind = name if name in REGISTRIES else name + "s"
     if kind not in REGISTRIES:
         raise UsageError(
-            f"unknown kind {name!r}{did_you_mean(name, list(REGISTRIES))}; valid choices: "
+            f"unknown kind {name!r}{did_you_mean(name, REGISTRIES)}; valid choices: "
             f"{', '.join(REGISTRIES)}"
         )
     return kind
