@@ -102,7 +102,7 @@ class ConsensusBackupConfig:
     skip_ahead: bool = False
 
     def __post_init__(self) -> None:
-        check_topology(self.topology)
+        check_topology(self.topology, static=True)  # its waits pick from fixed in-peers
         if self.backups < 0:
             raise ValueError(f"backups must be >= 0, got {self.backups}")
         if self.late not in ("drop", "use"):

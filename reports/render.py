@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
+from suite.errors import ConfigError
+
 
 class Doc:
     """The report as ordered sections, written out twice: as markdown and as HTML."""
@@ -43,8 +45,34 @@ class Doc:
         self.sections.append(("fig", path, caption))
 
 
+# What a report directory holds: all that swap() may replace. Anything else in an --out
+# directory is someone's own (another report, a paper draft), never to be deleted with it.
+REPORT_FILES = frozenset({"README.md", "report.html", "figures"})
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Raise ConfigError unless ``out_dir`` is free for a report: absent, empty, or a report
+    directory (nothing in it but :data:`REPORT_FILES`), which the new report replaces whole.
+    Called before anything runs, and again by :func:`swap`."""
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file, not a directory; name a report directory")
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in REPORT_FILES)
+    if foreign:
+        more = len(foreign) - 5
+        shown = ", ".join(foreign[:5]) + (f" and {more} more" if more > 0 else "")
+        raise ConfigError(
+            f"--out {out_dir} holds files that are not a report's ({shown}); a report replaces "
+            "its directory whole, so name a new directory or one that holds only a report "
+            f"({', '.join(sorted(REPORT_FILES))})"
+        )
+
+
 def swap(work: Path, out_dir: Path) -> None:
     """Put the finished ``work`` where ``out_dir`` was; the old one goes only once it is in."""
+    check_out_dir(out_dir)
     if not out_dir.exists():
         work.rename(out_dir)
         return

@@ -18,6 +18,8 @@ import hashlib
 import json
 import math
 import os
+import posixpath
+import re
 import select
 import signal
 import sys
@@ -39,7 +41,8 @@ from suite.config import (
     settable_keys,
 )
 from suite.divergence import Diverged, json_safe
-from suite.errors import ConfigError, DataNotFoundError, did_you_mean
+from suite.errors import ConfigError, DataNotFoundError, did_you_mean, unwritable_folder
+from suite.preflight import preflight, rank_under_torchrun
 from suite.registry import RECIPES, REGISTRIES, UnknownNameError
 from suite.targets import check_paper, check_target, resolve_target
 
@@ -97,66 +100,6 @@ def _plan(target: str, cfg: RunConfig, torchrun: bool) -> str:
     return (
         f"{target}: starting {cfg.nproc} {where} rank(s), {cfg.dataset.name}/{cfg.model.name}, "
         f"{cfg.length} ..."
-    )
-
-
-def preflight(cfg: RunConfig) -> None:
-    """Find input errors before any rank starts: missing data, a model that does not fit the
-    data, a batch larger than a rank's shard, CUDA asked for but absent, more local ranks than
-    this machine's memory or file-descriptor limit holds. Loads the dataset here, so forked
-    ranks inherit it."""
-    import torch
-
-    from suite.loop import build_dataset, initial_model
-    from suite.registry import DATASETS
-
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but CUDA is not available; valid choices: auto, cpu")
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if cfg.device == "cuda" and not _torchrun_rank() and cfg.nproc > gpus:
-        raise ConfigError(
-            f"device=cuda with nproc={cfg.nproc} needs a GPU per rank (NCCL), this host has "
-            f"{gpus}; valid choices: nproc <= {gpus}, or device=cpu / auto"
-        )
-    check = DATASETS.get(cfg.dataset.name).meta.get("check")
-    if check is not None:
-        check(cfg.data_dir)
-    torch.set_num_threads(1)  # nothing heavy runs here; keep thread pools out of forked ranks
-    try:
-        data = build_dataset(cfg)
-    except ValueError as err:  # a dataset knob out of range
-        raise ConfigError(f"dataset {cfg.dataset.name!r}: {err}") from None
-    _check_batch_fits(cfg, data.name, len(data.train))
-    try:
-        with torch.device("meta"):
-            model = initial_model(cfg, data)
-            model(torch.empty(2, *data.input_shape))
-    except (ValueError, RuntimeError) as err:
-        raise ConfigError(
-            f"model {cfg.model.name!r} does not fit dataset {cfg.dataset.name!r} "
-            f"(input shape {data.input_shape}): {err}"
-        ) from None
-    if _torchrun_rank() is None:  # torchrun's processes are its own to place
-        from suite.launcher import check_capacity
-
-        check_capacity(cfg.nproc, sum(p.numel() * p.element_size() for p in model.parameters()))
-
-
-def _check_batch_fits(cfg: RunConfig, dataset: str, n: int) -> None:
-    """Every rank needs one full batch per epoch from its shard (see ShardedBatches)."""
-    from suite.tasks.data import shard_size
-
-    b, p = cfg.batch_size, cfg.nproc
-    shard = shard_size(n, p)
-    if b <= shard:
-        return
-    where = f"{n} training samples over {p} rank(s) give {shard} per rank"
-    if b > n:
-        fix = f"batch_size <= {shard} at nproc={p}"
-    else:  # the largest world whose shards still hold one batch: ceil(n / p) >= b
-        fix = f"batch_size <= {shard}, or nproc <= {math.ceil(n / (b - 1)) - 1} at batch_size={b}"
-    raise ConfigError(
-        f"batch_size {b} is larger than a rank's shard of {dataset} ({where}); valid: {fix}"
     )
 
 
@@ -224,14 +167,6 @@ def format_summary(summary: dict[str, Any], uri: str | None, experiment: str) ->
     return "\n".join(lines)
 
 
-def _torchrun_rank() -> int | None:
-    """This process's rank when torchrun started it, else None (read before importing torch)."""
-    env = os.environ
-    if "TORCHELASTIC_RUN_ID" in env or {"RANK", "WORLD_SIZE", "MASTER_ADDR"} <= env.keys():
-        return int(env["RANK"])
-    return None
-
-
 def _emulation(args: argparse.Namespace, cfg: RunConfig, torchrun_rank: int | None) -> Any:
     """The run's shaped network (a suite.emulate.Emulation) for --emulate, or None; a spec
     this host cannot emulate is a ConfigError, found before any rank starts."""
@@ -273,7 +208,7 @@ def _emulated_model(summary: dict[str, Any], artifacts: Any, spec: Any) -> dict[
 def cmd_run(args: argparse.Namespace) -> int:
     from suite.tracking import RunWriter, check_uri, run_tags, tracking_uri
 
-    torchrun_rank = _torchrun_rank()
+    torchrun_rank = rank_under_torchrun()
     _parse_tags(args.tag)  # bad input fails before anything starts
     world = int(os.environ["WORLD_SIZE"]) if torchrun_rank is not None else None
     plan = quick_check(args, world)  # typos exit 2 here, before torch and MLflow load
@@ -465,7 +400,7 @@ def _diverged(
         "suite.diverged_rank": str(err.rank),
     }
     run_id = _end_failed(writer, f"{err}\n\n{details}", tags)
-    if args.json and not _torchrun_rank():
+    if args.json and not rank_under_torchrun():
         line = {k: None for k in JSON_KEYS}
         line.update(target=args.target, algorithm=cfg.algorithm.name, world_size=cfg.nproc)
         line.update(wall_seconds=time.perf_counter() - start, run_id=run_id, diverged=True)
@@ -474,12 +409,28 @@ def _diverged(
     return EXIT_FAILED
 
 
+# MLflow's rule for tag keys (mlflow.utils.validation, not imported here: --tag is checked
+# before MLflow loads), which its store enforces only when the run is created, after training.
+_TAG_KEY = re.compile(r"[/\w.\- :]{1,250}")
+_TAG_VALUE_MAX = 8000
+
+
 def _parse_tags(items: Sequence[str] | None) -> dict[str, str]:
     tags = {}
     for item in items or ():
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"--tag {item!r}: expected KEY=VALUE")
+        if not _TAG_KEY.fullmatch(key) or posixpath.normpath(key) != key:
+            raise UsageError(
+                f"--tag {item!r}: MLflow takes tag keys of up to 250 letters, digits, '_', '-', "
+                "'.', ' ', ':' and '/', not a path that normalises to another (no '//', "
+                "'./', leading '/')"
+            )
+        if key == "mlflow.runName":
+            raise UsageError(f"--tag {item!r}: the run's name is set by --run-name NAME")
+        if len(value) > _TAG_VALUE_MAX:
+            raise UsageError(f"--tag {key}=...: a value of {len(value)} characters; at most 8000")
         tags[key] = value
     return tags
 
@@ -530,7 +481,11 @@ def _checkpointing(
     if every == 0:
         return None
     if directory:
-        return Checkpointing(str(Path(directory).resolve()), every)
+        path = Path(directory).resolve()
+        why = unwritable_folder(path)
+        if why is not None:  # else a rank's traceback at its first save
+            raise UsageError(f"--checkpoint-dir {path}: {why}")
+        return Checkpointing(str(path), every)
     if uri is None or torchrun_rank is not None:
         if every is None:
             return None  # auto, and no store to keep them next to: none
@@ -610,9 +565,7 @@ def _resumable_run(uri: str, run_id: str) -> tuple[Any, str]:
     """(the MLflow run, its experiment's name) if it can be resumed; else UsageError why."""
     from suite.tracking import open_client
 
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
-        raise UsageError(f"no MLflow store at {uri}")
-    client = open_client(uri)
+    client = open_client(_existing_store(uri))
     try:
         run = client.get_run(run_id)
     except Exception:  # MlflowException: no such run
@@ -742,6 +695,10 @@ def _stored_trace(run: str, explicit_uri: str | None) -> tuple[Any, int | None, 
     from suite.tracking import open_client
 
     uri = _checked_uri(explicit_uri)
+    try:
+        _existing_store(uri)
+    except UsageError as err:
+        raise UsageError(f"{run!r} is not a trace file, and {err}") from None
     client = open_client(uri)
     try:
         stored = client.get_run(run)
@@ -778,12 +735,24 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     check_paper(args.paper)  # an unknown paper is bad input: exit 2 with the valid ones
     from reports.builder import build_report
+    from reports.render import check_out_dir
     from suite.recipes import recipes_of
     from suite.reproduce import REPORTS_DIR
+    from suite.tracking import open_client
 
     recipes_of(args.paper)
     out = Path(args.out) if args.out else REPORTS_DIR / args.paper
-    uri = _checked_uri(args.tracking_uri)
+    check_out_dir(out)
+    uri = _existing_store(_checked_uri(args.tracking_uri))
+    experiment = args.experiment or args.paper
+    client = open_client(uri)
+    if client.get_experiment_by_name(experiment) is None:  # a typo would write an empty report
+        names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+        raise ConfigError(
+            f"no experiment {experiment!r} in {uri}"
+            + did_you_mean(experiment, names)
+            + f"; valid choices: {', '.join(names) or 'none (nothing was tracked there)'}"
+        )
     report = build_report(args.paper, uri, out, experiment=args.experiment)
     print(f"report: {report.out_dir / 'README.md'} (and report.html)")
     return 0
@@ -803,6 +772,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     recipe = RECIPES.get(args.recipe).obj
     if args.trials < 1 or args.n_jobs < 1:
         raise UsageError("--trials and --n-jobs must be at least 1")
+    if args.study is not None and (not args.study.strip() or set(args.study) & set("'\"`")):
+        raise UsageError(f"--study {args.study!r}: a name that is not blank and has no quotes")
     return sweep(
         recipe,
         args.space,
@@ -822,6 +793,17 @@ def _checked_uri(explicit: str | None) -> str:
     uri = tracking_uri(explicit)
     try:
         check_uri(uri)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return uri
+
+
+def _existing_store(uri: str) -> str:
+    """``uri``, if its store exists: commands that only read must not create an empty one."""
+    from suite.tracking import check_store_exists
+
+    try:
+        check_store_exists(uri)
     except ValueError as err:
         raise UsageError(str(err)) from None
     return uri

@@ -47,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 from suite.config import RunConfig
+from suite.errors import ConfigError
+from suite.preflight import preflight_all
 from suite.recipes import Recipe, Row, config_hash, recipes_of
 from suite.registry import UnknownNameError
 from suite.tasks.data import DataNotFoundError
@@ -195,6 +197,7 @@ class PlannedRun:
     overrides: tuple[str, ...]
     hash: str
     setup: str  # what actually runs: "digits/mlp, 4 ranks, 300 steps" (_setup)
+    config: RunConfig  # resolved: the preflight's input
 
     @property
     def tags(self) -> dict[str, str]:
@@ -248,11 +251,22 @@ def _setup(cfg: RunConfig) -> str:
     return f"{cfg.dataset.name}/{cfg.model.name}, {ranks}, {cfg.length}"
 
 
+def check_extra(extra: Sequence[str], instead: str) -> None:
+    """Refuse a ``--set`` of the seed: a recipe sets each run's seed after ``extra``, so it
+    would be ignored; ``instead`` says how the command chooses seeds."""
+    for item in extra:
+        if item.partition("=")[0].strip() == "seed":
+            raise ConfigError(f"--set {item}: a recipe sets each run's seed itself; {instead}")
+
+
 def plan(
     target: str, profile: str, seeds: Sequence[int] | None, extra: Sequence[str]
 ) -> list[PlannedRun]:
     """Every run of ``target`` (``PAPER`` or ``PAPER/LABEL``) at ``profile``, configs resolved
     (bad input raises here)."""
+    check_extra(extra, "choose seeds with --seeds")
+    if seeds and len(set(seeds)) < len(seeds):
+        raise ConfigError(f"--seeds {' '.join(map(str, seeds))} repeats a seed; give each once")
     runs = []
     _, recipes = select(target)
     if not any(profile in r.profiles for r in recipes):
@@ -266,7 +280,9 @@ def plan(
                 cfg = recipe.resolve(row, profile, seed, extra)
                 key = config_hash(f"{recipe.name}|{row.label}|{profile}|{row.target}", cfg)
                 overrides = tuple(recipe.overrides(row, profile, seed, extra))
-                runs.append(PlannedRun(recipe, row, profile, seed, overrides, key, _setup(cfg)))
+                runs.append(
+                    PlannedRun(recipe, row, profile, seed, overrides, key, _setup(cfg), cfg)
+                )
     return runs
 
 
@@ -363,9 +379,12 @@ def reproduce(
     """Run what is missing, check the claims, write the report; the exit code (0: every claim
     of ``target`` (``PAPER`` or ``PAPER/LABEL``) holds or fails as known, and no data is missing).
     """
+    from reports.render import check_out_dir
     from suite.tracking import code_state
 
     paper, recipes = select(target)
+    out_dir = out_dir or REPORTS_DIR / paper
+    check_out_dir(out_dir)  # not after an hour of runs
     runs = plan(target, profile, seeds, extra)
     missing = missing_data(recipes, profile, extra)
     if missing and all(r.recipe.name in missing for r in runs):  # nothing can run: bad input
@@ -377,6 +396,7 @@ def reproduce(
     for name, why in missing.items():  # once per recipe, before anything runs
         print(f"{name}: not run, its data is missing.\n{why}", file=sys.stderr)
     runs = [r for r in runs if r.recipe.name not in missing]
+    preflight_all(r.config for r in runs)  # a batch too large, say: exit 2 before any run
     if runs:
         start_children()
     _, code = code_state()
@@ -411,7 +431,7 @@ def reproduce(
         from reports.builder import build_report
 
         note = reuse_note(reused, code, reuse_any_code)
-        report = build_report(paper, uri, out_dir or REPORTS_DIR / paper, note=note)
+        report = build_report(paper, uri, out_dir, note=note)
         print(f"report: {report.out_dir / 'README.md'} (and report.html)", file=sys.stderr)
         chosen = {r.name for r in recipes}
         checked = {k: vs for k, vs in report.verdicts.items() if k[1] == profile and k[0] in chosen}

@@ -59,11 +59,13 @@ from pathlib import Path
 from typing import Any
 
 from suite.errors import ConfigError
+from suite.preflight import preflight
 from suite.recipes import Recipe, Space, config_hash
-from suite.reproduce import JobFailed, run_job, start_children
+from suite.reproduce import JobFailed, check_extra, run_job, start_children
 from suite.tracking import driver_parent_run, ensure_experiment, open_client
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
+OWNER_ATTR = "suite.space"  # the study's RECIPE:SPACE:PROFILE
 STORAGE_FORMS = (
     "sqlite:///PATH (a file; sqlite:////ABS/PATH), postgresql://USER:PASSWORD@HOST/DB, "
     "mysql://USER:PASSWORD@HOST/DB (any SQLAlchemy database URL whose driver is installed)"
@@ -165,6 +167,23 @@ def _space(recipe: Recipe, name: str) -> Space:
     return recipe.spaces[name]
 
 
+def _check_owner(study: Any, key: str, space: Space, url: str) -> None:
+    """Refuse to add trials to a study another recipe, space or profile made (a reused
+    ``--study`` name): its trials tune other knobs, or other objectives. The study records
+    its owner when first swept (``suite.space``); an older one is judged by its metrics."""
+    owner = study.user_attrs.get(OWNER_ATTR)
+    metrics = [metric for metric, _ in space.objectives]
+    known = getattr(study, "metric_names", None)
+    if owner is None and known is not None and list(known) != metrics:
+        owner = f"the objectives {', '.join(known)}"
+    if owner is not None and owner != key:
+        raise ConfigError(
+            f"study {study.study_name!r} in {url} was made for {owner}, not {key}; valid: "
+            "another --study name, or the recipe, space and profile that made it"
+        )
+    study.set_user_attr(OWNER_ATTR, key)
+
+
 def sweep(
     recipe: Recipe,
     space_name: str,
@@ -189,7 +208,9 @@ def sweep(
             f"profile {profile!r}; valid profiles: {', '.join(valid)}"
         )
     seed = recipe.profile(profile).seeds[0]
-    recipe.resolve(row, profile, seed, extra)  # bad recipe or --set: fail before any trial
+    check_extra(extra, f"every trial runs the profile's first seed ({seed})")
+    # bad recipe or --set, missing data, a batch too large: fail before any trial
+    preflight(recipe.resolve(row, profile, seed, extra))
     url = storage_url(storage)  # and a bad --storage before the fork server (seconds of imports)
     interval, grace = heartbeat_settings()
     start_children()
@@ -205,6 +226,7 @@ def sweep(
         load_if_exists=True,
         pruner=optuna.pruners.NopPruner() if multi else median_pruner(),
     )
+    _check_owner(study, f"{recipe.name}:{space_name}:{profile}", space, url)
     with warnings.catch_warnings():  # ExperimentalWarning in some Optuna versions
         warnings.simplefilter("ignore")
         study.set_metric_names([metric for metric, _ in space.objectives])

@@ -60,11 +60,18 @@ class Topology(ABC):
         return 1.0 - float(eig[1]) if len(eig) > 1 else 1.0
 
 
-def check_topology(name: str) -> None:
+def check_topology(name: str, *, static: bool = False) -> None:
     """ValueError listing the valid choices unless ``name`` is a registered topology (for the
-    __post_init__ of algorithm configs, so a bad name is bad input before any rank starts)."""
-    if name not in TOPOLOGIES:
-        raise ValueError(f"unknown topology {name!r}; valid choices: {', '.join(TOPOLOGIES)}")
+    __post_init__ of algorithm configs, so a bad name is bad input before any rank starts);
+    ``static``: one whose graph is the same at every step."""
+    valid = [n for n in TOPOLOGIES if not static or TOPOLOGIES.get(n).obj.static]
+    if name in TOPOLOGIES and name not in valid:
+        raise ValueError(
+            f"topology {name!r} changes from step to step, this algorithm needs a static one; "
+            f"valid choices: {', '.join(valid)}"
+        )
+    if name not in valid:
+        raise ValueError(f"unknown topology {name!r}; valid choices: {', '.join(valid)}")
 
 
 def build_topology(name: str, world_size: int) -> Topology:

@@ -114,6 +114,36 @@ def check_uri(uri: str) -> None:
     scheme = uri.split(":", 1)[0].split("+", 1)[0] if ":" in uri else "file"
     if scheme not in _SCHEMES:
         raise ValueError(f"unsupported tracking URI {uri!r}; valid schemes: {', '.join(_SCHEMES)}")
+    if scheme == "sqlite":
+        path = local_store(uri)
+        if path is None or not path.name:
+            raise ValueError(
+                f"tracking URI {uri!r} names no SQLite file; valid forms: sqlite:///relative.db, "
+                "sqlite:////absolute/path.db"
+            )
+        if path.is_dir():
+            raise ValueError(f"tracking URI {uri!r}: {path} is a directory, not a SQLite file")
+
+
+def local_store(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` store (the folder of a ``file:`` or plain-path one); None
+    for a remote store, or a SQLite URI without a path."""
+    if uri.startswith("sqlite:"):
+        return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+    if uri.startswith("file:"):
+        return Path(uri[len("file://") :] if uri.startswith("file://") else uri[len("file:") :])
+    return None if ":" in uri else Path(uri)
+
+
+def check_store_exists(uri: str) -> None:
+    """For a command that only reads the store (report, replay, resume): ValueError if ``uri``
+    is a local store that does not exist, rather than create an empty one and find nothing."""
+    path = local_store(uri)
+    if path is not None and not path.exists():
+        raise ValueError(
+            f"no MLflow store at {uri}; valid: the --tracking-uri a run was tracked in "
+            "(default sqlite:///mlflow.db in the working directory, or $MLFLOW_TRACKING_URI)"
+        )
 
 
 def git_state(root: Path = PROJECT_ROOT) -> tuple[str, bool | None]:

@@ -132,6 +132,62 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         [*SWEEP, "--set", "optim.momentum=2"],
         ["optim.momentum must be in [0, 1)"],
     ),
+    # Found by reading the code (2026-12-03): each failed every run one by one, failed a rank at
+    # its first save or the store after training, or was silently ignored
+    (
+        "new-reproduce-batch-100000",
+        ["reproduce", "baseline", "--set", "batch_size=100000"],
+        ["batch_size 100000", "larger than a rank's shard"],
+    ),
+    (
+        "new-sweep-batch-100000",
+        [*SWEEP, "--set", "batch_size=100000"],
+        ["batch_size 100000", "larger than a rank's shard"],
+    ),
+    (
+        "new-reproduce-set-seed",
+        ["reproduce", "baseline", "--set", "seed=3"],
+        ["--set seed=3", "a recipe sets each run's seed itself", "--seeds"],
+    ),
+    ("new-reproduce-seeds-repeat", ["reproduce", "baseline", "--seeds", "0", "0"], ["repeats"]),
+    (
+        "new-sweep-set-seed",
+        [*SWEEP, "--set", "seed=3"],
+        ["--set seed=3", "every trial runs the profile's first seed"],
+    ),
+    ("new-sweep-study-quote", [*SWEEP, "--study", "bob's"], ["--study", "no quotes"]),
+    (
+        "new-consensus-time-varying-topology",
+        ["run", "consensus_backup", "--set", "algorithm.topology=exponential_one_peer"],
+        [
+            "'exponential_one_peer' changes from step to step",
+            "valid choices: complete, exponential, ring",
+        ],
+    ),
+    (
+        "new-milestones-past-the-steps",
+        [*RUN, "--set", "optim.schedule=multistep", "--set", "optim.milestones=1"],
+        ["are epochs, at or past the run's end: 2 steps", "11 steps per epoch"],
+    ),
+    ("new-tag-run-name", [*RUN, "--tag", "mlflow.runName=x"], ["--run-name"]),
+    ("new-tag-bad-key", [*RUN, "--tag", "a@b=1"], ["MLflow takes tag keys"]),
+    (
+        "new-tracking-uri-two-slashes",
+        [*RUN, "--tracking-uri", "sqlite://mlflow.db"],
+        ["names no SQLite file", "sqlite:///relative.db"],
+    ),
+    (
+        "new-checkpoint-dir-under-a-file",
+        [*RUN, "--no-track", "--checkpoint-every", "1", "--checkpoint-dir", "/dev/null/ckpt"],
+        ["--checkpoint-dir /dev/null/ckpt", "/dev/null is a file"],
+    ),
+    (
+        "new-data-dir-under-a-file",
+        ["data", "download", "fashion_mnist", "--data-dir", "/dev/null/fm"],
+        ["/dev/null is a file", "--data-dir"],
+    ),
+    ("new-report-no-store", ["report", "baseline"], ["no MLflow store at", "--tracking-uri"]),
+    ("new-replay-no-store", ["replay", "0123abcd"], ["'0123abcd' is not a trace file"]),
     # Refused already: regressions, from test_cli and test_config
     ("kept-unknown-target", ["run", "allreduce"], ["unknown target", "allreduce_sgd"]),
     ("kept-unknown-model", [*RUN, "--set", "model=vgg"], ["unknown model 'vgg'", "mlp"]),
@@ -337,6 +393,82 @@ sys.exit(cli.main(sys.argv[1:]))
         "dpsgd: starting 3 local rank(s), digits/cnn2, 1.5 epochs ...",
         "False",
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports and studies that already exist: neither replaced nor mixed up by mistake
+
+
+@pytest.mark.parametrize("command", ["report", "reproduce"])
+def test_an_out_folder_holding_other_files_is_refused_and_kept(
+    no_start: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """A report replaces its folder whole: pointed at a folder of the user's own (``--out .``,
+    or a drafts folder), it used to delete every file in it once the report was built."""
+    drafts = no_start / "drafts"
+    drafts.mkdir()
+    (drafts / "paper.tex").write_text("months of work")
+    assert _main([command, "baseline", "--out", str(drafts)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {drafts} holds files that are not a report's (paper.tex)" in err, err
+    assert (drafts / "paper.tex").read_text() == "months of work"
+    assert sorted(os.listdir(no_start)) == ["drafts"]  # no store opened, no report written
+
+
+def test_a_report_folder_is_still_replaced_whole(tmp_path: Path) -> None:
+    """The control: a folder holding only a report's files passes the check."""
+    from reports.render import check_out_dir
+
+    old = tmp_path / "report"
+    (old / "figures").mkdir(parents=True)
+    (old / "README.md").write_text("old")
+    (old / "report.html").write_text("old")
+    check_out_dir(old)
+    check_out_dir(tmp_path / "new")  # absent: fine too
+    (old / "notes.txt").write_text("mine")
+    with pytest.raises(cli.ConfigError, match=r"notes\.txt"):
+        check_out_dir(old)
+
+
+def test_a_report_of_a_mistyped_experiment_is_refused_not_written_empty(
+    no_start: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{no_start / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).create_experiment("baseline")
+    before = sorted(os.listdir(no_start))
+    assert _main(["report", "baseline", "--experiment", "basline", "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert "no experiment 'basline'" in err and "(did you mean 'baseline'?)" in err, err
+    assert "valid choices: baseline" in err
+    assert sorted(os.listdir(no_start)) == before  # no out/reports/baseline written
+
+
+@pytest.mark.parametrize("made_by", ["owner tag", "objectives"])
+def test_a_study_name_reused_for_another_space_is_refused(
+    no_start: Path, capsys: pytest.CaptureFixture[str], made_by: str
+) -> None:
+    """``--study`` names a study swept over another space: its trials tune other knobs (or
+    other objectives, for a study made before owners were recorded), so adding trials would
+    mix two searches."""
+    import optuna
+
+    storage = f"sqlite:///{no_start / 'optuna.db'}"
+    study = optuna.create_study(storage=storage, study_name="s1", directions=["maximize"])
+    if made_by == "owner tag":
+        study.set_user_attr(sweep.OWNER_ATTR, "baseline/periods:period:smoke")
+        expected = "was made for baseline/periods:period:smoke, not baseline/periods:lr:smoke"
+    else:
+        study.set_metric_names(["wire_bytes"])
+        expected = "was made for the objectives wire_bytes"
+    argv = ["sweep", "baseline/periods", "--space", "lr", "--trials", "1", "--study", "s1"]
+    assert _main([*argv, "--storage", storage]) == 2
+    err = capsys.readouterr().err
+    assert expected in err, err
+    loaded = optuna.load_study(study_name="s1", storage=storage)
+    assert loaded.trials == []  # no trial added
+    assert loaded.user_attrs == study.user_attrs  # the owner not taken over
 
 
 # ---------------------------------------------------------------------------------------------

@@ -234,7 +234,7 @@ def test_a_failed_build_leaves_the_previous_report_whole(
 ) -> None:
     out = tmp_path / "out"
     shutil.copytree(built.out_dir, out)
-    (out / "stale.txt").write_text("from an older build")
+    (out / "figures" / "stale.png").write_text("from an older build")
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     def broken(*args, **kwargs):
@@ -250,7 +250,7 @@ def test_a_failed_build_leaves_the_previous_report_whole(
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary directory left
     assert plt.get_fignums() == []
     builder.build_report("fake", store, out)  # a good build replaces the directory whole
-    assert not (out / "stale.txt").exists() and (out / "README.md").exists()
+    assert not (out / "figures" / "stale.png").exists() and (out / "README.md").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 

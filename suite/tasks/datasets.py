@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from suite.errors import unwritable_folder
 from suite.registry import DATASETS
 from suite.tasks.data import DataNotFoundError, Dataset, TensorSplit
 
@@ -1019,6 +1020,13 @@ def download_dataset(name: str, data_dir: str) -> None:
             f"dataset 'imagenet' cannot be downloaded here.\n"
             f"{_instructions(base, data_dir, downloading=True)}"
         )
+    root = os.path.expanduser(data_dir)
+    why = unwritable_folder(root)  # before the downloader: the one error the user can fix here
+    if why is not None:
+        raise DownloadError(
+            f"cannot download {name!r} into {root}: {why}; valid: a --data-dir this user can "
+            "create and write"
+        )
     try:
         import torchvision
     except Exception as err:  # not installed, or installed but broken against this torch
@@ -1027,8 +1035,10 @@ def download_dataset(name: str, data_dir: str) -> None:
             f"{err}). Install torchvision, or fetch the files by hand.\n"
             f"{_instructions(base, data_dir, downloading=True)}"
         ) from err
-    root = os.path.expanduser(data_dir)
-    os.makedirs(root, exist_ok=True)
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as err:  # a read-only disk, say
+        raise DownloadError(f"cannot download {name!r} into {root}: {err}") from None
     try:
         getattr(torchvision.datasets, _TORCHVISION_CLASSES[base])(root, train=True, download=True)
     except Exception as err:

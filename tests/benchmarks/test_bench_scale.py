@@ -32,10 +32,10 @@ from typing import Any
 import psutil
 import pytest
 
-from suite.cli import preflight
 from suite.config import RunConfig, apply_overrides
 from suite.launcher import launch
 from suite.loop import Job, Trainer
+from suite.preflight import preflight
 from suite.transport import Transport
 
 SIZES = (4, 16, 64)
