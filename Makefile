@@ -30,13 +30,16 @@ run: reproduce-eventgrad
 job:
 	$(BIN)/suite run allreduce_sgd --nproc $(NPROC)
 
+# DATA_DIR: where a full profile's data lives (make reproduce-baseline PROFILE=full DATA_DIR=~/data)
+DATA_SET = $(if $(DATA_DIR),--set data_dir=$(DATA_DIR))
+
 $(addprefix reproduce-,$(PAPERS)): reproduce-%:
-	$(BIN)/suite reproduce $* --profile $(PROFILE)
+	$(BIN)/suite reproduce $* --profile $(PROFILE) $(DATA_SET)
 
 # Dashed spellings of papers whose folder has underscores: make reproduce-adaptive-topk
 DASHED := $(subst _,-,$(foreach p,$(PAPERS),$(if $(findstring _,$(p)),$(p))))
 $(addprefix reproduce-,$(DASHED)): reproduce-%:
-	$(BIN)/suite reproduce $(subst -,_,$*) --profile $(PROFILE)
+	$(BIN)/suite reproduce $(subst -,_,$*) --profile $(PROFILE) $(DATA_SET)
 
 # Short names: make reproduce-crossover
 reproduce-crossover: reproduce-crossover_sgd

@@ -13,8 +13,8 @@ sparsified or event-triggered method does; fp16 halves DDP's wire bytes at no ac
 ``KNOBS`` is the one table of recommended knobs: algorithm name -> family, overrides, and one
 line on why. Every registered algorithm has an entry (tests/test_compare.py fails otherwise);
 an entry with ``not_a_row`` is a variant or ablation of another row, kept out with its reason.
-Adding a method to the benchmark: its file and registration (README, "Adding a method"), then
-one entry here.
+Adding a method to the benchmark: its file and registration (README, "Add your own method to
+it"), then one entry here.
 
 Reproduce: ``make reproduce-compare`` (smoke: digits MLP, 4 ranks, 2 seeds) or
 ``suite reproduce compare --profile real`` (Fashion-MNIST CNN-2) or ``--profile full --set
