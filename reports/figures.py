@@ -95,6 +95,14 @@ def row_ticks(ax: Any, labels: list[str]) -> None:
     ax.set_xticks(range(len(labels)), wrapped, fontsize=8)
 
 
+def heading(recipe: Recipe, profile: str) -> str:
+    """``KEY (PROFILE: DATASET/MODEL)``, a figure title's start: the paper's table or figure
+    the recipe is keyed by, and what this profile trains (at smoke, stand-ins for the paper's
+    task: "MNIST (smoke: digits/mlp)")."""
+    cfg = recipe.resolve(recipe.rows_at(profile)[0], profile, 0)
+    return f"{recipe.key} ({profile}: {cfg.dataset.name}/{cfg.model.name})"
+
+
 def fig_accuracy_vs_bytes(curves: pd.DataFrame, recipe: Recipe, profile: str) -> Figure | None:
     # wire bytes where every run logged them (older runs have payload bytes only)
     logged = curves.groupby("metric")["run_id"].nunique()
@@ -122,7 +130,7 @@ def fig_accuracy_vs_bytes(curves: pd.DataFrame, recipe: Recipe, profile: str) ->
     ax.set(
         xlabel=f"cumulative {BYTES_LABELS[column]} (MB)",
         ylabel="test accuracy",
-        title=f"{recipe.key} ({profile}): accuracy against communication,\nmean ± std over "
+        title=f"{heading(recipe, profile)}: accuracy against communication,\nmean ± std over "
         "seeds at each evaluation",
     )
     legend(ax, fontsize=8)
@@ -155,7 +163,7 @@ def fig_loss_vs_step(curves: pd.DataFrame, recipe: Recipe, profile: str) -> Figu
     ax.set(
         xlabel="training step",
         ylabel="training loss (mean over ranks)",
-        title=f"{recipe.key} ({profile}): training loss, {spread}{binned}",
+        title=f"{heading(recipe, profile)}: training loss, {spread}{binned}",
     )
     legend(ax)
     return fig
@@ -190,7 +198,7 @@ def fig_curve(
     ax.set(
         xlabel="epoch" if x == "epoch" else "training step",
         ylabel=ylabel,
-        title=f"{recipe.key} ({profile}): {ylabel}, band ±1 std over seeds{binned}",
+        title=f"{heading(recipe, profile)}: {ylabel}, band ±1 std over seeds{binned}",
     )
     legend(ax)
     return fig
@@ -213,7 +221,7 @@ def _curve_against_metric(
     if curve.log and (data["value"] > 0).all():
         ax.set_yscale("log")
     ylabel = curve.label or curve.metric
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{recipe.key} ({profile}): {ylabel}, one line "
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{heading(recipe, profile)}: {ylabel}, one line "
            "per seed")  # fmt: skip
     legend(ax)
     return fig
@@ -260,7 +268,7 @@ def fig_tradeoff(runs: pd.DataFrame, recipe: Recipe, profile: str) -> Figure | N
     ax.set(
         xlabel=f"{BYTES_LABELS[column]} per run (MB)",
         ylabel="final test accuracy",
-        title=f"{recipe.key} ({profile}): accuracy cost of the communication saved,\n"
+        title=f"{heading(recipe, profile)}: accuracy cost of the communication saved,\n"
         "each seed and mean ± std over seeds",
     )
     legend(ax, fontsize=7)
@@ -358,7 +366,7 @@ def fig_time_to_target(
                      "frameon": False, "borderaxespad": 0.2}  # fmt: skip
         ax.legend(unique.values(), unique.keys(), fontsize=7, **where)
     title = (
-        f"{recipe.key} ({profile}): seconds until test accuracy first reaches {target:.3f} "
+        f"{heading(recipe, profile)}: seconds until test accuracy first reaches {target:.3f} "
         f"(target: {how}); above the bars: measured time against {ref}"
     )
     ax.set_ylabel("seconds to the target (mean ± std over seeds)")
@@ -415,7 +423,7 @@ def fig_bandwidth_sweep(
         xlabel=f"link bandwidth per rank, up and down (Mbit/s; latency {SWEEP_LATENCY_S * 1e6:g} "
         "µs)",
         ylabel="simulated seconds to the target",
-        title=f"{recipe.key} ({profile}): {title}",
+        title=f"{heading(recipe, profile)}: {title}",
     )
     legend(ax, fontsize=8)
     return fig

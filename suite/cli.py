@@ -94,12 +94,20 @@ def quick_check(args: argparse.Namespace, world_size: int | None = None) -> RunC
     return precheck(args.target, [*_overrides(args), *extra])
 
 
+def _labelled(target: str, algorithm: str) -> str:
+    """``target``, marked as a stand-in when it runs one (our documented substitute for a rule
+    the paper did not let us build; suite.names.STAND_INS, readable before torch loads)."""
+    from suite import names
+
+    return f"{target} (stand-in)" if {target, algorithm} & set(names.STAND_INS) else target
+
+
 def _plan(target: str, cfg: RunConfig, torchrun: bool) -> str:
     """The first line ``suite run`` prints, before its heavy imports."""
     where = "this torchrun job's" if torchrun else "local"
     return (
-        f"{target}: starting {cfg.nproc} {where} rank(s), {cfg.dataset.name}/{cfg.model.name}, "
-        f"{cfg.length} ..."
+        f"{_labelled(target, cfg.algorithm.name)}: starting {cfg.nproc} {where} rank(s), "
+        f"{cfg.dataset.name}/{cfg.model.name}, {cfg.length} ..."
     )
 
 
@@ -118,7 +126,8 @@ def _fmt_bytes(n: float) -> str:
 def format_summary(summary: dict[str, Any], uri: str | None, experiment: str) -> str:
     acc = summary.get("test_accuracy")
     lines = [
-        f"{summary['target']}: {summary['algorithm']} on {summary['dataset']}/{summary['model']},"
+        f"{_labelled(summary['target'], summary['algorithm'])}: {summary['algorithm']} on "
+        f"{summary['dataset']}/{summary['model']},"
         f" {summary['world_size']} ranks, {summary['steps']} steps ({summary['epochs']:.2f}"
         f" epochs), {summary['num_params']:,} parameters",
         f"test accuracy (averaged model) {acc:.4f}, train loss {summary['train_loss']:.4f}"
@@ -253,6 +262,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra_tags.update(_parse_tags(args.tag))
         if emulation is not None:
             extra_tags["suite.emulate"] = str(emulation.spec)
+        if _labelled(args.target, cfg.algorithm.name) != args.target:
+            extra_tags["suite.stand_in"] = "true"  # filterable: tags.`suite.stand_in` = 'true'
         if checkpoint is not None:
             extra_tags["suite.checkpoint_dir"] = checkpoint.directory
         writer.open(
@@ -645,7 +656,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     types = settable_keys(cfg)
     flat = flatten(cfg)
     width = max(len(k) for k in flat)
-    print(f"# {args.target} (paper: {paper}); set any key with --set KEY=VALUE")
+    label = _labelled(args.target, cfg.algorithm.name)
+    print(f"# {label} (paper: {paper}); set any key with --set KEY=VALUE")
     for key, value in flat.items():
         shown = ",".join(map(str, value)) if isinstance(value, list) else value
         print(f"{key:<{width}} = {shown!s:<16} # {describe_type(types[key])}")

@@ -718,6 +718,7 @@ class Trainer:
         summary: dict[str, Any] = {
             "target": self.job.target,
             "algorithm": cfg.algorithm.name,
+            "stand_in": ALGORITHMS.get(cfg.algorithm.name).stand_in,  # our rule, not the paper's
             "paper": self.job.paper,
             "dataset": cfg.dataset.name,
             "model": cfg.model.name,

@@ -148,6 +148,10 @@ RECIPES: tuple[str, ...] = (
 WORLD_SIZES: dict[str, int] = {
     "single": 1,
 }
+STAND_INS: tuple[str, ...] = (
+    "adaptive_topk",
+    "dybw",
+)
 # END GENERATED
 
 PAPERS: tuple[str, ...] = tuple(sorted({name.split("/")[0] for name in RECIPES}))
@@ -195,6 +199,7 @@ def from_registry() -> dict[str, object]:
             for e in REGISTRIES["algorithms"].entries()
             if e.meta.get("world_size") is not None
         },
+        "STAND_INS": tuple(e.name for e in REGISTRIES["algorithms"].entries() if e.stand_in),
         "PAPERS": tuple(sorted({e.obj.paper for e in REGISTRIES["recipes"].entries()})),
     }
 
@@ -207,6 +212,7 @@ ANNOTATIONS = {
     "TOPOLOGIES": "tuple[str, ...]",
     "RECIPES": "tuple[str, ...]",
     "WORLD_SIZES": "dict[str, int]",
+    "STAND_INS": "tuple[str, ...]",
 }
 
 

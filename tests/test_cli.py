@@ -58,6 +58,27 @@ def test_show_lists_every_settable_key(tmp_path: Path) -> None:
     assert "optim.schedule" in proc.stdout and "constant | multistep" in proc.stdout
 
 
+def test_a_stand_in_is_labelled_in_what_run_and_show_print_and_in_its_mlflow_tags(
+    tmp_path: Path,
+) -> None:
+    """adaptive_topk is our stand-in for the paper's rule: every line naming it says so, and
+    its MLflow run carries a tag to filter on."""
+    from mlflow.tracking import MlflowClient
+
+    proc = suite_cmd("run", "adaptive_topk", "--nproc", "2", "--json", *FAST, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith("adaptive_topk (stand-in): starting 2 local rank(s)")
+    assert "adaptive_topk (stand-in): adaptive_topk on digits/mlp" in proc.stderr
+    out = last_json(proc.stdout)
+    assert out["stand_in"] is True
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(out["run_id"])
+    assert run.data.tags["suite.stand_in"] == "true"
+    shown = suite_cmd("show", "dybw", cwd=tmp_path)
+    assert shown.stdout.startswith("# dybw (stand-in) (paper: dybw)"), shown.stderr
+    faithful = suite_cmd("show", "eventgrad", cwd=tmp_path)  # the control: the paper's own rule
+    assert faithful.stdout.startswith("# eventgrad (paper: eventgrad)"), faithful.stderr
+
+
 def test_run_prints_the_json_summary(tmp_path: Path) -> None:
     proc = suite_cmd(
         "run", "allreduce_sgd", "--nproc", "2", "--json", "--no-track", *FAST, cwd=tmp_path
@@ -68,7 +89,7 @@ def test_run_prints_the_json_summary(tmp_path: Path) -> None:
     assert out["target"] == "allreduce_sgd" and out["world_size"] == 2 and out["steps"] == 20
     assert out["bytes_sent"] == 20 * 2 * out["num_params"] * 4
     assert out["wire_bytes"] == 20 * 2 * out["num_params"] * 4  # ring, 2 ranks: n per rank
-    assert out["run_id"] is None
+    assert out["run_id"] is None and out["stand_in"] is False
     assert "bytes sent" in proc.stderr  # the human table still reaches the terminal
     assert not (tmp_path / "mlflow.db").exists()
 

@@ -402,6 +402,16 @@ def _recipe(*labels: str, claims: tuple = (), **kw) -> Recipe:
     return Recipe("fake", "T", "t", rows, claims, {"smoke": Profile(seeds=(0, 1))}, **kw)
 
 
+def test_a_figure_title_names_the_data_and_model_the_profile_trains() -> None:
+    """A smoke profile trains stand-ins for the paper's task (a recipe keyed "MNIST" trains
+    digits at smoke): the title says which, not just the paper's key."""
+    recipe = _recipe("A", "B")
+    assert figures.heading(recipe, "smoke") == "T (smoke: digits/mlp)"
+    cnn = Recipe("fake", "MNIST", "t", (Row("A", "allreduce_sgd", ("model=cnn2",)),), (),
+                 {"smoke": Profile(seeds=(0,))})  # fmt: skip
+    assert figures.heading(cnn, "smoke") == "MNIST (smoke: digits/cnn2)"
+
+
 def test_every_row_of_a_long_recipe_gets_its_own_colour_and_marker() -> None:
     style = figures.styles(_recipe(*(f"method {i}" for i in range(20))))
     looks = [(tuple(colour), marker) for colour, marker, _ in style.values()]

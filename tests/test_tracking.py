@@ -67,6 +67,7 @@ def test_run_is_finished_with_params_and_tags(finished: tuple[Path, dict]) -> No
         assert tags[key]
     assert tags["target"] == "local_sgd" and tags["paper"] == "baseline"
     assert tags["world_size"] == "2"
+    assert "suite.stand_in" not in tags  # local_sgd is no stand-in
     experiment = _client(tmp).get_experiment(run.info.experiment_id)
     assert experiment.name == "baseline"
 

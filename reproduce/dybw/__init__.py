@@ -174,7 +174,7 @@ register(
     Recipe(
         paper="dybw",
         key="CIFAR-10",
-        title="Consensus SGD under a straggler on CIFAR-10 ResNet-20",
+        title="Consensus SGD under a straggler on CIFAR-10 ResNet-20: dynamic b (stand-in)",
         rows=_rows("exponential"),
         claims=CLAIMS,
         profiles={
@@ -216,7 +216,8 @@ register(
     Recipe(
         paper="dybw",
         key="Linear speedup",
-        title="Iterations to a target accuracy for N = 1, 2, 4 at a fixed per-worker batch",
+        title="Iterations to a target accuracy for N = 1, 2, 4 at a fixed per-worker batch "
+        "(DyBW stand-in)",
         rows=(
             *(Row(label, "dybw", (f"nproc={n}",)) for n, label in SPEEDUP.items()),
             *(
