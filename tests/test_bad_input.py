@@ -445,6 +445,7 @@ def test_a_report_of_a_mistyped_experiment_is_refused_not_written_empty(
     assert sorted(os.listdir(no_start)) == before  # no out/reports/baseline written
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # metric names
 @pytest.mark.parametrize("made_by", ["owner tag", "objectives"])
 def test_a_study_name_reused_for_another_space_is_refused(
     no_start: Path, capsys: pytest.CaptureFixture[str], made_by: str
