@@ -860,6 +860,8 @@ class _Writer:
         except BaseException as err:  # report it, and never leave the run RUNNING
             error = f"{type(err).__name__}: {err}"
             if self.client is not None and self.run_id is not None:
+                with contextlib.suppress(Exception):  # in the run too: the owner may never read it
+                    self.client.set_tag(self.run_id, "suite.writer_error", error[:5000])
                 with contextlib.suppress(Exception):
                     self.client.set_terminated(self.run_id, "FAILED")
         self._send(("ended", self.run_id, error))

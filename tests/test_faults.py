@@ -321,7 +321,10 @@ def test_driver_fault_matrix(tmp_path: Path, fault: str) -> None:
         _running(tmp_path, jobs + 1, limit=240)
     except AssertionError:  # say why, and leave no driver running into the next tests
         proc.kill()
-        print((tmp_path / "err.txt").read_text()[-3000:], _runs(tmp_path))
+        runs = _runs(tmp_path)
+        why = {r: _tags(tmp_path, r).get("suite.writer_error") for r, s in runs.items()
+               if s == "FAILED"}  # fmt: skip
+        print((tmp_path / "err.txt").read_text()[-3000:], runs, why)
         raise
     time.sleep(1.0)
     proc.send_signal(sig)

@@ -338,3 +338,26 @@ def test_the_writer_is_sent_plain_strings_only() -> None:
     ops = {op.name for op, _, _ in pickletools.genops(pickle.dumps(sent[0]))}
     assert not ops & {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ"}
     assert writer._opened[4]["torch_version"] == torch.__version__
+
+
+def test_a_writer_that_fails_ends_its_run_failed_and_says_why_in_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's own error reaches its owner only when the owner ends the run; one killed
+    before then (a sweep's trial when its driver is stopped) would lose it: the run keeps it."""
+    import queue
+
+    from suite import tracking
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(tracking._Writer, "_finish", broken)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    inbox: queue.Queue[tuple] = queue.Queue()
+    inbox.put(("open", uri, "e", "r", {"seed": 0}, {}))
+    inbox.put(("end", "FINISHED", {}, {}, {}))
+    tracking._Writer(inbox, os.getppid(), 0.0, None).serve()
+    run = _only_run(_client(tmp_path))
+    assert run.info.status == "FAILED"
+    assert run.data.tags["suite.writer_error"] == "RuntimeError: disk full"
