@@ -982,7 +982,18 @@ class _Writer:
             digest=dataset["digest"],
         )
         context = InputTag("mlflow.data.context", "train")
-        self.client.log_inputs(self.run_id, [DatasetInput(meta._to_mlflow_entity(), [context])])
+        inputs = [DatasetInput(meta._to_mlflow_entity(), [context])]
+        # MLflow looks the dataset up, then inserts it: two runs starting at once in a fresh
+        # experiment (a sweep's --n-jobs 2) both insert, and the second fails on the table's
+        # unique key (seen: 5 in 6 simultaneous starts). Again, it finds the first's and links it.
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(self.run_id, inputs)
+                return
+            except Exception:
+                if attempt == 2:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     def _flush(self, tags: Mapping[str, str] | None = None) -> None:
         from mlflow.entities import Metric, RunTag

@@ -361,3 +361,44 @@ def test_a_writer_that_fails_ends_its_run_failed_and_says_why_in_the_run(
     run = _only_run(_client(tmp_path))
     assert run.info.status == "FAILED"
     assert run.data.tags["suite.writer_error"] == "RuntimeError: disk full"
+
+
+def test_a_dataset_that_another_run_logs_at_the_same_moment_is_linked_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow looks a dataset up, then inserts it; two runs starting at once (a sweep with
+    --n-jobs 2) both insert it, and the second failed on the datasets table's unique key, which
+    ended its run FAILED while it trained (5 in 6 simultaneous starts did, in a two-process
+    trial). Here the other run's insert lands between the two, every time."""
+    import queue
+
+    from mlflow.exceptions import MlflowException
+
+    from suite import tracking
+
+    real = MlflowClient.log_inputs
+    calls: list[str] = []
+
+    def racing(self, run_id, datasets=None, models=None):
+        calls.append(run_id)
+        if len(calls) == 1:  # the other run inserts the dataset first; ours then collides
+            exp = self.get_run(run_id).info.experiment_id
+            real(self, self.create_run(exp).info.run_id, datasets)
+            raise MlflowException(
+                "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                "datasets.name, datasets.digest"
+            )
+        return real(self, run_id, datasets, models)
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", racing)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    dataset = {"name": "digits", "digest": "abc123", "source": "sklearn"}
+    inbox: queue.Queue[tuple] = queue.Queue()
+    inbox.put(("open", uri, "e", "mine", {"seed": 0}, {}, None, None, dataset))
+    inbox.put(("end", "FINISHED", {}, {}, {}))
+    tracking._Writer(inbox, os.getppid(), 0.0, None).serve()
+    client = _client(tmp_path)
+    mine = next(r for r in client.search_runs(["1"]) if r.info.run_name == "mine")
+    assert mine.info.status == "FINISHED", mine.data.tags.get("suite.writer_error")
+    assert len(calls) == 2
+    assert [d.dataset.digest for d in mine.inputs.dataset_inputs] == ["abc123"]
