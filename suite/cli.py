@@ -94,12 +94,17 @@ def quick_check(args: argparse.Namespace, world_size: int | None = None) -> RunC
     return precheck(args.target, [*_overrides(args), *extra])
 
 
-def _labelled(target: str, algorithm: str) -> str:
-    """``target``, marked as a stand-in when it runs one (our documented substitute for a rule
-    the paper did not let us build; suite.names.STAND_INS, readable before torch loads)."""
+def _is_stand_in(target: str, algorithm: str) -> bool:
+    """Whether ``target`` runs a stand-in (our documented substitute for a rule the paper did
+    not let us build; suite.names.STAND_INS, readable before torch loads)."""
     from suite import names
 
-    return f"{target} (stand-in)" if {target, algorithm} & set(names.STAND_INS) else target
+    return bool({target, algorithm} & set(names.STAND_INS))
+
+
+def _labelled(target: str, algorithm: str) -> str:
+    """``target``, marked "(stand-in)" when it runs one."""
+    return f"{target} (stand-in)" if _is_stand_in(target, algorithm) else target
 
 
 def _plan(target: str, cfg: RunConfig, torchrun: bool) -> str:
@@ -262,7 +267,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra_tags.update(_parse_tags(args.tag))
         if emulation is not None:
             extra_tags["suite.emulate"] = str(emulation.spec)
-        if _labelled(args.target, cfg.algorithm.name) != args.target:
+        if _is_stand_in(args.target, cfg.algorithm.name):
             extra_tags["suite.stand_in"] = "true"  # filterable: tags.`suite.stand_in` = 'true'
         if checkpoint is not None:
             extra_tags["suite.checkpoint_dir"] = checkpoint.directory
