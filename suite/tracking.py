@@ -385,11 +385,8 @@ class PatientClient:
 def store_dir(uri: str) -> Path:
     """The folder the store lives in: a SQLite file's folder, a file store's parent folder;
     the working directory for a server or database URL."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///") :]).resolve().parent
-    if uri.startswith("file:") or ":" not in uri:  # a file store (a plain path is one too)
-        return Path(urlparse(uri).path if uri.startswith("file:") else uri).resolve().parent
-    return Path.cwd()
+    path = local_store(uri)
+    return path.resolve().parent if path is not None else Path.cwd()
 
 
 def ensure_experiment(client: Any, name: str, uri: str) -> str:
