@@ -220,18 +220,13 @@ def _emulated_model(summary: dict[str, Any], artifacts: Any, spec: Any) -> dict[
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from suite.tracking import RunWriter, check_uri, run_tags, tracking_uri
+    from suite.tracking import RunWriter, run_tags
 
     torchrun_rank = rank_under_torchrun()
     _parse_tags(args.tag)  # bad input fails before anything starts
     world = int(os.environ["WORLD_SIZE"]) if torchrun_rank is not None else None
     plan = quick_check(args, world)  # typos exit 2 here, before torch and MLflow load
-    uri = None if args.no_track else tracking_uri(args.tracking_uri)
-    if uri is not None:
-        try:
-            check_uri(uri)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
+    uri = None if args.no_track else _checked_uri(args.tracking_uri)
     if not args.quiet and not torchrun_rank:
         _say(_plan(args.target, plan, torchrun_rank is not None))
     # The MLflow writer starts first: its imports then overlap the job's own start-up.

@@ -62,7 +62,7 @@ from suite.errors import ConfigError
 from suite.preflight import preflight
 from suite.recipes import Recipe, Space, config_hash
 from suite.reproduce import JobFailed, check_extra, run_job, start_children
-from suite.tracking import driver_parent_run, ensure_experiment, open_client
+from suite.tracking import driver_parent_run, ensure_experiment, open_client, sql_dialect
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 OWNER_ATTR = "suite.space"  # the study's RECIPE:SPACE:PROFILE
@@ -115,19 +115,12 @@ class OptunaPruner:
 def storage_url(storage: str | None) -> str:
     """The checked storage URL (ConfigError naming the valid forms if SQLAlchemy cannot use it),
     relative SQLite paths made absolute so trial processes find the same file."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
     url = storage or DEFAULT_STORAGE
     bad = f"--storage {url!r}"
     try:
-        dialect = make_url(url).get_dialect()
-    except (ArgumentError, NoSuchModuleError, ValueError):
-        raise ConfigError(f"{bad} is not a database URL; valid forms: {STORAGE_FORMS}") from None
-    try:
-        dialect.import_dbapi()
-    except ImportError as err:
-        raise ConfigError(f"{bad}: its database driver is not installed ({err})") from None
+        dialect = sql_dialect(url, bad, STORAGE_FORMS)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     prefix = "sqlite:///"
     if dialect.name == "sqlite":
         path = url[len(prefix) :] if url.startswith(prefix) else ""

@@ -123,6 +123,29 @@ def check_uri(uri: str) -> None:
             )
         if path.is_dir():
             raise ValueError(f"tracking URI {uri!r}: {path} is a directory, not a SQLite file")
+    if scheme in ("postgresql", "mysql", "mssql"):  # opened through SQLAlchemy
+        sql_dialect(uri, f"tracking URI {uri!r}", "postgresql://USER:PASSWORD@HOST/DB")
+
+
+def sql_dialect(url: str, name: str, forms: str) -> Any:
+    """SQLAlchemy's dialect for the database URL ``url``, its driver imported. A database whose
+    driver is not installed fails only when first opened (for a run: in the writer, after
+    training), so ValueError now, naming the URL as ``name`` and the valid ``forms``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        dialect = make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        raise ValueError(f"{name} is not a database URL; valid forms: {forms}") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        raise ValueError(
+            f"{name} needs the Python module {err.name!r} (its database driver), which is not "
+            f"installed; install it, or name an installed driver: {dialect.name}+DRIVER://..."
+        ) from None
+    return dialect
 
 
 def local_store(uri: str) -> Path | None:

@@ -186,6 +186,11 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["data", "download", "fashion_mnist", "--data-dir", "/dev/null/fm"],
         ["/dev/null is a file", "--data-dir"],
     ),
+    (
+        "new-tracking-uri-unknown-driver",
+        [*RUN, "--tracking-uri", "postgresql+nosuch://u@localhost/db"],
+        ["is not a database URL", "postgresql://USER:PASSWORD@HOST/DB"],
+    ),
     ("new-report-no-store", ["report", "baseline"], ["no MLflow store at", "--tracking-uri"]),
     ("new-replay-no-store", ["replay", "0123abcd"], ["'0123abcd' is not a trace file"]),
     # Refused already: regressions, from test_cli and test_config
@@ -393,6 +398,25 @@ sys.exit(cli.main(sys.argv[1:]))
         "dpsgd: starting 3 local rank(s), digits/cnn2, 1.5 epochs ...",
         "False",
     ]
+
+
+@pytest.mark.parametrize(
+    "start", [RUN, ["reproduce", "baseline"], SWEEP], ids=["run", "reproduce", "sweep"]
+)
+def test_a_store_whose_database_driver_is_missing_is_refused_before_training(
+    no_start: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    start: list[str],
+) -> None:
+    # MLflow opens the store in the writer, after training starts: the driver is checked first
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # its import fails, installed or not
+    uri = "postgresql+psycopg2://user@localhost/runs"
+    assert _main([*start, "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert f"tracking URI {uri!r} needs the Python module 'psycopg2'" in err, err
+    assert "postgresql+DRIVER://" in err and "Traceback" not in err
+    assert os.listdir(no_start) == []
 
 
 # ---------------------------------------------------------------------------------------------
