@@ -91,6 +91,11 @@ class OptimConfig:
     hold_epochs: float = 0.0  # poly only: epochs at the floor at the end (the Crossover authors: 2)
     schedule_weight_decay: bool = False
 
+    def milestone_steps(self, steps_per_epoch: int) -> list[int]:
+        """The step of each milestone (an epoch), in order: multistep multiplies the lr by
+        gamma at each."""
+        return [round(m * steps_per_epoch) for m in self.milestones]
+
     def __post_init__(self) -> None:
         # Written as "not (valid)" so that NaN, which fails every comparison, is refused too.
         if not 0.0 <= self.momentum < 1.0:

@@ -59,7 +59,13 @@ from suite.divergence import Diverged
 from suite.launcher import heartbeat, placement, resolve_device
 from suite.optim import LARS, lars_param_groups
 from suite.registry import ALGORITHMS, DATASETS, MODELS
-from suite.tasks.data import Dataset, ShardedBatches, eval_batches, eval_shard
+from suite.tasks.data import (
+    Dataset,
+    ShardedBatches,
+    eval_batches,
+    eval_shard,
+    optimizer_steps_per_epoch,
+)
 from suite.tracking import MetricsSink
 from suite.transport import Transport, Work
 
@@ -156,7 +162,7 @@ def _lr_factor(
 
     ``total_steps`` (the run's optimizer steps) is needed by the poly schedule only."""
     o = cfg.optim
-    milestones = sorted(round(m * steps_per_epoch) for m in o.milestones)
+    milestones = o.milestone_steps(steps_per_epoch)
     warmup = o.warmup_steps
     if o.warmup_epochs > 0:
         warmup = max(1, round(o.warmup_epochs * steps_per_epoch))
@@ -232,7 +238,9 @@ class Trainer:
             self.device,
             cfg.num_workers,
         )
-        self.steps_per_epoch = max(1, self.batches.steps_per_epoch // cfg.micro_batches)
+        self.steps_per_epoch = optimizer_steps_per_epoch(
+            self.batches.sampler.num_samples, cfg.batch_size, cfg.micro_batches
+        )
         self.steps = math.ceil(cfg.epochs * self.steps_per_epoch) if cfg.epochs > 0 else cfg.steps
         self.optimizer = _build_optimizer(cfg, self.model)
         self.lr_factor = _lr_factor(cfg, self.steps_per_epoch, self.steps)

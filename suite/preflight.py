@@ -96,16 +96,19 @@ def _check_batch_fits(cfg: RunConfig, dataset: str, n: int) -> None:
 
 
 def _check_milestones(cfg: RunConfig, n: int) -> None:
-    """A run counted in steps (epochs=0) whose lr milestones, which are epochs, all fall at or
-    past its last step would never decay its lr: config.check can tell only for a run counted
-    in epochs, this one needs the data's size (the loop's steps per epoch, suite.loop)."""
-    from suite.tasks.data import shard_size
+    """A run counted in steps (epochs=0) with an lr milestone (an epoch) at or past its last
+    step, which would never apply: config.check can tell only for a run counted in epochs,
+    this one needs the data's size for the loop's steps per epoch."""
+    from suite.tasks.data import optimizer_steps_per_epoch, shard_size
 
     o = cfg.optim
     if o.schedule != "multistep" or cfg.epochs > 0 or not o.milestones:
         return
-    per_epoch = max(1, shard_size(n, cfg.nproc) // cfg.batch_size // cfg.micro_batches)
-    late = [m for m in o.milestones if round(m * per_epoch) >= cfg.steps]
+    per_epoch = optimizer_steps_per_epoch(
+        shard_size(n, cfg.nproc), cfg.batch_size, cfg.micro_batches
+    )
+    steps = o.milestone_steps(per_epoch)
+    late = [m for m, step in zip(o.milestones, steps, strict=True) if step >= cfg.steps]
     if late:
         raise ConfigError(
             f"optim.milestones {late} are epochs, at or past the run's end: {cfg.steps} steps "

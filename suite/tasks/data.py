@@ -76,6 +76,12 @@ def shard_size(n: int, world_size: int) -> int:
     return -(-n // world_size)
 
 
+def optimizer_steps_per_epoch(shard: int, batch_size: int, micro_batches: int = 1) -> int:
+    """Optimizer steps per epoch of the training loop: a rank's full batches of its ``shard``
+    samples, ``micro_batches`` of them per step, at least 1."""
+    return max(1, shard // batch_size // micro_batches)
+
+
 class _ResumableSampler(torch.utils.data.Sampler):
     """The wrapped sampler's indices, the first ``skip`` of them left out once (the batches of
     a resumed epoch that were trained on before the checkpoint)."""
