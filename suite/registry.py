@@ -94,8 +94,10 @@ class Entry(Generic[T]):
 
 
 def _first_line(obj: Any) -> str:
+    """The docstring's summary: its first paragraph, on one line (a summary wrapped over two
+    source lines would otherwise be cut mid-sentence)."""
     doc = (getattr(obj, "__doc__", None) or "").strip()
-    return doc.splitlines()[0].strip() if doc else ""
+    return " ".join(doc.split("\n\n", 1)[0].split())
 
 
 class Registry(Generic[T]):

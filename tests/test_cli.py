@@ -47,6 +47,10 @@ def test_list_shows_descriptions_and_paper_labels(tmp_path: Path) -> None:
     for name in ("allreduce_sgd", "local_sgd", "single", "digits", "resnet18_cifar", "identity"):
         assert name in proc.stdout
     assert "[baseline]" in proc.stdout
+    # each with its docstring's summary, whole where the source wraps it over two lines
+    line = next(x for x in proc.stdout.splitlines() if x.split()[:1] == ["ddp"])
+    assert line.endswith("[baseline] torch DistributedDataParallel (bucketed all-reduce "
+                         "overlapping backward) through the transport."), line  # fmt: skip
     only = suite_cmd("list", "models", "resnet*", cwd=tmp_path).stdout
     assert "resnet20" in only and "mlp" not in only
 

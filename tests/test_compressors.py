@@ -127,10 +127,15 @@ def test_index_dtype_boundaries() -> None:
 
 
 def test_top_k_approx_bytes_follow_the_count() -> None:
-    c = build("top_k_approx", (40000, 20000))
-    payload, _ = c.compress(_x(60000, 0))
-    count = payload[0].numel()
-    assert payload[1].dtype == torch.int32  # global indices up to 59999
+    c = build("top_k_approx", (40000, 20000))  # k = 400 + 200 at the default ratio 0.01
+    x = _x(60000, 0)
+    payload, _ = c.compress(x)
+    values, indices = payload
+    count = values.numel()
+    assert indices.numel() == count and 2 <= count <= 2 * (400 + 200)  # trimmed to k above 2k
+    assert torch.equal(values, x[indices.long()])  # real entries, not padding
+    # float32 values; global indices up to 59999 > 2**15 - 1 need int32: 4 + 4 bytes an entry
+    assert values.dtype == torch.float32 and indices.dtype == torch.int32
     assert payload_nbytes(payload) == count * (4 + 4)
 
 
@@ -326,6 +331,8 @@ def test_top_k_approx_keeps_about_k_and_only_the_largest() -> None:
         kept = torch.zeros(n, dtype=torch.bool)
         kept[payload[1].long()] = True
         counts.add(int(kept.sum()))
+        # t is the 10th largest of 1000 samples: the fraction above it is Beta(10, 991), a
+        # relative spread of 1/sqrt(10) = 32% around k; [k/2, 2k] is -1.6 to +3 of those
         assert 0.5 * ratio * n <= kept.sum() <= 2 * ratio * n
         assert torch.equal(payload[0], x[payload[1].long()])
         # the kept set is {|x| >= t} for the threshold used: nothing dropped outranks it

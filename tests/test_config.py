@@ -16,12 +16,15 @@ from suite.config import (
     parse_value,
     settable_keys,
 )
+from suite.registry import DATASETS, MODELS
 
 
 def test_defaults_resolve_component_knobs() -> None:
     cfg = apply_overrides(RunConfig(), [])
     assert cfg.algorithm.name == "allreduce_sgd"
-    assert cfg.model.args is not None and cfg.dataset.args is not None
+    assert cfg.model.name == "mlp" and cfg.dataset.name == "digits"
+    assert cfg.model.args == MODELS.get("mlp").make_config()  # the component's own defaults
+    assert cfg.dataset.args == DATASETS.get("digits").make_config()
 
 
 def test_typed_overrides() -> None:

@@ -76,10 +76,13 @@ def test_dybw_runs_at_the_healthy_ranks_pace_not_the_stragglers() -> None:
     (about 833 virtual s for 300 iterations) and of static b = 1 (about 502)."""
     cfg = StragglerConfig(slow_ranks=(3,), slow_prob=0.3, slow_factor=5.0)
     full = VirtualClock(StragglerModel(cfg, 4), COMPLETE4)
+    static = VirtualClock(StragglerModel(cfg, 4), COMPLETE4)
     for _ in range(300):
         full.step([0] * 4)
+        static.step([1] * 4)
     _, dybw = _drive(cfg, steps=300)
     assert float(dybw.now.mean()) < 0.6 * float(full.now.mean())
+    assert float(dybw.now.mean()) < 0.85 * float(static.now.mean())  # about 374 against 502
     assert float(dybw.now.max() - dybw.now.min()) < 10  # the straggler keeps up by skipping
 
 

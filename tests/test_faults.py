@@ -246,7 +246,7 @@ def _launcher_and_writer_killed(tmp: Path) -> tuple[int, str]:
     _running(tmp)
     os.kill(writer, signal.SIGKILL)
     os.kill(proc.pid, signal.SIGKILL)  # a crashed machine, as far as the run can tell
-    proc.wait(30)
+    code = proc.wait(30)
     _wait_for(lambda: not _job_pids(tmp), 30, "ranks outlived their launcher")
     assert "RUNNING" in _runs(tmp).values()
     nxt = _suite(tmp, "run", "single", "--steps", "5")  # the next command ends it
@@ -255,18 +255,18 @@ def _launcher_and_writer_killed(tmp: Path) -> tuple[int, str]:
     assert "are gone" in _tags(tmp, run_id)["suite.orphaned"]
     error = tmp / "mlartifacts" / run_id / "artifacts" / "error.txt"
     assert "Marked FAILED" in error.read_text()
-    return 0, "FAILED"
+    return code, "FAILED"
 
 
 def _launcher_killed(tmp: Path) -> tuple[int, str]:
     proc = _start(["run", "allreduce_sgd", *LONG], tmp)
     _running(tmp)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(30)
+    code = proc.wait(30)
     assert list((tmp / "tmp").glob("suite-job-*")), "no job folder to clean up"
     nxt = _suite(tmp, "run", "single", "--steps", "5", "--no-track")  # removes it
     assert nxt.returncode == 0, nxt.stderr
-    return 0, "FAILED"  # ended by its writer, which saw the launcher die
+    return code, "FAILED"  # ended by its writer, which saw the launcher die
 
 
 RUN_FAULTS = {
@@ -275,8 +275,8 @@ RUN_FAULTS = {
     "writer SIGKILL, then a rank crashes": (_writer_killed_then_rank_crashes, 1),
     "SQLite store locked for 25 s": (_store_locked, 0),
     "SIGHUP to the process group": (_terminal_closed, 130),
-    "launcher and writer SIGKILL": (_launcher_and_writer_killed, 0),
-    "launcher SIGKILL": (_launcher_killed, 0),
+    "launcher and writer SIGKILL": (_launcher_and_writer_killed, -signal.SIGKILL),
+    "launcher SIGKILL": (_launcher_killed, -signal.SIGKILL),
 }
 
 

@@ -72,7 +72,8 @@ def test_cpu_forward_and_backward(name: str) -> None:
         ("resnet20", (3, 32, 32), 10, 269_722),
         ("resnet56", (3, 32, 32), 10, 853_018),
         ("resnet50", (3, 224, 224), 1000, 25_557_032),
-        ("cnn2", (1, 28, 28), 10, 27_480),
+        # conv 1->10 3x3, conv 10->20 3x3, 20x5x5 features (28 -> 26 -> 13 -> 11 -> 5) -> 50 -> 10
+        ("cnn2", (1, 28, 28), 10, (9 * 10 + 10) + (10 * 9 * 20 + 20) + (500 * 50 + 50) + 510),
         ("mlp", (1, 8, 8), 10, 64 * 128 + 128 + 128 * 10 + 10),
     ],
 )
@@ -161,9 +162,12 @@ def test_resnet50_zero_init_residual() -> None:
 def test_resnet_init_is_kaiming_fan_out() -> None:
     torch.manual_seed(0)
     model = build("resnet18_cifar", (3, 32, 32), 10)
-    conv = model.layers[3][1].conv2  # 512 -> 512, 3x3: fan_out = 512 * 9
+    conv = model.layers[3][0].conv1  # 256 -> 512, 3x3: fan_out = 512 * 9, fan_in = 256 * 9
+    assert conv.weight.shape == (512, 256, 3, 3)
     expected = math.sqrt(2.0 / (512 * 9))
     assert conv.weight.std().item() == pytest.approx(expected, rel=0.02)
+    fan_in = math.sqrt(2.0 / (256 * 9))  # 41% larger: what mode="fan_in" would give
+    assert conv.weight.std().item() != pytest.approx(fan_in, rel=0.2)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(m.weight.eq(1).all() and m.bias.eq(0).all() for m in bns)
 

@@ -480,9 +480,8 @@ def test_a_run_summary_has_its_network_seconds() -> None:
     summary, artifacts = launch(_train, 3, (cfg,))[0]
     art = artifacts[trace.ARTIFACT]
     assert summary["network"] == "wan" and summary["steps_to_target"] == 5
-    # the summary's figures are the stored trace's replay, and a replay is deterministic
+    # the summary's figures are the stored trace's replay (determinism: a second run, below)
     again = netmodel.network_seconds(art, "wan", steps=20, steps_to_target=5)
-    assert again == netmodel.network_seconds(art, "wan", steps=20, steps_to_target=5)
     assert {k: summary[k] for k in again} == again
     tails = trace.load(art).tail  # each rank's compute after its last op, to training's end
     assert len(tails) == 3 and all(0 <= t < summary["train_seconds"] for t in tails)
@@ -613,6 +612,8 @@ def test_an_emulated_run_gets_the_models_prediction_beside_its_time(tmp_path: Pa
     assert predicted == pytest.approx(out["emulated_model_seconds"] / 10)
     n = out["num_params"] * 4  # 2 rounds of n/2 bytes each at 12.5 MB/s
     assert predicted > n / 12.5e6
+    # generous: 10 steps here include the first's connections, on a shared 2-core machine; the
+    # tight band (0.85-1.15, longer runs) is in benchmarks/test_bench_netmodel_emulation.py
     assert 0.5 < out["train_seconds"] / 10 / predicted < 2.0
     assert out["emulated_cpus"] == len(os.sched_getaffinity(0))  # the model's shared processors
     (path,) = tmp_path.glob(f"mlartifacts/*/artifacts/{trace.ARTIFACT}")

@@ -199,6 +199,7 @@ def test_a_crashed_rank_under_torchrun_leaves_its_own_traceback(tmp_path: Path) 
     assert all(node.returncode != 0 for node in nodes)
     summaries = "\n".join(err for _, err in outputs)
     # torchrun's summary shows the failing rank's own traceback, not "error_file: <N/A>"
+    assert "Root Cause" in summaries, summaries
     assert "injected fault: rank 1 crashes at step 5" in summaries.split("Root Cause")[-1]
 
     client = MlflowClient(uri)

@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from test_report import claim_verdicts
 
 import suite.reproduce as reproduce_mod
 from suite import cli, names
@@ -191,7 +192,7 @@ def test_reproduce_skips_finished_runs_and_redoes_them_with_force(
     assert runs() == 2  # both skipped
     assert reproduce_mod.reproduce("tiny", profile="smoke", uri=uri, out_dir=out, force=True) == 0
     assert runs() == 4
-    assert "holds" in (out / "README.md").read_text()
+    assert claim_verdicts((out / "README.md").read_text()) == {claims[0].describe(): "holds"}
 
 
 def test_reproduce_exits_1_when_a_claim_fails(
@@ -205,7 +206,8 @@ def test_reproduce_exits_1_when_a_claim_fails(
     monkeypatch.setattr(builder, "recipes_of", lambda paper: [recipe])
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert reproduce_mod.reproduce("tiny", profile="smoke", uri=uri, out_dir=tmp_path / "r") == 1
-    assert "fails" in (tmp_path / "r" / "README.md").read_text()
+    verdicts = claim_verdicts((tmp_path / "r" / "README.md").read_text())
+    assert verdicts == {claims[0].describe(): "fails"}
 
 
 def test_an_unknown_paper_or_space_is_bad_input(capsys) -> None:
@@ -282,7 +284,8 @@ def test_every_registered_recipe_resolves_every_row_and_space(name: str) -> None
     recipe = RECIPES.get(name).obj
     for profile in recipe.profiles:
         for row in recipe.rows:
-            assert recipe.resolve(row, profile, seed=0).algorithm.name is not None
+            resolved = recipe.resolve(row, profile, seed=0).algorithm.name
+            assert resolved == row.target, (row.label, profile)
     study = optuna.create_study(directions=["maximize"])
     for space in recipe.spaces.values():
         row = recipe.row(space.row)
@@ -415,7 +418,11 @@ def test_a_known_failure_keeps_reproduce_green_and_a_known_pass_is_flagged(
     assert "fails (known)" in out and "no model scores 101 percent" in out
     assert "reproduce/tiny/NOTES.md#never" in out
     assert "holds (unexpected pass)" in out and "expected to miss, but may not" in out
-    assert "unexpected pass" in (tmp_path / "r" / "README.md").read_text()
+    verdicts = claim_verdicts((tmp_path / "r" / "README.md").read_text())
+    assert verdicts == {
+        claims[0].describe(): "fails (known)",
+        claims[1].describe(): "holds (unexpected pass)",
+    }
 
 
 def test_reproduce_paper_slash_label_runs_that_recipe_only(

@@ -124,7 +124,7 @@ def built(store: str, tmp_path_factory: pytest.TempPathFactory) -> builder.Repor
         return builder.build_report("fake", store, tmp_path_factory.mktemp("built") / "out")
 
 
-def _claim_verdicts(readme: str) -> dict[str, str]:
+def claim_verdicts(readme: str) -> dict[str, str]:
     """claim text -> verdict cell, from the markdown claims tables (claims read "X of ROW")."""
     cells = [line.strip("|").split(" | ") for line in readme.splitlines() if line.startswith("|")]
     at = next(c for c in cells if c[0].strip() == "claim").index("verdict")
@@ -181,7 +181,7 @@ def test_claims_are_checked_on_finished_recipe_runs_only(built: builder.Report) 
 
 def test_the_readme_tables_say_what_was_measured(built: builder.Report) -> None:
     readme = (built.out_dir / "README.md").read_text()
-    assert _claim_verdicts(readme) == {
+    assert claim_verdicts(readme) == {
         HOLDING.describe(): "holds",
         FAILING.describe(): "fails",
         FULL_ONLY.describe(): "not testable (not at smoke)",

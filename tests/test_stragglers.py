@@ -29,9 +29,10 @@ def test_draws_follow_the_configured_means() -> None:
                           slow_factor=5.0, slow_prob=0.3)  # fmt: skip
     model = StragglerModel(cfg, 4)
     taus = torch.stack([model.draw(t)[0] for t in range(4000)])
-    for rank in range(4):
-        expected = mean_compute_time(cfg, rank)
+    # healthy: base + scale = 1.2; rank 3 is 5x slower 30% of the time: 1.2 (0.7 + 0.3 * 5)
+    for rank, expected in enumerate((1.2, 1.2, 1.2, 2.64)):
         assert float(taus[:, rank].mean()) == pytest.approx(expected, rel=0.05)
+        assert mean_compute_time(cfg, rank) == pytest.approx(expected)
     slowed = torch.stack([model.draw(t)[2] for t in range(4000)]).float().mean(0)
     assert float(slowed[3]) == pytest.approx(0.3, abs=0.03) and float(slowed[:3].max()) == 0.0
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import last_json, suite_cmd
 from mlflow.tracking import MlflowClient
+from test_launcher import _children, _wait_gone
 
 from suite.tracking import open_client, tracking_uri
 
@@ -296,11 +297,22 @@ def test_ctrl_c_ends_the_run_failed_and_stops_every_rank(tmp_path: Path) -> None
                     break
             except Exception:  # the run is not there yet
                 continue
+    kids: list[int] = []
+    while time.monotonic() < deadline and len(kids) < 3:  # both ranks and the writer started
+        time.sleep(0.2)
+        kids = _descendants(proc.pid)
+    assert len(kids) >= 3, kids
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert _only_run(client).info.status == "FAILED"
+    assert _wait_gone(kids, 10) == []  # no rank (nor the writer) outlives the launcher
+
+
+def _descendants(pid: int) -> list[int]:
+    kids = _children(pid)
+    return kids + [d for k in kids for d in _descendants(k)]
 
 
 def test_tracking_uri_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -294,3 +294,6 @@ def test_one_micro_batch_step_adds_no_tensor_op_to_the_plain_loop() -> None:
     cfg = _config("algorithm=allreduce_sgd", "nproc=1", "steps=4", "log_every=100")
     counts = launch(_division_ops_per_step, 1, (cfg,))[0]
     assert counts["ours"] == counts["plain"]
+    # the control: the profiler does see that division where it is due (two micro-batches)
+    split = launch(_division_ops_per_step, 1, (replace(cfg, micro_batches=2),))[0]
+    assert split["ours"] >= split["plain"] + 1, split

@@ -155,16 +155,23 @@ def test_subgroups_use_their_own_ranks_in_group_order(runs: list[dict]) -> None:
         assert _summed(runs, name) == expect
 
 
-def test_costmodel_totals_agree_with_the_links() -> None:
+def test_costmodel_totals_and_the_links_sum_to_the_closed_forms() -> None:
+    n = 1001  # not a multiple of any N: the ring's uneven chunks must still sum to 2 (N-1) n
     for N in (2, 3, 4, 8):
-        for op in wire.OPS:
+        closed = {
+            "all_reduce": 2 * (N - 1) * n,
+            "all_gather": N * (N - 1) * n,
+            "broadcast": (N - 1) * n,
+            "reduce": (N - 1) * n,
+            "gather": n * sum(min(SUBTREE[c], N - c) for _, c in TREES[N] if c < N),
+            "send": n,
+        }
+        assert set(closed) == set(wire.OPS)
+        for op, expected in closed.items():
             ranks = (0, 1) if op == "send" else tuple(range(N))
-            links = wire.wire_links(op, ranks, 0, 1000)
-            assert costmodel.wire_bytes(op, 1000, N) == sum(links.values())
-        assert costmodel.wire_bytes("all_reduce", 13, N) == 2 * (N - 1) * 13
-        assert costmodel.wire_bytes("gather", 10, N) == 10 * sum(
-            min(SUBTREE[c], N - c) for _, c in TREES[N] if c < N
-        )
+            assert sum(wire.wire_links(op, ranks, 0, n).values()) == expected, (op, N)
+            assert costmodel.wire_bytes(op, n, N) == expected, (op, N)
+    assert costmodel.wire_bytes("gather", 10, 8) == 12 * 10  # the module's own example
 
 
 def test_the_trace_has_every_op_in_order(runs: list[dict]) -> None:
