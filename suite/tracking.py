@@ -869,11 +869,6 @@ class _Writer:
                     # the two pipes are read apart: rank 0's last metrics may still be in
                     # flight behind the owner's "end"; they are all sent, so wait for them
                     self._drain_metrics()
-                if self.client is not None and (
-                    len(self.pending) >= 200
-                    or time.monotonic() - self.last_flush >= self.flush_seconds
-                ):
-                    self._flush()
             _, status, summary, artifacts, tags, *end_ms = end
             if self.client is not None:
                 self._finish(status, summary, artifacts, tags, *end_ms)
@@ -893,8 +888,13 @@ class _Writer:
             self.reply.send(message)
 
     def _next(self) -> tuple:
-        """The next message; an owner that died without ending the run ends it FAILED."""
+        """The next message; an owner that died without ending the run ends it FAILED.
+
+        Flushes and heartbeats fall due by the clock, not when the inbox runs dry: a fast run's
+        metrics arrive faster than once a second, and a run whose heartbeat stops is taken for
+        an orphan on another host (orphan_note) and ended FAILED while it trains."""
         while True:
+            self._housekeeping()
             wait = max(0.05, self.flush_seconds - (time.monotonic() - self.last_flush))
             try:
                 return self.inbox.get(timeout=min(wait, 1.0))
@@ -902,15 +902,21 @@ class _Writer:
                 if os.getppid() != self.owner:
                     error = "the process running the job died (killed?) before it ended"
                     return ("end", "FAILED", {}, {"error.txt": error}, {})
-                if self.client is not None and self.pending and wait <= 1.0:
-                    self._flush()
-                if (
-                    self.client is not None
-                    and time.monotonic() - self.last_beat >= HEARTBEAT_SECONDS
-                ):
-                    self.last_beat = time.monotonic()
-                    with contextlib.suppress(Exception):  # a missed beat is not an error
-                        self.client.set_tag(self.run_id, "suite.heartbeat", f"{time.time():.0f}")
+
+    def _housekeeping(self) -> None:
+        """Flush the pending metrics (every flush_seconds, or 200 steps' worth) and refresh the
+        heartbeat, each when it is due."""
+        if self.client is None:
+            return
+        now = time.monotonic()
+        if self.pending and (
+            len(self.pending) >= 200 or now - self.last_flush >= self.flush_seconds
+        ):
+            self._flush()
+        if now - self.last_beat >= HEARTBEAT_SECONDS:
+            self.last_beat = now
+            with contextlib.suppress(Exception):  # a missed beat is not an error
+                self.client.set_tag(self.run_id, "suite.heartbeat", f"{time.time():.0f}")
 
     def _drain_metrics(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -379,3 +379,34 @@ def test_the_writer_refreshes_its_heartbeat(
     threading.Timer(3.5, writer.inbox.put, args=(("end",),)).start()
     assert writer._next() == ("end",)  # idles, beating, until the owner speaks
     assert beat() >= first + 2
+
+
+def test_a_busy_writer_still_beats_and_flushes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Metrics faster than the inbox's wait (a small model's steps): the heartbeat and the
+    flushes still fall due. (They ran only when the inbox was empty: a fast run looked dead to
+    other hosts after 10 minutes, and its metrics reached the store only at its end.)"""
+    import queue
+    import threading
+
+    from suite import tracking
+
+    monkeypatch.setattr(tracking, "HEARTBEAT_SECONDS", 0.5)
+    writer = tracking._Writer(queue.Queue(), os.getppid(), 0.2, None)
+    writer._open(f"sqlite:///{tmp_path / 'mlflow.db'}", "e", "r", {}, {})
+    first = float(writer.client.get_run(writer.run_id).data.tags["suite.heartbeat"])
+
+    def feed() -> None:
+        for step in range(150):  # 3 s, never a pause of a second
+            writer.inbox.put(("metrics", step, int(time.time() * 1000), {"loss": 1.0}))
+            time.sleep(0.02)
+        writer.inbox.put(("end",))
+
+    threading.Thread(target=feed, daemon=True).start()
+    while (item := writer._next()) != ("end",):
+        writer._take_metrics(item)
+    tags = writer.client.get_run(writer.run_id).data.tags
+    assert float(tags["suite.heartbeat"]) >= first + 2
+    logged = writer.client.get_metric_history(writer.run_id, "loss")
+    assert len(logged) >= 100  # flushed along the way, not left for the end
