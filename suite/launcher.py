@@ -244,10 +244,7 @@ def _worker(
     os.environ["OMP_NUM_THREADS"] = "1"
     if job.emulate is not None:  # before any socket: into this rank's shaped namespace
         job.emulate.enter(rank)
-    if job.backend == "gloo" and _LOOPBACK and "GLOO_SOCKET_IFNAME" not in os.environ:
-        # All ranks are on this host: talk over loopback rather than whatever the hostname
-        # resolves to (a DNS lookup that can stall, or an interface that is firewalled).
-        os.environ["GLOO_SOCKET_IFNAME"] = _LOOPBACK
+    pin_to_loopback(job.backend)
     torch.set_num_threads(1)
     code = 0
     try:
@@ -438,6 +435,17 @@ def _loopback_interface() -> str | None:
 
 
 _LOOPBACK = _loopback_interface()
+_SOCKET_IFNAME = {"gloo": "GLOO_SOCKET_IFNAME", "nccl": "NCCL_SOCKET_IFNAME"}
+
+
+def pin_to_loopback(backend: str) -> None:
+    """All local ranks are on this host: their backend talks over loopback, unless the user
+    named an interface. Not whatever the hostname resolves to (a DNS lookup that can stall, an
+    interface that is firewalled), and for NCCL, which skips loopback by default, not a socket
+    that listens on the LAN."""
+    name = _SOCKET_IFNAME.get(backend)
+    if name is not None and _LOOPBACK and name not in os.environ:
+        os.environ[name] = _LOOPBACK
 
 
 def _start_method(device: str) -> str:

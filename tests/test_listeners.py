@@ -1,7 +1,8 @@
 """Nothing a local job opens listens beyond loopback (issue 14, item 2).
 
-The rendezvous is a FileStore in the job's private folder and gloo is pinned to ``lo``; this
-checks it the way an administrator would, with ``ss -ltnp`` while a real ``suite run`` trains.
+The rendezvous is a FileStore in the job's private folder and gloo (NCCL too) is pinned to
+``lo``; this checks it the way an administrator would, with ``ss -ltnp`` while a real ``suite
+run`` trains.
 """
 
 from __future__ import annotations
@@ -128,3 +129,20 @@ def test_make_dashboard_without_studies_says_so_and_creates_nothing(tmp_path: Pa
     assert done.returncode != 0
     assert f"no Optuna studies in {db} yet" in done.stderr and "suite sweep" in done.stderr
     assert not db.exists()
+
+
+def test_both_backends_are_pinned_to_loopback_unless_the_user_names_an_interface(
+    monkeypatch,
+) -> None:
+    """NCCL (CUDA runs: no GPU here to run one) skips loopback unless told, and would open its
+    bootstrap sockets on the LAN interface; gloo's default follows the hostname."""
+    from suite import launcher
+
+    for name in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+        monkeypatch.delenv(name, raising=False)
+    launcher.pin_to_loopback("nccl")
+    launcher.pin_to_loopback("gloo")
+    assert os.environ["NCCL_SOCKET_IFNAME"] == os.environ["GLOO_SOCKET_IFNAME"] == "lo"
+    monkeypatch.setenv("NCCL_SOCKET_IFNAME", "ib0")  # the user's choice stands
+    launcher.pin_to_loopback("nccl")
+    assert os.environ["NCCL_SOCKET_IFNAME"] == "ib0"
