@@ -35,10 +35,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import importlib
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -295,14 +295,21 @@ def _class_path(cls: type) -> str:
 
 
 def _find_class(path: str) -> type:
+    """The class a checkpoint names, if it is one of the suite's own, defined where the name
+    says, in a module this job has loaded already. Nothing is imported on a file's say-so (an
+    import runs code: a folder from a shared store could name any module), and no class from
+    elsewhere, re-exported by a suite module, is built with attributes from a file."""
     module, _, qualname = path.partition(":")
     if not module.startswith(_PACKAGES):
         raise ValueError(f"checkpoint names class {path!r}, outside the suite's packages")
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    if not isinstance(obj, type):
-        raise ValueError(f"checkpoint names {path!r}, which is not a class")
+    obj: Any = sys.modules.get(module)
+    for part in qualname.split("."):  # by vars(), not getattr: no lazy __getattr__ imports
+        obj = vars(obj).get(part) if obj is not None else None
+    if not (isinstance(obj, type) and obj.__module__ == module and obj.__qualname__ == qualname):
+        raise ValueError(
+            f"checkpoint names class {path!r}, which is not a class of the suite's that this "
+            "job has loaded; was the checkpoint written by another version of the code?"
+        )
     return obj
 
 

@@ -107,6 +107,33 @@ def _advance(policy: dict, steps: int) -> list:
     return out
 
 
+def _object_naming(path: str) -> dict:
+    return {"__ckpt__": "object", "id": 0, "class": path, "attrs": {"seed": 7}}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "suite.__main__:X",  # importing it would run the CLI: a module no job loads
+        "suite.checkpoint:Path",  # pathlib's, re-exported by a suite module
+        "suite.checkpoint:np.random.Generator",  # reached through a module attribute
+        "os:system",  # outside the suite's packages
+    ],
+)
+def test_a_checkpoint_naming_a_class_outside_the_loaded_suite_is_refused(path: str) -> None:
+    """Rank files come from folders a shared store points to: decoding one imports nothing and
+    builds no class but the suite's own."""
+    loaded = set(sys.modules)
+    with pytest.raises(ValueError, match="checkpoint names class"):
+        ckpt.restore(_object_naming(path))
+    assert set(sys.modules) == loaded  # nothing was imported on the file's say-so
+
+
+def test_a_checkpoint_naming_a_suite_class_is_rebuilt() -> None:
+    restored = ckpt.restore(_object_naming("suite.stragglers:StragglerConfig"))
+    assert type(restored) is StragglerConfig and restored.seed == 7
+
+
 def test_the_codec_restores_state_in_place_through_weights_only_files(tmp_path: Path) -> None:
     live = _policy()
     _advance(live, 6)
