@@ -365,11 +365,9 @@ def _end_finished(
     """End the run with rank 0's summary (FINISHED, or KILLED when pruned); False if MLflow
     could not record it. Either way the summary is also kept in ``suite-summaries/`` next to
     the store, written before MLflow is asked and again with the run id."""
-    from suite.tracking import keep_summary
-
     writer.poll()  # the run id, if the writer has created the run
     summary["run_id"] = writer.run_id
-    path = keep_summary(uri, summary)
+    path = _keep_summary(uri, summary)
     ok = True
     try:
         summary["run_id"] = writer.end(
@@ -378,9 +376,22 @@ def _end_finished(
     except RuntimeError as err:
         _say(f"error: training finished but {err}")
         ok = False
-    path = keep_summary(uri, summary, path)
-    _say(f"summary kept in {path}")
+    path = _keep_summary(uri, summary, path)
+    if path is not None:
+        _say(f"summary kept in {path}")
     return ok
+
+
+def _keep_summary(uri: str, summary: dict[str, Any], previous: Any = None) -> Any:
+    """:func:`suite.tracking.keep_summary`, or None with a warning if the disk refuses it (full,
+    or made read-only mid-run): the summary still reaches MLflow and the terminal."""
+    from suite.tracking import keep_summary
+
+    try:
+        return keep_summary(uri, summary, previous)
+    except OSError as err:
+        _say(f"warning: could not keep the summary beside the store: {err}")
+        return previous
 
 
 def _say(text: str) -> None:
@@ -706,7 +717,7 @@ def _stored_trace(run: str, explicit_uri: str | None) -> tuple[Any, int | None, 
             raise UsageError(f"{run} is not a trace artifact ({trace.ARTIFACT}): {err}") from None
     from suite.tracking import open_client
 
-    uri = _checked_uri(explicit_uri)
+    uri = _checked_uri(explicit_uri, writes=False)
     try:
         _existing_store(uri)
     except UsageError as err:
@@ -755,7 +766,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     recipes_of(args.paper)
     out = Path(args.out) if args.out else REPORTS_DIR / args.paper
     check_out_dir(out)
-    uri = _existing_store(_checked_uri(args.tracking_uri))
+    uri = _existing_store(_checked_uri(args.tracking_uri, writes=False))
     experiment = args.experiment or args.paper
     client = open_client(uri)
     if client.get_experiment_by_name(experiment) is None:  # a typo would write an empty report
@@ -799,12 +810,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     )
 
 
-def _checked_uri(explicit: str | None) -> str:
-    from suite.tracking import check_uri, tracking_uri
+def _checked_uri(explicit: str | None, writes: bool = True) -> str:
+    """The tracking URI to use, checked (UsageError): with ``writes``, a local store must be
+    writable too (commands that record runs)."""
+    from suite.tracking import check_uri, check_writable, tracking_uri
 
     uri = tracking_uri(explicit)
     try:
         check_uri(uri)
+        if writes:
+            check_writable(uri)
     except ValueError as err:
         raise UsageError(str(err)) from None
     return uri

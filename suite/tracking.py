@@ -127,6 +127,22 @@ def check_uri(uri: str) -> None:
         sql_dialect(uri, f"tracking URI {uri!r}", "postgresql://USER:PASSWORD@HOST/DB")
 
 
+def check_writable(uri: str) -> None:
+    """For a command that writes runs: a local store this user cannot write (a read-only
+    folder or file) fails in the writer and at the summary kept beside it, after training:
+    ValueError now instead."""
+    from suite.errors import unwritable_folder
+
+    path = local_store(uri)
+    if path is None:
+        return
+    why = unwritable_folder(path if uri.startswith("file:") or ":" not in uri else path.parent)
+    if why is None and path.is_file() and not os.access(path, os.W_OK):
+        why = f"{path} is not writable by this user"
+    if why is not None:
+        raise ValueError(f"tracking URI {uri!r}: {why}; valid: a store in a folder you can write")
+
+
 def sql_dialect(url: str, name: str, forms: str) -> Any:
     """SQLAlchemy's dialect for the database URL ``url``, its driver imported. A database whose
     driver is not installed fails only when first opened (for a run: in the writer, after
@@ -534,7 +550,8 @@ def keep_summary(uri: str, summary: Mapping[str, Any], previous: Path | None = N
     else:
         path = previous or folder / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.json"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    # strict JSON: a target never reached is NaN in the summary, null here
+    tmp.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
     if previous is not None and previous != path:
         previous.unlink(missing_ok=True)

@@ -187,6 +187,11 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["/dev/null is a file", "--data-dir"],
     ),
     (
+        "new-tracking-uri-under-a-file",
+        [*RUN, "--tracking-uri", "sqlite:////dev/null/mlflow.db"],
+        ["tracking URI 'sqlite:////dev/null/mlflow.db'", "/dev/null is a file"],
+    ),
+    (
         "new-tracking-uri-unknown-driver",
         [*RUN, "--tracking-uri", "postgresql+nosuch://u@localhost/db"],
         ["is not a database URL", "postgresql://USER:PASSWORD@HOST/DB"],

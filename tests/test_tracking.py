@@ -414,3 +414,25 @@ def test_a_dataset_that_another_run_logs_at_the_same_moment_is_linked_not_fatal(
     assert mine.info.status == "FINISHED", mine.data.tags.get("suite.writer_error")
     assert len(calls) == 2
     assert [d.dataset.digest for d in mine.inputs.dataset_inputs] == ["abc123"]
+
+
+def test_the_kept_summary_is_strict_json(tmp_path: Path) -> None:
+    from suite.tracking import keep_summary
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = keep_summary(uri, {"run_id": "abc", "steps_to_target": float("nan"), "steps": 3})
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    kept = json.loads(path.read_text(), parse_constant=refuse)  # NaN would raise here
+    assert kept == {"run_id": "abc", "steps_to_target": None, "steps": 3}
+
+
+def test_a_summary_the_disk_refuses_is_a_warning_not_a_lost_result(capsys) -> None:
+    from suite import cli
+
+    # the store's folder under a file: mkdir fails as on a full or read-only disk
+    previous = Path("/dev/null/earlier.json")
+    assert cli._keep_summary("sqlite:////dev/null/mlflow.db", {"run_id": "x"}, previous) == previous
+    assert "warning: could not keep the summary beside the store" in capsys.readouterr().err
