@@ -795,8 +795,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     recipe = RECIPES.get(args.recipe).obj
     if args.trials < 1 or args.n_jobs < 1:
         raise UsageError("--trials and --n-jobs must be at least 1")
-    if args.study is not None and (not args.study.strip() or set(args.study) & set("'\"`")):
-        raise UsageError(f"--study {args.study!r}: a name that is not blank and has no quotes")
+    if args.study is not None and (not args.study.strip() or set(args.study) & set("'\"`|")):
+        raise UsageError(
+            f"--study {args.study!r}: valid: a name that is not blank, without quotes or '|'"
+        )
     return sweep(
         recipe,
         args.space,

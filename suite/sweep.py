@@ -357,6 +357,15 @@ def sweep(
     finally:
         _close_runs(client, recipe.paper, name, _failed_numbers(study), FAILED_NOTE)
         _summarise(client, parent, study, space, status)
+    finished = _count_finished(study)
+    if finished < trials:  # this driver's budget went on failed trials
+        failed = ", ".join(map(str, sorted(_failed_numbers(study)))) or "none"
+        print(
+            f"error: the study has {finished} of the {trials} finished trials asked for; "
+            f"failed trial(s): {failed} (each run's error.txt in MLflow says why)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -155,7 +155,9 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         [*SWEEP, "--set", "seed=3"],
         ["--set seed=3", "every trial runs the profile's first seed"],
     ),
-    ("new-sweep-study-quote", [*SWEEP, "--study", "bob's"], ["--study", "no quotes"]),
+    ("new-sweep-study-quote", [*SWEEP, "--study", "bob's"], ["--study", "without quotes"]),
+    # the trials' --optuna-trial argument is STORAGE|STUDY|TRIAL: a '|' sent them the wrong study
+    ("new-sweep-study-bar", [*SWEEP, "--study", "a|b"], ["--study 'a|b'", "or '|'"]),
     (
         "new-consensus-time-varying-topology",
         ["run", "consensus_backup", "--set", "algorithm.topology=exponential_one_peer"],

@@ -158,3 +158,16 @@ def test_a_bad_storage_url_is_refused_before_anything(tmp_path: Path, storage: s
     assert "sqlite:///PATH" in done.stderr and "postgresql://" in done.stderr
     assert "Traceback" not in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_whose_trials_fail_exits_1_naming_them(tmp_path: Path) -> None:
+    """Every trial's job crashes: the study ends short of the trials asked for, and the sweep
+    says so with exit 1 (it exited 0, as if the study were done)."""
+    crash = ["--set", "fault.kind=crash", "--set", "fault.rank=1", "--set", "fault.step=2"]
+    done = suite_cmd(*SWEEP, *crash, "--trials", "2", cwd=tmp_path, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "the study has 0 of the 2 finished trials asked for; failed trial(s): 0, 1" in (
+        done.stderr
+    )
+    assert [t.state.name for t in _trials(tmp_path)] == ["FAIL", "FAIL"]
+    _assert_optuna_and_mlflow_agree(tmp_path)
