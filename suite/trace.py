@@ -67,6 +67,7 @@ import json
 import math
 import os
 import time
+import zipfile
 from array import array
 from dataclasses import dataclass
 from typing import Any
@@ -306,12 +307,20 @@ def load(source: str | bytes | os.PathLike[str]) -> Trace:
     else:
         data = source.encode("ascii")
     if not data.startswith(b"PK"):  # not a zip: base64 text
-        data = base64.b64decode(data)
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        meta: dict[str, Any] = json.loads(npz["meta"].tobytes().decode())
-        if meta.get("version") not in (1, 2, VERSION) or tuple(meta["kinds"]) != KINDS:
-            raise ValueError(f"unsupported trace version or kinds: {meta}")
-        ranks = tuple(upgrade(npz[f"rank{r}"]) for r in range(meta["world_size"]))
+        try:
+            data = base64.b64decode(data, validate=True)
+        except ValueError:
+            data = b""
+        if not data.startswith(b"PK"):
+            raise ValueError("neither a .npz archive nor its base64 text")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            meta: dict[str, Any] = json.loads(npz["meta"].tobytes().decode())
+            if meta.get("version") not in (1, 2, VERSION) or tuple(meta["kinds"]) != KINDS:
+                raise ValueError(f"unsupported trace version or kinds: {meta}")
+            ranks = tuple(upgrade(npz[f"rank{r}"]) for r in range(meta["world_size"]))
+    except (zipfile.BadZipFile, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise ValueError(f"a damaged or foreign .npz ({err})") from None
     return Trace(
         world_size=meta["world_size"],
         groups=tuple(tuple(g) for g in meta["groups"]),

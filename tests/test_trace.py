@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import io
 import json
+import re
 import threading
 import time
 
@@ -240,3 +241,30 @@ def _resume_from_version_1(records: np.ndarray) -> np.ndarray:
                        "groups": [[0]], "channels": ["algorithm"]}  # fmt: skip
     transport.load_state_dict(state)
     return transport.trace_records()[0]
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"junk\n", "neither a .npz archive nor its base64 text"),
+        (base64.b64encode(b"not a zip"), "neither a .npz archive nor its base64 text"),
+        (b"PK\x03\x04garbage", "a damaged or foreign .npz (File is not a zip file)"),
+        (b"", "neither a .npz archive nor its base64 text"),
+    ],
+)
+def test_a_file_that_is_not_a_trace_is_a_clear_error(tmp_path, capsys, content, why) -> None:
+    from suite import cli
+
+    path = tmp_path / "x.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="^" + re.escape(why)):
+        trace.load(path)
+    assert cli.main(["replay", str(path)]) == 2  # not a traceback
+    assert f"{path} is not a trace artifact" in capsys.readouterr().err
+
+
+def test_an_npz_that_is_not_a_trace_is_a_clear_error(tmp_path) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, other=np.zeros(3))  # a real archive, without the trace's meta
+    with pytest.raises(ValueError, match=r"a damaged or foreign \.npz"):
+        trace.load(buf.getvalue())
