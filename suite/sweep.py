@@ -62,7 +62,13 @@ from suite.errors import ConfigError
 from suite.preflight import preflight
 from suite.recipes import Recipe, Space, config_hash
 from suite.reproduce import JobFailed, check_extra, run_job, start_children
-from suite.tracking import driver_parent_run, ensure_experiment, open_client, sql_dialect
+from suite.tracking import (
+    driver_parent_run,
+    ensure_experiment,
+    open_client,
+    sql_dialect,
+    without_password,
+)
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 OWNER_ATTR = "suite.space"  # the study's RECIPE:SPACE:PROFILE
@@ -116,7 +122,7 @@ def storage_url(storage: str | None) -> str:
     """The checked storage URL (ConfigError naming the valid forms if SQLAlchemy cannot use it),
     relative SQLite paths made absolute so trial processes find the same file."""
     url = storage or DEFAULT_STORAGE
-    bad = f"--storage {url!r}"
+    bad = f"--storage {without_password(url)!r}"
     try:
         dialect = sql_dialect(url, bad, STORAGE_FORMS)
     except ValueError as err:
@@ -171,7 +177,8 @@ def _check_owner(study: Any, key: str, space: Space, url: str) -> None:
         owner = f"the objectives {', '.join(known)}"
     if owner is not None and owner != key:
         raise ConfigError(
-            f"study {study.study_name!r} in {url} was made for {owner}, not {key}; valid: "
+            f"study {study.study_name!r} in {without_password(url)} was made for {owner}, "
+            f"not {key}; valid: "
             "another --study name, or the recipe, space and profile that made it"
         )
     study.set_user_attr(OWNER_ATTR, key)
@@ -227,7 +234,8 @@ def sweep(
     finished = _count_finished(study)
     left = max(0, trials - finished)
     print(
-        f"study {name!r} in {url}: {finished} finished trial(s), running {left} more",
+        f"study {name!r} in {without_password(url)}: {finished} finished trial(s), running "
+        f"{left} more",
         file=sys.stderr,
     )
     parent = _parent_run(uri, recipe, space_name, name, url)
@@ -593,7 +601,7 @@ def _parent_run(uri: str, recipe: Recipe, space: str, study: str, storage: str) 
     tags = {
         "suite.kind": "study",
         "suite.study": study,
-        "suite.storage": storage,
+        "suite.storage": without_password(storage),  # MLflow tags are for all to read
         "suite.recipe": recipe.name,
         "suite.space": space,
         "paper": recipe.paper,

@@ -251,6 +251,15 @@ def store_label(uri: str) -> str:
     return uri
 
 
+def without_password(url: str) -> str:
+    """A database URL with its password left out, to record or print: whoever opens it again
+    authenticates through the driver's own means (PGPASSWORD or ~/.pgpass for PostgreSQL)."""
+    parsed = urlparse(url)
+    if not parsed.password:
+        return url
+    return url.replace(f":{parsed.password}@", "@", 1)
+
+
 def hardware() -> str:
     """One line naming the machine: CPU model and count, and GPUs if any."""
     cpu = platform.processor() or platform.machine()

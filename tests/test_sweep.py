@@ -171,3 +171,24 @@ def test_a_sweep_whose_trials_fail_exits_1_naming_them(tmp_path: Path) -> None:
     )
     assert [t.state.name for t in _trials(tmp_path)] == ["FAIL", "FAIL"]
     _assert_optuna_and_mlflow_agree(tmp_path)
+
+
+def test_a_storage_password_is_never_recorded(tmp_path: Path) -> None:
+    """The parent run's tags are for every reader of the store (and reports are committed):
+    the Optuna storage is recorded without its password, which the driver reads from its own
+    files (PGPASSWORD, ~/.pgpass) when a report opens the study again."""
+    from suite import sweep
+    from suite.registry import RECIPES
+    from suite.tracking import without_password
+
+    assert without_password("postgresql://ann:s3cr:et@db:5432/optuna") == (
+        "postgresql://ann@db:5432/optuna"
+    )
+    assert without_password("sqlite:////tmp/optuna.db") == "sqlite:////tmp/optuna.db"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    recipe = RECIPES.get("baseline/periods").obj
+    storage = "postgresql://ann:s3cret@db/optuna"
+    run_id = sweep._parent_run(uri, recipe, "lr", "s", storage)
+    tags = MlflowClient(uri).get_run(run_id).data.tags
+    assert tags["suite.storage"] == "postgresql://ann@db/optuna"
+    assert not [k for k, v in tags.items() if "s3cret" in v]
