@@ -502,6 +502,7 @@ class _Slots:
                         warnings.simplefilter("ignore", UserWarning)
                         trial = self.study.ask()
                     self.mine.add(trial.number)
+                    _first_beat(self.study, trial)
                     return trial
                 running = tuple(n for n in running if n not in self.mine)
                 if not running:
@@ -515,6 +516,24 @@ class _Slots:
                         file=sys.stderr,
                     )
             time.sleep(self.poll)
+
+
+def _first_beat(study: Any, trial: Any, tries: int = 5) -> None:
+    """The new trial's first heartbeat, before anything else: Optuna never fails a RUNNING
+    trial that has none, so a driver killed before its heartbeat thread's first beat left a
+    trial every later driver waited for, forever. A storage that stays locked fails the trial
+    (no heartbeat could follow either)."""
+    from optuna.trial import TrialState
+
+    for attempt in range(tries):
+        try:
+            study._storage.record_heartbeat(trial._trial_id)
+            return
+        except Exception:  # a locked SQLite file: try again
+            if attempt == tries - 1:
+                _tell(study, trial, TrialState.FAIL, None)
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def _fail_stale(study: Any) -> None:

@@ -192,3 +192,18 @@ def test_a_storage_password_is_never_recorded(tmp_path: Path) -> None:
     tags = MlflowClient(uri).get_run(run_id).data.tags
     assert tags["suite.storage"] == "postgresql://ann@db/optuna"
     assert not [k for k, v in tags.items() if "s3cret" in v]
+
+
+def test_a_trial_has_a_heartbeat_from_the_moment_it_is_asked(tmp_path: Path) -> None:
+    """Optuna never fails a RUNNING trial without any heartbeat: a driver killed between
+    ``ask`` and its heartbeat thread's first beat left a trial that every later driver waited
+    for, forever. The first beat is recorded before the trial is handed out, so it goes stale."""
+    from suite import sweep
+
+    stale = sweep._StaleTrial(f"sqlite:///{tmp_path / 'mlflow.db'}", "baseline", "s", 1)
+    storage = sweep._storage(f"sqlite:///{tmp_path / 'optuna.db'}", 1, 1, stale)
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial = sweep._Slots(study, wanted=1, budget=1, poll=1, seed=0).next()
+    assert trial is not None  # and its driver "dies" here: no heartbeat thread ever starts
+    time.sleep(2.5)  # past the 1 s grace period
+    assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
