@@ -642,12 +642,17 @@ class RunWriter:
         self.run_id: str | None = None
 
     def start(self) -> RunWriter:
+        """Start the writer, in a session of its own: whoever stops the owner by its process
+        group (torchrun stops a worker with killpg, SIGKILL 30 s after SIGTERM) would kill the
+        writer with it, mid-way through ending the run, and leave the run RUNNING."""
         self._start_ms = int(time.time() * 1000)
         if hasattr(os, "fork") and all(m in sys.modules for m in WRITER_MODULES):
             self._process = self._fork()
         else:
             fds = tuple(end.fileno() for end in self._child_ends)
-            self._process = subprocess.Popen(self._args, pass_fds=fds, stdin=subprocess.DEVNULL)
+            self._process = subprocess.Popen(
+                self._args, pass_fds=fds, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         for end in self._child_ends:
             end.close()
         return self
@@ -661,6 +666,7 @@ class RunWriter:
         if pid:
             return _ForkedWriter(pid)
         try:  # the writer: without the owner's ends of the pipes, so each sees the other go
+            os.setsid()  # out of the owner's process group (see start)
             self._control.close()
             self.sink.release()
             _writer_main(*self._child_ends, owner, self._flush_seconds)  # exits by itself

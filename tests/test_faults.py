@@ -240,6 +240,19 @@ def _terminal_closed(tmp: Path) -> tuple[int, str]:
     return code, "FAILED"
 
 
+def _process_group_killed(tmp: Path) -> tuple[int, str]:
+    """How torchrun stops a worker that outstays SIGTERM: SIGKILL to its whole process group.
+    The writer, in a session of its own, outlives it and ends the run itself."""
+    proc = _start(["run", "allreduce_sgd", *LONG], tmp, new_session=True)
+    _running(tmp)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its ranks
+    code = proc.wait(30)
+    _wait_for(lambda: "RUNNING" not in _runs(tmp).values(), 30, "the run was left RUNNING")
+    nxt = _suite(tmp, "run", "single", "--steps", "5", "--no-track")  # removes the job folder
+    assert nxt.returncode == 0, nxt.stderr
+    return code, "FAILED"
+
+
 def _launcher_and_writer_killed(tmp: Path) -> tuple[int, str]:
     proc = _start(["run", "allreduce_sgd", *LONG], tmp)
     writer = _writer(proc.pid)
@@ -277,6 +290,7 @@ RUN_FAULTS = {
     "SIGHUP to the process group": (_terminal_closed, 130),
     "launcher and writer SIGKILL": (_launcher_and_writer_killed, -signal.SIGKILL),
     "launcher SIGKILL": (_launcher_killed, -signal.SIGKILL),
+    "SIGKILL to the process group": (_process_group_killed, -signal.SIGKILL),
 }
 
 
