@@ -63,7 +63,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +98,30 @@ def heartbeat() -> None:
     """Report progress to the launcher (cheap; a no-op outside a launched worker)."""
     if _beats is not None:
         _beats[_rank] = time.time()
+
+
+@contextlib.contextmanager
+def beating(every: float = 1.0) -> Iterator[None]:
+    """Heartbeats from a thread while the body runs: for a rank's local work that can take
+    longer than the hang timeout and cannot wait on a peer (rank 0's replay of the run's trace
+    at its end). Not around collectives: a rank stuck in one must still look hung."""
+    if _beats is None:  # not a launched worker
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            heartbeat()
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        heartbeat()
 
 
 class _Communicating:

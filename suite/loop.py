@@ -56,7 +56,7 @@ from suite import netmodel, trace
 from suite.algorithms.base import Algorithm, Context
 from suite.config import RunConfig, flatten, to_json
 from suite.divergence import Diverged
-from suite.launcher import heartbeat, placement, resolve_device
+from suite.launcher import beating, heartbeat, placement, resolve_device
 from suite.optim import LARS, lars_param_groups
 from suite.registry import ALGORITHMS, DATASETS, MODELS
 from suite.tasks.data import (
@@ -224,7 +224,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
 
-        self.data = build_dataset(cfg)
+        with beating():  # local work, minutes for a large image folder under spawn
+            self.data = build_dataset(cfg)
         self.model = initial_model(cfg, self.data).to(self.device)
         self.num_params = sum(p.numel() for p in self.model.parameters())
         _seed_everything(cfg.seed * 7919 + self.rank + 1)  # per-rank dropout etc.
@@ -777,26 +778,29 @@ class Trainer:
         if cfg.target_accuracy:
             steps, seconds, clock = self.reached or (math.nan, math.nan, math.nan)
             summary.update(steps_to_target=steps, seconds_to_target=seconds, clock_to_target=clock)
-        merged = _merge_traces(self.world, traces)
-        summary.update(self._network_figures(merged))
-        summary.update(totals)
-        summary.update(self.algorithm.derived(totals) if totals else {})
-        for key in self.last_eval:
-            if key.startswith("test_accuracy_rank"):
-                summary[key] = self.last_eval[key]
-        artifacts = {
-            **artifacts,
-            "config.json": to_json(cfg),
-            "comm.json": json.dumps(everyone, indent=2),
-            trace.ARTIFACT: trace.encode(
-                merged.world_size,
-                list(merged.groups),
-                list(merged.channels),
-                list(merged.ranks),
-                list(merged.truncated),
-                list(merged.tail),
-            ),
-        }
+        # rank 0 alone from here, for as long as the replay and encoding take (minutes at
+        # scale): the launcher must not take the silence for a hang
+        with beating():
+            merged = _merge_traces(self.world, traces)
+            summary.update(self._network_figures(merged))
+            summary.update(totals)
+            summary.update(self.algorithm.derived(totals) if totals else {})
+            for key in self.last_eval:
+                if key.startswith("test_accuracy_rank"):
+                    summary[key] = self.last_eval[key]
+            artifacts = {
+                **artifacts,
+                "config.json": to_json(cfg),
+                "comm.json": json.dumps(everyone, indent=2),
+                trace.ARTIFACT: trace.encode(
+                    merged.world_size,
+                    list(merged.groups),
+                    list(merged.channels),
+                    list(merged.ranks),
+                    list(merged.truncated),
+                    list(merged.tail),
+                ),
+            }
         return summary, artifacts
 
     def _network_figures(self, merged: trace.Trace) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from suite.launcher import RankFailure, heartbeat, launch
+from suite.launcher import RankFailure, beating, heartbeat, launch
 from suite.transport import Transport
 
 
@@ -62,6 +63,22 @@ def test_a_dead_rank_is_blamed_with_its_traceback(fault: str, reason: str, detai
     assert reason in failure.reason
     assert detail in failure.details
     assert elapsed < 15, f"took {elapsed:.1f} s to notice a dead rank"
+
+
+def _long_local_work(beat: bool) -> int:
+    """Rank 0's end of a run: the others have returned, and it works alone for a while (the
+    trace's replay), longer than the hang timeout."""
+    Transport()
+    if torch.distributed.get_rank() == 0:
+        with beating() if beat else contextlib.nullcontext():
+            time.sleep(4)
+    return torch.distributed.get_rank()
+
+
+def test_long_local_work_that_beats_is_not_taken_for_a_hang() -> None:
+    assert launch(_long_local_work, 2, (True,), hang_timeout=2) == [0, 1]
+    with pytest.raises(RankFailure, match="hung"):  # the control: without beats, it is
+        launch(_long_local_work, 2, (False,), hang_timeout=2)
 
 
 def test_a_hung_rank_is_found_and_its_stack_dumped() -> None:
