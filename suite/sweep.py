@@ -66,6 +66,7 @@ from suite.tracking import (
     driver_parent_run,
     ensure_experiment,
     open_client,
+    patiently,
     sql_dialect,
     without_password,
 )
@@ -79,6 +80,7 @@ STORAGE_FORMS = (
 # Seconds between a running trial's heartbeats, and without one before its driver counts as gone.
 HEARTBEAT_S, GRACE_S = 10, 60
 MAX_RETRY = 3  # a trial whose driver died is run again at most this many times
+OPTUNA_STORE = "the Optuna storage"  # in lock warnings
 FAILED_NOTE = "Optuna holds this trial as FAIL (its result is not in the study); so does its run."
 
 
@@ -100,6 +102,19 @@ class OptunaPruner:
     trial_id: int
 
     def __call__(self, step: int, accuracy: float) -> bool:
+        """Report; True to prune. A storage that stays locked (drivers sharing a SQLite file)
+        or fails is a warning and no pruning: losing one report costs less than the run."""
+        try:
+            return patiently(self._report, step, accuracy, store=OPTUNA_STORE)
+        except Exception as err:
+            print(
+                f"warning: trial {self.trial_id}: step {step} not reported to Optuna "
+                f"({type(err).__name__}: {err}); training goes on",
+                file=sys.stderr,
+            )
+            return False
+
+    def _report(self, step: int, accuracy: float) -> bool:
         import optuna
 
         study = optuna.load_study(
@@ -420,9 +435,9 @@ def _storage(url: str, interval: int, grace: int, stale: _StaleTrial) -> Any:
 def _tell(study: Any, trial: Any, state: Any, values: Any) -> bool:
     """Tell the study how ``trial`` ended; False if it had already been ended (marked FAIL by
     another driver that took this one for dead)."""
-    if study._storage.get_trial(trial._trial_id).state.is_finished():
+    if patiently(study._storage.get_trial, trial._trial_id, store=OPTUNA_STORE).state.is_finished():
         return False
-    study.tell(trial, values, state=state, skip_if_finished=True)
+    patiently(study.tell, trial, values, state=state, skip_if_finished=True, store=OPTUNA_STORE)
     return True
 
 
@@ -500,7 +515,7 @@ class _Slots:
                     self.study.sampler = optuna.samplers.TPESampler(seed=self.seed + len(trials))
                     with warnings.catch_warnings():  # "heartbeat ... used with Study.optimize"
                         warnings.simplefilter("ignore", UserWarning)
-                        trial = self.study.ask()
+                        trial = patiently(self.study.ask, store=OPTUNA_STORE)
                     self.mine.add(trial.number)
                     _first_beat(self.study, trial)
                     return trial

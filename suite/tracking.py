@@ -396,9 +396,10 @@ def _locked(err: BaseException) -> bool:
     return False
 
 
-def patiently(call: Any, *args: Any, **kwargs: Any) -> Any:
-    """``call(*args, **kwargs)``, retried with backoff while the store is locked (up to
-    ``LOCK_RETRY_SECONDS``); any other error, or a lock that outlasts that, is raised."""
+def patiently(call: Any, *args: Any, store: str = "the MLflow store", **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)``, retried with backoff while the ``store`` (a SQLite file) is
+    locked (up to ``LOCK_RETRY_SECONDS``); any other error, or a lock that outlasts that, is
+    raised."""
     deadline = time.monotonic() + LOCK_RETRY_SECONDS
     pause = 0.2
     while True:
@@ -409,7 +410,7 @@ def patiently(call: Any, *args: Any, **kwargs: Any) -> Any:
                 raise
         if pause == 0.2:
             print(
-                f"warning: the MLflow store is locked by another process; retrying for up to "
+                f"warning: {store} is locked by another process; retrying for up to "
                 f"{LOCK_RETRY_SECONDS:g} s",
                 file=sys.stderr,
             )

@@ -207,3 +207,27 @@ def test_a_trial_has_a_heartbeat_from_the_moment_it_is_asked(tmp_path: Path) -> 
     assert trial is not None  # and its driver "dies" here: no heartbeat thread ever starts
     time.sleep(2.5)  # past the 1 s grace period
     assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
+
+
+def test_a_trials_report_waits_out_a_locked_storage_and_never_kills_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rank 0 reports each evaluation to the study: a SQLite file another driver holds past
+    its 5 s busy wait used to crash the rank (the trial FAIL, its training lost)."""
+    import sqlite3
+    import threading
+
+    from suite.sweep import OptunaPruner
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=url, study_name="s")
+    trial = study.ask()
+    held = sqlite3.connect(tmp_path / "optuna.db", isolation_level=None, check_same_thread=False)
+    held.execute("BEGIN EXCLUSIVE")
+    threading.Timer(8, held.execute, args=("ROLLBACK",)).start()
+    assert OptunaPruner(url, "s", trial._trial_id)(3, 0.5) is False
+    assert optuna.load_study(study_name="s", storage=url).trials[0].intermediate_values == {3: 0.5}
+    assert "the Optuna storage is locked by another process; retrying" in capsys.readouterr().err
+    # a study that is gone: a warning, and the run goes on unpruned
+    assert OptunaPruner(url, "gone", trial._trial_id)(4, 0.6) is False
+    assert "step 4 not reported to Optuna" in capsys.readouterr().err
