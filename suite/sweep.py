@@ -46,6 +46,7 @@ FAIL trial. Any other failed run leaves its trial FAIL and the study goes on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -213,6 +214,7 @@ def sweep(
 ) -> int:
     """Run the study until it has ``trials`` finished trials; returns the exit code."""
     import optuna
+    from optuna.trial import TrialState
 
     space = _space(recipe, space_name)
     row = recipe.row(space.row)
@@ -271,7 +273,7 @@ def sweep(
                 " (its result is reused, nothing is run)",
                 file=sys.stderr,
             )
-            if twin.state != optuna.trial.TrialState.COMPLETE:
+            if twin.state != TrialState.COMPLETE:
                 raise optuna.TrialPruned()
             return tuple(twin.values) if multi else twin.values[0]
         overrides = recipe.overrides(row, profile, seed, [*extra, *chosen])
@@ -309,8 +311,12 @@ def sweep(
                 file=sys.stderr,
             )
             raise optuna.TrialPruned() from None  # TPE ranks it worst; a FAIL it would ignore
-        trial.set_user_attr("mlflow_run_id", summary.get("run_id"))
         values = tuple(float(summary[m]) for m, _ in space.objectives)
+        # the job ended and its MLflow run with it: a Ctrl-C from here on must not fail the trial
+        ended[trial.number] = (
+            (TrialState.PRUNED, None) if summary.get("pruned") else (TrialState.COMPLETE, values)
+        )
+        trial.set_user_attr("mlflow_run_id", summary.get("run_id"))
         print(
             f"trial {trial.number}: {dict(trial.params)} -> "
             + ", ".join(f"{m} {v:.4g}" for (m, _), v in zip(space.objectives, values, strict=True))
@@ -321,10 +327,10 @@ def sweep(
             raise optuna.TrialPruned()
         return values if multi else values[0]
 
+    ended: dict[int, tuple[Any, Any]] = {}  # trial number -> (state, values) of a finished job
+
     def run_trial(trial: Any) -> None:
         """Run one trial with its heartbeat going and tell the study how it ended."""
-        from optuna.trial import TrialState
-
         state, values = TrialState.FAIL, None
         with _heartbeat(rdb, trial._trial_id, interval):
             try:
@@ -337,7 +343,8 @@ def sweep(
             except JobFailed as err:
                 print(f"trial {trial.number} failed: {err}", file=sys.stderr)
             except BaseException:  # Ctrl-C, or a bug: the trial fails (not retried), as in optimize
-                _tell(study, trial, TrialState.FAIL, None)
+                state, values = ended.get(trial.number, (TrialState.FAIL, None))
+                _tell(study, trial, state, values if multi or values is None else values[0])
                 raise
         if not _tell(study, trial, state, values):
             print(
@@ -378,6 +385,11 @@ def sweep(
         status = "KILLED"
         raise
     finally:
+        # a second Ctrl-C cuts the wait for this driver's threads short: their trials are
+        # ended here, or _summarise would take them for another driver's and leave it all open
+        for number in sorted(claim.mine):
+            with contextlib.suppress(Exception):
+                _tell(study, study.trials[number], TrialState.FAIL, None)
         _close_runs(client, recipe.paper, name, _failed_numbers(study), FAILED_NOTE)
         _summarise(client, parent, study, space, status)
     finished = _count_finished(study)
@@ -437,7 +449,9 @@ def _tell(study: Any, trial: Any, state: Any, values: Any) -> bool:
     another driver that took this one for dead)."""
     if patiently(study._storage.get_trial, trial._trial_id, store=OPTUNA_STORE).state.is_finished():
         return False
-    patiently(study.tell, trial, values, state=state, skip_if_finished=True, store=OPTUNA_STORE)
+    patiently(
+        study.tell, trial.number, values, state=state, skip_if_finished=True, store=OPTUNA_STORE
+    )
     return True
 
 

@@ -231,3 +231,37 @@ def test_a_trials_report_waits_out_a_locked_storage_and_never_kills_the_run(
     # a study that is gone: a warning, and the run goes on unpruned
     assert OptunaPruner(url, "gone", trial._trial_id)(4, 0.6) is False
     assert "step 4 not reported to Optuna" in capsys.readouterr().err
+
+
+def test_a_ctrl_c_after_a_trials_job_ended_keeps_its_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C lands after the trial's job finished (its MLflow run FINISHED) but before the
+    study was told: the trial is told COMPLETE with its value, not FAIL (which also flipped
+    its finished MLflow run to FAILED)."""
+    from collections import defaultdict
+
+    from suite import sweep
+    from suite.registry import RECIPES
+
+    def finished_job(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        summary: dict[str, Any] = defaultdict(lambda: 0.75)  # every objective's metric
+        summary.update(run_id="r0", pruned=False)
+        return summary
+
+    def interrupted(self: Any, key: str, value: Any) -> None:
+        if key == "mlflow_run_id":
+            raise KeyboardInterrupt  # the Ctrl-C, just after the job's summary came back
+        original(self, key, value)
+
+    original = optuna.trial.Trial.set_user_attr
+    monkeypatch.setattr(sweep, "run_job", finished_job)
+    monkeypatch.setattr(optuna.trial.Trial, "set_user_attr", interrupted)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    with pytest.raises(KeyboardInterrupt):
+        sweep.sweep(
+            RECIPES.get("baseline/periods").obj, "lr", trials=1,
+            uri=f"sqlite:///{tmp_path / 'mlflow.db'}", storage=storage, study_name="s",
+        )  # fmt: skip
+    (trial,) = optuna.load_study(study_name="s", storage=storage).get_trials()
+    assert trial.state.name == "COMPLETE" and trial.value == 0.75
