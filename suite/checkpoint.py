@@ -103,6 +103,27 @@ def new_directory(uri: str) -> str:
     return str(store_directory(uri) / "checkpoints" / uuid.uuid4().hex)
 
 
+def hold(directory: str | Path) -> int:
+    """Claim ``directory`` for this job (created if missing) until the process ends: an open
+    descriptor of the folder with an exclusive flock, returned to be kept. ValueError if another
+    job holds it: two jobs checkpointing into one folder (two ``suite resume`` of a run, or one
+    --checkpoint-dir twice) delete each other's checkpoints."""
+    import fcntl
+
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ValueError(
+            f"checkpoint folder {path} is in use by another job (resumed or running now); "
+            "valid: wait for it to end, or name another --checkpoint-dir"
+        ) from None
+    return fd
+
+
 # ---------------------------------------------------------------------------------------------
 # Files
 

@@ -497,7 +497,8 @@ def _checkpointing(
                 f"the checkpoint in {resume.directory} was written by another config than "
                 "the run's; refusing to resume"
             )
-        return Checkpointing(resume.directory, resume.manifest["every"], resume=True)
+        checkpoint = Checkpointing(resume.directory, resume.manifest["every"], resume=True)
+        return checkpoint if torchrun_rank is not None else _held(checkpoint)
     every = getattr(args, "checkpoint_every", 0)
     directory = getattr(args, "checkpoint_dir", None)
     if every == 0:
@@ -507,7 +508,8 @@ def _checkpointing(
         why = unwritable_folder(path)
         if why is not None:  # else a rank's traceback at its first save
             raise UsageError(f"--checkpoint-dir {path}: {why}")
-        return Checkpointing(str(path), every)
+        checkpoint = Checkpointing(str(path), every)
+        return checkpoint if torchrun_rank is not None else _held(checkpoint)
     if uri is None or torchrun_rank is not None:
         if every is None:
             return None  # auto, and no store to keep them next to: none
@@ -516,6 +518,19 @@ def _checkpointing(
             "(every rank must name the same folder)"
         )
     return Checkpointing(new_directory(uri), every)
+
+
+def _held(checkpoint: Any) -> Any:
+    """``checkpoint``, its folder claimed by this process for the job's life (a folder a new
+    run makes for itself is its own already; under torchrun every rank names the folder, and
+    the launcher that could hold it for all is torchrun's)."""
+    from suite.checkpoint import hold
+
+    try:
+        hold(checkpoint.directory)  # the descriptor stays open until the process exits
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return checkpoint
 
 
 def _resume_hint(writer: Any, checkpoint: Any) -> None:
@@ -548,7 +563,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if manifest is None:
             raise UsageError(f"no checkpoint in {directory}")
         uri = experiment = None
-        target, flat = manifest["target"], manifest["config"]
+        target, flat = manifest.get("target"), manifest.get("config", {})
+        if target is None:
+            raise UsageError(f"the checkpoint manifest in {directory} names no target")
     else:
         uri = _checked_uri(args.tracking_uri)
         run, experiment = _resumable_run(uri, args.run_id)
@@ -559,6 +576,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
             raise UsageError(f"run {args.run_id} has no checkpoint to resume from{where}")
         target = run.data.tags.get("target") or run.data.params.get("target", "")
         flat = {k: v for k, v in run.data.params.items() if k != "target"}
+    missing = [key for key in ("step", "every", "config") if key not in manifest]
+    if missing:
+        raise UsageError(
+            f"the checkpoint manifest in {directory} has no {', '.join(missing)}: a damaged "
+            "one, or not written by a suite run; refusing to resume"
+        )
     run_args = argparse.Namespace(
         target=target,
         set=[f"{key}={_as_text(value)}" for key, value in flat.items()],

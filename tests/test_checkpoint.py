@@ -23,7 +23,7 @@ from baselines.consensus_backup import observations
 from suite import checkpoint as ckpt
 from suite.algorithms.dybw import DyBWRule
 from suite.cli import build_config, main
-from suite.config import apply_overrides
+from suite.config import apply_overrides, flatten
 from suite.launcher import RankFailure, launch
 from suite.loop import Job, Trainer, run_worker
 from suite.registry import ALGORITHMS
@@ -400,6 +400,34 @@ def test_resume_refuses_what_it_cannot_continue(
     assert reason in capsys.readouterr().err
     if status is not None:
         assert client.get_run(run_id).info.status == status  # untouched
+
+
+def test_a_checkpoint_folder_in_use_is_refused(tmp_path: Path) -> None:
+    """Two jobs on one folder (two `suite resume` of a run, one --checkpoint-dir twice) delete
+    each other's checkpoints: the second is refused, exit 2, until the first ends."""
+    folder = tmp_path / "ck"
+    fd = ckpt.hold(folder)
+    with pytest.raises(ValueError, match="is in use by another job"):
+        ckpt.hold(folder)
+    args = ("--no-track", "--checkpoint-every", "5", "--checkpoint-dir", str(folder))
+    run = suite_cmd("run", "allreduce_sgd", "--steps", "2", *args, cwd=tmp_path)
+    assert run.returncode == 2 and f"checkpoint folder {folder} is in use" in run.stderr
+    cfg = build_config(_args("allreduce_sgd", 2))[0]
+    manifest = {"step": 3, "every": 5, "target": "allreduce_sgd", "config": flatten(cfg)}
+    ckpt.write_manifest(folder, manifest)
+    again = suite_cmd("resume", "--checkpoint-dir", str(folder), cwd=tmp_path)
+    assert again.returncode == 2 and "is in use by another job" in again.stderr, again.stderr
+    assert ckpt.read_manifest(folder)["step"] == 3  # untouched
+    os.close(fd)  # the first job ends: the folder is free
+    os.close(ckpt.hold(folder))
+
+
+@pytest.mark.parametrize("manifest", [{"step": 3}, {"step": 3, "target": "single"}])
+def test_a_manifest_missing_what_resume_needs_is_refused(tmp_path: Path, manifest) -> None:
+    ckpt.write_manifest(tmp_path, manifest)
+    done = suite_cmd("resume", "--checkpoint-dir", str(tmp_path), cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "refusing to resume" in done.stderr or "names no target" in done.stderr
 
 
 def test_checkpoints_of_an_untracked_run_need_a_folder(
