@@ -15,6 +15,19 @@ import socket
 HOST = socket.gethostname()
 
 
+def _pid_namespace() -> str:
+    """This process's PID namespace (its inode; '' where the kernel does not say). Containers
+    sharing a host name (docker --network host, Kubernetes hostNetwork) each number their
+    processes in their own: a pid from another namespace means nothing here."""
+    try:
+        return os.readlink("/proc/self/ns/pid").partition("[")[2].rstrip("]")
+    except OSError:
+        return ""
+
+
+NAMESPACE = _pid_namespace()
+
+
 def _stat(pid: int) -> list[str] | None:
     """The fields of /proc/PID/stat after the command name (state first), None if gone."""
     try:
@@ -26,14 +39,26 @@ def _stat(pid: int) -> list[str] | None:
 
 
 def identity(pid: int) -> str:
-    """``PID:START`` (START empty where /proc is not there)."""
+    """``PID:START:NAMESPACE`` (START and NAMESPACE empty where /proc is not there) of a
+    process in this PID namespace."""
     fields = _stat(pid)
-    return f"{pid}:{fields[19] if fields else ''}"
+    return f"{pid}:{fields[19] if fields else ''}:{NAMESPACE}"
+
+
+def checkable(ident: str) -> bool:
+    """Whether :func:`alive` can tell for ``ident``: it was taken in this PID namespace (or
+    says none, as identities written before namespaces were recorded)."""
+    namespace = ident.split(":")[2] if ident.count(":") >= 2 else ""
+    return not namespace or namespace == NAMESPACE
 
 
 def alive(ident: str) -> bool:
-    """True while the process ``ident`` names runs (a zombie counts as dead)."""
-    pid_text, _, start = ident.partition(":")
+    """True while the process ``ident`` names runs (a zombie counts as dead); True too for a
+    process of another PID namespace, which cannot be checked from here."""
+    if not checkable(ident):
+        return True
+    pid_text, _, rest = ident.partition(":")
+    start = rest.partition(":")[0]
     try:
         pid = int(pid_text)
     except ValueError:

@@ -500,10 +500,11 @@ def orphan_note(tags: Mapping[str, str], now: float | None = None) -> str | None
     if host is None:
         return None
     now = time.time() if now is None else now
-    if host == liveness.HOST:
+    idents = [i for i in tags.get("suite.owner.pids", "").split(",") if i]
+    # another container with this host name (its own PID namespace) counts as another host
+    if host == liveness.HOST and all(liveness.checkable(i) for i in idents):
         if tags.get("suite.owner.boot", "") != liveness.boot_id():
             return f"host {host} has restarted since the run started"
-        idents = [i for i in tags.get("suite.owner.pids", "").split(",") if i]
         if any(liveness.alive(i) for i in idents):
             return None
         pids = ", ".join(i.split(":")[0] for i in idents)

@@ -377,6 +377,36 @@ def test_orphans_of_other_hosts_go_by_heartbeat(tmp_path: Path) -> None:
         assert client.get_run(run.info.run_id).info.status == "RUNNING"
 
 
+def test_a_process_of_another_pid_namespace_is_judged_as_another_hosts() -> None:
+    """Containers sharing a host name and a kernel (host networking) number processes in their
+    own PID namespaces: a pid from another one says nothing here. Its runs go by heartbeat,
+    its job folders are never taken for dead."""
+    from suite import liveness
+    from suite.tracking import STALE_SECONDS, orphan_note
+
+    dead = _a_dead_pid()
+    mine = liveness.identity(os.getpid())
+    assert mine.endswith(f":{liveness.NAMESPACE}") and liveness.NAMESPACE
+    assert liveness.alive(mine) and not liveness.alive(f"{dead}::{liveness.NAMESPACE}")
+    assert not liveness.alive(f"{dead}:")  # an identity written before namespaces: checked
+    foreign = f"{dead}:1:{int(liveness.NAMESPACE) + 1}"
+    assert not liveness.checkable(foreign) and liveness.alive(foreign)  # never judged dead
+    now = time.time()
+    tags = {"suite.owner.host": liveness.HOST, "suite.owner.boot": liveness.boot_id(),
+            "suite.owner.pids": foreign}  # fmt: skip
+    assert orphan_note({**tags, "suite.heartbeat": f"{now - 60}"}, now) is None
+    note = orphan_note({**tags, "suite.heartbeat": f"{now - STALE_SECONDS - 60}"}, now)
+    assert note is not None and "no heartbeat" in note
+    here = {**tags, "suite.owner.pids": f"{dead}::{liveness.NAMESPACE}"}  # this namespace
+    assert "are gone" in (orphan_note(here, now) or "")
+
+
+def _a_dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
 def test_the_writer_refreshes_its_heartbeat(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
