@@ -482,6 +482,13 @@ def driver_parent_run(
     found = client.search_runs([exp_id], filter_string=query, order_by=oldest)
     if found:
         run_id = found[0].info.run_id
+        before = found[0].data.tags
+        if before.get("suite.owner.host") == liveness.HOST and found[0].info.status == "RUNNING":
+            # drivers sharing it on this host: it is orphaned only once all of them are gone
+            # (the newest may stop first, leaving the run to another that is still working)
+            others = [i for i in before.get("suite.owner.pids", "").split(",") if i]
+            idents = [i for i in others if liveness.alive(i)] + [owner["suite.owner.pids"]]
+            owner["suite.owner.pids"] = ",".join(dict.fromkeys(idents))
         for key, value in owner.items():
             client.set_tag(run_id, key, value)
         client.update_run(run_id, status="RUNNING")

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import suite_cmd
+from conftest import ROOT, suite_cmd
 
 LONG = ["--nproc", "2", "--steps", "100000", "--set", "eval_every=0"]  # stopped by the fault
 SHORT = ["--nproc", "2", "--steps", "3000", "--set", "eval_every=0"]  # ends by itself
@@ -399,6 +399,34 @@ def test_a_process_of_another_pid_namespace_is_judged_as_another_hosts() -> None
     assert note is not None and "no heartbeat" in note
     here = {**tags, "suite.owner.pids": f"{dead}::{liveness.NAMESPACE}"}  # this namespace
     assert "are gone" in (orphan_note(here, now) or "")
+
+
+def test_a_parent_run_shared_by_drivers_is_orphaned_only_when_all_are_gone(
+    tmp_path: Path,
+) -> None:
+    """Two sweep drivers share a study's parent run; the newer one stops first and leaves it
+    to the other. It was the only owner named, so the next command marked the run FAILED
+    (orphaned) under the feet of the driver still working."""
+    from suite.tracking import driver_parent_run, open_client, orphan_note
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = open_client(uri)
+    exp = client.create_experiment("e")
+    query, tags = "tags.`suite.kind` = 'study'", {"suite.kind": "study"}
+    first = driver_parent_run(client, exp, query, "parent", tags)  # this process: still alive
+    newer = (
+        "from suite.tracking import driver_parent_run, open_client\n"
+        f"print(driver_parent_run(open_client({uri!r}), {exp!r}, {query!r}, 'parent', {tags!r}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", newer], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == first, done.stderr
+    owners = client.get_run(first).data.tags
+    assert len(owners["suite.owner.pids"].split(",")) == 2  # both drivers, the newer one gone
+    assert orphan_note(owners) is None
+    open_client(uri)  # the next command's housekeeping leaves it alone
+    assert client.get_run(first).info.status == "RUNNING"
 
 
 def _a_dead_pid() -> int:
