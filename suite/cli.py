@@ -303,6 +303,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as interrupt:
         what = f"interrupted ({interrupt.args[0] if interrupt.args else 'SIGINT'})"
         _say(f"\n{what}: all ranks stopped")
+        if torchrun_rank is not None and writer is not None:
+            # torchrun stops every worker with SIGTERM when one dies: the run failed with
+            # that rank's traceback, which it published before it went
+            what = launcher.peer_errors(what, wait=1.0)
         _end_failed(writer, what)
         _resume_hint(writer, checkpoint)
         return EXIT_INTERRUPTED

@@ -241,3 +241,31 @@ def test_a_report_says_which_code_made_its_runs_per_profile() -> None:
         f"{'b' * 10}, 1 by commit {'b' * 10} with local changes, 1 by unrecorded code."
     )
     assert made_by(runs.iloc[:0]) == ""
+
+
+@pytest.mark.timeout(300)
+def test_a_rank_crashing_beside_rank_0_under_one_torchrun_leaves_its_traceback(
+    tmp_path: Path,
+) -> None:
+    """One torchrun agent, two ranks: when rank 1 dies the agent stops rank 0 with SIGTERM.
+    Rank 0 trains on its own meanwhile (Local SGD, no collective for a long while), so the
+    SIGTERM, not a broken collective, is what it hears. The run's error.txt holds rank 1's
+    traceback, not only "interrupted (SIGTERM)"."""
+    port = _free_port()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    crash = ["--set", "fault.kind=crash", "--set", "fault.rank=1", "--set", "fault.step=5"]
+    alone = ["--set", "algorithm.period=1000000", "--set", "log_every=1000000",
+             "--set", "eval_every=0", "--set", "eval_per_rank=false"]  # fmt: skip
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+        "-m", "suite", "run", "local_sgd", "--steps", "2000000", "--quiet", *crash, *alone,
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("baseline").experiment_id])
+    assert run.info.status == "FAILED"
+    error = Path(client.download_artifacts(run.info.run_id, "error.txt", str(tmp_path)))
+    assert "injected fault: rank 1 crashes at step 5" in error.read_text(), error.read_text()
