@@ -283,8 +283,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             launcher.init_from_env(args.hang_timeout)
             try:
                 result = run_worker(job)
-            except BaseException:
-                launcher.publish_error(traceback.format_exc())  # for rank 0's error.txt
+            except BaseException as err:  # for rank 0's error.txt (and its diverged tags)
+                launcher.publish_error(
+                    traceback.format_exc(), err if isinstance(err, Diverged) else None
+                )
                 raise
         else:
             device = launcher.resolve_device(cfg.device, cfg.nproc)
@@ -307,6 +309,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             # torchrun stops every worker with SIGTERM when one dies: the run failed with
             # that rank's traceback, which it published before it went
             what = launcher.peer_errors(what, wait=1.0)
+            diverged = launcher.peer_divergence()
+            if diverged is not None:  # another rank's loss: a result, tagged as such
+                return _diverged(diverged, what, args, cfg, writer, start)
         _end_failed(writer, what)
         _resume_hint(writer, checkpoint)
         return EXIT_INTERRUPTED
@@ -315,6 +320,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except BaseException:  # rank 0 under torchrun raised: the run fails with the tracebacks
         if writer is not None:  # of the rank that failed first, then rank 0's own
             error = launcher.peer_errors(traceback.format_exc())
+            diverged = launcher.peer_divergence()
+            if diverged is not None:  # another rank's loss: a result, tagged as such
+                return _diverged(diverged, error, args, cfg, writer, start)
             _end_failed(writer, error, launcher.torchrun_hosts(wait=0.5))
         raise
     if result is None:  # a non-zero rank under torchrun

@@ -125,10 +125,11 @@ class FaultConfig:
     """Failure injection, to test that the harness ends a broken run cleanly.
 
     kind "crash" raises at ``step`` on ``rank``; "exit" kills the process without a Python
-    traceback (os._exit); "hang" sleeps forever. "none" (the default) injects nothing.
+    traceback (os._exit); "hang" sleeps forever; "diverge" is a non-finite loss there (as a
+    too-large lr gives, on that rank alone). "none" (the default) injects nothing.
     """
 
-    kind: Literal["none", "crash", "exit", "hang"] = "none"
+    kind: Literal["none", "crash", "exit", "hang", "diverge"] = "none"
     rank: int = 0
     step: int = 0
 

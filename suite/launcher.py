@@ -70,6 +70,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from suite.divergence import Diverged
+
 # Imported once in the launcher before forking, so ranks inherit them rather than each paying
 # for the import (torch.optim's first optimizer imports torch._dynamo: seconds of CPU).
 FORK_PRELOAD = ("torch._dynamo",)
@@ -363,12 +365,27 @@ def torchrun_hosts(wait: float = 2.0) -> dict[str, str]:
     return {"suite.hosts": ",".join(dict.fromkeys(hosts)), "suite.nodes_seen": str(len(set(hosts)))}
 
 
-def publish_error(text: str) -> None:
+def publish_error(text: str, diverged: Diverged | None = None) -> None:
     """Tell rank 0 why this rank failed, so the run's error.txt holds the failing rank's own
-    traceback, not rank 0's "Connection closed by peer" that followed it."""
+    traceback, not rank 0's "Connection closed by peer" that followed it; and, for a
+    divergence, where (:func:`peer_divergence`), so the run is tagged diverged."""
+    with contextlib.suppress(Exception):
+        store, rank = _store(), dist.get_rank()
+        if diverged is not None:  # first: it is there once the error is
+            store.set(f"{_SHARED}/diverged/{rank}", f"{diverged.step} {diverged.what}")
+        store.set(f"{_SHARED}/error/{rank}", f"{socket.gethostname()}\n{text}")
+
+
+def peer_divergence() -> Diverged | None:
+    """The divergence another rank published with its error (rank 0, after
+    :func:`peer_errors` waited for the errors), or None."""
     with contextlib.suppress(Exception):
         store = _store()
-        store.set(f"{_SHARED}/error/{dist.get_rank()}", f"{socket.gethostname()}\n{text}")
+        for r in range(1, dist.get_world_size()):
+            if store.check([f"{_SHARED}/diverged/{r}"]):
+                step, what = store.get(f"{_SHARED}/diverged/{r}").decode().split(" ", 1)
+                return Diverged(int(step), r, what)
+    return None
 
 
 def peer_errors(own: str, wait: float = 3.0) -> str:

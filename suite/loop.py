@@ -409,6 +409,8 @@ class Trainer:
             raise RuntimeError(f"injected fault: rank {self.rank} crashes at step {step}")
         if fault.kind == "exit":
             os._exit(3)
+        if fault.kind == "diverge":
+            raise Diverged(step, self.rank, "loss")
         while True:  # hang
             time.sleep(1.0)
 

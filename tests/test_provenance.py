@@ -269,3 +269,27 @@ def test_a_rank_crashing_beside_rank_0_under_one_torchrun_leaves_its_traceback(
     assert run.info.status == "FAILED"
     error = Path(client.download_artifacts(run.info.run_id, "error.txt", str(tmp_path)))
     assert "injected fault: rank 1 crashes at step 5" in error.read_text(), error.read_text()
+
+
+@pytest.mark.timeout(300)
+def test_a_rank_diverging_under_torchrun_tags_the_run_diverged(tmp_path: Path) -> None:
+    """Rank 1 alone sees a non-finite loss: rank 0 hears of it only as a broken collective (or
+    torchrun's SIGTERM), yet the run is tagged diverged as a local run is, so reproduce and
+    sweeps treat it as a result, and resume refuses it."""
+    port = _free_port()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    blow = ["--set", "fault.kind=diverge", "--set", "fault.rank=1", "--set", "fault.step=5"]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+        "-m", "suite", "run", "allreduce_sgd", "--steps", "200", "--quiet", *blow,
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("baseline").experiment_id])
+    assert run.info.status == "FAILED", done.stderr
+    tags = run.data.tags
+    assert tags.get("suite.diverged") == "true", done.stderr[-3000:]
+    assert tags["suite.diverged_rank"] == "1" and tags["suite.diverged_step"] == "5"
