@@ -995,12 +995,15 @@ class _Writer:
         if "target" in tags and run_id is None:  # a `suite run` job: where its code came from
             tags = {**code_tags(tags["target"]), **tags}
         if run_id is not None:  # reopen (suite resume): now owned by this job
+            from mlflow.entities import RunTag
+
             name = client.get_run(run_id).info.run_name or ""
+            # the new owner first: RUNNING under the dead owner's tags, the run would look
+            # orphaned to a command opening the store in between, and be ended FAILED again
+            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
             client.update_run(run_id, status="RUNNING", name=_STATUS_SUFFIX.split(name)[0])
             self.run_id = run_id
             self._send(("opened", self.run_id))
-            for key, value in tags.items():
-                client.set_tag(run_id, key, value)
             self._watch_system(uri, resume=True)
             return
         exp_id = ensure_experiment(client, experiment, uri)
