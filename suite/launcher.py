@@ -71,6 +71,7 @@ import torch
 import torch.distributed as dist
 
 from suite.divergence import Diverged
+from suite.periodic import repeating
 
 # Imported once in the launcher before forking, so ranks inherit them rather than each paying
 # for the import (torch.optim's first optimizer imports torch._dynamo: seconds of CPU).
@@ -110,20 +111,9 @@ def beating(every: float = 1.0) -> Iterator[None]:
     if _beats is None:  # not a launched worker
         yield
         return
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(every):
-            heartbeat()
-
-    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
-    thread.start()
-    try:
+    with repeating(heartbeat, every, "heartbeat"):
         yield
-    finally:
-        stop.set()
-        thread.join()
-        heartbeat()
+    heartbeat()
 
 
 class _Communicating:

@@ -52,14 +52,14 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from suite.errors import ConfigError
+from suite.periodic import repeating
 from suite.preflight import preflight
 from suite.recipes import Recipe, Space, config_hash
 from suite.reproduce import JobFailed, check_extra, run_job, start_children
@@ -455,29 +455,20 @@ def _tell(study: Any, trial: Any, state: Any, values: Any) -> bool:
     return True
 
 
-@contextmanager
-def _heartbeat(storage: Any, trial_id: int, interval: int) -> Iterator[None]:
-    """Record the trial's heartbeat every ``interval`` s while the body runs. (Optuna's own
+def _heartbeat(
+    storage: Any, trial_id: int, interval: int
+) -> contextlib.AbstractContextManager[None]:
+    """Record the trial's heartbeat every ``interval`` s while the block runs. (Optuna's own
     thread dies at the first storage error; a locked SQLite file must not make a live trial
     look dead, so errors here are reported and the next beat tries again.)"""
-    stop = threading.Event()
 
     def beat() -> None:
-        while True:
-            try:
-                storage.record_heartbeat(trial_id)
-            except Exception as err:  # any storage error (a locked file): try again next beat
-                print(f"warning: trial heartbeat not recorded: {err}", file=sys.stderr)
-            if stop.wait(interval):
-                return
+        try:
+            storage.record_heartbeat(trial_id)
+        except Exception as err:  # any storage error (a locked file): try again next beat
+            print(f"warning: trial heartbeat not recorded: {err}", file=sys.stderr)
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    return repeating(beat, interval, f"heartbeat-{trial_id}")
 
 
 class _Slots:

@@ -243,6 +243,25 @@ def test_a_report_says_which_code_made_its_runs_per_profile() -> None:
     assert made_by(runs.iloc[:0]) == ""
 
 
+def _failed_under_one_torchrun(tmp_path: Path, target: str, *args: str) -> Any:
+    """``suite run TARGET ARGS`` as one torchrun agent with two ranks, which must fail: its
+    FAILED MLflow run."""
+    port = _free_port()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+        "-m", "suite", "run", target, "--quiet", *args,
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("baseline").experiment_id])
+    assert run.info.status == "FAILED", done.stderr[-3000:]
+    return run
+
+
 @pytest.mark.timeout(300)
 def test_a_rank_crashing_beside_rank_0_under_one_torchrun_leaves_its_traceback(
     tmp_path: Path,
@@ -251,22 +270,11 @@ def test_a_rank_crashing_beside_rank_0_under_one_torchrun_leaves_its_traceback(
     Rank 0 trains on its own meanwhile (Local SGD, no collective for a long while), so the
     SIGTERM, not a broken collective, is what it hears. The run's error.txt holds rank 1's
     traceback, not only "interrupted (SIGTERM)"."""
-    port = _free_port()
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     crash = ["--set", "fault.kind=crash", "--set", "fault.rank=1", "--set", "fault.step=5"]
     alone = ["--set", "algorithm.period=1000000", "--set", "log_every=1000000",
              "--set", "eval_every=0", "--set", "eval_per_rank=false"]  # fmt: skip
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-        "-m", "suite", "run", "local_sgd", "--steps", "2000000", "--quiet", *crash, *alone,
-    ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode != 0
-    client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("baseline").experiment_id])
-    assert run.info.status == "FAILED"
+    run = _failed_under_one_torchrun(tmp_path, "local_sgd", "--steps", "2000000", *crash, *alone)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     error = Path(client.download_artifacts(run.info.run_id, "error.txt", str(tmp_path)))
     assert "injected fault: rank 1 crashes at step 5" in error.read_text(), error.read_text()
 
@@ -276,20 +284,7 @@ def test_a_rank_diverging_under_torchrun_tags_the_run_diverged(tmp_path: Path) -
     """Rank 1 alone sees a non-finite loss: rank 0 hears of it only as a broken collective (or
     torchrun's SIGTERM), yet the run is tagged diverged as a local run is, so reproduce and
     sweeps treat it as a result, and resume refuses it."""
-    port = _free_port()
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     blow = ["--set", "fault.kind=diverge", "--set", "fault.rank=1", "--set", "fault.step=5"]
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-        "-m", "suite", "run", "allreduce_sgd", "--steps", "200", "--quiet", *blow,
-    ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode != 0
-    client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("baseline").experiment_id])
-    assert run.info.status == "FAILED", done.stderr
-    tags = run.data.tags
-    assert tags.get("suite.diverged") == "true", done.stderr[-3000:]
+    tags = _failed_under_one_torchrun(tmp_path, "allreduce_sgd", "--steps", "200", *blow).data.tags
+    assert tags.get("suite.diverged") == "true", tags
     assert tags["suite.diverged_rank"] == "1" and tags["suite.diverged_step"] == "5"
