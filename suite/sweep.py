@@ -250,9 +250,11 @@ def sweep(
     _fail_stale(study)
     finished = _count_finished(study)
     left = max(0, trials - finished)
+    goals = ", ".join(f"{metric} ({direction})" for metric, direction in space.objectives)
     print(
         f"study {name!r} in {without_password(url)}: {finished} finished trial(s), running "
-        f"{left} more",
+        f"{left} more; each trial runs row {row.label!r} ({row.target}) of {recipe.name} at "
+        f"profile {profile}, seed {seed}; objectives: {goals}",
         file=sys.stderr,
     )
     parent = _parent_run(uri, recipe, space_name, name, url)

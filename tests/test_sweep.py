@@ -170,6 +170,11 @@ def test_a_sweep_whose_trials_fail_exits_1_naming_them(tmp_path: Path) -> None:
         done.stderr
     )
     assert [t.state.name for t in _trials(tmp_path)] == ["FAIL", "FAIL"]
+    # it said up front what each trial runs: the row the space tunes, and what it optimises
+    assert (
+        "each trial runs row 'Local SGD (H=4)' (local_sgd) of baseline/periods at profile smoke, "
+        "seed 0; objectives: test_accuracy (maximize)" in done.stderr
+    )
     _assert_optuna_and_mlflow_agree(tmp_path)
 
 
