@@ -180,7 +180,7 @@ register(
         },
         command="make reproduce-adaptive-topk  (real: make reproduce-adaptive-topk "
         "PROFILE=real; full: suite reproduce adaptive_topk --profile full --set data_dir=DIR)",
-        runtime="smoke: about 80 seconds on 2 idle CPU cores; real: about 30 minutes on 2 CPU "
+        runtime="smoke: about 80 seconds on 2 idle CPU cores; real: about 16 minutes on 2 CPU "
         "cores (10 runs); full: about an hour on CPU",
         deviations=DEVIATIONS + "; real: Fashion-MNIST in place of MNIST, 2 seeds (NOTES.md#real)",
         reference=DENSE,

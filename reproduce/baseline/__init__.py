@@ -127,7 +127,7 @@ register(
             "full": CIFAR10_RESNET20,
         },
         command="suite reproduce baseline [--profile real | --profile full --set data_dir=DIR]",
-        runtime="smoke: about 1 minute on 2 CPU cores; real: about 20 minutes on 2 CPU cores (9 "
+        runtime="smoke: about 1 minute on 2 CPU cores; real: about 16 minutes on 2 CPU cores (9 "
         "runs); full: hours on CPU",
         deviations="No paper: the claims are our expectations, written before the runs.",
         reference=ALLREDUCE,

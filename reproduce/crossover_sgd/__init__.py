@@ -324,8 +324,8 @@ def _fig8() -> Recipe:
         },
         command="suite reproduce crossover_sgd/fig-8 --profile real  (full: suite reproduce "
         "crossover_sgd --profile full --set data_dir=DIR)",
-        runtime="real: about 25 minutes on 2 CPU cores (15 runs, up to 64 local ranks); full: "
-        "weeks of GPU time (up to 64 GPUs)",
+        runtime="real: about 28 minutes on 2 CPU cores (15 runs, up to 64 local ranks), then "
+        "the report; full: weeks of GPU time (up to 64 GPUs)",
         deviations="as Fig 7 (lr: NOTES.md#learning-rate); real: Fashion-MNIST and an MLP, "
         "global batch 2,048 (local_itr 1), 20 epochs (NOTES.md#real)",
         reference=None,  # rows differ in batch or N: no one row is the baseline of all

@@ -158,7 +158,7 @@ register(
         },
         command="make reproduce-dybw  (real: make reproduce-dybw PROFILE=real; full: suite "
         "reproduce dybw --profile full --set data_dir=DIR)",
-        runtime="smoke: about 2 minutes on 2 CPU cores (10 runs); real: about 30 minutes on 2 "
+        runtime="smoke: about 2 minutes on 2 CPU cores (10 runs); real: about 20 minutes on 2 "
         "CPU cores (10 runs); full: hours on CPU",
         deviations="worker count, graph and model are ours (not in the spec); real: "
         "Fashion-MNIST, 3 epochs, 2 seeds (NOTES.md#real)",
@@ -323,7 +323,7 @@ register(
             ),
         },
         command="make reproduce-dybw  (real: make reproduce-dybw PROFILE=real)",
-        runtime="smoke: about a minute on 2 CPU cores (12 runs); real: about 30 minutes on 2 "
+        runtime="smoke: about a minute on 2 CPU cores (12 runs); real: about 20 minutes on 2 "
         "CPU cores (12 runs, one epoch each)",
         reference=SPEEDUP[1],
         columns=(("steps_to_target", "steps to target"),),

@@ -190,8 +190,8 @@ register(
         },
         command="make reproduce-eventgrad  (real: make reproduce-eventgrad PROFILE=real; full: "
         "suite reproduce eventgrad --profile full --set data_dir=DIR)",
-        runtime="smoke: under 3 minutes on 2 CPU cores; real: about 35 minutes on 2 CPU cores "
-        "(12 runs of about 2.5 minutes, then about 5 to build the report); full: about an hour "
+        runtime="smoke: under 3 minutes on 2 CPU cores; real: about 21 minutes on 2 CPU cores "
+        "for its 12 runs, then a few minutes for the report; full: about an hour "
         "on CPU",
         deviations="smoke uses digits and an MLP; real uses Fashion-MNIST in place of MNIST "
         "(NOTES.md#real); ranks = 4 (the paper's count was not found); "
