@@ -247,6 +247,13 @@ def made_by(runs: pd.DataFrame) -> str:
     return "Runs by the code that made them: " + "; ".join(parts) + "."
 
 
+LINKS_NOTE = (
+    "Each results row links its MLflow runs in the UI that serves this store (`make ui` beside "
+    "it, or `SUITE_MLFLOW_UI`): the links need that store, which a clone of the repository does "
+    "not have; the tables and figures here are the record."
+)
+
+
 def header(paper: str, experiment: str, runs: pd.DataFrame, uri: str, note: str = "") -> str:
     sha, code = code_state()  # the suite's own sources: reports it wrote are not local changes
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -256,7 +263,7 @@ def header(paper: str, experiment: str, runs: pd.DataFrame, uri: str, note: str 
         f"the MLflow store `{store_label(uri)}` ({len(runs)} recipe runs) by code {sha[:10]}"
         f"{' with local changes' if code != sha else ''}.{' ' + note if note else ''}"
         f"{' ' + made if made else ''}"
-        f"\n\n{METRIC_CONVENTION}\n\nClaims are checked on the mean over "
+        f"\n\n{LINKS_NOTE}\n\n{METRIC_CONVENTION}\n\nClaims are checked on the mean over "
         "seeds of the finished runs: **holds** and **fails** are measured outcomes; *not "
         "testable* means the claim is not checked at that profile or a row it needs has no "
         "finished run; a claim on a row whose run diverged fails. *fails (known)* is a failure "
