@@ -104,9 +104,15 @@ class OptunaPruner:
 
     def __call__(self, step: int, accuracy: float) -> bool:
         """Report; True to prune. A storage that stays locked (drivers sharing a SQLite file)
-        or fails is a warning and no pruning: losing one report costs less than the run."""
+        or fails is a warning and no pruning: losing one report costs less than the run. The
+        retries stop well within the launcher's hang timeout (the other ranks wait on rank 0
+        meanwhile). A trial ended already (failed by another driver) stops the job."""
+        import optuna
+
         try:
-            return patiently(self._report, step, accuracy, store=OPTUNA_STORE)
+            return patiently(self._report, step, accuracy, store=OPTUNA_STORE, within=15.0)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise
         except Exception as err:
             print(
                 f"warning: trial {self.trial_id}: step {step} not reported to Optuna "
@@ -316,7 +322,9 @@ def sweep(
         values = tuple(float(summary[m]) for m, _ in space.objectives)
         # the job ended and its MLflow run with it: a Ctrl-C from here on must not fail the trial
         ended[trial.number] = (
-            (TrialState.PRUNED, None) if summary.get("pruned") else (TrialState.COMPLETE, values)
+            (TrialState.PRUNED, None)
+            if summary.get("pruned")
+            else (TrialState.COMPLETE, values if multi else values[0])
         )
         trial.set_user_attr("mlflow_run_id", summary.get("run_id"))
         print(
@@ -330,6 +338,7 @@ def sweep(
         return values if multi else values[0]
 
     ended: dict[int, tuple[Any, Any]] = {}  # trial number -> (state, values) of a finished job
+    ended_here: set[int] = set()  # trials the driver itself ended on a second Ctrl-C
 
     def run_trial(trial: Any) -> None:
         """Run one trial with its heartbeat going and tell the study how it ended."""
@@ -345,10 +354,9 @@ def sweep(
             except JobFailed as err:
                 print(f"trial {trial.number} failed: {err}", file=sys.stderr)
             except BaseException:  # Ctrl-C, or a bug: the trial fails (not retried), as in optimize
-                state, values = ended.get(trial.number, (TrialState.FAIL, None))
-                _tell(study, trial, state, values if multi or values is None else values[0])
+                _tell(study, trial, *ended.get(trial.number, (TrialState.FAIL, None)))
                 raise
-        if not _tell(study, trial, state, values):
+        if not _tell(study, trial, state, values) and trial.number not in ended_here:
             print(
                 f"trial {trial.number} was marked FAIL by another driver (no heartbeat from "
                 f"this one for {grace} s) and queued again; its result is dropped",
@@ -390,8 +398,9 @@ def sweep(
         # a second Ctrl-C cuts the wait for this driver's threads short: their trials are
         # ended here, or _summarise would take them for another driver's and leave it all open
         for number in sorted(claim.mine):
-            with contextlib.suppress(Exception):
-                _tell(study, study.trials[number], TrialState.FAIL, None)
+            ended_here.add(number)  # its thread, telling it later, is not told "another driver"
+            with contextlib.suppress(Exception):  # a job that finished keeps its result
+                _tell(study, study.trials[number], *ended.get(number, (TrialState.FAIL, None)))
         _close_runs(client, recipe.paper, name, _failed_numbers(study), FAILED_NOTE)
         _summarise(client, parent, study, space, status)
     finished = _count_finished(study)
@@ -522,7 +531,7 @@ class _Slots:
                     self.study.sampler = optuna.samplers.TPESampler(seed=self.seed + len(trials))
                     with warnings.catch_warnings():  # "heartbeat ... used with Study.optimize"
                         warnings.simplefilter("ignore", UserWarning)
-                        trial = patiently(self.study.ask, store=OPTUNA_STORE)
+                        trial = self.study.ask()  # not retried: a retry could make two
                     self.mine.add(trial.number)
                     _first_beat(self.study, trial)
                     return trial

@@ -396,11 +396,17 @@ def _locked(err: BaseException) -> bool:
     return False
 
 
-def patiently(call: Any, *args: Any, store: str = "the MLflow store", **kwargs: Any) -> Any:
+def patiently(
+    call: Any,
+    *args: Any,
+    store: str = "the MLflow store",
+    within: float = LOCK_RETRY_SECONDS,
+    **kwargs: Any,
+) -> Any:
     """``call(*args, **kwargs)``, retried with backoff while the ``store`` (a SQLite file) is
-    locked (up to ``LOCK_RETRY_SECONDS``); any other error, or a lock that outlasts that, is
+    locked (for up to ``within`` seconds); any other error, or a lock that outlasts that, is
     raised."""
-    deadline = time.monotonic() + LOCK_RETRY_SECONDS
+    deadline = time.monotonic() + within
     pause = 0.2
     while True:
         try:
@@ -410,8 +416,7 @@ def patiently(call: Any, *args: Any, store: str = "the MLflow store", **kwargs: 
                 raise
         if pause == 0.2:
             print(
-                f"warning: {store} is locked by another process; retrying for up to "
-                f"{LOCK_RETRY_SECONDS:g} s",
+                f"warning: {store} is locked by another process; retrying for up to {within:g} s",
                 file=sys.stderr,
             )
         time.sleep(pause)

@@ -236,6 +236,10 @@ def test_a_trials_report_waits_out_a_locked_storage_and_never_kills_the_run(
     # a study that is gone: a warning, and the run goes on unpruned
     assert OptunaPruner(url, "gone", trial._trial_id)(4, 0.6) is False
     assert "step 4 not reported to Optuna" in capsys.readouterr().err
+    # a trial another driver failed meanwhile: its job stops (no use training on)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        OptunaPruner(url, "s", trial._trial_id)(5, 0.7)
 
 
 def test_a_ctrl_c_after_a_trials_job_ended_keeps_its_result(
