@@ -226,7 +226,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     _parse_tags(args.tag)  # bad input fails before anything starts
     world = int(os.environ["WORLD_SIZE"]) if torchrun_rank is not None else None
     plan = quick_check(args, world)  # typos exit 2 here, before torch and MLflow load
-    uri = None if args.no_track else _checked_uri(args.tracking_uri)
+    if args.no_track:
+        uri = None
+    elif torchrun_rank:  # only rank 0 writes: the store is its host's to check
+        from suite.tracking import tracking_uri
+
+        uri = tracking_uri(args.tracking_uri)
+    else:
+        uri = _checked_uri(args.tracking_uri)
     if not args.quiet and not torchrun_rank:
         _say(_plan(args.target, plan, torchrun_rank is not None))
     # The MLflow writer starts first: its imports then overlap the job's own start-up.
@@ -305,14 +312,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as interrupt:
         what = f"interrupted ({interrupt.args[0] if interrupt.args else 'SIGINT'})"
         _say(f"\n{what}: all ranks stopped")
+        hosts = None
         if torchrun_rank is not None and writer is not None:
             # torchrun stops every worker with SIGTERM when one dies: the run failed with
             # that rank's traceback, which it published before it went
             what = launcher.peer_errors(what, wait=1.0)
-            diverged = launcher.peer_divergence()
+            diverged, hosts = launcher.peer_divergence(), launcher.torchrun_hosts(wait=0.5)
             if diverged is not None:  # another rank's loss: a result, tagged as such
-                return _diverged(diverged, what, args, cfg, writer, start)
-        _end_failed(writer, what)
+                return _diverged(diverged, what, args, cfg, writer, start, hosts)
+        _end_failed(writer, what, hosts)
         _resume_hint(writer, checkpoint)
         return EXIT_INTERRUPTED
     except Diverged as err:  # this rank's own, under torchrun
@@ -320,10 +328,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except BaseException:  # rank 0 under torchrun raised: the run fails with the tracebacks
         if writer is not None:  # of the rank that failed first, then rank 0's own
             error = launcher.peer_errors(traceback.format_exc())
-            diverged = launcher.peer_divergence()
+            diverged, hosts = launcher.peer_divergence(), launcher.torchrun_hosts(wait=0.5)
             if diverged is not None:  # another rank's loss: a result, tagged as such
-                return _diverged(diverged, error, args, cfg, writer, start)
-            _end_failed(writer, error, launcher.torchrun_hosts(wait=0.5))
+                return _diverged(diverged, error, args, cfg, writer, start, hosts)
+            _end_failed(writer, error, hosts)
         raise
     if result is None:  # a non-zero rank under torchrun
         return 0
@@ -418,7 +426,13 @@ def _print_json(line: dict[str, Any]) -> None:
 
 
 def _diverged(
-    err: Diverged, details: str, args: argparse.Namespace, cfg: RunConfig, writer: Any, start: float
+    err: Diverged,
+    details: str,
+    args: argparse.Namespace,
+    cfg: RunConfig,
+    writer: Any,
+    start: float,
+    tags: dict[str, str] | None = None,
 ) -> int:
     """A rank's loss or parameters went non-finite (a :class:`Diverged`): a result of the
     config, not a crash, so no traceback. The run ends FAILED with ``suite.diverged`` tags, and
@@ -429,6 +443,7 @@ def _diverged(
         file=sys.stderr,
     )
     tags = {
+        **(tags or {}),
         "suite.diverged": "true",
         "suite.diverged_step": str(err.step),
         "suite.diverged_rank": str(err.rank),

@@ -68,6 +68,7 @@ import math
 import os
 import time
 import zipfile
+import zlib
 from array import array
 from dataclasses import dataclass
 from typing import Any
@@ -306,9 +307,9 @@ def load(source: str | bytes | os.PathLike[str]) -> Trace:
             data = f.read()
     else:
         data = source.encode("ascii")
-    if not data.startswith(b"PK"):  # not a zip: base64 text
+    if not data.startswith(b"PK"):  # not a zip: base64 text (line breaks allowed)
         try:
-            data = base64.b64decode(data, validate=True)
+            data = base64.b64decode(b"".join(data.split()), validate=True)
         except ValueError:
             data = b""
         if not data.startswith(b"PK"):
@@ -319,7 +320,14 @@ def load(source: str | bytes | os.PathLike[str]) -> Trace:
             if meta.get("version") not in (1, 2, VERSION) or tuple(meta["kinds"]) != KINDS:
                 raise ValueError(f"unsupported trace version or kinds: {meta}")
             ranks = tuple(upgrade(npz[f"rank{r}"]) for r in range(meta["world_size"]))
-    except (zipfile.BadZipFile, KeyError, TypeError, UnicodeDecodeError) as err:
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        KeyError,
+        TypeError,
+        UnicodeDecodeError,
+    ) as err:
         raise ValueError(f"a damaged or foreign .npz ({err})") from None
     return Trace(
         world_size=meta["world_size"],

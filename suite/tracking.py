@@ -110,10 +110,14 @@ _SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "
 
 
 def check_uri(uri: str) -> None:
-    """Reject a tracking URI MLflow cannot use, before any process starts."""
+    """Reject a tracking URI MLflow cannot use, before any process starts (the messages name
+    it without its password)."""
     scheme = uri.split(":", 1)[0].split("+", 1)[0] if ":" in uri else "file"
+    shown = without_password(uri)
     if scheme not in _SCHEMES:
-        raise ValueError(f"unsupported tracking URI {uri!r}; valid schemes: {', '.join(_SCHEMES)}")
+        raise ValueError(
+            f"unsupported tracking URI {shown!r}; valid schemes: {', '.join(_SCHEMES)}"
+        )
     if scheme == "sqlite":
         path = local_store(uri)
         if path is None or not path.name:
@@ -124,7 +128,7 @@ def check_uri(uri: str) -> None:
         if path.is_dir():
             raise ValueError(f"tracking URI {uri!r}: {path} is a directory, not a SQLite file")
     if scheme in ("postgresql", "mysql", "mssql"):  # opened through SQLAlchemy
-        sql_dialect(uri, f"tracking URI {uri!r}", "postgresql://USER:PASSWORD@HOST/DB")
+        sql_dialect(uri, f"tracking URI {shown!r}", "postgresql://USER:PASSWORD@HOST/DB")
 
 
 def check_writable(uri: str) -> None:
@@ -492,7 +496,8 @@ def driver_parent_run(
             # drivers sharing it on this host: it is orphaned only once all of them are gone
             # (the newest may stop first, leaving the run to another that is still working)
             others = [i for i in before.get("suite.owner.pids", "").split(",") if i]
-            idents = [i for i in others if liveness.alive(i)] + [owner["suite.owner.pids"]]
+            live = [i for i in others if liveness.checkable(i) and liveness.alive(i)]
+            idents = [*live, owner["suite.owner.pids"]]
             owner["suite.owner.pids"] = ",".join(dict.fromkeys(idents))
         for key, value in owner.items():
             client.set_tag(run_id, key, value)

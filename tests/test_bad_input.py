@@ -418,10 +418,12 @@ def test_a_store_whose_database_driver_is_missing_is_refused_before_training(
 ) -> None:
     # MLflow opens the store in the writer, after training starts: the driver is checked first
     monkeypatch.setitem(sys.modules, "psycopg2", None)  # its import fails, installed or not
-    uri = "postgresql+psycopg2://user@localhost/runs"
+    uri = "postgresql+psycopg2://user:s3cret@localhost/runs"
     assert _main([*start, "--tracking-uri", uri]) == 2
     err = capsys.readouterr().err
-    assert f"tracking URI {uri!r} needs the Python module 'psycopg2'" in err, err
+    shown = "postgresql+psycopg2://user@localhost/runs"  # never the password
+    assert f"tracking URI {shown!r} needs the Python module 'psycopg2'" in err, err
+    assert "s3cret" not in err
     assert "postgresql+DRIVER://" in err and "Traceback" not in err
     assert os.listdir(no_start) == []
 

@@ -288,3 +288,4 @@ def test_a_rank_diverging_under_torchrun_tags_the_run_diverged(tmp_path: Path) -
     tags = _failed_under_one_torchrun(tmp_path, "allreduce_sgd", "--steps", "200", *blow).data.tags
     assert tags.get("suite.diverged") == "true", tags
     assert tags["suite.diverged_rank"] == "1" and tags["suite.diverged_step"] == "5"
+    assert tags["suite.hosts"]  # where it ran, as any torchrun run says

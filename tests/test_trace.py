@@ -263,6 +263,15 @@ def test_a_file_that_is_not_a_trace_is_a_clear_error(tmp_path, capsys, content, 
     assert f"{path} is not a trace artifact" in capsys.readouterr().err
 
 
+def test_base64_text_wrapped_over_lines_still_loads(tmp_path) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, other=np.zeros(3))
+    text = base64.encodebytes(buf.getvalue())  # 76 columns a line, as the base64 tool writes
+    assert b"\n" in text.strip()
+    with pytest.raises(ValueError, match=r"a damaged or foreign \.npz"):  # decoded, then judged
+        trace.load(text)
+
+
 def test_an_npz_that_is_not_a_trace_is_a_clear_error(tmp_path) -> None:
     buf = io.BytesIO()
     np.savez(buf, other=np.zeros(3))  # a real archive, without the trace's meta
