@@ -103,14 +103,20 @@ def new_directory(uri: str) -> str:
     return str(store_directory(uri) / "checkpoints" / uuid.uuid4().hex)
 
 
+_HELD: dict[str, int] = {}  # folder -> the descriptor holding its lock, in this process
+
+
 def hold(directory: str | Path) -> int:
-    """Claim ``directory`` for this job (created if missing) until the process ends: an open
-    descriptor of the folder with an exclusive flock, returned to be kept. ValueError if another
-    job holds it: two jobs checkpointing into one folder (two ``suite resume`` of a run, or one
-    --checkpoint-dir twice) delete each other's checkpoints."""
+    """Claim ``directory`` for this process's jobs (created if missing) until it ends: an open
+    descriptor of the folder with an exclusive flock (one per folder; a later job of the same
+    process holds it already). ValueError if another process holds it: two jobs checkpointing
+    into one folder (two ``suite resume`` of a run, or one --checkpoint-dir twice) delete each
+    other's checkpoints."""
     import fcntl
 
-    path = Path(directory)
+    path = Path(directory).resolve()
+    if str(path) in _HELD:
+        return _HELD[str(path)]
     path.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -121,6 +127,7 @@ def hold(directory: str | Path) -> int:
             f"checkpoint folder {path} is in use by another job (resumed or running now); "
             "valid: wait for it to end, or name another --checkpoint-dir"
         ) from None
+    _HELD[str(path)] = fd
     return fd
 
 

@@ -656,7 +656,10 @@ def _parent_run(uri: str, recipe: Recipe, space: str, study: str, storage: str) 
         "suite.space": space,
         "paper": recipe.paper,
     }
-    return driver_parent_run(client, exp_id, query, f"study {study}", tags)
+    run_id = driver_parent_run(client, exp_id, query, f"study {study}", tags)
+    # a parent run made before passwords were left out holds one: no longer
+    client.set_tag(run_id, "suite.storage", tags["suite.storage"])
+    return run_id
 
 
 def _summarise(client: Any, run_id: str, study: Any, space: Space, status: str) -> None:

@@ -407,8 +407,12 @@ def test_a_checkpoint_folder_in_use_is_refused(tmp_path: Path) -> None:
     each other's checkpoints: the second is refused, exit 2, until the first ends."""
     folder = tmp_path / "ck"
     fd = ckpt.hold(folder)
-    with pytest.raises(ValueError, match="is in use by another job"):
-        ckpt.hold(folder)
+    assert ckpt.hold(folder) == fd  # this process's next job on it: held already
+    other = "import sys; from suite import checkpoint; checkpoint.hold(sys.argv[1])"
+    refused = subprocess.run(
+        [sys.executable, "-c", other, str(folder)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert refused.returncode != 0 and "is in use by another job" in refused.stderr
     args = ("--no-track", "--checkpoint-every", "5", "--checkpoint-dir", str(folder))
     run = suite_cmd("run", "allreduce_sgd", "--steps", "2", *args, cwd=tmp_path)
     assert run.returncode == 2 and f"checkpoint folder {folder} is in use" in run.stderr
@@ -418,8 +422,9 @@ def test_a_checkpoint_folder_in_use_is_refused(tmp_path: Path) -> None:
     again = suite_cmd("resume", "--checkpoint-dir", str(folder), cwd=tmp_path)
     assert again.returncode == 2 and "is in use by another job" in again.stderr, again.stderr
     assert ckpt.read_manifest(folder)["step"] == 3  # untouched
-    os.close(fd)  # the first job ends: the folder is free
-    os.close(ckpt.hold(folder))
+    os.close(ckpt._HELD.pop(str(folder.resolve())))  # the first job's process ends
+    free = subprocess.run([sys.executable, "-c", other, str(folder)], cwd=ROOT)
+    assert free.returncode == 0
 
 
 @pytest.mark.parametrize("manifest", [{"step": 3}, {"step": 3, "target": "single"}])

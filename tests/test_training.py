@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
@@ -297,3 +298,29 @@ def test_one_micro_batch_step_adds_no_tensor_op_to_the_plain_loop() -> None:
     # the control: the profiler does see that division where it is due (two micro-batches)
     split = launch(_division_ops_per_step, 1, (replace(cfg, micro_batches=2),))[0]
     assert split["ours"] >= split["plain"] + 1, split
+
+
+def test_rank_0s_lone_work_at_the_end_is_not_taken_for_a_hang(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The other ranks have returned; rank 0 replays and encodes the trace alone, for longer
+    than the hang timeout (minutes at scale; 5 s here against 2). It beats meanwhile; without
+    the beats (the control) the launcher declares the finished run hung."""
+    import contextlib
+
+    from suite import loop
+    from suite.launcher import RankFailure
+
+    real = loop._merge_traces
+
+    def slow(*args: object) -> object:
+        time.sleep(5)
+        return real(*args)
+
+    monkeypatch.setattr(loop, "_merge_traces", slow)
+    cfg = _config("algorithm=allreduce_sgd", "nproc=2", "steps=4")
+    done = launch(_train_and_return_params, 2, (cfg,), hang_timeout=2)
+    assert done[0]["summary"]["steps"] == 4
+    monkeypatch.setattr(loop, "beating", contextlib.nullcontext)
+    with pytest.raises(RankFailure, match="hung"):
+        launch(_train_and_return_params, 2, (cfg,), hang_timeout=2)
