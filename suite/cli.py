@@ -312,26 +312,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as interrupt:
         what = f"interrupted ({interrupt.args[0] if interrupt.args else 'SIGINT'})"
         _say(f"\n{what}: all ranks stopped")
-        hosts = None
+        code = None
         if torchrun_rank is not None and writer is not None:
             # torchrun stops every worker with SIGTERM when one dies: the run failed with
             # that rank's traceback, which it published before it went
-            what = launcher.peer_errors(what, wait=1.0)
-            diverged, hosts = launcher.peer_divergence(), launcher.torchrun_hosts(wait=0.5)
-            if diverged is not None:  # another rank's loss: a result, tagged as such
-                return _diverged(diverged, what, args, cfg, writer, start, hosts)
-        _end_failed(writer, what, hosts)
+            code = _end_torchrun_failure(what, args, cfg, writer, start, wait=1.0)
+        else:
+            _end_failed(writer, what)
         _resume_hint(writer, checkpoint)
-        return EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED if code is None else code
     except Diverged as err:  # this rank's own, under torchrun
         return _diverged(err, traceback.format_exc(), args, cfg, writer, start)
     except BaseException:  # rank 0 under torchrun raised: the run fails with the tracebacks
         if writer is not None:  # of the rank that failed first, then rank 0's own
-            error = launcher.peer_errors(traceback.format_exc())
-            diverged, hosts = launcher.peer_divergence(), launcher.torchrun_hosts(wait=0.5)
-            if diverged is not None:  # another rank's loss: a result, tagged as such
-                return _diverged(diverged, error, args, cfg, writer, start, hosts)
-            _end_failed(writer, error, hosts)
+            code = _end_torchrun_failure(traceback.format_exc(), args, cfg, writer, start)
+            if code is not None:
+                return code
         raise
     if result is None:  # a non-zero rank under torchrun
         return 0
@@ -356,6 +352,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(text)
     return EXIT_FAILED if failed else 0
+
+
+def _end_torchrun_failure(
+    own: str,
+    args: argparse.Namespace,
+    cfg: RunConfig,
+    writer: Any,
+    start: float,
+    wait: float = 3.0,
+) -> int | None:
+    """Rank 0 under torchrun, its job failed: end the run FAILED with the tracebacks other
+    ranks published (then ``own``) and every rank's host. A divergence another rank published
+    ends it as one (:func:`_diverged`, whose exit code is returned); else None."""
+    from suite import launcher
+
+    error = launcher.peer_errors(own, wait=wait)
+    diverged, hosts = launcher.peer_divergence(), launcher.torchrun_hosts(wait=0.5)
+    if diverged is not None:  # another rank's loss: a result, tagged as such
+        return _diverged(diverged, error, args, cfg, writer, start, hosts)
+    _end_failed(writer, error, hosts)
+    return None
 
 
 def _launch_tags(torchrun_rank: int | None) -> dict[str, str]:
@@ -525,7 +542,7 @@ def _checkpointing(
                 "the run's; refusing to resume"
             )
         checkpoint = Checkpointing(resume.directory, resume.manifest["every"], resume=True)
-        return checkpoint if torchrun_rank is not None else _held(checkpoint)
+        return _held(checkpoint, torchrun_rank)
     every = getattr(args, "checkpoint_every", 0)
     directory = getattr(args, "checkpoint_dir", None)
     if every == 0:
@@ -535,8 +552,7 @@ def _checkpointing(
         why = unwritable_folder(path)
         if why is not None:  # else a rank's traceback at its first save
             raise UsageError(f"--checkpoint-dir {path}: {why}")
-        checkpoint = Checkpointing(str(path), every)
-        return checkpoint if torchrun_rank is not None else _held(checkpoint)
+        return _held(Checkpointing(str(path), every), torchrun_rank)
     if uri is None or torchrun_rank is not None:
         if every is None:
             return None  # auto, and no store to keep them next to: none
@@ -547,12 +563,14 @@ def _checkpointing(
     return Checkpointing(new_directory(uri), every)
 
 
-def _held(checkpoint: Any) -> Any:
+def _held(checkpoint: Any, torchrun_rank: int | None) -> Any:
     """``checkpoint``, its folder claimed by this process for the job's life (a folder a new
-    run makes for itself is its own already; under torchrun every rank names the folder, and
-    the launcher that could hold it for all is torchrun's)."""
+    run makes for itself is its own already). Not under torchrun: every rank names the folder,
+    and the launcher that could hold it for all is torchrun's."""
     from suite.checkpoint import hold
 
+    if torchrun_rank is not None:
+        return checkpoint
     try:
         hold(checkpoint.directory)  # the descriptor stays open until the process exits
     except ValueError as err:

@@ -549,22 +549,18 @@ class _Slots:
             time.sleep(self.poll)
 
 
-def _first_beat(study: Any, trial: Any, tries: int = 5) -> None:
+def _first_beat(study: Any, trial: Any) -> None:
     """The new trial's first heartbeat, before anything else: Optuna never fails a RUNNING
     trial that has none, so a driver killed before its heartbeat thread's first beat left a
-    trial every later driver waited for, forever. A storage that stays locked fails the trial
-    (no heartbeat could follow either)."""
+    trial every later driver waited for, forever. A storage that stays locked, or fails, fails
+    the trial (no heartbeat could follow either)."""
     from optuna.trial import TrialState
 
-    for attempt in range(tries):
-        try:
-            study._storage.record_heartbeat(trial._trial_id)
-            return
-        except Exception:  # a locked SQLite file: try again
-            if attempt == tries - 1:
-                _tell(study, trial, TrialState.FAIL, None)
-                raise
-            time.sleep(0.5 * (attempt + 1))
+    try:
+        patiently(study._storage.record_heartbeat, trial._trial_id, store=OPTUNA_STORE, within=5)
+    except Exception:
+        _tell(study, trial, TrialState.FAIL, None)
+        raise
 
 
 def _fail_stale(study: Any) -> None:

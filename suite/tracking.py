@@ -499,8 +499,9 @@ def driver_parent_run(
             live = [i for i in others if liveness.checkable(i) and liveness.alive(i)]
             idents = [*live, owner["suite.owner.pids"]]
             owner["suite.owner.pids"] = ",".join(dict.fromkeys(idents))
-        for key, value in owner.items():
-            client.set_tag(run_id, key, value)
+        from mlflow.entities import RunTag
+
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in owner.items()])  # one write
         client.update_run(run_id, status="RUNNING")
         return run_id
     run_id = client.create_run(exp_id, run_name=name, tags={**tags, **owner}).info.run_id
