@@ -727,8 +727,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_advice(algorithm: str) -> list[str]:
+    """The docstring of ``algorithm``'s config dataclass (what each knob does, when to use the
+    method), as written; none for a config without one (dataclasses make up a signature)."""
+    import inspect
+
+    config = REGISTRIES["algorithms"].get(algorithm).config
+    doc = inspect.cleandoc(config.__doc__ or "") if config is not None else ""
+    return [] if not doc or doc.startswith(f"{config.__name__}(") else doc.splitlines()
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    """Print the resolved config of a target: every key --set accepts, its value and type."""
+    """Print the resolved config of a target: its algorithm's tuning advice (its config's
+    docstring), then every key --set accepts, its value and type."""
     args.nproc = args.seed = args.steps = args.epochs = args.data_dir = args.device = None
     quick_check(args)
     cfg, paper = build_config(args)
@@ -737,6 +748,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     width = max(len(k) for k in flat)
     label = _labelled(args.target, cfg.algorithm.name)
     print(f"# {label} (paper: {paper}); set any key with --set KEY=VALUE")
+    advice = _config_advice(cfg.algorithm.name)
+    for line in ["", *advice, ""] if advice else []:
+        print(f"# {line}".rstrip())
     for key, value in flat.items():
         shown = ",".join(map(str, value)) if isinstance(value, list) else value
         print(f"{key:<{width}} = {shown!s:<16} # {describe_type(types[key])}")
@@ -1148,6 +1162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             _say("\ninterrupted")
             return EXIT_INTERRUPTED
+        except BrokenPipeError:  # `suite list | head`: the reader left, so nothing is lost
+            with contextlib.suppress(OSError):  # and the exit's flush must not raise again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
 
 
 def entry() -> NoReturn:

@@ -62,6 +62,30 @@ def test_show_lists_every_settable_key(tmp_path: Path) -> None:
     assert "optim.schedule" in proc.stdout and "constant | multistep" in proc.stdout
 
 
+def test_show_gives_the_algorithms_tuning_advice_from_its_config_docstring(
+    tmp_path: Path,
+) -> None:
+    shown = suite_cmd("show", "ddp_fp16", cwd=tmp_path).stdout.splitlines()
+    assert shown[2] == "# Knobs of DDP (the defaults are PyTorch's)."
+    advice = next(i for i, line in enumerate(shown) if line.startswith("# compression: "))
+    knob = next(i for i, line in enumerate(shown) if line.startswith("algorithm.compression "))
+    assert advice < knob and shown[knob].split("=")[1].split()[0] == "fp16"
+    # a config without a docstring of its own prints no made-up signature
+    assert not any(line.startswith("# SingleConfig(") for line in shown)
+
+
+@pytest.mark.parametrize("args", [["list"], ["show", "ddp"]], ids=["list", "show"])
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path, args: list[str]) -> None:
+    """`suite list | head -1`: the pipe is closed before the command writes to it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "suite", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+
+
 def test_a_stand_in_is_labelled_in_what_run_and_show_print_and_in_its_mlflow_tags(
     tmp_path: Path,
 ) -> None:
