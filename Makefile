@@ -7,8 +7,8 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 NPROC ?= 4
 MLFLOW_URI ?= sqlite:///mlflow.db
-# smoke (embedded digits, minutes), real (the paper's setup on Fashion-MNIST, <= 45 minutes on 2
-# CPU cores; `make data` first) or full (the paper's data and hardware)
+# smoke (embedded digits, minutes), real (the paper's setup on Fashion-MNIST, under an hour a
+# recipe on 2 CPU cores; `make data` first) or full (the paper's data and hardware)
 PROFILE ?= smoke
 # Every folder of reproduce/ is a paper with a `make reproduce-<paper>` target.
 PAPERS := $(patsubst reproduce/%/__init__.py,%,$(wildcard reproduce/*/__init__.py))

@@ -1,1 +1,1 @@
-"""Report builder and the committed smoke reports."""
+"""Report builder and the committed reports (smoke, and real where run)."""

@@ -11,7 +11,7 @@ ends bit for bit where the uninterrupted run ends.
 Layout, one folder per run::
 
     DIR/manifest.json            the latest complete checkpoint: step, world size, config, ...
-    DIR/step-000200/rank0.pt     rank 0's state after 200 steps (one file per rank)
+    DIR/step-000000200/rank0.pt  rank 0's state after 200 steps (one file per rank)
 
 Every file is written to a temporary name, fsynced and renamed over the old one
 (:func:`atomic_write`). Every rank writes its file, the ranks meet at a barrier, and only then

@@ -1062,8 +1062,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run every recipe of PAPER (or the one PAPER/LABEL names) at a profile "
         "(runs already FINISHED in MLflow with the same config and the same code are reused), "
         "check every claim and write the report. A recipe whose data is missing is reported "
-        "before anything runs and skipped. Exits 0 only if every claim checked at that profile "
-        "holds or fails as a known deviation, and no recipe was skipped.",
+        "before anything runs and skipped (if none has its data, nothing runs: exit 2). Exits 0 "
+        "only if every claim checked at that profile holds or fails as a known deviation, and "
+        "no recipe was skipped.",
     )
     rep.add_argument(
         "paper",
@@ -1092,7 +1093,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser(
         "sweep",
-        help="Optuna study over one knob of a recipe (each trial its own distributed job)",
+        help="Optuna study over a recipe's search space, one knob or several (each trial its own "
+        "distributed job)",
     )
     sw.add_argument("recipe", help="recipe name (see `suite list recipes`)")
     sw.add_argument("--space", required=True, help="search space name (the recipe's spaces)")

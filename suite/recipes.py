@@ -5,9 +5,9 @@ A :class:`Recipe` is a card (big_vision / AlgoPerf style). It is keyed by the pa
 target plus ``--set`` overrides), and declares its claims. Three profiles say how big to run it:
 ``smoke`` shrinks it to the embedded data for CI and laptops; ``real`` is the paper's model,
 batch, ranks and schedule on a real data set this machine has (Fashion-MNIST in place of MNIST),
-in 45 minutes or less on 2 CPU cores, where the paper's relative claims are checked; ``full`` is
-the paper's setup and needs the user's data and hardware. Each profile names its seeds; a row's
-results are the mean and standard deviation over them.
+in under an hour on 2 CPU cores (most recipes in 15 to 30 minutes), where the paper's relative
+claims are checked; ``full`` is the paper's setup and needs the user's data and hardware.
+Each profile names its seeds; a row's results are the mean and standard deviation over them.
 
 A :class:`Claim` compares one row's mean of a final metric with a number (the paper's or a
 threshold) or with another row's mean, scaled: ``bytes_sent of "Local SGD H=4" <= 0.3 x
@@ -87,7 +87,7 @@ class Known:
 
     profile: str
     reason: str  # one sentence a report reader understands
-    evidence: str  # where the failure is explained, e.g. "reproduce/eventgrad/NOTES.md#flags"
+    evidence: str  # where the failure is explained, e.g. "reproduce/eventgrad/NOTES.md#flag-round"
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:

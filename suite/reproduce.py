@@ -11,18 +11,19 @@ Each run is its own ``suite run`` process (torch.distributed keeps global state,
 jobs in one process are fragile), forked from a server process that has torch, the suite and
 MLflow imported (multiprocessing's forkserver: a fresh interpreter would spend ~2 s importing
 torch per run, and its MLflow writer ~2 s importing MLflow), tagged in MLflow with its recipe,
-row, profile and a hash of its resolved config, and nested under one parent run per paper and
-profile (``mlflow.parentRunId``), which holds the claims table and the report. A run whose hash
-already has a FINISHED run in the store made by the same code (its ``suite.code`` fingerprint,
-see ``suite.tracking.code_state``), or a run that diverged (the same config diverges again), is
-reused unless ``--force``; runs of other code are rerun unless ``--reuse-any-code``, and what
-was reused, from which commits, is said and written into the report. One whose hash has a FAILED
-or KILLED run of the same code with a checkpoint is resumed from it (``suite resume``) rather
-than started again. Reports go to ``out/reports/PAPER/`` (git-ignored) unless ``--out`` says
-otherwise, so the suite never dirties its own checkout; ``make reference-reports`` rebuilds the
-committed ones. A run that diverges is reported as such, its claims fail, and the other runs go
-on. Every row's config is resolved before anything starts, so a recipe naming an unknown
-algorithm or key fails at once (exit 2) with the valid choices.
+row, profile and a hash of its resolved config, and nested under one parent run per paper,
+profile and code (``mlflow.parentRunId``), which holds the claims table and the report. A run
+whose hash already has a FINISHED run in the store made by the same code (its ``suite.code``
+fingerprint, see ``suite.tracking.code_state``), or a run that diverged (the same config
+diverges again), is reused unless ``--force``; runs of other code are rerun unless
+``--reuse-any-code``, and what was reused, from which commits, is said and written into the
+report. One whose hash has a FAILED or KILLED run of the same code with a checkpoint is resumed
+from it (``suite resume``) rather than started again. Reports go to ``out/reports/PAPER/``
+(git-ignored) unless ``--out`` says otherwise, so the suite never dirties its own checkout;
+``make reference-reports`` rebuilds the committed ones. A run that diverges is reported as such,
+its claims fail, and the other runs go on. Every row's config is resolved before anything
+starts, so a recipe naming an unknown algorithm or key fails at once (exit 2) with the valid
+choices.
 
 Stopping: an interrupted driver (Ctrl-C, SIGTERM, SIGHUP: the CLI sets :data:`STOP`) stops every
 child it is running, whichever thread started it: SIGTERM (the child stops its ranks and ends its

@@ -1,4 +1,5 @@
-"""``suite sweep RECIPE --space NAME``: an Optuna study over one paper knob.
+"""``suite sweep RECIPE --space NAME``: an Optuna study over a recipe's search space (one knob or
+several).
 
 The driver (this process) owns the study; every trial is its own ``suite run`` job, tagged in
 MLflow with the study and trial number and nested under one parent run that summarises the
