@@ -295,6 +295,16 @@ def test_every_registered_recipe_resolves_every_row_and_space(name: str) -> None
             recipe.resolve(row, profile, seed=0, extra=space.suggest(study.ask()))
 
 
+@pytest.mark.parametrize("name", _registered_recipes())
+def test_a_row_is_labelled_a_stand_in_exactly_when_it_runs_one(name: str) -> None:
+    """Its label is what every table, figure legend and MLflow run name shows."""
+    from suite.registry import ALGORITHMS, RECIPES
+
+    for row in RECIPES.get(name).obj.rows:
+        stand_in = ALGORITHMS.get(row.target).stand_in
+        assert ("(stand-in)" in row.label) == stand_in, (row.label, row.target)
+
+
 def test_a_planned_run_says_what_it_trains_the_stand_in_data_and_model_included() -> None:
     from suite.reproduce import plan
 
