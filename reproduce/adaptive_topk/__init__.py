@@ -14,7 +14,7 @@ Reproduce: ``make reproduce-adaptive-topk`` (smoke: digits MLP, 4 ranks, 1% dens
 (accuracy against elements sent).
 
 Models for the full profiles (the paper's were not found): MNIST with CNN-2 (two conv layers,
-two dense; the model most Top-K papers use for MNIST, 1.2M parameters so 1% is still 12K
+two dense; the model most Top-K papers use for MNIST, 27,480 parameters, so 1% is about 274
 entries a step); CIFAR-10 with ResNet-20 (0.27M parameters, the standard small CIFAR ResNet:
 sparsification is hardest on a model this small, and it trains in hours, not days).
 """
@@ -27,6 +27,10 @@ FIXED_EF, ADAPTIVE_EF = "Top-K (fixed K) + EF", "Adaptive Top-K (stand-in) + EF"
 ABSTRACT = "abstract: adaptive K converges faster than fixed K, with and without EF"
 SPEC = "the derivation: water-filling spends more where gradients are larger (NOTES.md)"
 EXACT = "the pacer spends the budget exactly, never more"
+SAME_ACC = (
+    "spec's smoke expectation: final accuracy >= fixed K at the same budget (checked with 0.5 "
+    "points of room for seed noise: NOTES.md#baselines-and-accounting)"
+)
 RHO = "algorithm.density=0.01"  # the budget: 1% of the entries per step on average
 EF = (RHO, "algorithm.error_feedback=true")
 
@@ -62,7 +66,7 @@ def _claims() -> tuple[Claim, ...]:
         out += [
             Claim("budget_used", adaptive, "within", value=1.0, tolerance=1e-9, source=EXACT),
             Claim("elements_sent", adaptive, "within", other=fixed, tolerance=0.0, source=EXACT),
-            Claim("test_accuracy", adaptive, ">=", other=fixed, tolerance=0.005, source=ABSTRACT),
+            Claim("test_accuracy", adaptive, ">=", other=fixed, tolerance=0.005, source=SAME_ACC),
             Claim("train_loss_auc", adaptive, "<=", other=fixed, source=ABSTRACT, known=auc_known),
             Claim("k_early_late", adaptive, ">=", value=1.0, source=SPEC, profiles=("smoke",)),
         ]
@@ -125,7 +129,8 @@ SPACES = {
 }
 DEVIATIONS = (
     "the K rule is our stand-in (paper text unavailable); K_min = 0.1 K-bar, K_max = 10 K-bar "
-    "and the trend's smoothing 0.97 are ours; models and worker count were not found (4 ranks)"
+    "and the trend's smoothing 0.97 are ours; models and worker count were not found (4 ranks); "
+    "final accuracy >= fixed K is checked with 0.5 points of room"
 )
 SMOKE = Profile(
     ("dataset=digits", "model=mlp", "nproc=4", "steps=300", "eval_every=50",
