@@ -282,8 +282,8 @@ def _fig8() -> Recipe:
     for label, profile in ((_fig8_label, "full"), (_fig8_real_label, "real")):
         claims += [
             Claim(LOCAL, label(CROSSOVER, 64), ">=", other=label(SGP, 64), profiles=(profile,),
-                  source="claim (Fig 8): Crossover degrades less than SGP as N grows (paper at "
-                  "N = 64: 74.06 against 73.13)"),
+                  source="claim (Fig 8): Crossover degrades less than SGP as N grows; checked "
+                  "as Crossover >= SGP at N = 64 (paper: 74.06 against 73.13)"),
             Claim(LOCAL, label(HIER, 64), "within", other=label(ALLREDUCE, 64), tolerance=0.003,
                   profiles=(profile,), source="claim (Fig 8): hierarchical Crossover (8 groups) "
                   "matches all-reduce"),
@@ -353,7 +353,14 @@ def _fig9() -> Recipe:
     ]  # fmt: skip
     claims.append(
         Claim("samples_per_second", f"{CROSSOVER}, N=16", ">=", other=f"{ALLREDUCE}, N=16",
-              scale=1.2, source="claim: Crossover scales much better than all-reduce")
+              scale=1.2, source="claim: Crossover scales much better than all-reduce; checked "
+              "as its throughput at N = 16 >= 1.2 x all-reduce's (ours; the paper's speedups "
+              "from 4 to 16: 3.29 against 2.37)")
+    )  # fmt: skip
+    claims.append(
+        Claim("samples_per_second", f"{CROSSOVER}, N=16", ">=", other=f"{SGP}, N=16",
+              scale=0.9, source="claim: Crossover scales close to SGP; checked as its "
+              "throughput at N = 16 >= 0.9 x SGP's (ours; paper's speedups 3.29 against 3.43)")
     )  # fmt: skip
     return Recipe(
         paper="crossover_sgd",
@@ -461,7 +468,8 @@ def _ablations() -> Recipe:
             ">=",
             other=NO_BOTH,
             tolerance=0.01,
-            source="the authors' ablation logs: both mechanisms help accuracy",
+            source="ours (the spec states no result for the ablations): Crossover is no less "
+            "accurate than with both mechanisms off, within 1 point",
         )
     )
     return Recipe(
