@@ -67,6 +67,7 @@ from reports.text import (
     results_table,
     tally,
     time_notes,
+    verdict_line,
 )
 from suite.errors import ConfigError
 from suite.network import parse_network
@@ -144,7 +145,9 @@ def build_report(
                     verdicts[(recipe.name, profile)] = checked
             _sweep_section(doc, recipe, runs, parents)
         shutil.rmtree(work / ".traces", ignore_errors=True)
-        lines = [f"`{name}` at `{prof}`: {tally(vs)}." for (name, prof), vs in verdicts.items()]
+        lines = [
+            f"`{name}` at `{prof}`: {verdict_line(vs)}" for (name, prof), vs in verdicts.items()
+        ]
         summary = "\n\n".join(lines) or "_No finished recipe runs: nothing was checked._"
         doc.sections[1:1] = [("md", f"## Summary\n\n{summary}\n"), ("md", definitions(recipes))]
         (work / "README.md").write_text(markdown(doc.sections), encoding="utf-8")

@@ -228,6 +228,18 @@ def tally(verdicts: list[Verdict]) -> str:
     return f"{holds}, {fails}, {n[UNTESTABLE]} not testable"
 
 
+def verdict_line(verdicts: list[Verdict]) -> str:
+    """The tally, then every claim that fails by name: the summary must not leave a reader to
+    find the paper's central claim failing in a table further down."""
+    failed = [v for v in verdicts if v.verdict == FAILS]
+    if not failed:
+        return tally(verdicts) + "."
+    named = "; ".join(
+        v.claim.describe() + (" (known deviation)" if v.is_known_failure else "") for v in failed
+    )
+    return f"{tally(verdicts)}. Fails here: {named}."
+
+
 def made_by(runs: pd.DataFrame) -> str:
     """Which code made the report's runs (their ``suite.code`` tags), per profile: a report may
     hold runs of several commits (each profile run when it was, reused since)."""

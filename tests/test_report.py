@@ -198,6 +198,11 @@ def test_the_readme_tables_say_what_was_measured(built: builder.Report) -> None:
     # the MLflow links are only as good as the store: the report says so
     assert "the links need that store, which a clone of the repository does not have" in readme
     assert "1 hold, 1 fail, 1 not testable" in readme and "reproduced" not in readme.lower()
+    summary = readme.split("## Summary", 1)[1].split("##", 1)[0]  # names what fails, by name
+    assert summary.strip() == (
+        f"`{RECIPE.name}` at `smoke`: 1 hold, 1 fail, 1 not testable. Fails here: "
+        f"{FAILING.describe()}."
+    )
     assert "_No finished runs at this profile._" in readme  # full
     for key in ("Table 3: fabricated runs", "tiny", "2 finished and 1 pruned"):
         assert key in readme
@@ -311,6 +316,11 @@ def test_a_known_failure_keeps_all_hold_and_is_explained_in_the_claims_table() -
     surprise = [Verdict(claim, "holds", 0.95, 0.0, 0.9, "1 seed(s)", known)]
     assert "unexpected pass" in text.claims_table(surprise).loc[0, "known deviation"]
     assert "1 hold (1 unexpectedly)" in text.tally(surprise)
+    assert text.verdict_line(checked) == (
+        f"0 hold, 1 fail (1 known), 0 not testable. Fails here: {claim.describe()} (known "
+        "deviation)."
+    )
+    assert text.verdict_line(surprise) == "1 hold (1 unexpectedly), 0 fail, 0 not testable."
 
 
 def test_pareto_front_keeps_only_undominated_points() -> None:
