@@ -368,6 +368,7 @@ def test_a_writer_that_fails_ends_its_run_failed_and_says_why_in_the_run(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     inbox: queue.Queue[tuple] = queue.Queue()
     inbox.put(("open", uri, "e", "r", {"seed": 0}, {}))
+    inbox.put(("metrics_end",))  # as the sink sends it: else the writer waits 30 s for metrics
     inbox.put(("end", "FINISHED", {}, {}, {}))
     tracking._Writer(inbox, os.getppid(), 0.0, None).serve()
     run = _only_run(_client(tmp_path))
@@ -407,6 +408,7 @@ def test_a_dataset_that_another_run_logs_at_the_same_moment_is_linked_not_fatal(
     dataset = {"name": "digits", "digest": "abc123", "source": "sklearn"}
     inbox: queue.Queue[tuple] = queue.Queue()
     inbox.put(("open", uri, "e", "mine", {"seed": 0}, {}, None, None, dataset))
+    inbox.put(("metrics_end",))
     inbox.put(("end", "FINISHED", {}, {}, {}))
     tracking._Writer(inbox, os.getppid(), 0.0, None).serve()
     client = _client(tmp_path)
