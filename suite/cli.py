@@ -47,6 +47,7 @@ from suite.registry import RECIPES, REGISTRIES, UnknownNameError
 from suite.targets import check_paper, check_target, resolve_target
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer its reader left
 
 # Keys every `--json` line carries (issue contract); more follow.
 JSON_KEYS = (
@@ -1164,10 +1165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             _say("\ninterrupted")
             return EXIT_INTERRUPTED
-        except BrokenPipeError:  # `suite list | head`: the reader left, so nothing is lost
-            with contextlib.suppress(OSError):  # and the exit's flush must not raise again
+        except BrokenPipeError:
+            if args.func not in (cmd_list, cmd_show):  # a job's: its own clean-up has run
+                raise
+            # `suite list | head`: the reader left; the exit's flush must not raise again
+            with contextlib.suppress(OSError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 1
+            return EXIT_BROKEN_PIPE
 
 
 def entry() -> NoReturn:

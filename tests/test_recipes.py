@@ -478,8 +478,8 @@ REAL = {
 @pytest.mark.parametrize("name", sorted(REAL))
 def test_a_real_profile_runs_fashion_mnist_and_checks_claims_on_its_own_rows(name: str) -> None:
     """Every row at `real` reads Fashion-MNIST at the paper's worker counts, and every claim
-    checked there names rows that run there (else it would read "not testable" after 45
-    minutes of runs)."""
+    checked there names rows that run there (else it would read "not testable" after up to
+    an hour of runs)."""
     from suite.registry import RECIPES
 
     recipe = RECIPES.get(name).obj

@@ -28,8 +28,8 @@ ABSTRACT = "abstract: adaptive K converges faster than fixed K, with and without
 SPEC = "the derivation: water-filling spends more where gradients are larger (NOTES.md)"
 EXACT = "the pacer spends the budget exactly, never more"
 SAME_ACC = (
-    "spec's smoke expectation: final accuracy >= fixed K at the same budget (checked with 0.5 "
-    "points of room for seed noise: NOTES.md#baselines-and-accounting)"
+    "spec: final accuracy >= fixed K at the same budget (its smoke expectation, checked at "
+    "every profile with 0.5 points of room for seed noise: NOTES.md#baselines-and-accounting)"
 )
 RHO = "algorithm.density=0.01"  # the budget: 1% of the entries per step on average
 EF = (RHO, "algorithm.error_feedback=true")

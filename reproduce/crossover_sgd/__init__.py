@@ -348,7 +348,7 @@ def _fig9() -> Recipe:
     claims = [
         Claim("samples_per_second", f"{m}, N=16", ">=", other=f"{m}, N=4", scale=0.9 * s,
               paper_value=s, source=f"Fig 9: {m} is {s}x faster on 16 processes than on 4 "
-              "(checked to within 10%)")
+              "(checked: at least 90% of that)")
         for m, s in FIG9_SPEEDUP.items()
     ]  # fmt: skip
     claims.append(
@@ -390,7 +390,7 @@ def _fig9() -> Recipe:
         "(one GPU per rank; time only means something on the real cluster)",
         runtime="full: about an hour on 16 GPUs",
         deviations="ResNet-20 (the authors' CIFAR model is not in the spec); speedups are "
-        "checked as throughput ratios within 10% of the paper's",
+        "checked as throughput ratios of at least 90% of the paper's",
         reference=None,  # rows differ in batch or N: no one row is the baseline of all
         columns=(("samples_per_second", "samples / s"),),
     )

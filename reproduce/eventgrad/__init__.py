@@ -114,7 +114,7 @@ def _claims(paper_savings: float, source: str) -> tuple[Claim, ...]:
             ">=",
             other=H1,
             tolerance=0.02,
-            profiles=("smoke", "real"),
+            profiles=("smoke", *PAPER_SCALE),
             source="spec: Top-K cuts transmitted elements further at similar accuracy (within "
             "2 points of h = 1: the spec's ~1-2 points for h = 1 against h = 0)",
         ),
