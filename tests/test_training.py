@@ -300,24 +300,26 @@ def test_one_micro_batch_step_adds_no_tensor_op_to_the_plain_loop() -> None:
     assert split["ours"] >= split["plain"] + 1, split
 
 
-def test_rank_0s_lone_work_at_the_end_is_not_taken_for_a_hang(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("work", ["_merge_traces", "build_dataset"], ids=["end", "data load"])
+def test_long_local_work_of_a_rank_is_not_taken_for_a_hang(
+    monkeypatch: pytest.MonkeyPatch, work: str
 ) -> None:
-    """The other ranks have returned; rank 0 replays and encodes the trace alone, for longer
-    than the hang timeout (minutes at scale; 5 s here against 2). It beats meanwhile; without
-    the beats (the control) the launcher declares the finished run hung."""
+    """Work a rank does alone for longer than the hang timeout (minutes at scale; 5 s here
+    against 2): rank 0 replaying and encoding the trace after the others returned, or every
+    rank loading a large image folder. It beats meanwhile; without the beats (the control) the
+    launcher declares the run hung."""
     import contextlib
 
     from suite import loop
     from suite.launcher import RankFailure
 
-    real = loop._merge_traces
+    real = getattr(loop, work)
 
     def slow(*args: object) -> object:
         time.sleep(5)
         return real(*args)
 
-    monkeypatch.setattr(loop, "_merge_traces", slow)
+    monkeypatch.setattr(loop, work, slow)
     cfg = _config("algorithm=allreduce_sgd", "nproc=2", "steps=4")
     done = launch(_train_and_return_params, 2, (cfg,), hang_timeout=2)
     assert done[0]["summary"]["steps"] == 4
