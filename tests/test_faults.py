@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import optuna
 import pytest
 from conftest import ROOT, suite_cmd
 
@@ -324,6 +325,13 @@ DRIVER_FAULTS = {
     "SIGKILL to suite reproduce": (REPRODUCE, signal.SIGKILL, 1, -9),
     "SIGTERM to suite sweep --n-jobs 2": ([*SWEEP, "--n-jobs", "2"], signal.SIGTERM, 2, 130),
     "SIGHUP to suite sweep": (SWEEP, signal.SIGHUP, 1, 130),
+    # the second cuts short the wait for the trials' threads: they are ended by the driver
+    "two Ctrl-C to suite sweep --n-jobs 2": (
+        [*SWEEP, "--n-jobs", "2"],
+        (signal.SIGINT, signal.SIGINT),
+        2,
+        130,
+    ),
 }
 
 
@@ -341,9 +349,15 @@ def test_driver_fault_matrix(tmp_path: Path, fault: str) -> None:
         print((tmp_path / "err.txt").read_text()[-3000:], runs, why)
         raise
     time.sleep(1.0)
-    proc.send_signal(sig)
+    for i, one in enumerate(sig if isinstance(sig, tuple) else (sig,)):
+        time.sleep(0.3 * bool(i))
+        proc.send_signal(one)
     assert _finish(proc, tmp_path) == expected_code
     _assert_nothing_left(tmp_path)
+    if args[0] == "sweep":  # no trial left RUNNING in the study either
+        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+        trials = storage.get_all_trials(storage.get_all_studies()[0]._study_id)
+        assert len(trials) >= jobs and {t.state.name for t in trials} == {"FAIL"}, trials
     runs = _runs(tmp_path)
     kinds = ("study", "reproduce")
     parents = [r for r in runs if _tags(tmp_path, r).get("suite.kind") in kinds]
