@@ -235,7 +235,8 @@ def _network_section(
         f"#### Time to the target on simulated networks\n\nSimulated seconds to the first "
         f"evaluation at test accuracy {target:.3f} ({how}): each run's stored communication "
         "trace replayed by the network model (suite.netmodel) on each network, with the compute "
-        "measured here; mean ± std over the seeds that reached the target. _not reached_: no "
+        "measured here (the host's speed: see the header); mean ± std over the seeds that "
+        "reached the target. _not reached_: no "
         "seed reached it; _n/a_: runs stored without a trace.\n"
     )
     doc.table(network_table(times, recipe, profile))

@@ -26,6 +26,7 @@ FINAL_METRICS = (
     "test_accuracy", "train_loss", "bytes_sent", "wire_bytes", "messages", "train_seconds",
     "wall_seconds",
     "steps", "epochs", "world_size", "compute_seconds", "comm_seconds", "network_seconds",
+    "reference_step_ms",
 )  # fmt: skip
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pandas as pd
 
 from reports.frames import bytes_column, saved
+from suite.hostspeed import REFERENCE_STEP
 from suite.recipes import FAILS, HOLDS, UNTESTABLE, Recipe, Verdict
 from suite.tracking import METRIC_CONVENTION, code_state, store_label
 
@@ -259,6 +260,29 @@ def made_by(runs: pd.DataFrame) -> str:
     return "Runs by the code that made them: " + "; ".join(parts) + "."
 
 
+def host_speed(runs: pd.DataFrame) -> str:
+    """The speed of the host that measured the runs' compute, per profile (their
+    ``reference_step_ms``, :mod:`suite.hostspeed`): the simulated times rest on it."""
+    if runs.empty:
+        return ""
+    parts = []
+    for profile, group in runs.groupby("profile", sort=False):
+        ms = group.get("reference_step_ms", pd.Series(dtype=float)).dropna()
+        if ms.empty:
+            parts.append(f"{profile}: not recorded (runs made before suite.hostspeed)")
+        else:
+            parts.append(
+                f"{profile}: {ms.iloc[0]:.3g} ms (1 run)" if len(ms) == 1 else
+                f"{profile}: {ms.median():.3g} ms, median of {len(ms)} runs "
+                f"({ms.min():.3g}-{ms.max():.3g})"
+            )  # fmt: skip
+    return (
+        f"Host speed, one reference step ({REFERENCE_STEP}) timed by each run after its "
+        f"training: {'; '.join(parts)}. Simulated times replay the compute measured on that "
+        "host: compare them across reports only at like speed (suite.hostspeed)."
+    )
+
+
 LINKS_NOTE = (
     "Each results row links its MLflow runs in the UI that serves this store (`make ui` beside "
     "it, or `SUITE_MLFLOW_UI`): the links need that store, which a clone of the repository does "
@@ -269,7 +293,7 @@ LINKS_NOTE = (
 def header(paper: str, experiment: str, runs: pd.DataFrame, uri: str, note: str = "") -> str:
     sha, code = code_state()  # the suite's own sources: reports it wrote are not local changes
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    made = made_by(runs)
+    made = " ".join(filter(None, (made_by(runs), host_speed(runs))))
     return (
         f"# Reproduction report: {paper}\n\nBuilt {stamp} from experiment `{experiment}` of "
         f"the MLflow store `{store_label(uri)}` ({len(runs)} recipe runs) by code {sha[:10]}"

@@ -163,6 +163,11 @@ def format_summary(summary: dict[str, Any], uri: str | None, experiment: str) ->
         if "network_seconds_to_target" in summary:
             text += f", {summary['network_seconds_to_target']:.3f} s to the target"
         lines.append(text + " (simulated: the run's trace replayed, suite.netmodel)")
+    if summary.get("reference_step_ms") is not None:  # what the simulated time's compute rests on
+        lines.append(
+            f"host speed: reference step {summary['reference_step_ms']:.3f} ms "
+            "(suite.hostspeed; compare simulated times across hosts or days only at like speed)"
+        )
     if summary.get("emulate"):
         from suite.emulate import describe
 
@@ -334,6 +339,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     summary, artifacts = result
     summary["wall_seconds"] = time.perf_counter() - start
+    # the host's speed beside the compute it measured (simulated times rest on it): timed now,
+    # with the ranks done, not during training, whose compute it would slow
+    from suite.hostspeed import reference_step_ms
+
+    summary["reference_step_ms"] = reference_step_ms()
     if emulation is not None:
         summary.update(emulation.summary())
         summary.update(_emulated_model(summary, artifacts, emulation.spec))

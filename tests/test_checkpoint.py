@@ -61,6 +61,7 @@ NOISY = {
     "network_seconds",  # replays measured compute gaps
     "network_seconds_per_step",
     "network_seconds_to_target",
+    "reference_step_ms",  # the host's speed, timed after training
     "per_rank",
     "run_id",
     "checkpoints",

@@ -133,6 +133,7 @@ def test_run_prints_the_json_summary(tmp_path: Path) -> None:
     assert out["bytes_sent"] == 20 * 2 * out["num_params"] * 4
     assert out["wire_bytes"] == 20 * 2 * out["num_params"] * 4  # ring, 2 ranks: n per rank
     assert out["run_id"] is None and out["stand_in"] is False
+    assert 0 < out["reference_step_ms"] < 1000  # the host's speed beside its simulated time
     assert "bytes sent" in proc.stderr  # the human table still reaches the terminal
     assert not (tmp_path / "mlflow.db").exists()
 
@@ -146,6 +147,7 @@ def _deterministic(summary: dict) -> dict:
         "comm_seconds",
         "network_seconds",  # replays the measured compute gaps
         "network_seconds_per_step",
+        "reference_step_ms",  # the host's speed, timed after training
         "run_id",
         "per_rank",
     }

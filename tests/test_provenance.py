@@ -91,6 +91,7 @@ def test_reproduce_leaves_a_clean_clone_and_reuses_only_runs_of_the_same_code(
     # MLflow's duration covers the training, at least
     duration = (run.info.end_time - run.info.start_time) / 1000
     assert duration >= run.data.metrics["final.train_seconds"]
+    host_ms = run.data.metrics["final.reference_step_ms"]  # the host's speed, per run
     # nested under the paper's parent run, which holds the claims and the report
     parent = run.data.tags["mlflow.parentRunId"]
     artifacts = {a.path for a in client.list_artifacts(parent)}
@@ -98,6 +99,7 @@ def test_reproduce_leaves_a_clean_clone_and_reuses_only_runs_of_the_same_code(
     report = (clone / "out" / "reports" / "tiny" / "README.md").read_text()
     assert str(tmp_path) not in report  # no machine path in a report
     assert f"Runs by the code that made them: smoke: 1 by commit {head[:10]}." in report
+    assert f"timed by each run after its training: smoke: {host_ms:.3g} ms (1 run)." in report
     _check_compare_view_data(client, exp, run, parent)
 
     # same code: the run is reused, and the report says so
@@ -241,6 +243,26 @@ def test_a_report_says_which_code_made_its_runs_per_profile() -> None:
         f"{'b' * 10}, 1 by commit {'b' * 10} with local changes, 1 by unrecorded code."
     )
     assert made_by(runs.iloc[:0]) == ""
+
+
+def test_a_report_names_the_host_speed_its_simulated_times_rest_on() -> None:
+    """Simulated times replay compute measured on the host: the header gives that host's
+    reference step per profile (median and range), and says where runs never timed it."""
+    import pandas as pd
+
+    from reports.text import host_speed
+
+    runs = pd.DataFrame(
+        {"profile": ["smoke", "smoke", "smoke", "real", "full"],
+         "reference_step_ms": [0.3, 0.5, 0.35, 2.0, float("nan")]}
+    )  # fmt: skip
+    text = host_speed(runs)
+    assert "smoke: 0.35 ms, median of 3 runs (0.3-0.5); real: 2 ms (1 run); " in text
+    assert "full: not recorded (runs made before suite.hostspeed)." in text
+    assert "compare them across reports only at like speed" in text
+    old = pd.DataFrame({"profile": ["smoke"], "code": ["a" * 40]})  # stored before the column
+    assert "smoke: not recorded" in host_speed(old)
+    assert host_speed(runs.iloc[:0]) == ""
 
 
 def _failed_under_one_torchrun(tmp_path: Path, target: str, *args: str) -> Any:
