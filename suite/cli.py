@@ -776,18 +776,33 @@ def cmd_replay(args: argparse.Namespace) -> int:
     networks = [parse_network(text) for text in args.network or PRESETS]  # ConfigError: exit 2
     if not (math.isfinite(args.compute_scale) and args.compute_scale >= 0):
         raise UsageError(f"--compute-scale must be finite and >= 0, got {args.compute_scale}")
-    tr, steps, to_target = _stored_trace(args.run, args.tracking_uri)
+    if args.host_speed is not None and not (math.isfinite(args.host_speed) and args.host_speed > 0):
+        raise UsageError(f"--host-speed must be finite and > 0 (ms), got {args.host_speed}")
+    tr, steps, to_target, run_ms = _stored_trace(args.run, args.tracking_uri)
+    scale = args.compute_scale
+    if args.host_speed is not None:  # the compute as a host of that speed would have run it
+        if run_ms is None:
+            raise UsageError(
+                f"--host-speed needs the run's own host speed, and {args.run} has none "
+                "(a trace file, or a run made before suite.hostspeed): use --compute-scale"
+            )
+        scale *= args.host_speed / run_ms
     rows = []
     for spec in networks:
         figures = netmodel.network_seconds(
-            tr, spec, steps=steps, steps_to_target=to_target, compute_scale=args.compute_scale,
+            tr, spec, steps=steps, steps_to_target=to_target, compute_scale=scale,
             harness=args.harness,
         )  # fmt: skip
-        rows.append({"network": str(spec), **figures})
+        rows.append({"network": str(spec), **figures, "compute_scale": scale})
     if args.json:
         for row in rows:
             _print_json(row)
         return 0
+    if run_ms is not None:
+        print(
+            f"the run's host speed: reference step {run_ms:.3f} ms (suite.hostspeed); "
+            f"compute replayed x{scale:.3g}"
+        )
     print(f"{'network':<16} {'seconds':>10} {'ms/step':>10} {'s to target':>12}")
     for row in rows:
         target = row.get("network_seconds_to_target")
@@ -799,13 +814,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stored_trace(run: str, explicit_uri: str | None) -> tuple[Any, int | None, float | None]:
-    """The trace of a trace file or a tracked run, with the run's steps and steps to target."""
+def _stored_trace(
+    run: str, explicit_uri: str | None
+) -> tuple[Any, int | None, float | None, float | None]:
+    """The trace of a trace file or a tracked run, with the run's steps, steps to target and
+    host speed (``reference_step_ms``; None for a trace file or where not recorded)."""
     from suite import trace
 
     if os.path.isfile(run):
         try:
-            return trace.load(run), None, None
+            return trace.load(run), None, None, None
         except (ValueError, OSError, KeyError) as err:
             raise UsageError(f"{run} is not a trace artifact ({trace.ARTIFACT}): {err}") from None
     from suite.tracking import open_client
@@ -828,7 +846,12 @@ def _stored_trace(run: str, explicit_uri: str | None) -> tuple[Any, int | None, 
         tr = trace.load(path)
     metrics = stored.data.metrics
     steps = metrics.get("final.steps")
-    return tr, None if steps is None else int(steps), metrics.get("final.steps_to_target")
+    return (
+        tr,
+        None if steps is None else int(steps),
+        metrics.get("final.steps_to_target"),
+        metrics.get("final.reference_step_ms"),
+    )
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -1057,6 +1080,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="multiply the measured compute (0.1: a 10x faster accelerator; default 1)",
+    )
+    rp.add_argument(
+        "--host-speed",
+        type=float,
+        metavar="MS",
+        help="replay the compute as a host whose reference step (suite.hostspeed, a run's "
+        "reference_step_ms) takes MS ms would run it: scaled by MS / the run's own figure, "
+        "so runs of two hosts or days compare at like speed (a tracked run that recorded it)",
     )
     rp.add_argument(
         "--harness",

@@ -519,6 +519,16 @@ def test_suite_replay_reads_a_tracked_run_and_agrees_with_its_summary(tmp_path: 
     assert datacenter["network_seconds"] < wan["network_seconds"]
     bad = suite_cmd("replay", summary["run_id"], "--network", "10mb", cwd=tmp_path)
     assert bad.returncode == 2 and "wan (100mbit:20ms)" in bad.stderr
+    # at another host's speed: the compute scaled by the ratio of the reference steps
+    half = summary["reference_step_ms"] / 2
+    proc = suite_cmd(
+        "replay", summary["run_id"], "--network", "wan", "--json", "--host-speed", str(half),
+        "--tracking-uri", uri, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    faster = json.loads(proc.stdout)
+    assert faster["compute_scale"] == pytest.approx(0.5)
+    assert faster["network_seconds"] < wan["network_seconds"]
 
 
 # -- the straggler clock on the same links -----------------------------------------------------
@@ -640,3 +650,8 @@ def test_suite_replay_of_a_trace_file(tmp_path: Path, capsys: pytest.CaptureFixt
     assert rows[("--harness",)]["network_seconds"] == pytest.approx(0.3 + sum(comm))
     assert cli.main(["replay", str(path), "--network", "fast"]) == 2
     assert "wan (100mbit:20ms)" in capsys.readouterr().err
+    # a trace file carries no host speed to rescale from
+    assert cli.main(["replay", str(path), "--host-speed", "0.3"]) == 2
+    assert "has none (a trace file" in capsys.readouterr().err
+    assert cli.main(["replay", str(path), "--host-speed", "-1"]) == 2
+    assert "--host-speed must be finite and > 0" in capsys.readouterr().err
