@@ -11,7 +11,8 @@ two reports' simulated times compare only at like figures.
 
 The step is the smoke profile's kind of work, where per-op overhead weighs as much as the
 arithmetic: a small MLP's forward, backward and SGD update, on one thread as every rank runs.
-The figure is the fastest of a few blocks of steps, the least disturbed by other work."""
+The figure is the fastest of a few blocks of steps, the least disturbed by other work. It
+times the host's CPU: for a CUDA run, whose compute is on the GPU, it says nothing of the GPU."""
 
 from __future__ import annotations
 
