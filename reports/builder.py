@@ -47,6 +47,7 @@ from reports.paper_figures import FIGURES
 from reports.render import Doc, markdown, swap, to_html
 from reports.simtime import (
     NETWORKS,
+    TIED,
     Replays,
     bandwidth_sweep,
     crossings,
@@ -242,7 +243,10 @@ def _network_section(
     doc.table(network_table(times, recipe, profile))
     doc.md(
         "Ranking per network, fastest to the target first; methods that never reached it are "
-        "ranked last, marked _not reached_ (then those without a trace, _n/a_).\n"
+        "ranked last, marked _not reached_ (then those without a trace, _n/a_). "
+        f"{TIED} marks a place these seeds do not separate from the one above: their mean "
+        "times differ by no more than the sum of their standard deviations. Where compute "
+        "dominates, times also move with the host's speed (header).\n"
     )
     doc.table(ranking_table(times))
     sweep = bandwidth_sweep(runs, curves, target, replays)

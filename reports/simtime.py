@@ -179,14 +179,27 @@ def _time_cell(group: pd.DataFrame) -> str:
     return cell if len(hit) == len(group) else f"{cell} ({len(hit)}/{len(group)} seeds reached)"
 
 
+TIED = "≈"  # a ranking place the seeds do not separate from the one above
+
+
 def ranking_table(times: pd.DataFrame) -> pd.DataFrame:
     """One column per network, one line per place: rows from fastest to slowest to the target
     (mean over the seeds that reached it), then, ranked last and marked so, those that never
-    reached it, then those without a trace."""
+    reached it, then those without a trace. A place whose mean is within the seeds' spread of
+    the one above (the two means differ by no more than the sum of their sample standard
+    deviations) is marked :data:`TIED`: those runs do not order the two (a place of one seed,
+    whose spread is unknown, never is)."""
     columns = {}
     for network, group in times.groupby("network", sort=False):
-        hit = group[group["status"] == REACHED].groupby("row", sort=False)["seconds"].mean()
-        cells = [f"{row} ({sec:.4g} s)" for row, sec in hit.sort_values().items()]
+        reached = group[group["status"] == REACHED].groupby("row", sort=False)["seconds"]
+        hit, spread = reached.mean().sort_values(), reached.std()
+        cells = []
+        for place, (row, sec) in enumerate(hit.items()):
+            tied = False
+            if place:
+                above = hit.index[place - 1]
+                tied = abs(sec - hit[above]) <= spread[row] + spread[above]  # False if NaN
+            cells.append(f"{TIED + ' ' if tied else ''}{row} ({sec:.4g} s)")
         for status, mark in ((NOT_REACHED, NOT_REACHED), (NO_TRACE, "n/a: no trace")):
             rows = dict.fromkeys(group.loc[group["status"] == status, "row"])
             cells += [f"{row} ({mark})" for row in rows if row not in hit.index]

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import last_json, suite_cmd
 from mlflow.entities import Metric, Param
@@ -225,3 +226,26 @@ def test_a_real_all_reduce_run_sweeps_monotone_and_agrees_with_its_summary(tmp_p
     seconds = sweep["seconds"].to_numpy()
     assert len(seconds) == len(simtime.SWEEP_BPS) and np.isfinite(seconds).all()
     assert (np.diff(seconds) <= 1e-12).all() and seconds[0] > seconds[-1]
+
+
+def test_the_ranking_marks_places_the_seeds_do_not_separate() -> None:
+    """Compute-bound smoke times move with the host; a ranking must not order rows whose seeds
+    overlap: such a place is marked, one the seeds separate is not, nor one of a single seed."""
+    from reports.simtime import TIED, ranking_table
+
+    seconds = {"A": [1.0, 1.2], "B": [1.2, 1.4], "C": [1.9, 2.1], "D": [2.15], "E": [3.0, 3.0]}
+    times = pd.DataFrame(
+        [
+            {"network": "wan", "row": row, "seed": seed, "status": "reached", "seconds": sec}
+            for row, values in seconds.items()
+            for seed, sec in enumerate(values)
+        ]
+    )
+    column = ranking_table(times).iloc[:, 1].tolist()
+    assert column == [
+        "A (1.1 s)",
+        f"{TIED} B (1.3 s)",  # 0.2 apart, spreads 0.14 + 0.14: not separated
+        "C (2 s)",  # 0.7 above B: separated
+        "D (2.15 s)",  # one seed: no spread to judge by
+        "E (3 s)",  # spread 0, and 0.85 above D
+    ]
