@@ -447,6 +447,28 @@ def test_checkpoints_of_an_untracked_run_need_a_folder(
     assert code == 2 and "--checkpoint-dir" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("every", ["auto", "5"])
+def test_a_new_run_refuses_a_folder_holding_another_runs_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], every: str
+) -> None:
+    """A crashed run's checkpoint, waiting for `suite resume`: a new run pointed at its folder
+    would have deleted it (its own saves, and its cleanup once it finished)."""
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    ckpt.write_manifest(folder, {"step": 7, "every": 5})
+    (folder / "step-000000007").mkdir()
+    argv = ["run", "allreduce_sgd", "--no-track", "--steps", "2", "--checkpoint-dir", str(folder)]
+    threads = torch.get_num_threads()
+    try:
+        code = main([*argv, "--checkpoint-every", every])
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert code == 2 and "holds the checkpoint of another run (after step 7)" in err, err
+    assert f"suite resume --checkpoint-dir {folder}" in err
+    assert ckpt.read_manifest(folder)["step"] == 7 and (folder / "step-000000007").is_dir()
+
+
 def test_a_run_that_cannot_be_checkpointed_runs_without(tmp_path: Path) -> None:
     real = ["algorithm.clock=real", "algorithm.time_scale=0.001", "steps=6"]
     cfg = apply_overrides(build_config(_args("consensus_backup", 2))[0], [*SMALL, *real])
