@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from suite.errors import ConfigError
+from suite.errors import ConfigError, unwritable_folder
 
 
 class Doc:
@@ -51,10 +51,14 @@ REPORT_FILES = frozenset({"README.md", "report.html", "figures"})
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """Raise ConfigError unless ``out_dir`` is free for a report: absent, empty, or a report
-    directory (nothing in it but :data:`REPORT_FILES`), which the new report replaces whole.
+    """Raise ConfigError unless ``out_dir`` is free for a report: in a folder this user can
+    write, and absent, empty, or a report directory (nothing in it but :data:`REPORT_FILES`),
+    which the new report replaces whole.
     Called before anything runs, and again by :func:`swap`."""
     out_dir = Path(out_dir)
+    why = unwritable_folder(out_dir.parent)  # the report is built beside it, then renamed in
+    if why is not None:
+        raise ConfigError(f"--out {out_dir}: {why}")
     if not out_dir.exists():
         return
     if not out_dir.is_dir():

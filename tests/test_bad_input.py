@@ -184,6 +184,16 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["--checkpoint-dir /dev/null/ckpt", "/dev/null is a file"],
     ),
     (
+        "new-reproduce-out-under-a-file",
+        ["reproduce", "baseline", "--out", "/dev/null/report"],
+        ["--out /dev/null/report", "/dev/null is a file"],
+    ),
+    (
+        "new-report-out-under-a-file",
+        ["report", "baseline", "--out", "/dev/null/report"],
+        ["--out /dev/null/report", "/dev/null is a file"],
+    ),
+    (
         "new-data-dir-under-a-file",
         ["data", "download", "fashion_mnist", "--data-dir", "/dev/null/fm"],
         ["/dev/null is a file", "--data-dir"],
