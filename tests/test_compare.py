@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import reproduce.compare as compare
+from reports import headline
 from reports.simtime import TIED
 from suite.recipes import FAILS, HOLDS, recipes_of
 from suite.registry import ALGORITHMS
@@ -88,73 +88,53 @@ def test_the_16_bit_claims_compare_ddp_fp16_with_ddp_once_both_are_rows() -> Non
     assert [c.check(stats).verdict for c in claims] == [FAILS, FAILS]
 
 
-# -- the README's headline tables are the committed report's ------------------------------------
+# -- the README's headline tables are the committed report's ----------------------------------
 
 ROOT = Path(__file__).resolve().parents[1]
-ROW_KEYS = ("accuracy", "wire", "seconds")
+
+SECTION = """
+#### Results
+
+| row | seeds | final test accuracy | MB on the wire (all ranks) | MB payload (all ranks) | more |
+|---|---|---|---|---|---|
+| ddp | 2 | 0.9264 ± 0.0020 | 69.192 ± 0.000 | 46.128 ± 0.000 | x |
+| dybw (stand-in) | 2 | 0.9278 ± 0.0039 | 137.404 ± 0.082 | 137.404 ± 0.082 | x |
+| compressed_sgd | 1 | 0.7848 | 28.165 | 16.095 | x |
+
+Simulated seconds to the first evaluation at test accuracy 0.800 (the recipe's target): ...
+
+| row | datacenter (100gbit:5us) | 1g (1gbit:50us) | wan (100mbit:20ms) |
+|---|---|---|---|
+| ddp | 0.1708 ± 6.242e-06 s | 0.203 ± 0.0004565 s | 6.386 ± 0.008261 s |
+| dybw (stand-in) | 0.1709 ± 0.03272 s | 0.627 ± 0.03046 s | 2.886 ± 0.015 s |
+| compressed_sgd | not reached | not reached | 13.61 s |
+
+| rank | datacenter (100gbit:5us) | 1g (1gbit:50us) | wan (100mbit:20ms) |
+|---|---|---|---|
+| 1 | ddp (0.1708 s) | ddp (0.203 s) | dybw (stand-in) (2.886 s) |
+| 2 | ≈ dybw (stand-in) (0.1709 s) | dybw (stand-in) (0.627 s) | ddp (6.386 s) |
+| 3 | compressed_sgd (not reached) | compressed_sgd (not reached) | compressed_sgd (13.61 s) |
+"""
 
 
-def _tables(text: str) -> list[list[list[str]]]:
-    """The markdown tables in ``text``: rows of stripped cells, header first, separator
-    dropped."""
-    tables: list[list[list[str]]] = []
-    rows: list[list[str]] = []
-    for line in [*text.splitlines(), ""]:
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if not all(set(c) <= set("-:") for c in cells):
-                rows.append(cells)
-        elif rows:
-            tables.append(rows)
-            rows = []
-    return tables
-
-
-def _mean(cell: str) -> str:
-    """'0.164 ± 0.03226 s' -> '0.164'; 'not reached' stays."""
-    return cell.split(" ±")[0].removesuffix(" s")
-
-
-def _report_rows(section: str) -> dict[str, dict[str, Any]]:
-    """Per row of one profile of the committed report: accuracy, wire and payload MB, the
-    mean seconds to the target per network and its place in each network's ranking (with
-    the ≈ of a place its seeds do not separate from the one above)."""
-    results, times, ranking = (
-        next(t for t in _tables(section) if t[0][: len(h)] == h)
-        for h in (["row", "seeds", "final test accuracy"], ["row", "datacenter (100gbit:5us)"],
-                  ["rank"])
-    )  # fmt: skip
-    rows: dict[str, dict[str, Any]] = {
-        r[0]: {"accuracy": r[2], "wire": f"{_mean(r[3])} ({_mean(r[4])})"} for r in results[1:]
-    }
-    for r in times[1:]:
-        rows[r[0]]["seconds"] = [_mean(c) for c in r[1:]]
-    for r in ranking[1:]:
-        for network, cell in enumerate(r[1:]):
-            tied = cell.startswith(TIED)
-            name = cell.removeprefix(TIED).strip().rsplit(" (", 1)[0]
-            rows[name].setdefault("places", {})[network] = f"{TIED if tied else ''}{r[0]}"
-    return rows
+def test_the_headline_reads_places_ties_and_misses_from_a_report_section() -> None:
+    assert headline.target(SECTION) == "0.80"
+    assert [row.cells() for row in headline.rows(SECTION)] == [
+        ["ddp (reference)", "baseline", "0.9264 ± 0.0020", "69.192 (46.128)",
+         "0.1708", "0.203", "6.386", "1 / 1 / 2"],
+        ["dybw (stand-in)", "backup workers", "0.9278 ± 0.0039", "137.404 (137.404)",
+         "0.1709", "0.627", "2.886", f"{TIED}2 / 2 / 1"],
+        ["compressed_sgd", "quantized", "0.7848", "28.165 (16.095)",
+         "not reached", "not reached", "13.61", "3 / 3 / 3"],
+    ]  # fmt: skip
 
 
 def test_the_readme_headline_tables_are_the_committed_reports() -> None:
     """README's first section shows the compare report's smoke and real results (issue 18):
-    rebuilding the report without updating the README, or editing a figure by hand, fails."""
+    rebuilding the report without updating the README (``python -m reports.headline`` prints
+    the tables), or editing a figure by hand, fails."""
     readme = (ROOT / "README.md").read_text()
-    headline = readme.split("## The headline", 1)[1].split("\n## ", 1)[0]
-    shown = [t for t in _tables(headline) if t[0][:2] == ["method", "family"]]
-    report = (ROOT / "reports" / "compare" / "README.md").read_text()
-    profiles = ["smoke", "real"]
-    assert len(shown) == len(profiles)
-    for table, profile in zip(shown, profiles, strict=True):
-        section = report.split(f"### Profile `{profile}`", 1)[1].split("\n### ", 1)[0]
-        rows = _report_rows(section)
-        assert [r[0].removesuffix(" (reference)") for r in table[1:]] == list(rows), profile
-        for method, family, accuracy, wire, *seconds, places in table[1:]:
-            name = method.removesuffix(" (reference)")
-            row = rows[name]
-            assert method.endswith("(reference)") == (name == compare.REFERENCE)
-            assert family == compare.KNOBS[name.removesuffix(" (stand-in)")].family, name
-            shown_row, report_row = (accuracy, wire, seconds), (row[k] for k in ROW_KEYS)
-            assert shown_row == tuple(report_row), (profile, name)
-            assert places.split(" / ") == [row["places"][n] for n in range(3)], (profile, name)
+    shown = readme.split("## The headline", 1)[1].split("\n## ", 1)[0]
+    report = headline.REPORT.read_text()
+    for profile in headline.PROFILES:
+        assert headline.table(report, profile) in shown, profile
