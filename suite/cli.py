@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -337,6 +337,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     if result is None:  # a non-zero rank under torchrun
         return 0
+    with _recording_result():  # a stop signal from here on waits: the run is done
+        return _finish_run(args, uri, experiment, result, start, emulation, checkpoint, writer)
+
+
+def _finish_run(
+    args: argparse.Namespace,
+    uri: str | None,
+    experiment: str,
+    result: tuple[dict[str, Any], Any],
+    start: float,
+    emulation: Any,
+    checkpoint: Any,
+    writer: Any,
+) -> int:
+    """After training: complete rank 0's summary, record it (MLflow, ``suite-summaries/``),
+    spend the checkpoints and print it; the command's exit code."""
+    from suite import launcher
+
+    torchrun_rank = rank_under_torchrun()
     summary, artifacts = result
     summary["wall_seconds"] = time.perf_counter() - start
     # the host's speed beside the compute it measured (simulated times rest on it): timed now,
@@ -362,6 +381,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_json(line)
     else:
         print(text)
+    if _received:
+        name = signal.Signals(_received[0]).name
+        _say(f"{name} came after training ended: the run was recorded first")
     return EXIT_FAILED if failed else 0
 
 
@@ -1185,14 +1207,21 @@ def _network_help() -> str:
     return f"a preset ({describe_presets()}) or {GRAMMAR}"
 
 
+MAX_SECONDS = 30 * 24 * 3600.0  # a hang timeout beyond it overflowed the ranks' own timeouts
+
+
 def _seconds(text: str) -> float:
-    """argparse type: a finite number of seconds > 0 (argparse then exits 2 naming the flag)."""
+    """argparse type: a finite number of seconds > 0, at most 30 days (argparse then exits 2
+    naming the flag)."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text!r}")
+    if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number of seconds > 0 and at most {MAX_SECONDS:.0f} (30 days), "
+            f"got {text!r}"
+        )
     return value
 
 
@@ -1248,6 +1277,7 @@ def exit_now(code: int) -> NoReturn:
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _received: list[int] = []  # signals received by this command so far
+_recording = False  # training is over and its result is being recorded (_recording_result)
 
 
 def _on_signal(signum: int, frame: Any) -> None:
@@ -1261,7 +1291,22 @@ def _on_signal(signum: int, frame: Any) -> None:
     reproduce = sys.modules.get("suite.reproduce")
     if reproduce is not None:
         reproduce.STOP.set()
+    if _recording and len(_received) == 1:
+        return  # nothing left to stop: the finished run is recorded, then the command ends
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _recording_result() -> Iterator[None]:
+    """While a finished run's result is recorded (seconds at most: the host-speed probe, the
+    emulated links' replay, MLflow), a first stop signal waits for it instead of losing the
+    run (it would end FAILED, its summary unkept); a second Ctrl-C still interrupts."""
+    global _recording
+    _recording = True
+    try:
+        yield
+    finally:
+        _recording = False
 
 
 @contextlib.contextmanager

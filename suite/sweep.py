@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from suite.errors import ConfigError
+from suite.errors import ConfigError, unwritable_folder
 from suite.periodic import repeating
 from suite.preflight import preflight
 from suite.recipes import Recipe, Space, config_hash
@@ -155,11 +155,44 @@ def storage_url(storage: str | None) -> str:
         path = url[len(prefix) :] if url.startswith(prefix) else ""
         if path in ("", ":memory:") or path.startswith("file:"):
             raise ConfigError(f"{bad}: trials need a shared file; valid forms: {STORAGE_FORMS}")
-        if not Path(path).resolve().parent.is_dir():
-            raise ConfigError(f"{bad}: folder {Path(path).resolve().parent} does not exist")
+        file = Path(path).resolve()
+        if not file.parent.is_dir():
+            raise ConfigError(f"{bad}: folder {file.parent} does not exist")
+        why = unwritable_folder(file.parent)
+        if why is None and file.is_dir():
+            why = f"{file} is a folder, not a database file"
+        elif why is None and file.exists() and not os.access(file, os.R_OK | os.W_OK):
+            why = f"{file} is not writable by this user"
+        if why is not None:  # else SQLAlchemy's traceback after seconds of retries
+            raise ConfigError(f"{bad}: {why}")
     if url.startswith(prefix) and not url.startswith(prefix + "/"):
         url = prefix + str(Path(url[len(prefix) :]).resolve())
     return url
+
+
+def sample_overrides(space: Space) -> list[str]:
+    """The ``--set`` overrides of one trial of ``space``, drawn from an in-memory study (nothing
+    stored): what the checks before the first trial resolve with the user's ``--set``."""
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    return list(space.suggest(study.ask()))
+
+
+def check_space_keys(extra: Sequence[str], chosen: Sequence[str], space_name: str) -> None:
+    """Refuse a ``--set`` of a key the space sets in every trial, or of a key under one: the
+    trial's value comes after ``--set`` and replaces it (a compressor's knob then belongs to
+    another compressor)."""
+    tuned = [item.partition("=")[0].strip() for item in chosen]
+    for item in extra:
+        key = item.partition("=")[0].strip()
+        clash = next((t for t in tuned if key == t or key.startswith(t + ".")), None)
+        if clash is not None:
+            raise ConfigError(
+                f"--set {item}: space {space_name!r} sets {clash} in every trial, after --set; "
+                f"valid: drop it, or --set keys the space leaves alone (it sets "
+                f"{', '.join(tuned)})"
+            )
 
 
 def heartbeat_settings() -> tuple[int, int]:
@@ -233,14 +266,17 @@ def sweep(
         )
     seed = recipe.profile(profile).seeds[0]
     check_extra(extra, f"every trial runs the profile's first seed ({seed})")
-    # bad recipe or --set, missing data, a batch too large: fail before any trial
-    preflight(recipe.resolve(row, profile, seed, extra))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    chosen = sample_overrides(space)
+    check_space_keys(extra, chosen, space_name)
+    # bad recipe or --set, one that does not fit the space's own overrides, missing data, a
+    # batch too large: fail before any trial
+    preflight(recipe.resolve(row, profile, seed, [*extra, *chosen]))
     url = storage_url(storage)  # and a bad --storage before the fork server (seconds of imports)
     interval, grace = heartbeat_settings()
     start_children()
     name = study_name or f"{recipe.name}:{space_name}:{profile}"
     multi = len(space.objectives) > 1
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     stale = _StaleTrial(uri, recipe.paper, name, grace)
     rdb = _storage(url, interval, grace, stale)
     study = optuna.create_study(
@@ -379,7 +415,7 @@ def sweep(
             claim.stop()  # Ctrl-C (or a bug) in one thread: the others start no new trial
             raise
 
-    status = "FINISHED"
+    status = "FAILED"  # whatever escapes the trials (a bug, a storage that gives up)
     try:
         if n_jobs == 1:
             work()
@@ -392,6 +428,7 @@ def sweep(
                 except BaseException:
                     claim.stop()
                     raise
+        status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise

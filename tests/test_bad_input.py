@@ -104,6 +104,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("new-hang-timeout-negative", [*RUN, "--hang-timeout", "-1"], ["--hang-timeout", "> 0"]),
     ("new-hang-timeout-nan", [*RUN, "--hang-timeout", "nan"], ["--hang-timeout", "finite"]),
     ("new-hang-timeout-zero", [*RUN, "--hang-timeout", "0"], ["--hang-timeout", "> 0"]),
+    # beyond timedelta's range: every rank failed to join, twice, and the run ended FAILED
+    ("new-hang-timeout-1e14", [*RUN, "--hang-timeout", "1e14"], ["--hang-timeout", "30 days"]),
     # A batch larger than a rank's shard (found only after every rank started)
     (
         "new-nproc-64",
@@ -154,6 +156,32 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         "new-sweep-set-seed",
         [*SWEEP, "--set", "seed=3"],
         ["--set seed=3", "every trial runs the profile's first seed"],
+    ),
+    # found by a read-only audit (2026-12-04): the trial's own overrides came after --set, so the
+    # study, a failed trial and a parent run were made before "unknown config key"
+    (
+        "new-sweep-set-under-a-key-the-space-sets",
+        [
+            "sweep",
+            "saef/cifar-100",
+            "--space",
+            "ratio-period",
+            "--trials",
+            "1",
+            "--set",
+            "algorithm.compressor=qsgd",
+            "--set",
+            "algorithm.compressor.levels=8",
+        ],
+        [
+            "--set algorithm.compressor=qsgd: space 'ratio-period' sets algorithm.compressor",
+            "it sets algorithm.compressor, algorithm.compressor.ratio, algorithm.average_every",
+        ],
+    ),
+    (
+        "new-sweep-set-the-knob-it-tunes",
+        [*SWEEP, "--set", "algorithm.period=4"],
+        ["--set algorithm.period=4: space 'period' sets algorithm.period in every trial"],
     ),
     ("new-sweep-study-quote", [*SWEEP, "--study", "bob's"], ["--study", "without quotes"]),
     # the trials' --optuna-trial argument is STORAGE|STUDY|TRIAL: a '|' sent them the wrong study
@@ -486,6 +514,18 @@ def test_a_report_of_a_mistyped_experiment_is_refused_not_written_empty(
     assert "no experiment 'basline'" in err and "(did you mean 'baseline'?)" in err, err
     assert "valid choices: baseline" in err
     assert sorted(os.listdir(no_start)) == before  # no out/reports/baseline written
+
+
+def test_a_sweep_storage_that_is_a_folder_is_refused_before_any_study(
+    no_start: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by a read-only audit (2026-12-04): SQLAlchemy's traceback after seconds of retries,
+    exit 1."""
+    (no_start / "optuna.db").mkdir()
+    assert _main([*SWEEP, "--storage", f"sqlite:///{no_start / 'optuna.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{no_start / 'optuna.db'} is a folder, not a database file" in err, err
+    assert "Traceback" not in err and os.listdir(no_start) == ["optuna.db"]
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # metric names

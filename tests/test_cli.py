@@ -264,3 +264,38 @@ def test_a_child_of_a_driver_gets_sigterm_when_the_driver_dies(watch: str) -> No
     driver.wait()
     assert child.returncode == -signal.SIGTERM  # no handler here: SIGTERM's default, death
     assert time.monotonic() - start < 10
+
+
+def test_a_stop_signal_after_training_waits_until_the_run_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by a read-only audit (2026-12-04): a SIGTERM (a driver stopping its runs) between
+    the end of training and MLflow's record of it ended a trained run FAILED ("the process
+    running the job died") with its summary unkept. The probe of the host's speed runs in that
+    window; here it sends the signal."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    import suite.hostspeed
+    from suite.cli import main
+
+    def probe_then_stop() -> float:
+        os.kill(os.getpid(), signal.SIGTERM)  # handled now, in this (the main) thread
+        return 0.5
+
+    monkeypatch.setattr(suite.hostspeed, "reference_step_ms", probe_then_stop)
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    threads = torch.get_num_threads()  # the preflight lowers it for the ranks it forks
+    try:
+        code = main(["run", "allreduce_sgd", "--nproc", "2", "--steps", "2", "--tracking-uri", uri])
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "SIGTERM came after training ended: the run was recorded first" in err
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["final.reference_step_ms"] == 0.5
+    assert list((tmp_path / "suite-summaries").iterdir())  # kept beside the store too

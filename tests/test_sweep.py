@@ -278,3 +278,25 @@ def test_a_ctrl_c_after_a_trials_job_ended_keeps_its_result(
         )  # fmt: skip
     (trial,) = optuna.load_study(study_name="s", storage=storage).get_trials()
     assert trial.state.name == "COMPLETE" and trial.value == 0.75
+
+
+def test_a_sweep_that_crashes_ends_its_parent_run_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a read-only audit (2026-12-04): only Ctrl-C changed the parent run's status, so
+    anything else that escaped the trials (a bug, a storage that gave up) ended it FINISHED."""
+    from suite import sweep
+    from suite.registry import RECIPES
+
+    def broken_job(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise RuntimeError("a bug in the driver")
+
+    monkeypatch.setattr(sweep, "run_job", broken_job)
+    with pytest.raises(RuntimeError, match="a bug in the driver"):
+        sweep.sweep(
+            RECIPES.get("baseline/periods").obj, "lr", trials=1,
+            uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+            storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="s",
+        )  # fmt: skip
+    _, parents = _runs(tmp_path)
+    assert [p.info.status for p in parents] == ["FAILED"]
