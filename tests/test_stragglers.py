@@ -251,7 +251,8 @@ def test_in_real_time_the_fast_ranks_do_not_wait_for_a_slow_one() -> None:
     medians = [sorted(r["iter_seconds"])[len(r["iter_seconds"]) // 2] for r in runs]
     slow_compute = scale * slow
     assert medians[3] >= slow_compute * 0.9
-    assert max(medians[:3]) < 0.4 * slow_compute, medians  # ~20 ms + overhead, not 200 ms
+    # ~20 ms + overhead, not the slow rank's 200 ms (relative: a loaded host slows both)
+    assert max(medians[:3]) < 0.4 * medians[3], medians
     s = runs[0]["summary"]
     assert s["messages_unaccounted"] == 0 and s["messages_used_late"] > 0
     rows = runs[0]["artifacts"]["backups.csv"].strip().splitlines()
