@@ -131,6 +131,19 @@ def hold(directory: str | Path) -> int:
     return fd
 
 
+def is_held(directory: str | Path) -> bool:
+    """Whether this process holds ``directory`` (:func:`hold`)."""
+    return str(Path(directory).resolve()) in _HELD
+
+
+def release(directory: str | Path) -> None:
+    """Let go of ``directory`` (:func:`hold`): a job refused before it started leaves the
+    folder to whoever comes next, rather than to this process's exit."""
+    fd = _HELD.pop(str(Path(directory).resolve()), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops its flock
+
+
 # ---------------------------------------------------------------------------------------------
 # Files
 

@@ -564,7 +564,7 @@ def _checkpointing(
     args: argparse.Namespace, cfg: RunConfig, uri: str | None, torchrun_rank: int | None
 ) -> Any:
     """Where and how often this job checkpoints (a suite.checkpoint.Checkpointing), or None."""
-    from suite.checkpoint import Checkpointing, new_directory, read_manifest
+    from suite.checkpoint import Checkpointing, is_held, new_directory, read_manifest, release
 
     resume: _Resume | None = getattr(args, "resume", None)
     if resume is not None:
@@ -585,11 +585,14 @@ def _checkpointing(
         why = unwritable_folder(path)
         if why is not None:  # else a rank's traceback at its first save
             raise UsageError(f"--checkpoint-dir {path}: {why}")
+        fresh = not is_held(path)
         held = _held(Checkpointing(str(path), every), torchrun_rank)
         # another run's checkpoint: this run's own saves, and its cleanup at the end, would
         # delete it (checked once held, so no job can write one between the check and the run)
         other = read_manifest(path)
         if other is not None:
+            if fresh:
+                release(path)
             raise UsageError(
                 f"--checkpoint-dir {path} holds the checkpoint of another run (after step "
                 f"{other.get('step')}), which this run would delete; valid: continue that run "

@@ -467,6 +467,7 @@ def test_a_new_run_refuses_a_folder_holding_another_runs_checkpoint(
     assert code == 2 and "holds the checkpoint of another run (after step 7)" in err, err
     assert f"suite resume --checkpoint-dir {folder}" in err
     assert ckpt.read_manifest(folder)["step"] == 7 and (folder / "step-000000007").is_dir()
+    assert not ckpt.is_held(folder)  # left free for the `suite resume` the message suggests
 
 
 def test_a_run_that_cannot_be_checkpointed_runs_without(tmp_path: Path) -> None:
