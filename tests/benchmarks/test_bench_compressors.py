@@ -36,6 +36,9 @@ def test_compress_decompress_throughput(benchmark, name: str, n: int) -> None:
     x = _gaussian(n)
     rounds = 30 if n <= 100_000 else 5
     benchmark.pedantic(lambda: c.decompress(*c.compress(x)), rounds=rounds, warmup_rounds=1)
+    out = c.decompress(*c.compress(x))  # what was timed is a round trip: x's shape back, finite
+    assert out.shape == x.shape and bool(torch.isfinite(out).all()), name
+    assert (name != "identity" or torch.equal(out, x)) and bool(out.abs().sum() > 0), name
     median = benchmark.stats.stats.median
     rate = n / median
     benchmark.extra_info.update({"elements": n, "elements_per_s": rate})
