@@ -74,12 +74,12 @@ def rows(section: str) -> list[Row]:
     """The headline rows of one profile's section, in the report's order."""
     tables = markdown_tables(section)
 
-    def table(*header: str) -> list[list[str]]:
+    def find(*header: str) -> list[list[str]]:
         return next(t for t in tables if tuple(t[0][: len(header)]) == header)
 
     columns = [f"{n} ({format_spec(parse_network(n))})" for n in NETWORKS]
-    results = table("row", "seeds", "final test accuracy")
-    times, ranking = table("row", columns[0]), table("rank", columns[0])
+    results = find("row", "seeds", "final test accuracy")
+    times, ranking = find("row", columns[0]), find("rank", columns[0])
     at = [times[0].index(c) for c in columns]  # the networks' columns, in NETWORKS' order
     seconds = {line[0]: tuple(_mean(line[i]) for i in at) for line in times[1:]}
     places: dict[str, dict[int, str]] = {}
