@@ -3,14 +3,17 @@
 The model is wrapped in :class:`torch.nn.parallel.DistributedDataParallel`, so gradients are
 grouped into buckets (``bucket_cap_mb``) and each bucket is all-reduced as soon as its last
 gradient is ready, overlapping communication with the rest of the backward pass. Every bucket's
-all-reduce goes through a DDP communication hook that calls the suite's transport
-(:meth:`suite.transport.Transport.all_reduce_async`), so its bytes, wire bytes, messages and
-trace records are counted like every other method's. The hook does what PyTorch's own does:
+all-reduce goes through a DDP communication hook that does what PyTorch's own does:
 ``allreduce_hook`` (divide by the world size, all-reduce, as DDP's built-in reducer) or, with
 ``compression``, ``fp16_compress_hook`` / ``bf16_compress_hook`` (cast the bucket to 16 bits,
-divide, all-reduce, cast back into the bucket). The loop runs forward and backward on the
-wrapper (``Algorithm.train_model``) and every micro-batch but the last under ``no_sync()``;
-``reduce_gradients`` does nothing.
+divide, all-reduce, cast back into the bucket), and every one is counted like every other
+method's (bytes, wire bytes, messages, trace records). Two hooks do this (``DDPConfig.hook``):
+the compiled one (baselines/ddp_hook.py: C++, the default) keeps each all-reduce's bytes and
+times and the algorithm hands them to the transport after backward
+(:meth:`suite.transport.Transport.record_async_all_reduces`); the Python one calls the
+transport (:meth:`suite.transport.Transport.all_reduce_async`) from the hook. They train, count
+and trace the same (tests/test_ddp.py). The loop runs forward and backward on the wrapper
+(``Algorithm.train_model``) and every micro-batch but the last under ``no_sync()``.
 
 What is and is not counted. DDP's other communication is switched off rather than left
 uncounted: ``init_sync=False`` (no shape check and no broadcast of parameters and buffers at
@@ -24,21 +27,18 @@ tensors, a few hundred bytes). We make it happen when the algorithm is built
 the same layout and a resumed run ends bit for bit as the uninterrupted one; it is set-up
 bookkeeping outside the transport, not counted.
 
-Time. Each all-reduce is issued from the hook and waited for at the end of backward (a
-callback queued before DDP's own); the transport records both, so ``comm_seconds`` is the
-issue plus the time the rank actually waited, and the trace replay (``network_seconds``,
-:mod:`suite.netmodel`) lets the rank compute the rest of backward while the all-reduce runs
-on the modelled network: DDP's overlap.
+Time. Each all-reduce is issued from the hook and waited for at the end of backward (by the
+Python hook in a callback queued before DDP's own, by DDP itself for the compiled one); both
+hooks record when, so ``comm_seconds`` is the issue plus the time the rank actually waited,
+and the trace replay (``network_seconds``, :mod:`suite.netmodel`) lets the rank compute the
+rest of backward while the all-reduce runs on the modelled network: DDP's overlap.
 
-Cost. A Python hook, PyTorch's own included, costs DDP part of a small model's CPU step against
-its built-in C++ all-reduce: 8-15% of a ~1 ms digits-MLP step, 0-7% of a 1.6-3.4 ms small-CNN
-step on 2 vCPUs (tests/benchmarks/test_bench_ddp.py; README, the DDP paragraph). It is a cost
-per bucket, not per byte, so it shrinks as steps grow. This one is leaner than PyTorch's (no
-future chained on the backend's, the all-reduce issued on the process group directly): in
-torch's plain loop it costs ~0-1.5% over the C++ reducer on the MLP. A compiled hook was built
-and measured: it cost nothing itself, but handing its records to the transport after DDP's
-wait cost as much, so it was not kept. This hook does its accounting while the all-reduce is in
-flight.
+Cost. DDP calls a Python hook from backward for every bucket, and on a small model on a CPU
+that costs more than counting does: PyTorch's own ``allreduce_hook`` costs a digits-MLP step
+4-8% over DDP's built-in C++ all-reduce on 2 vCPUs (tests/benchmarks/test_bench_ddp.py). Hence
+the compiled hook: there, the hook and the transport's accounting cost ~1% of that step. The
+Python hook is kept for one rank, for emulated runs (their trace records each op's CPU time
+as it runs, which deferred records cannot) and where no compiler is at hand.
 
 A non-finite loss is caught after backward, as with every method, but DDP has already
 all-reduced that step's gradients by then, so other ranks may receive them before the launcher
@@ -57,7 +57,10 @@ from torch import Tensor, nn
 from torch.autograd import Variable
 from torch.nn.parallel import DistributedDataParallel
 
-from suite.algorithms.base import NO_CONTEXT, Algorithm, Context
+from baselines import ddp_hook
+from suite import trace
+from suite.algorithms.base import CONTEXT_ATTRIBUTES, NO_CONTEXT, Algorithm, Context
+from suite.launcher import communicating
 from suite.registry import ALGORITHMS
 from suite.transport import Work
 
@@ -83,11 +86,17 @@ class DDPConfig:
         for the all-reduce (half the bytes). fp16 keeps more mantissa but can overflow on
         large gradients; bf16 has fp32's range and less precision. Both usually train to the
         same accuracy.
+    hook: "compiled" (a C++ hook, baselines/ddp_hook.py, built once on first use) or
+        "python". Both compute and count the same; the Python one costs a small model's step
+        4-8% more on a CPU (DDP calls it from backward for every bucket). The Python hook is
+        used anyway on one rank, in emulated runs (their trace records each op's CPU time as
+        it runs) and where the compiled one cannot be built (with a warning).
     """
 
     bucket_cap_mb: float = 25.0
     gradient_as_bucket_view: bool = True
     compression: Compression = "none"
+    hook: Literal["compiled", "python"] = "compiled"
 
     def __post_init__(self) -> None:
         if self.bucket_cap_mb <= 0:
@@ -96,6 +105,8 @@ class DDPConfig:
             raise ValueError(
                 f"unknown compression {self.compression!r}; valid choices: none, fp16, bf16"
             )
+        if self.hook not in ("compiled", "python"):
+            raise ValueError(f"unknown hook {self.hook!r}; valid choices: compiled, python")
 
 
 def wrap(model: nn.Module, ctx: Context, bucket_cap_mb: float, as_view: bool) -> nn.Module:
@@ -173,10 +184,38 @@ class DDP(Algorithm):
         self.ddp = wrap(self.model, ctx, config.bucket_cap_mb, config.gradient_as_bucket_view)
         # this step's all-reduces: (work, tensor, bucket to copy it into, DDP's future)
         self.pending: list[tuple[Work, Tensor, Tensor | None, torch.futures.Future]] = []
-        self.dry = False  # the hook passes buckets through untouched (settle_buckets)
+        self._dry = False
         self.dtype = _DTYPES.get(config.compression)  # of the all-reduce; None: the bucket's
-        self.ddp.register_comm_hook(self, _hook)
+        self.compiled = compiled_hook(config, ctx)
+        if self.compiled is None:
+            self.ddp.register_comm_hook(self, _hook)
+        else:  # what it saw, handed to the transport after backward (reduce_gradients)
+            group = self.transport.process_group
+            self.records = self.compiled.install(
+                self.ddp.reducer, group, self.world_size, config.compression
+            )
         settle_buckets(self)  # after the hook: DDP's own all-reduce would exchange the zeros
+
+    @property
+    def dry(self) -> bool:
+        """The hook passes buckets through untouched (settle_buckets)."""
+        return self._dry
+
+    @dry.setter
+    def dry(self, on: bool) -> None:
+        self._dry = on
+        if self.compiled is not None:
+            self.records.dry = on
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every attribute but the context and the compiled hook's handles (made anew)."""
+        from suite.checkpoint import capture_attrs
+
+        return capture_attrs(self, (*CONTEXT_ATTRIBUTES, "compiled", "records"))
+
+    def reduce_gradients(self, step: int) -> None:
+        if self.compiled is not None:  # this step's all-reduces, done in backward
+            self.transport.record_async_all_reduces(self.compiled.take(self.records))
 
     def _all_reduce(
         self, bucket: dist.GradBucket, x: Tensor, into: Tensor | None = None
@@ -202,7 +241,20 @@ class DDP(Algorithm):
         return self.ddp
 
     def accumulate(self, last: bool) -> contextlib.AbstractContextManager[Any]:
-        return NO_CONTEXT if last else self.ddp.no_sync()
+        if not last:
+            return self.ddp.no_sync()
+        # the compiled hook's all-reduces are waited for inside backward, out of Python's
+        # sight: marked as communicating, so a hang detected meanwhile blames the peer that
+        # stopped rather than this rank waiting for it (suite.launcher)
+        return NO_CONTEXT if self.compiled is None else communicating()
+
+
+def compiled_hook(config: DDPConfig, ctx: Context) -> Any | None:
+    """The compiled hook's extension where ``config`` asks for it and it can serve (see
+    ``DDPConfig.hook``), else None (the Python hook)."""
+    if config.hook != "compiled" or ctx.transport.world_size == 1 or trace.CPU_CLOCK:
+        return None
+    return ddp_hook.compiled()
 
 
 ALGORITHMS.preset(

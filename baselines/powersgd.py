@@ -94,6 +94,7 @@ class PowerSGD(DDP):
         # unannotated: DDP checks a hook's annotations against the classes, not strings
         self.ddp.register_comm_hook(None, lambda state, bucket: self._hook(bucket))
         self.pending: list[tuple[Work, Tensor, Tensor | None, torch.futures.Future]] = []
+        self.compiled = None  # its hook is Python's (three all-reduces a bucket, and state)
         self.dry = False
         self.iter = 0
         self.draws = 0  # seeds drawn from RandomState(SEED) so far (restored on resume)

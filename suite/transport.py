@@ -326,7 +326,7 @@ class Transport:
         self._last_record = -1  # trace index of this transport's latest op
 
     @property
-    def _process_group(self) -> Any:
+    def process_group(self) -> Any:
         """The group itself. All-reduces are called on it directly, not through
         ``dist.all_reduce``: its checks cost ~8 us a call, a DDP bucket's hook pays them every
         step, and they are moot here (a transport's group holds its rank; tensors are dense,
@@ -455,7 +455,7 @@ class Transport:
             raise ValueError(f"unknown reduce op {op!r}; valid choices: {', '.join(_REDUCE_OPS)}")
         if self._alone:
             return x
-        group, opts = self._process_group, _ALLREDUCE_OPTIONS[op, False]
+        group, opts = self.process_group, _ALLREDUCE_OPTIONS[op, False]
 
         def all_reduce() -> None:  # named: a hung peer's stack dump shows it waits in here
             group.allreduce([x], opts).wait()
@@ -482,7 +482,7 @@ class Transport:
         n, stats, opts = nbytes(x), c.active, _ALLREDUCE_OPTIONS[op, True]
         work = self._timed(
             "all_reduce",
-            lambda: self._process_group.allreduce([x], opts),
+            lambda: self.process_group.allreduce([x], opts),
             payload=n,
             sent=n,
             recv=n,
@@ -491,6 +491,31 @@ class Transport:
         record = (self._last_record, self._gid, -1, n, 0)
         then = functools.partial(x.div_, self.world_size) if op == "mean" else None
         return Work(work, stats, "all_reduce", c, record, then)
+
+    def record_async_all_reduces(self, records: Sequence[tuple[int, float, float, float]]) -> None:
+        """Count and trace all-reduces that ran outside Python (DDP's compiled hook,
+        baselines/ddp_hook.py) as :meth:`all_reduce_async` and :meth:`Work.wait` count and
+        trace their own: ``records`` are (bytes, issued at, issue returned, wait ended), in
+        issue order, on ``time.perf_counter``'s clock. DDP waits for them in that order once
+        backward is done, so each wait began when the previous one ended or, for the first,
+        when the last was issued."""
+        if self._alone or not records:
+            return
+        c, kind, gid = self._counters, _KIND["all_reduce"], self._gid
+        stats, trace = c.active, c.trace
+        issued = []
+        for n, t0, t1, _ in records:  # the trace is in time order: every issue, then the waits
+            wire = rank_out_links("all_reduce", self._ranks_key, -1, n, self.rank)
+            stats.record("all_reduce", seconds=t1 - t0, wire=wire, sent=n, recv=n, messages=1)
+            issued.append(trace.note(kind, gid, -1, n, 0, t0, t1))
+        began = records[-1][2]
+        for (n, _, _, ended), index in zip(records, issued, strict=True):
+            ended = max(ended, began)
+            stats.record("all_reduce", seconds=ended - began, call=False)
+            if index >= 0:
+                trace.note(_WAIT, gid, -1, n, 0, began, ended, index)
+            began = ended
+        self._last_record = issued[-1]
 
     def reduce(self, x: Tensor, dst: int, op: str = "sum") -> Tensor:
         """In-place reduction into ``x`` on ``dst`` (other ranks' ``x`` is undefined after)."""

@@ -207,3 +207,71 @@ def test_building_sends_only_ddps_bucket_assignment(name: str) -> None:
     # of the zeros (the hook registered after the dry passes) made it 4.
     cfg = _config(f"algorithm={name}", "nproc=2", "steps=1")
     assert launch(_collectives_while_built, 2, (cfg,)) == [(2, 0)] * 2
+
+
+def _train_traced(cfg: RunConfig) -> dict:
+    trainer = Trainer(Job(cfg, target="test", paper="test", progress=False), Transport())
+    summary, _ = trainer.run()
+    records, *_ = trainer.transport.trace_records()
+    return {
+        "compiled": trainer.algorithm.compiled is not None,
+        "state": {k: v.clone() for k, v in trainer.model.state_dict().items()},
+        "counts": trainer.transport.stats.to_dict(),
+        "trace": records,
+        "network_seconds": summary["network_seconds"] if summary else None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("compression", "bucket_cap_mb"), [("none", 25.0), ("none", 0.001), ("bf16", 0.001)]
+)
+def test_the_compiled_hook_trains_counts_and_traces_as_the_python_hook(
+    compression: str, bucket_cap_mb: float
+) -> None:
+    common = [
+        "algorithm=ddp", "nproc=2", "steps=6", "micro_batches=2", "optim.momentum=0.9",
+        f"algorithm.compression={compression}", f"algorithm.bucket_cap_mb={bucket_cap_mb}",
+    ]  # fmt: skip
+    runs = {
+        hook: launch(_train_traced, 2, (_config(*common, f"algorithm.hook={hook}"),))
+        for hook in ("compiled", "python")
+    }
+    for r in range(2):
+        compiled, python = runs["compiled"][r], runs["python"][r]
+        assert compiled["compiled"] and not python["compiled"]
+        assert _max_diff(compiled["state"], python["state"]) == 0.0, f"rank {r}"
+        counts = {k: v for k, v in compiled["counts"].items() if k != "seconds"}
+        expected = {k: v for k, v in python["counts"].items() if k != "seconds"}
+        for op in (*counts["ops"].values(), *expected["ops"].values()):
+            op.pop("seconds")
+        assert counts == expected and counts["messages"] == 6 * (1 if bucket_cap_mb > 1 else 2)
+        # one issue and one wait record per all-reduce, in the same order, with their sizes
+        fields = ["step", "kind", "group", "peer", "payload", "tag", "channel", "ref"]
+        assert compiled["trace"][fields].tolist() == python["trace"][fields].tolist()
+        for name in ("gap", "seconds"):
+            assert (compiled["trace"][name] >= 0).all()
+        ref = compiled["trace"]["ref"]
+        waits = compiled["trace"]["kind"] == KIND["wait"]
+        assert (compiled["trace"]["kind"][ref[waits]] == KIND["all_reduce"]).all()
+    assert runs["compiled"][0]["network_seconds"] > 0
+
+
+def test_ddp_falls_back_to_its_python_hook_where_the_compiled_one_cannot_be_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch.utils.cpp_extension
+
+    from baselines import ddp_hook
+
+    def no_compiler(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Error building extension: g++: not found")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    with pytest.warns(RuntimeWarning, match=r"could not be built \(.*g\+\+: not found\).*Python"):
+        assert ddp_hook.build() is None
+
+
+def test_a_hook_choice_outside_the_two_is_refused() -> None:
+    refused = r"'c' for algorithm\.hook; valid choices: compiled, python"
+    with pytest.raises(ValueError, match=refused):
+        _config("algorithm=ddp", "algorithm.hook=c")

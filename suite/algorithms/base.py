@@ -35,7 +35,8 @@ from torch import nn
 from suite.transport import Transport
 
 # Attributes every algorithm has that are the loop's, not its own state.
-_CONTEXT = ("config", "ctx", "transport", "model", "optimizer")
+# the attributes every algorithm has from its context: never part of its checkpointed state
+CONTEXT_ATTRIBUTES = ("config", "ctx", "transport", "model", "optimizer")
 # the context a micro-batch runs in when there is nothing to do (reusable: made once, not per
 # micro-batch)
 NO_CONTEXT: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
@@ -138,7 +139,7 @@ class Algorithm:
         ``torch.load(weights_only=True)`` reads back): every attribute but the context."""
         from suite.checkpoint import capture_attrs  # (it knows the algorithms' helpers)
 
-        return capture_attrs(self, _CONTEXT)
+        return capture_attrs(self, CONTEXT_ATTRIBUTES)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output into this freshly built algorithm, in place."""

@@ -88,14 +88,20 @@ def ratio_interval(ratios: list[float], confidence: float = 0.95) -> tuple[float
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def _plain_step(model: torch.nn.Module, batches: Any, lr: float) -> Callable[[], None]:
-    """One step of torch's plain training loop: no bookkeeping at all."""
+def _plain_step(
+    model: torch.nn.Module,
+    batches: Any,
+    lr: float,
+    after_backward: Callable[[], None] = lambda: None,
+) -> Callable[[], None]:
+    """One step of torch's plain training loop: no bookkeeping at all (but ``after_backward``)."""
     opt = torch.optim.SGD(model.parameters(), lr=lr)
 
     def step() -> None:
         opt.zero_grad(set_to_none=False)
         x, y = next(batches)
         F.cross_entropy(model(x), y).backward()
+        after_backward()
         opt.step()
 
     return step
@@ -111,10 +117,17 @@ def _torch_ddp(cfg: RunConfig, python_hook: bool = False) -> Callable[[], None]:
 
 
 def _our_hook(cfg: RunConfig) -> Callable[[], None]:
-    """Torch's plain loop over our ``ddp`` algorithm's DDP wrapper, whose hook goes through
-    the transport: our communication without our loop."""
+    """Torch's plain loop over our ``ddp`` algorithm's DDP wrapper, whose hook's all-reduces
+    are counted and traced by the transport (handed to it after backward, as our loop does,
+    where the hook is the compiled one): our communication without our loop."""
     trainer = Trainer(Job(cfg, "bench", "bench", progress=False), Transport())
-    return _plain_step(trainer.algorithm.train_model(), trainer.batches, cfg.optim.lr)
+    algorithm = trainer.algorithm
+    return _plain_step(
+        algorithm.train_model(),
+        trainer.batches,
+        cfg.optim.lr,
+        lambda: algorithm.reduce_gradients(0),
+    )
 
 
 def _builtin_hook(ddp: DistributedDataParallel, state: Any, hook: Any) -> None:
@@ -127,8 +140,9 @@ def _torch_ddp_in_our_loop(cfg: RunConfig) -> Callable[[], None]:
     """A step of our whole loop over the ddp algorithm's DDP wrapper with torch's built-in
     all-reduce instead of our hook through the transport: what the transport costs, in our
     loop, is ours / this."""
+    python = apply_overrides(cfg, ["algorithm.hook=python"])  # the hook that DDP registers
     with unittest.mock.patch.object(DistributedDataParallel, "register_comm_hook", _builtin_hook):
-        return _ours(cfg)
+        return _ours(python)
 
 
 def _ours(cfg: RunConfig) -> Callable[[], None]:
