@@ -49,9 +49,9 @@ ALGORITHMS: dict[str, tuple[str, ...]] = {
         "measure_every",
     ),
     "crossover_sgd": ("segments", "group_size", "fairness", "fresh_per_segment", "measure_every"),
-    "ddp": ("bucket_cap_mb", "gradient_as_bucket_view", "compression"),
-    "ddp_bf16": ("bucket_cap_mb", "gradient_as_bucket_view", "compression"),
-    "ddp_fp16": ("bucket_cap_mb", "gradient_as_bucket_view", "compression"),
+    "ddp": ("bucket_cap_mb", "gradient_as_bucket_view", "compression", "hook"),
+    "ddp_bf16": ("bucket_cap_mb", "gradient_as_bucket_view", "compression", "hook"),
+    "ddp_fp16": ("bucket_cap_mb", "gradient_as_bucket_view", "compression", "hook"),
     "dpsgd": ("topology",),
     "dybw": (
         "topology",

@@ -5,12 +5,12 @@ Both train the same model on the same shards on the same 2 gloo ranks, measured 
 allreduce_sgd's benchmark measures (its module docstring: fresh instances in groups, turns of
 ``log_every`` steps, per-position medians, a torch DDP control for the resolution). Ours is a
 step of the full training loop (``Trainer.train_step`` with algorithm ``ddp``: DDP with our
-communication hook through the transport, trace records, wire counters, per-step rows); theirs
-is a plain loop over ``DistributedDataParallel`` with its built-in (C++) all-reduce. Target:
-ours / theirs <= 1.02 (issue 18). Torch's DDP with its own Python ``allreduce_hook``, and
-torch's plain loop over our wrapper and hook, run beside them, so the printout splits the ratio
-into the cost of a Python hook at all, our transport's against PyTorch's hook, and our loop's
-bookkeeping.
+compiled communication hook, its all-reduces counted and traced by the transport, wire
+counters, per-step rows); theirs is a plain loop over ``DistributedDataParallel`` with its
+built-in (C++) all-reduce. Target: ours / theirs <= 1.02 (issue 18). Torch's DDP with its own
+Python ``allreduce_hook``, torch's plain loop over our wrapper and hook, and our loop over
+torch's built-in all-reduce run beside them, so the printout splits the ratio into our hook's
+cost and our loop's, and shows what a Python hook would cost.
 """
 
 from __future__ import annotations
