@@ -10,12 +10,14 @@ so what is counted and traced is the same. No library offers a counting hook, he
 
 Built with PyTorch's JIT extension builder (``torch.utils.cpp_extension.load``: a C++
 compiler and ninja; about a minute once, then cached under ``TORCH_EXTENSIONS_DIR``, default
-``~/.cache/torch_extensions``, one build per torch version). Where it cannot be built, ``ddp``
-warns once and uses its Python hook (same numbers, slower steps).
+``~/.cache/torch_extensions``, one build per torch version; ranks that start together build it
+once, the others wait). Where it cannot be built, ``ddp`` warns once and uses its Python hook
+(same numbers, slower steps).
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import re
@@ -29,6 +31,7 @@ import torch
 from suite.launcher import beating
 
 SOURCE = Path(__file__).with_name("ddp_hook.cpp")
+NAME = "suite_ddp_hook_" + re.sub(r"\W", "_", torch.__version__)  # a build per torch version
 
 
 @functools.cache
@@ -40,17 +43,29 @@ def compiled() -> Any | None:
 
 def build() -> Any | None:
     """Build (or load the cached build of) the extension; None, with a warning, on failure."""
-    name = "suite_ddp_hook_" + re.sub(r"\W", "_", torch.__version__)
     try:
-        from torch.utils.cpp_extension import load
+        from torch.utils.cpp_extension import _get_build_directory, load
 
         if shutil.which("ninja") is None:  # torch runs `ninja`: the ninja package's, unactivated
             import ninja
 
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-
-        with beating():  # a first build takes about a minute: the rank is working, not hung
-            return load(name=name, sources=[str(SOURCE)], extra_cflags=["-O2"], verbose=False)
+        folder = Path(_get_build_directory(NAME, verbose=False))  # torch's own choice
+        # a first build takes about a minute: the rank is working, not hung
+        with beating(), open(folder / "suite.lock", "w") as guard:
+            # torch's lock file outlives a process killed while it loads (even a cached
+            # build), and every later load would wait for it forever. Ours, a flock, dies
+            # with its holder; whoever holds it is the only one loading, so a torch lock
+            # found then is such a leftover.
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            (folder / "lock").unlink(missing_ok=True)
+            return load(
+                name=NAME,
+                sources=[str(SOURCE)],
+                extra_cflags=["-O2"],
+                build_directory=str(folder),
+                verbose=False,
+            )
     except Exception as e:  # no compiler, no ninja, headers of another torch...
         reason = str(e).strip().splitlines()[-1:] or [type(e).__name__]
         warnings.warn(

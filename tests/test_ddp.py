@@ -275,3 +275,16 @@ def test_a_hook_choice_outside_the_two_is_refused() -> None:
     refused = r"'c' for algorithm\.hook; valid choices: compiled, python"
     with pytest.raises(ValueError, match=refused):
         _config("algorithm=ddp", "algorithm.hook=c")
+
+
+@pytest.mark.timeout(240)  # the bug this guards against waits forever
+def test_a_torch_build_lock_left_by_a_killed_process_does_not_stop_later_builds() -> None:
+    from torch.utils.cpp_extension import _get_build_directory
+
+    from baselines import ddp_hook
+
+    assert ddp_hook.build() is not None  # built (or found built) first
+    lock = Path(_get_build_directory(ddp_hook.NAME, False)) / "lock"
+    lock.touch()  # as a process killed inside torch's load() leaves it
+    assert ddp_hook.build() is not None
+    assert not lock.exists()
