@@ -426,13 +426,28 @@ class Transport:
     def _timed(
         self, op: str, fn: Any, *, payload: int = 0, root: int = -1, tag: int = 0, **counts: Any
     ) -> Any:
-        """Run ``fn``; count it (payload ``counts``, and the wire bytes of this rank's
-        out-links for one call of ``op`` with ``payload`` bytes per rank) and trace it."""
-        c = self._counters
+        """Run ``fn``, then count and trace it (:meth:`_count`)."""
         t0 = time.perf_counter()
         with communicating():  # tells the launcher a stall here is a wait, not the cause
             out = fn()
-        t1 = time.perf_counter()
+        self._count(op, t0, time.perf_counter(), payload=payload, root=root, tag=tag, **counts)
+        return out
+
+    def _count(
+        self,
+        op: str,
+        t0: float,
+        t1: float,
+        *,
+        payload: int = 0,
+        root: int = -1,
+        tag: int = 0,
+        **counts: Any,
+    ) -> None:
+        """Count one ``op`` of this rank that ran from ``t0`` to ``t1`` (payload ``counts``,
+        and the wire bytes of this rank's out-links for one call of ``op`` with ``payload``
+        bytes per rank) and trace it."""
+        c = self._counters
         if op == "send":
             wire = ((self.rank, root, payload),) if payload else ()
         elif payload and op != "recv":
@@ -441,7 +456,6 @@ class Transport:
             wire = ()
         c.active.record(op, seconds=t1 - t0, wire=wire, **counts)
         self._last_record = c.trace.note(_KIND[op], self._gid, root, payload, tag, t0, t1)
-        return out
 
     @property
     def _alone(self) -> bool:
@@ -501,13 +515,12 @@ class Transport:
         when the last was issued."""
         if self._alone or not records:
             return
-        c, kind, gid = self._counters, _KIND["all_reduce"], self._gid
+        c, gid = self._counters, self._gid
         stats, trace = c.active, c.trace
         issued = []
         for n, t0, t1, _ in records:  # the trace is in time order: every issue, then the waits
-            wire = rank_out_links("all_reduce", self._ranks_key, -1, n, self.rank)
-            stats.record("all_reduce", seconds=t1 - t0, wire=wire, sent=n, recv=n, messages=1)
-            issued.append(trace.note(kind, gid, -1, n, 0, t0, t1))
+            self._count("all_reduce", t0, t1, payload=n, sent=n, recv=n, messages=1)
+            issued.append(self._last_record)
         began = records[-1][2]
         for (n, _, _, ended), index in zip(records, issued, strict=True):
             ended = max(ended, began)
@@ -515,7 +528,7 @@ class Transport:
             if index >= 0:
                 trace.note(_WAIT, gid, -1, n, 0, began, ended, index)
             began = ended
-        self._last_record = issued[-1]
+        self._last_record = issued[-1]  # the last issue: what a later wait would refer to
 
     def reduce(self, x: Tensor, dst: int, op: str = "sum") -> Tensor:
         """In-place reduction into ``x`` on ``dst`` (other ranks' ``x`` is undefined after)."""
