@@ -397,7 +397,7 @@ class ConsensusBackup(Algorithm):
                             self._handle(self._done.get(timeout=timeout()), step, arrived_now)
                 # the receives' waits ran on helper threads: charge the time this rank was
                 # blocked on them as its communication time
-                self.transport.stats.record("recv", seconds=time.perf_counter() - t0, call=False)
+                self.transport.stats.record("recv", seconds=time.perf_counter() - t0, calls=0)
             end = time.perf_counter()
             extra = [j for j in arrived_now if j not in must]
             fresh = sorted(must | set(extra[: max(need - len(must), 0)]))

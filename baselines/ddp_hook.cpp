@@ -15,6 +15,7 @@
 
 #include <time.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <vector>
@@ -111,12 +112,17 @@ std::shared_ptr<Records> install(
 }
 
 // The records of the all-reduces waited for since the last take, as (bytes, issued at, issue
-// returned, wait ended) tuples; they are then forgotten.
+// returned, wait began, wait ended) tuples; they are then forgotten. DDP waits for them in
+// issue order once all are issued, so each wait began when the previous one ended or, for the
+// first, when the last issue returned.
 py::list take(Records& r) {
   py::list out;
+  double began = r.waited ? r.values[4 * (r.waited - 1) + 2] : 0.0;
   for (size_t i = 0; i < r.waited; ++i) {
     const double* v = &r.values[4 * i];
-    out.append(py::make_tuple(static_cast<int64_t>(v[0]), v[1], v[2], v[3]));
+    const double ended = std::max(v[3], began);
+    out.append(py::make_tuple(static_cast<int64_t>(v[0]), v[1], v[2], began, ended));
+    began = ended;
   }
   r.values.erase(r.values.begin(), r.values.begin() + 4 * r.waited);
   r.into.erase(r.into.begin(), r.into.begin() + r.waited);

@@ -186,6 +186,48 @@ class Recorder:
             self.enabled, self.truncated = False, True
         return self.count - 1
 
+    def note_waited(
+        self,
+        kind: int,
+        group: int,
+        peer: int,
+        tag: int,
+        ops: list[tuple[int, float, float, float, float]],
+    ) -> int:
+        """Append the records of async ops of one ``kind`` issued one after another and then
+        waited for in that order (DDP's buckets, baselines/ddp_hook.py): every issue, then every
+        wait, each as :meth:`note` would. ``ops`` are (payload, issued at, issue returned, wait
+        began, wait ended). One append for them all: it runs after every backward pass, where
+        each call costs a small model's step. The last issue's index (-1: off)."""
+        if not self.enabled:
+            return -1
+        if self.cpu_clock or self.count + 2 * len(ops) >= self.limit:  # note's own path
+            issued = [self.note(kind, group, peer, n, tag, t0, t1) for n, t0, t1, _, _ in ops]
+            for (n, _, _, began, ended), index in zip(ops, issued, strict=True):
+                if index >= 0:
+                    self.note(KIND["wait"], group, peer, n, tag, began, ended, index)
+            return issued[-1]
+        step, channel, last, first, nan = (
+            self.step,
+            self.channel,
+            self.last_end,
+            self.count,
+            math.nan,
+        )
+        rows: list[float] = []
+        for n, t0, t1, _, _ in ops:
+            rows += (step, kind, group, peer, n, tag, channel, t0 - last, t1 - t0, -1, nan, nan)
+            last = t1
+        wait = KIND["wait"]
+        for index, (n, _, _, began, ended) in enumerate(ops, first):
+            rows += (step, wait, group, peer, n, tag, channel, began - last, ended - began, index,
+                     nan, nan)  # fmt: skip
+            last = ended
+        self.data.extend(rows)
+        self.last_end = last
+        self.count += 2 * len(ops)
+        return first + len(ops) - 1
+
     def records(self) -> np.ndarray:
         """The records as a structured array (see the module docstring)."""
         flat = np.frombuffer(self.data, dtype=np.float64).reshape(-1, WIDTH)

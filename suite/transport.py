@@ -76,6 +76,7 @@ ALGORITHM = "algorithm"
 HARNESS = "harness"
 _KIND = _trace.KIND
 _WAIT = _trace.KIND["wait"]
+_ALL_REDUCE = _trace.KIND["all_reduce"]
 _TRACE_KEY = "_trace"  # in state_dict, beside the channels
 
 _REDUCE_OPS = {
@@ -145,19 +146,21 @@ class CommStats:
         messages: int = 0,
         seconds: float = 0.0,
         link: tuple[int, int] | None = None,
-        call: bool = True,
+        calls: int = 1,
         wire: tuple[tuple[int, int, int], ...] = (),
     ) -> None:
+        """Add ``calls`` calls of ``op`` (0: time waited on an earlier call) and what they
+        moved; ``wire`` is (src, dst, bytes) of this rank's out-links."""
         s = self.ops.get(op)
         if s is None:
             s = self.ops[op] = OpStats()
         for counter in (s, self.total):
-            counter.calls += call
+            counter.calls += calls
             counter.messages += messages
             counter.bytes_sent += sent
             counter.bytes_recv += recv
             counter.seconds += seconds
-        for src, dst, b in wire:  # (src, dst, bytes) of this rank's out-links
+        for src, dst, b in wire:
             self.wire_bytes += b
             self.wire_ops[op] = self.wire_ops.get(op, 0) + b
             self.wire_links[(src, dst)] = self.wire_links.get((src, dst), 0) + b
@@ -291,7 +294,7 @@ class Work:
             with communicating():
                 self._work.wait()
             t1 = time.perf_counter()
-            self._stats.record(self._op, seconds=t1 - t0, call=False)
+            self._stats.record(self._op, seconds=t1 - t0, calls=0)
             self._work = None
             index, gid, peer, n, tag = self._record
             if self._counters is not None and index >= 0:
@@ -448,14 +451,17 @@ class Transport:
         and the wire bytes of this rank's out-links for one call of ``op`` with ``payload``
         bytes per rank) and trace it."""
         c = self._counters
-        if op == "send":
-            wire = ((self.rank, root, payload),) if payload else ()
-        elif payload and op != "recv":
-            wire = rank_out_links(op, self._ranks_key, root, payload, self.rank)
-        else:
-            wire = ()
-        c.active.record(op, seconds=t1 - t0, wire=wire, **counts)
+        c.active.record(op, seconds=t1 - t0, wire=self._wire(op, root, payload), **counts)
         self._last_record = c.trace.note(_KIND[op], self._gid, root, payload, tag, t0, t1)
+
+    def _wire(self, op: str, root: int, payload: int) -> tuple[tuple[int, int, int], ...]:
+        """(src, dst, bytes) of this rank's out-links in one call of ``op`` with ``payload``
+        bytes per rank (:mod:`suite.wire`)."""
+        if op == "send":
+            return ((self.rank, root, payload),) if payload else ()
+        if payload and op != "recv":
+            return rank_out_links(op, self._ranks_key, root, payload, self.rank)
+        return ()
 
     @property
     def _alone(self) -> bool:
@@ -506,29 +512,34 @@ class Transport:
         then = functools.partial(x.div_, self.world_size) if op == "mean" else None
         return Work(work, stats, "all_reduce", c, record, then)
 
-    def record_async_all_reduces(self, records: Sequence[tuple[int, float, float, float]]) -> None:
+    def record_async_all_reduces(
+        self, records: list[tuple[int, float, float, float, float]]
+    ) -> None:
         """Count and trace all-reduces that ran outside Python (DDP's compiled hook,
         baselines/ddp_hook.py) as :meth:`all_reduce_async` and :meth:`Work.wait` count and
-        trace their own: ``records`` are (bytes, issued at, issue returned, wait ended), in
-        issue order, on ``time.perf_counter``'s clock. DDP waits for them in that order once
-        backward is done, so each wait began when the previous one ended or, for the first,
-        when the last was issued."""
-        if self._alone or not records:
+        trace their own: ``records`` are (bytes, issued at, issue returned, wait began, wait
+        ended), in issue order, on ``time.perf_counter``'s clock, all issued before the first
+        wait. Lean (one counter update and one trace append for them all): it runs after
+        every backward pass, where each line of Python costs a small model's step."""
+        if self.world_size == 1 or not records:
             return
-        c, gid = self._counters, self._gid
-        stats, trace = c.active, c.trace
-        issued = []
-        for n, t0, t1, _ in records:  # the trace is in time order: every issue, then the waits
-            self._count("all_reduce", t0, t1, payload=n, sent=n, recv=n, messages=1)
-            issued.append(self._last_record)
-        began = records[-1][2]
-        for (n, _, _, ended), index in zip(records, issued, strict=True):
-            ended = max(ended, began)
-            stats.record("all_reduce", seconds=ended - began, call=False)
-            if index >= 0:
-                trace.note(_WAIT, gid, -1, n, 0, began, ended, index)
-            began = ended
-        self._last_record = issued[-1]  # the last issue: what a later wait would refer to
+        payload, seconds, wire = 0, 0.0, ()
+        for n, t0, t1, began, ended in records:
+            payload += n
+            seconds += t1 - t0 + ended - began
+            wire += self._wire("all_reduce", -1, n)
+        c = self._counters
+        c.active.record(
+            "all_reduce",
+            sent=payload,
+            recv=payload,
+            messages=len(records),
+            calls=len(records),
+            seconds=seconds,
+            wire=wire,
+        )
+        # the last issue: what a later wait would refer to
+        self._last_record = c.trace.note_waited(_ALL_REDUCE, self._gid, -1, 0, records)
 
     def reduce(self, x: Tensor, dst: int, op: str = "sum") -> Tensor:
         """In-place reduction into ``x`` on ``dst`` (other ranks' ``x`` is undefined after)."""

@@ -166,6 +166,43 @@ def test_a_rank_stops_recording_at_the_limit_and_the_trace_says_so(monkeypatch) 
     assert len(recorder) == 2 and recorder.truncated and not recorder.enabled
 
 
+def _noted_one_by_one(recorder: trace.Recorder, ops: list) -> int:
+    """What ``note_waited`` stands for: each issue, then each wait, noted as the transport's
+    ``all_reduce_async`` and ``Work.wait`` note them."""
+    issued = [recorder.note(1, 2, -1, n, 0, t0, t1) for n, t0, t1, _, _ in ops]
+    for (n, _, _, began, ended), index in zip(ops, issued, strict=True):
+        if index >= 0:
+            recorder.note(trace.KIND["wait"], 2, -1, n, 0, began, ended, index)
+    return issued[-1]
+
+
+@pytest.mark.parametrize("limit", [100, 5, 4, 2])  # room for all; past it mid-way; at once
+def test_note_waited_appends_what_noting_each_op_would(limit: int) -> None:
+    ops = [(40, 1.0, 1.5, 2.125, 2.25), (8, 1.75, 2.0, 2.25, 2.5), (16, 2.0, 2.125, 2.5, 3.0)]
+    batch, single = trace.Recorder(limit=limit), trace.Recorder(limit=limit)
+    batch.last_end = single.last_end = 0.0
+    batch.note(0, 0, -1, 4, 0, 0.25, 0.5)  # a record before: the first gap counts from it
+    single.note(0, 0, -1, 4, 0, 0.25, 0.5)
+    batch.step = single.step = 7
+    batch.channel = single.channel = 1
+    assert batch.note_waited(1, 2, -1, 0, ops) == _noted_one_by_one(single, ops)
+    assert len(batch) == len(single) == min(limit, 7)
+    assert batch.truncated == single.truncated == (limit <= 7)
+    assert batch.last_end == single.last_end
+    for field in trace.FIELDS:  # field by field: NaN (the cpu fields) equals NaN there
+        np.testing.assert_array_equal(batch.records()[field], single.records()[field])
+    if limit == 100:
+        records = batch.records()
+        assert list(records["kind"][1:]) == [1, 1, 1] + [trace.KIND["wait"]] * 3
+        assert list(records["ref"][4:]) == [1, 2, 3]
+        assert records["gap"][1] == 0.5 and records["gap"][4] == 0.0
+        assert records["seconds"][6] == 0.5
+        assert (records["step"][1:] == 7).all() and (records["channel"][1:] == 1).all()
+    off = trace.Recorder()
+    off.end()
+    assert off.note_waited(1, 2, -1, 0, ops) == -1 and len(off) == 0
+
+
 def test_a_record_has_its_gaps_cpu_seconds_apart_from_its_wall_seconds() -> None:
     """cpu: the main thread's CPU seconds since the previous record. A gap asleep is wall time
     without CPU; a gap computing is CPU (the network model's demand on shared processors)."""
