@@ -66,6 +66,7 @@ import io
 import json
 import math
 import os
+import struct
 import time
 import zipfile
 import zlib
@@ -110,6 +111,9 @@ DTYPE = np.dtype(
     ]
 )
 WIDTH = len(FIELDS)
+# one record's bytes, as the array holds them: packing and appending them is 4x faster than
+# extending the array by a tuple (which converts and appends item by item)
+_PACK = struct.Struct(f"{WIDTH}d").pack
 ARTIFACT = "trace.npz.b64"
 VERSION = 3  # 2 added ``cpu``, 3 ``other_cpu``; older traces load with them NaN
 # Records kept per rank (96 bytes each in memory, about 18 in the artifact): a bound on what a
@@ -176,9 +180,9 @@ class Recorder:
             cpu = thread - self.last_cpu
             other = process - self.last_process_cpu - cpu
             self.last_cpu, self.last_process_cpu = thread, process
-        self.data.extend(
-            (self.step, kind, group, peer, payload, tag, self.channel, t0 - self.last_end,
-             t1 - t0, ref, cpu, other)
+        self.data.frombytes(
+            _PACK(self.step, kind, group, peer, payload, tag, self.channel, t0 - self.last_end,
+                  t1 - t0, ref, cpu, other)
         )  # fmt: skip
         self.last_end = t1
         self.count += 1
@@ -197,8 +201,8 @@ class Recorder:
         """Append the records of async ops of one ``kind`` issued one after another and then
         waited for in that order (DDP's buckets, baselines/ddp_hook.py): every issue, then every
         wait, each as :meth:`note` would. ``ops`` are (payload, issued at, issue returned, wait
-        began, wait ended). One append for them all: it runs after every backward pass, where
-        each call costs a small model's step. The last issue's index (-1: off)."""
+        began, wait ended). One call for them all: it runs after every backward pass, where each
+        call costs a small model's step. The last issue's index (-1: off)."""
         if not self.enabled:
             return -1
         if self.cpu_clock or self.count + 2 * len(ops) >= self.limit:  # note's own path
@@ -207,23 +211,17 @@ class Recorder:
                 if index >= 0:
                     self.note(KIND["wait"], group, peer, n, tag, began, ended, index)
             return issued[-1]
-        step, channel, last, first, nan = (
-            self.step,
-            self.channel,
-            self.last_end,
-            self.count,
-            math.nan,
-        )
-        rows: list[float] = []
+        step, channel, last, first = self.step, self.channel, self.last_end, self.count
+        append, nan, wait = self.data.frombytes, math.nan, KIND["wait"]
         for n, t0, t1, _, _ in ops:
-            rows += (step, kind, group, peer, n, tag, channel, t0 - last, t1 - t0, -1, nan, nan)
+            append(
+                _PACK(step, kind, group, peer, n, tag, channel, t0 - last, t1 - t0, -1, nan, nan)
+            )
             last = t1
-        wait = KIND["wait"]
         for index, (n, _, _, began, ended) in enumerate(ops, first):
-            rows += (step, wait, group, peer, n, tag, channel, began - last, ended - began, index,
-                     nan, nan)  # fmt: skip
+            append(_PACK(step, wait, group, peer, n, tag, channel, began - last, ended - began,
+                         index, nan, nan))  # fmt: skip
             last = ended
-        self.data.extend(rows)
         self.last_end = last
         self.count += 2 * len(ops)
         return first + len(ops) - 1
