@@ -152,7 +152,9 @@ def _ours(cfg: RunConfig) -> Callable[[], None]:
     return lambda: trainer.train_step(next(steps))
 
 
-def _side_by_side(cfg: RunConfig, python_hook: bool) -> list[dict[str, tuple[float, float]]]:
+def _side_by_side(
+    cfg: RunConfig, python_hook: bool, groups: int
+) -> list[dict[str, tuple[float, float]]]:
     """Per group: each contender's seconds per step, typical (typical cycle / log_every) and
     mean."""
     if os.cpu_count() and os.cpu_count() >= cfg.nproc:  # one core each: no migrations
@@ -166,9 +168,9 @@ def _side_by_side(cfg: RunConfig, python_hook: bool) -> list[dict[str, tuple[flo
         builders["python_hook"] = lambda: _torch_ddp(cfg, python_hook=True)
         builders["our_hook"] = lambda: _our_hook(cfg)
         builders["uncounted"] = lambda: _torch_ddp_in_our_loop(cfg)
-    groups = []
+    timed = []
     names = list(builders)
-    for g in range(GROUPS):  # fresh instances: where a model's memory lands biases its speed
+    for g in range(groups):  # fresh instances: where a model's memory lands biases its speed
         # built in a rotating order too: a fixed one gave the control a steady 3% bias (0.965,
         # interval 0.946-1.004), as the first and second instance built in a group
         order = names[g % len(names) :] + names[: g % len(names)]
@@ -185,21 +187,24 @@ def _side_by_side(cfg: RunConfig, python_hook: bool) -> list[dict[str, tuple[flo
                     step()
                     cycle.append(time.perf_counter() - t0)
                 times[name].append(cycle)
-        groups.append(
+        timed.append(
             {
                 name: (typical_cycle(c) / cfg.log_every, statistics.fmean(itertools.chain(*c)))
                 for name, c in times.items()
             }
         )
         del turns
-    return groups
+    return timed
 
 
-def against_torch_ddp(benchmark, algorithm: str, model: str, python_hook: bool = False) -> float:
-    """``algorithm``'s loop against torch's plain DDP loop on 2 ranks: prints and records both
-    step times, their ratio (returned) and the control's (A/A). With ``python_hook``, torch's
-    DDP with its Python ``allreduce_hook`` and our hook in torch's plain loop are timed too,
-    and the three ratios that decompose ours / DDP are recorded (see the module docstring)."""
+def against_torch_ddp(
+    benchmark, algorithm: str, model: str, python_hook: bool = False, groups: int = GROUPS
+) -> float:
+    """``algorithm``'s loop against torch's plain DDP loop on 2 ranks, in ``groups`` groups:
+    prints and records both step times, their ratio (returned) and the control's (A/A). With
+    ``python_hook``, torch's DDP with its Python ``allreduce_hook``, our hook in torch's plain
+    loop and our loop over torch's built-in all-reduce are timed too, and the ratios that
+    decompose ours / DDP are recorded (see the module docstring)."""
     cfg = apply_overrides(
         RunConfig(),
         [
@@ -211,7 +216,9 @@ def against_torch_ddp(benchmark, algorithm: str, model: str, python_hook: bool =
             "eval_per_rank=false",
         ],
     )
-    timed = benchmark.pedantic(lambda: launch(_side_by_side, 2, (cfg, python_hook))[0], rounds=1)
+    timed = benchmark.pedantic(
+        lambda: launch(_side_by_side, 2, (cfg, python_hook, groups))[0], rounds=1
+    )
     groups = [{name: typical for name, (typical, _) in g.items()} for g in timed]
     per_step = {name: statistics.median(g[name] for g in groups) for name in groups[0]}
 
