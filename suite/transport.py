@@ -519,7 +519,7 @@ class Transport:
         baselines/ddp_hook.py) as :meth:`all_reduce_async` and :meth:`Work.wait` count and
         trace their own: ``records`` are (bytes, issued at, issue returned, wait began, wait
         ended), in issue order, on ``time.perf_counter``'s clock, all issued before the first
-        wait. Lean (one counter update and one trace append for them all): it runs after
+        wait. Lean (one counter update and one trace call for them all): it runs after
         every backward pass, where each line of Python costs a small model's step."""
         if self.world_size == 1 or not records:
             return
