@@ -429,30 +429,16 @@ class Transport:
     def _timed(
         self, op: str, fn: Any, *, payload: int = 0, root: int = -1, tag: int = 0, **counts: Any
     ) -> Any:
-        """Run ``fn``, then count and trace it (:meth:`_count`)."""
+        """Run ``fn``; count it (payload ``counts``, and the wire bytes of this rank's
+        out-links for one call of ``op`` with ``payload`` bytes per rank) and trace it."""
+        c = self._counters
         t0 = time.perf_counter()
         with communicating():  # tells the launcher a stall here is a wait, not the cause
             out = fn()
-        self._count(op, t0, time.perf_counter(), payload=payload, root=root, tag=tag, **counts)
-        return out
-
-    def _count(
-        self,
-        op: str,
-        t0: float,
-        t1: float,
-        *,
-        payload: int = 0,
-        root: int = -1,
-        tag: int = 0,
-        **counts: Any,
-    ) -> None:
-        """Count one ``op`` of this rank that ran from ``t0`` to ``t1`` (payload ``counts``,
-        and the wire bytes of this rank's out-links for one call of ``op`` with ``payload``
-        bytes per rank) and trace it."""
-        c = self._counters
+        t1 = time.perf_counter()
         c.active.record(op, seconds=t1 - t0, wire=self._wire(op, root, payload), **counts)
         self._last_record = c.trace.note(_KIND[op], self._gid, root, payload, tag, t0, t1)
+        return out
 
     def _wire(self, op: str, root: int, payload: int) -> tuple[tuple[int, int, int], ...]:
         """(src, dst, bytes) of this rank's out-links in one call of ``op`` with ``payload``
