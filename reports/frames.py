@@ -32,6 +32,7 @@ FINAL_METRICS = (
 
 RUN_COLUMNS = (
     "run_id", "status", "start", "recipe", "row", "profile", "seed", "target", "diverged", "code",
+    "hardware", "torch",
 )  # fmt: skip
 
 
@@ -55,11 +56,12 @@ def load_runs(uri: str, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     runs: one row per FINISHED or KILLED run tagged ``suite.recipe``, and per FAILED one that
     diverged (tag ``suite.diverged``; study parents and runs started by hand are left out):
-    run_id, status, start, recipe, row, profile, seed, target, diverged, study, trial, and the
-    ``final.*`` metrics without the prefix (NaN where not logged). Outside
-    sweeps only the latest run of each (recipe, row, profile, seed) is kept, preferring FINISHED,
-    so a ``--force`` rerun replaces what it reran. curves: the per-step histories in long form;
-    sweep trials get none (no figure needs them, and fetching them is the slow part)."""
+    run_id, status, start, recipe, row, profile, seed, target, diverged, code, hardware, torch
+    (the code, machine and torch version that made it), study, trial, and the ``final.*``
+    metrics without the prefix (NaN where not logged). Outside sweeps only the latest run of
+    each (recipe, row, profile, seed) is kept, preferring FINISHED, so a ``--force`` rerun
+    replaces what it reran. curves: the per-step histories in long form; sweep trials get none
+    (no figure needs them, and fetching them is the slow part)."""
     runs, curves, _ = _load(open_client(uri), experiment)
     return runs, curves
 
@@ -93,6 +95,8 @@ def _load(
             "target": tags.get("target", ""),
             "diverged": diverged,
             "code": tags.get("suite.code", "unknown"),  # the code that made it (tracking)
+            "hardware": tags.get("hardware", ""),  # and the machine, torch (run_tags)
+            "torch": tags.get("torch_version", ""),
             "study": tags.get("suite.study"),
             "trial": int(tags["suite.trial"]) if "suite.trial" in tags else None,
             "_logged": set(run.data.metrics),
@@ -105,7 +109,7 @@ def _load(
     # every column present even when nothing logged it: missing metrics read as NaN downstream
     columns = [*RUN_COLUMNS, "study", "trial", "_logged", *FINAL_METRICS, *runs.columns]
     runs = runs.reindex(columns=list(dict.fromkeys(columns)))
-    text = ("run_id", "status", "recipe", "row", "profile", "target", "code")
+    text = ("run_id", "status", "recipe", "row", "profile", "target", "code", "hardware", "torch")
     runs = runs.astype({c: str for c in text} | {"seed": int, "diverged": bool})  # when empty
     # consolidated: with a column per final metric of many algorithms the frame is otherwise
     # left in hundreds of blocks (pandas' PerformanceWarning at every column added later)

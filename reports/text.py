@@ -260,6 +260,28 @@ def made_by(runs: pd.DataFrame) -> str:
     return "Runs by the code that made them: " + "; ".join(parts) + "."
 
 
+def made_on(runs: pd.DataFrame) -> str:
+    """The machines and torch versions that made the report's runs (their ``hardware`` and
+    ``torch_version`` tags), per profile: on CPU a run repeats bit for bit only on like
+    hardware and torch, as torch's kernels round differently by instruction set."""
+    if runs.empty:
+        return ""
+    parts = []
+    for profile, group in runs.groupby("profile", sort=False):
+        machines = group.get("hardware", pd.Series("", index=group.index)).fillna("")
+        versions = group.get("torch", pd.Series("", index=group.index)).fillna("")
+        named = [
+            (machine or "an unrecorded machine") + (f", torch {version}" if version else "")
+            for machine, version in zip(machines, versions, strict=True)
+        ]
+        counts = pd.Series(named).value_counts(sort=False)
+        parts.append(f"{profile}: " + " and ".join(f"{n} on {m}" for m, n in counts.items()))
+    return (
+        f"Runs on: {'; '.join(parts)}. On CPU a run repeats bit for bit only on like hardware "
+        "and torch: kernels for another instruction set round differently."
+    )
+
+
 def host_speed(runs: pd.DataFrame) -> str:
     """The speed of the host that measured the runs' compute, per profile (their
     ``reference_step_ms``, :mod:`suite.hostspeed`): the simulated times rest on it."""
@@ -293,7 +315,7 @@ LINKS_NOTE = (
 def header(paper: str, experiment: str, runs: pd.DataFrame, uri: str, note: str = "") -> str:
     sha, code = code_state()  # the suite's own sources: reports it wrote are not local changes
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    made = " ".join(filter(None, (made_by(runs), host_speed(runs))))
+    made = " ".join(filter(None, (made_by(runs), made_on(runs), host_speed(runs))))
     return (
         f"# Reproduction report: {paper}\n\nBuilt {stamp} from experiment `{experiment}` of "
         f"the MLflow store `{store_label(uri)}` ({len(runs)} recipe runs) by code {sha[:10]}"

@@ -265,7 +265,10 @@ def without_password(url: str) -> str:
 
 
 def hardware() -> str:
-    """One line naming the machine: CPU model and count, and GPUs if any."""
+    """One line naming the machine: CPU model and count, the instruction set torch's CPU
+    kernels use, and GPUs if any. The kernels round differently by instruction set (AVX2,
+    AVX-512), so a CPU run reproduces bit for bit only where they match: the real profile's
+    accuracies moved in the third or fourth digit between two hosts (reproduce/compare/NOTES.md)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -275,8 +278,10 @@ def hardware() -> str:
                     break
     except OSError:
         pass
-    text = f"{cpu} x{os.cpu_count()} ({platform.system()} {platform.machine()})"
     import torch
+
+    kernels = torch.backends.cpu.get_cpu_capability()
+    text = f"{cpu} x{os.cpu_count()} ({platform.system()} {platform.machine()}, {kernels} kernels)"
 
     if torch.cuda.is_available():
         names = {torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())}

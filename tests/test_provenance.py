@@ -245,6 +245,42 @@ def test_a_report_says_which_code_made_its_runs_per_profile() -> None:
     assert made_by(runs.iloc[:0]) == ""
 
 
+def test_a_report_names_the_machines_and_torch_that_made_its_runs_per_profile() -> None:
+    """On CPU a run repeats bit for bit only on like hardware and torch (the compare recipe's
+    real accuracies moved between two hosts, with the same code): the header names both, per
+    profile, and says where a run recorded neither."""
+    import pandas as pd
+
+    from reports.text import made_on
+
+    epyc, xeon = (
+        "AMD EPYC x2 (Linux x86_64, AVX2 kernels)",
+        "Xeon x2 (Linux x86_64, AVX512 kernels)",
+    )
+    runs = pd.DataFrame(
+        {"profile": ["smoke", "smoke", "real", "real", "real"],
+         "hardware": [epyc, epyc, epyc, xeon, ""],
+         "torch": ["2.13.0+cpu", "2.13.0+cpu", "2.13.0+cpu", "2.13.0+cpu", ""]}
+    )  # fmt: skip
+    assert made_on(runs).startswith(
+        f"Runs on: smoke: 2 on {epyc}, torch 2.13.0+cpu; real: 1 on {epyc}, torch 2.13.0+cpu "
+        f"and 1 on {xeon}, torch 2.13.0+cpu and 1 on an unrecorded machine. "
+    )
+    assert "kernels for another instruction set round differently" in made_on(runs)
+    old = pd.DataFrame({"profile": ["smoke"], "code": ["a" * 40]})  # stored before the columns
+    assert made_on(old).startswith("Runs on: smoke: 1 on an unrecorded machine.")
+    assert made_on(runs.iloc[:0]) == ""
+
+
+def test_hardware_names_the_cpu_kernels_torch_runs() -> None:
+    import torch
+
+    from suite.tracking import hardware
+
+    kernels = torch.backends.cpu.get_cpu_capability()
+    assert kernels and f", {kernels} kernels)" in hardware()
+
+
 def test_a_report_names_the_host_speed_its_simulated_times_rest_on() -> None:
     """Simulated times replay compute measured on the host: the header gives that host's
     reference step per profile (median and range), and says where runs never timed it."""
