@@ -3,6 +3,7 @@ baselines/powersgd.py) train as their references do and count what they send."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,9 @@ from conftest import last_json, suite_cmd
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 from torch.nn.parallel import DistributedDataParallel
 
+from baselines import ddp_hook
 from suite.config import RunConfig, apply_overrides
-from suite.launcher import launch
+from suite.launcher import RankFailure, heartbeat, launch
 from suite.loop import Job, Trainer, build_dataset, initial_model
 from suite.netmodel import NetworkSpec, op_seconds, replay
 from suite.tasks.data import ShardedBatches
@@ -255,8 +257,6 @@ def test_ddp_falls_back_to_its_python_hook_where_the_compiled_one_cannot_be_buil
 ) -> None:
     import torch.utils.cpp_extension
 
-    from baselines import ddp_hook
-
     def no_compiler(*args: object, **kwargs: object) -> None:
         raise RuntimeError("Error building extension: g++: not found")
 
@@ -275,10 +275,42 @@ def test_a_hook_choice_outside_the_two_is_refused() -> None:
 def test_a_torch_build_lock_left_by_a_killed_process_does_not_stop_later_builds() -> None:
     from torch.utils.cpp_extension import _get_build_directory
 
-    from baselines import ddp_hook
-
     assert ddp_hook.build() is not None  # built (or found built) first
     lock = Path(_get_build_directory(ddp_hook.NAME, False)) / "lock"
     lock.touch()  # as a process killed inside torch's load() leaves it
     assert ddp_hook.build() is not None
     assert not lock.exists()
+
+
+def _peer_hangs_after_beating(cfg: RunConfig, hook: str) -> None:
+    """Three steps, then rank 1 waits half a second, beats and hangs, while rank 0 goes on
+    into step 3, where its backward pass waits (in C++, for the compiled hook) for rank 1's
+    all-reduce. Rank 1's last beat is newer than any rank 0 makes before that backward: only
+    rank 0's mark as communicating keeps the blame off it."""
+    trainer = Trainer(Job(cfg, target="test", paper="test", progress=False), Transport())
+    assert (trainer.algorithm.compiled is not None) == (hook == "compiled")
+    trainer.begin()
+    for step in range(3):
+        trainer.train_step(step)
+    if dist.get_rank() == 1:
+        time.sleep(0.5)
+        heartbeat()
+        time.sleep(3600)
+    trainer.train_step(3)
+
+
+@pytest.mark.timeout(240)  # a first build of the compiled hook takes about a minute
+@pytest.mark.parametrize("hook", ["compiled", "python"])
+def test_a_peer_hanging_while_ddp_waits_in_backward_is_the_one_blamed(hook: str) -> None:
+    cfg = _config("algorithm=ddp", f"algorithm.hook={hook}", "nproc=2", "steps=10")
+    if hook == "compiled":  # built (a minute, the first time) or loaded before the clock starts
+        assert ddp_hook.compiled() is not None
+    start = time.monotonic()
+    with pytest.raises(RankFailure) as info:
+        launch(_peer_hangs_after_beating, 2, (cfg, hook), hang_timeout=3)
+    failure = info.value
+    assert failure.rank == 1, failure.report()
+    assert "hung" in failure.reason
+    assert "in _peer_hangs_after_beating" in failure.details  # its own stack, where it sleeps
+    assert list(failure.others) == [0]
+    assert time.monotonic() - start < 3 + 20
