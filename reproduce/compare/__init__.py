@@ -114,8 +114,8 @@ SLOW_AT_SMOKE = Known(
     "smoke",
     "the smoke model's gradient (38 KB) crosses a 1 Gbit/s link in 0.3 ms, less than the "
     "spread of the compute measured here; in the bandwidth sweep topk_sgd beats DDP only "
-    "below a few hundred Mbit/s (0.33 Gbit/s in the first run, 0.51 in the committed "
-    "report's) (on wan the claim holds)",
+    "below a few hundred Mbit/s (0.33 Gbit/s in the first run, 0.51 in the second "
+    "build's) (on wan the claim holds)",
     "reproduce/compare/NOTES.md#1g-at-smoke",
 )
 SLOW_AT_REAL = Known(
@@ -123,7 +123,7 @@ SLOW_AT_REAL = Known(
     "CNN-2's gradient (110 KB) crosses a 1 Gbit/s ring in about 1.6 ms a step against about 30 "
     "to 40 ms of compute measured a step here, so compression's extra compute costs more than "
     "the bytes it saves; in the bandwidth sweep (50 us latency) the first sparsified row beats "
-    "DDP only below about 40-50 Mbit/s (37 in the first run, 52 in the committed report's) "
+    "DDP only below about 40-50 Mbit/s (37 in the first run, 52 in the second build's) "
     "(on wan, 20 ms, eventgrad does and the claim holds)",
     "reproduce/compare/NOTES.md#real-results",
 )
@@ -176,14 +176,14 @@ def claims(labels: set[str]) -> tuple[Claim, ...]:
                     "at 100 Gbit/s the smoke model's messages take microseconds: the time to the "
                     "target is the compute measured on the shared 2-core host, whose spread over "
                     "seeds exceeds the gaps between rows (first run: the reference's ±0.22 s on "
-                    "0.28 s; the committed report's: ddp_fp16 8% ahead of DDP, ±0.031 s on "
+                    "0.28 s; the second build's: ddp_fp16 8% ahead of DDP, ±0.031 s on "
                     "0.158 s)",
                     "reproduce/compare/NOTES.md#datacenter-at-smoke",
                 ),
                 Known(
                     "real",
                     "ddp_fp16 reaches the target at the same steps as ddp (300 and 400 by seed); "
-                    "its lead (8% in the first run, 6% in the committed report's) is the compute "
+                    "its lead (8% in the first run, 6% in the second build's) is the compute "
                     "measured on the shared 2-core host, inside the seed spread (DDP's ±3.6 s on "
                     "13.1 s), with CNN-2's messages taking under 0.1 ms at 100 Gbit/s",
                     "reproduce/compare/NOTES.md#real-results",
