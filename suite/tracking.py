@@ -282,7 +282,6 @@ def hardware() -> str:
 
     kernels = torch.backends.cpu.get_cpu_capability()
     text = f"{cpu} x{os.cpu_count()} ({platform.system()} {platform.machine()}, {kernels} kernels)"
-
     if torch.cuda.is_available():
         names = {torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())}
         text += f"; {torch.cuda.device_count()} x {', '.join(sorted(names))}"

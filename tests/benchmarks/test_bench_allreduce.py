@@ -219,19 +219,20 @@ def against_torch_ddp(
     timed = benchmark.pedantic(
         lambda: launch(_side_by_side, 2, (cfg, python_hook, groups))[0], rounds=1
     )
-    groups = [{name: typical for name, (typical, _) in g.items()} for g in timed]
-    per_step = {name: statistics.median(g[name] for g in groups) for name in groups[0]}
+    # each group's typical seconds per step, by contender
+    typical = [{name: seconds for name, (seconds, _) in g.items()} for g in timed]
+    per_step = {name: statistics.median(g[name] for g in typical) for name in typical[0]}
 
     def ratio(a: str, b: str) -> float:  # median over groups of the group's own ratio
-        return statistics.median(g[a] / g[b] for g in groups)
+        return statistics.median(g[a] / g[b] for g in typical)
 
     def mean(name: str) -> float:
         return statistics.fmean(g[name][1] for g in timed)
 
     ours, ddp = per_step["ours"], per_step["ddp"]
     result, control = ratio("ours", "ddp"), ratio("ddp_control", "ddp")
-    per_group = [g["ours"] / g["ddp"] for g in groups]
-    control_per_group = [g["ddp_control"] / g["ddp"] for g in groups]
+    per_group = [g["ours"] / g["ddp"] for g in typical]
+    control_per_group = [g["ddp_control"] / g["ddp"] for g in typical]
     low, high = ratio_interval(per_group)
     control_low, control_high = ratio_interval(control_per_group)
     if low > TARGET:
