@@ -330,3 +330,46 @@ def test_long_local_work_of_a_rank_is_not_taken_for_a_hang(
     monkeypatch.setattr(loop, "beating", contextlib.nullcontext)
     with pytest.raises(RankFailure, match="hung"):
         launch(_train_and_return_params, 2, (cfg,), hang_timeout=2)
+
+
+def test_gathered_rows_are_logged_as_rank_sums_and_means_whatever_their_chunks() -> None:
+    """Rank 0's reduction of the gathered rows (Trainer._take_rows): counters summed over the
+    ranks, everything else their mean, each step's row logged with its slowest rank's time; the
+    loss areas summed step by step, so rows taken in other chunks give the same sums to the bit
+    (a resumed run's must equal the uninterrupted run's)."""
+    from suite.loop import _ROW, _SUMMED
+
+    names = [*_ROW, "algo.k"]
+    steps, ranks = 40, 3
+    seeded = torch.Generator().manual_seed(0)
+    table = torch.rand(ranks, steps, 1 + len(names), dtype=torch.float64, generator=seeded).numpy()
+    table[:, :, 0] = range(steps)
+
+    class Rank0:  # what _take_rows reads and writes of a Trainer
+        metric_names, bar, last_eval = names, None, {}
+
+        def __init__(self) -> None:
+            self.steps, self.loss_area, self.metrics = steps, [0.0, 0.0], KeptMetrics()
+
+    whole, chunked = Rank0(), Rank0()
+    Trainer._take_rows(whole, table)
+    for lo, hi in ((0, 7), (7, 10), (10, 33), (33, 40)):  # 10 = steps // 4 falls on an edge
+        Trainer._take_rows(chunked, table[:, lo:hi])
+    assert whole.loss_area == chunked.loss_area
+    assert whole.metrics.logged == chunked.metrics.logged
+    loss = names.index("train_loss")
+    area, early = 0.0, 0.0
+    for s in range(steps):  # the reference: one step at a time, in step order
+        mean = sum(table[r, s, 1 + loss] for r in range(ranks)) / ranks
+        area += mean
+        early += mean if s < steps // 4 else 0.0
+    assert whole.loss_area == pytest.approx([area, early], rel=1e-15)
+    logged = whole.metrics.by_step()
+    assert sorted(logged) == list(range(steps))
+    for s, row in logged.items():
+        for i, name in enumerate(names):
+            column = table[:, s, 1 + i]
+            expected = column.sum() if name in _SUMMED else column.mean()
+            assert row[name] == pytest.approx(expected, rel=1e-15), (s, name)
+        assert row["step_seconds_max"] == table[:, s, 1 + names.index("step_seconds")].max()
+    assert whole.last_losses == table[:, -1, 1 + loss].tolist()
