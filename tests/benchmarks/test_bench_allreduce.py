@@ -23,20 +23,21 @@ group's ratio, the ratio of mean step times (stalls in), and a 95% bootstrap int
 median ratio over the groups (``ratio_interval``): a miss whose interval lies above the target
 is beyond this run's noise; one whose interval holds the target is not resolved.
 
-More loops can stand beside them (``python_hook=True``, the ``ddp`` benchmark): torch's DDP
-with PyTorch's own Python ``allreduce_hook`` (what any hook in Python pays over the built-in
-C++ reducer: the reason ``ddp``'s hook is compiled, baselines/ddp_hook.py), and torch's plain
-loop over our ``ddp`` algorithm's wrapper (our compiled hook, its all-reduces counted and traced
-by the transport after backward, without the rest of our loop). The ratios split ours / DDP
-into our hook and its accounting (our hook / DDP) and our loop's bookkeeping (ours / our hook);
-a third loop splits it the other way: our whole loop over the same DDP wrapper with torch's
-built-in all-reduce in place of our hook (uncounted), so ours / it is what the hook and the
-transport cost inside our loop, and it / DDP what our loop costs around torch's DDP. All are
-printed and recorded, so a miss of the target says which part it is.
+More loops can stand beside them (``extra``, by name from ``EXTRA``; the ``ddp`` benchmark):
+torch's DDP with PyTorch's own Python ``allreduce_hook`` (``python_hook``: what any hook in
+Python pays over the built-in C++ reducer, the reason ``ddp``'s hook is compiled,
+baselines/ddp_hook.py); torch's plain loop over our ``ddp`` algorithm's wrapper (``our_hook``:
+our compiled hook, its all-reduces counted and traced by the transport after backward, without
+the rest of our loop); and our whole loop over the same DDP wrapper with torch's built-in
+all-reduce in place of our hook (``uncounted``). Ours / uncounted is then what the hook and the
+transport cost with everything else equal, and uncounted / DDP what our loop's bookkeeping
+costs around torch's DDP. Every ratio their presence allows (``RATIOS``) is printed and
+recorded with its interval, so a miss says which part it is.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import statistics
@@ -152,8 +153,16 @@ def _ours(cfg: RunConfig) -> Callable[[], None]:
     return lambda: trainer.train_step(next(steps))
 
 
+# contenders that can stand beside ours and torch's plain DDP loop (see the module docstring)
+EXTRA: dict[str, Callable[[RunConfig], Callable[[], None]]] = {
+    "python_hook": lambda cfg: _torch_ddp(cfg, python_hook=True),
+    "our_hook": lambda cfg: _our_hook(cfg),
+    "uncounted": lambda cfg: _torch_ddp_in_our_loop(cfg),
+}
+
+
 def _side_by_side(
-    cfg: RunConfig, python_hook: bool, groups: int
+    cfg: RunConfig, extra: tuple[str, ...], groups: int
 ) -> list[dict[str, tuple[float, float]]]:
     """Per group: each contender's seconds per step, typical (typical cycle / log_every) and
     mean."""
@@ -164,10 +173,8 @@ def _side_by_side(
         "ddp": lambda: _torch_ddp(cfg),
         "ddp_control": lambda: _torch_ddp(cfg),
     }
-    if python_hook:
-        builders["python_hook"] = lambda: _torch_ddp(cfg, python_hook=True)
-        builders["our_hook"] = lambda: _our_hook(cfg)
-        builders["uncounted"] = lambda: _torch_ddp_in_our_loop(cfg)
+    for name in extra:
+        builders[name] = functools.partial(EXTRA[name], cfg)
     timed = []
     names = list(builders)
     for g in range(groups):  # fresh instances: where a model's memory lands biases its speed
@@ -197,14 +204,43 @@ def _side_by_side(
     return timed
 
 
+# the ratios a run reports when its contenders are there: (numerator, denominator, meaning)
+RATIOS = {
+    "ours_over_ddp": ("ours", "ddp", "our whole loop / torch's plain DDP loop"),
+    "control": ("ddp_control", "ddp", "control (A/A): torch's DDP again / torch's DDP"),
+    "python_hook_over_ddp": (
+        "python_hook",
+        "ddp",
+        "a Python hook at all: torch's DDP with its Python allreduce_hook / torch's DDP",
+    ),
+    "our_hook_over_ddp": (
+        "our_hook",
+        "ddp",
+        "our hook and its accounting, in torch's plain loop / torch's DDP",
+    ),
+    "ours_over_our_hook": ("ours", "our_hook", "our loop's bookkeeping: ours / our hook"),
+    "ours_over_uncounted": (
+        "ours",
+        "uncounted",
+        "the transport's cost, all else equal: our "
+        "loop with our hook / our loop with torch's built-in all-reduce",
+    ),
+    "uncounted_over_ddp": (
+        "uncounted",
+        "ddp",
+        "our loop's cost around torch's DDP: our loop "
+        "with torch's built-in all-reduce / torch's plain loop",
+    ),
+}
+
+
 def against_torch_ddp(
-    benchmark, algorithm: str, model: str, python_hook: bool = False, groups: int = GROUPS
-) -> float:
-    """``algorithm``'s loop against torch's plain DDP loop on 2 ranks, in ``groups`` groups:
-    prints and records both step times, their ratio (returned) and the control's (A/A). With
-    ``python_hook``, torch's DDP with its Python ``allreduce_hook``, our hook in torch's plain
-    loop and our loop over torch's built-in all-reduce are timed too, and the ratios that
-    decompose ours / DDP are recorded (see the module docstring)."""
+    benchmark, algorithm: str, model: str, extra: tuple[str, ...] = (), groups: int = GROUPS
+) -> dict[str, float]:
+    """``algorithm``'s loop against torch's plain DDP loop on 2 ranks, in ``groups`` groups,
+    with the ``extra`` contenders (:data:`EXTRA`) beside them: prints and records each
+    contender's step time and every ratio of :data:`RATIOS` their presence allows, each the
+    median over groups of the group's own ratio with its 95% interval; returns the ratios."""
     cfg = apply_overrides(
         RunConfig(),
         [
@@ -216,79 +252,49 @@ def against_torch_ddp(
             "eval_per_rank=false",
         ],
     )
-    timed = benchmark.pedantic(
-        lambda: launch(_side_by_side, 2, (cfg, python_hook, groups))[0], rounds=1
-    )
+    timed = benchmark.pedantic(lambda: launch(_side_by_side, 2, (cfg, extra, groups))[0], rounds=1)
     # each group's typical seconds per step, by contender
     typical = [{name: seconds for name, (seconds, _) in g.items()} for g in timed]
     per_step = {name: statistics.median(g[name] for g in typical) for name in typical[0]}
-
-    def ratio(a: str, b: str) -> float:  # median over groups of the group's own ratio
-        return statistics.median(g[a] / g[b] for g in typical)
-
-    def mean(name: str) -> float:
-        return statistics.fmean(g[name][1] for g in timed)
-
-    ours, ddp = per_step["ours"], per_step["ddp"]
-    result, control = ratio("ours", "ddp"), ratio("ddp_control", "ddp")
-    per_group = [g["ours"] / g["ddp"] for g in typical]
-    control_per_group = [g["ddp_control"] / g["ddp"] for g in typical]
-    low, high = ratio_interval(per_group)
-    control_low, control_high = ratio_interval(control_per_group)
-    if low > TARGET:
-        verdict = "a miss beyond this run's noise"
-    elif high <= TARGET:
-        verdict = "met beyond this run's noise"
-    else:
-        verdict = "not resolved by this run"
-    benchmark.extra_info.update(
-        {
-            "ours_ms_per_step": ours * 1e3,
-            "ddp_ms_per_step": ddp * 1e3,
-            "ratio": result,
-            "ratio_interval_95": [low, high],
-            "control_ratio": control,
-            "control_interval_95": [control_low, control_high],
-            "ratio_per_group": per_group,
-            "ratio_of_means": mean("ours") / mean("ddp"),
-        }
-    )
-    print(
-        f"\n{model}: {algorithm} {ours * 1e3:.3f} ms/step, torch DDP {ddp * 1e3:.3f} ms/step, "
-        f"ratio {result:.3f} (95% interval {low:.3f}-{high:.3f}; target <= {TARGET}: {verdict}); "
-        f"control (A/A), torch DDP again / torch DDP {control:.3f} ({control_low:.3f}-"
-        f"{control_high:.3f}); per group: ratio {[round(r, 3) for r in per_group]}, "
-        f"control {[round(r, 3) for r in control_per_group]}; ratio of mean step "
-        f"times (stalls in) {mean('ours') / mean('ddp'):.3f}, control "
-        f"{mean('ddp_control') / mean('ddp'):.3f}"
-    )
-    if python_hook:
-        split = {
-            "python_hook_ms_per_step": per_step["python_hook"] * 1e3,
-            "our_hook_ms_per_step": per_step["our_hook"] * 1e3,
-            "uncounted_ms_per_step": per_step["uncounted"] * 1e3,
-            "python_hook_over_ddp": ratio("python_hook", "ddp"),
-            "our_hook_over_ddp": ratio("our_hook", "ddp"),
-            "ours_over_our_hook": ratio("ours", "our_hook"),
-            "ours_over_uncounted": ratio("ours", "uncounted"),
-            "uncounted_over_ddp": ratio("uncounted", "ddp"),
-        }
-        benchmark.extra_info.update(split)
-        print(
-            f"{model}: torch DDP with its Python allreduce_hook "
-            f"{split['python_hook_ms_per_step']:.3f} ms/step, our hook in torch's loop "
-            f"{split['our_hook_ms_per_step']:.3f} ms/step; a Python hook at all (it / DDP) "
-            f"{split['python_hook_over_ddp']:.3f}, our hook and its accounting (our hook / "
-            f"DDP) {split['our_hook_over_ddp']:.3f}, our loop's bookkeeping (ours / our hook) "
-            f"{split['ours_over_our_hook']:.3f}"
+    ratios, lines = {}, []
+    for key, (a, b, meaning) in RATIOS.items():
+        if a not in per_step or b not in per_step:
+            continue
+        per_group = [g[a] / g[b] for g in typical]
+        ratios[key] = statistics.median(per_group)
+        low, high = ratio_interval(per_group)
+        of_means = statistics.fmean(g[a][1] for g in timed) / statistics.fmean(
+            g[b][1] for g in timed
         )
-        print(
-            f"{model}: our loop over torch's DDP with its built-in all-reduce (uncounted) "
-            f"{split['uncounted_ms_per_step']:.3f} ms/step; the hook and transport's cost in "
-            f"our loop (ours / it) {split['ours_over_uncounted']:.3f}, our loop's cost around "
-            f"torch's DDP (it / DDP) {split['uncounted_over_ddp']:.3f}"
+        benchmark.extra_info.update(
+            {
+                key: ratios[key],
+                f"{key}_interval_95": [low, high],
+                f"{key}_per_group": per_group,
+                f"{key}_of_means": of_means,
+            }
         )
-    return result
+        lines.append(
+            f"  {key} {ratios[key]:.3f} (95% interval {low:.3f}-{high:.3f}; ratio of mean "
+            f"step times, stalls in, {of_means:.3f}): {meaning}; per group "
+            f"{[round(r, 3) for r in per_group]}"
+        )
+    benchmark.extra_info.update({f"{name}_ms_per_step": t * 1e3 for name, t in per_step.items()})
+    steps = ", ".join(f"{name} {t * 1e3:.3f}" for name, t in per_step.items())
+    print(f"\n{model}, {algorithm}: ms per step {steps}", *lines, sep="\n")
+    return ratios
+
+
+def verdict(ratios: dict[str, float], key: str, bound: float, benchmark) -> str:
+    """Whether ``key``'s ratio meets ``bound`` beyond this run's noise (its interval below it),
+    misses it beyond it (above), or cannot tell."""
+    low, high = benchmark.extra_info[f"{key}_interval_95"]
+    if low > bound:
+        return f"{key} {ratios[key]:.3f} > {bound}: a miss beyond this run's noise"
+    if high <= bound:
+        return f"{key} {ratios[key]:.3f} <= {bound}: met beyond this run's noise"
+    side = "met" if ratios[key] <= bound else "missed"
+    return f"{key} {ratios[key]:.3f} against {bound}: {side}, not resolved by this run"
 
 
 def test_ratio_interval_holds_the_median_and_narrows_with_agreement() -> None:
@@ -315,4 +321,6 @@ def test_typical_cycle_keeps_periodic_work_and_drops_stalls() -> None:
 @pytest.mark.bench
 @pytest.mark.parametrize("model", ["mlp", "small_cnn"])
 def test_allreduce_sgd_step_time_against_ddp(benchmark, model: str) -> None:
-    assert against_torch_ddp(benchmark, "allreduce_sgd", model) <= TARGET
+    ratios = against_torch_ddp(benchmark, "allreduce_sgd", model)
+    print(verdict(ratios, "ours_over_ddp", TARGET, benchmark))
+    assert ratios["ours_over_ddp"] <= TARGET
