@@ -616,7 +616,8 @@ class Trainer:
 
         Whole-array operations only: it runs once every ``log_every`` steps, with nothing of
         it left in the CPU's caches, where each numpy call or Python loop turn costs several
-        times its warm price (a step-by-step version took ~4 us a step of a digits MLP)."""
+        times its warm price (on the digits MLP a step-by-step version took 107 us in place,
+        this one 79)."""
         names = self.metric_names or list(_ROW)
         # the rank mean (the sum's own rounding, then one division: np.mean's) or the sum
         divisor = np.array([1.0 if name in _SUMMED else len(table) for name in names])
