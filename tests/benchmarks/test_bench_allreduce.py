@@ -155,9 +155,9 @@ def _ours(cfg: RunConfig) -> Callable[[], None]:
 
 # contenders that can stand beside ours and torch's plain DDP loop (see the module docstring)
 EXTRA: dict[str, Callable[[RunConfig], Callable[[], None]]] = {
-    "python_hook": lambda cfg: _torch_ddp(cfg, python_hook=True),
-    "our_hook": lambda cfg: _our_hook(cfg),
-    "uncounted": lambda cfg: _torch_ddp_in_our_loop(cfg),
+    "python_hook": functools.partial(_torch_ddp, python_hook=True),
+    "our_hook": _our_hook,
+    "uncounted": _torch_ddp_in_our_loop,
 }
 
 
@@ -222,14 +222,14 @@ RATIOS = {
     "ours_over_uncounted": (
         "ours",
         "uncounted",
-        "the transport's cost, all else equal: our "
-        "loop with our hook / our loop with torch's built-in all-reduce",
+        "the transport's cost, all else equal: "
+        "our loop with our hook / our loop with torch's built-in all-reduce",
     ),
     "uncounted_over_ddp": (
         "uncounted",
         "ddp",
-        "our loop's cost around torch's DDP: our loop "
-        "with torch's built-in all-reduce / torch's plain loop",
+        "our loop's cost around torch's DDP: "
+        "our loop with torch's built-in all-reduce / torch's plain loop",
     ),
 }
 
@@ -263,9 +263,8 @@ def against_torch_ddp(
         per_group = [g[a] / g[b] for g in typical]
         ratios[key] = statistics.median(per_group)
         low, high = ratio_interval(per_group)
-        of_means = statistics.fmean(g[a][1] for g in timed) / statistics.fmean(
-            g[b][1] for g in timed
-        )
+        means = [statistics.fmean(g[name][1] for g in timed) for name in (a, b)]
+        of_means = means[0] / means[1]
         benchmark.extra_info.update(
             {
                 key: ratios[key],
