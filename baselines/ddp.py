@@ -217,7 +217,7 @@ class DDP(Algorithm):
 
     def reduce_gradients(self, step: int) -> None:
         if self.compiled is not None:  # this step's all-reduces, done in backward
-            self.transport.record_async_all_reduces(self.compiled.take(self.records))
+            self.transport.record_async_all_reduces(self.records)  # calling them takes them
 
     def _all_reduce(
         self, bucket: dist.GradBucket, x: Tensor, into: Tensor | None = None

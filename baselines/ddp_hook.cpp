@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -111,31 +112,72 @@ std::shared_ptr<Records> install(
   return records;
 }
 
-// The records of the all-reduces waited for since the last take, as (bytes, issued at, issue
-// returned, wait began, wait ended) tuples; they are then forgotten. DDP waits for them in
-// issue order once all are issued, so each wait began when the previous one ended or, for the
-// first, when the last issue returned.
-py::list take(Records& r) {
-  py::list out;
-  double began = r.waited ? r.values[4 * (r.waited - 1) + 2] : 0.0;
-  for (size_t i = 0; i < r.waited; ++i) {
+// The all-reduces waited for since the last take, for the transport
+// (suite.transport.Transport.record_async_all_reduces, which documents the arguments): their
+// payload bytes in issue order, the seconds this rank spent issuing them and waiting for them,
+// their trace records packed as suite.trace.Recorder holds them (trace.FIELDS, kWidth doubles
+// each: every issue, then every wait) or nothing where `trace` is off, and when the last of
+// them ended. They are then forgotten. DDP waits for them in issue order once all are issued,
+// so each wait began when the previous one ended or, for the first, when the last issue
+// returned. One call a step, and no Python object per all-reduce but its size: this runs
+// after every backward pass, where each line of Python costs a small model's step.
+py::tuple take(
+    Records& r,
+    int64_t step,  // integers, as Python passes them: a double would cost pybind a second
+    int64_t kind,  // pass to convert each
+    int64_t wait_kind,
+    int64_t group,
+    int64_t channel,
+    int64_t first,
+    double last_end,
+    bool trace) {
+  constexpr size_t kWidth = 12;  // trace.WIDTH
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double head[] = {double(step), double(kind), double(group), double(channel),
+                         double(wait_kind)};
+  const size_t n = r.waited;
+  py::tuple sizes(n);
+  std::string rows(trace ? 2 * n * kWidth * sizeof(double) : 0, '\0');
+  double* out = reinterpret_cast<double*>(rows.data());
+  double seconds = 0.0;
+  double last = last_end;
+  for (size_t i = 0; i < n; ++i) {  // the issues
+    const double* v = &r.values[4 * i];
+    sizes[i] = py::int_(static_cast<int64_t>(v[0]));
+    seconds += v[2] - v[1];
+    if (trace) {
+      const double record[kWidth] = {head[0], head[1], head[2], -1.0, v[0], 0.0, head[3],
+                                     v[1] - last, v[2] - v[1], -1.0, nan, nan};
+      out = std::copy(record, record + kWidth, out);
+      last = v[2];
+    }
+  }
+  double began = n ? r.values[4 * (n - 1) + 2] : 0.0;
+  for (size_t i = 0; i < n; ++i) {  // the waits, each referring to its issue
     const double* v = &r.values[4 * i];
     const double ended = std::max(v[3], began);
-    out.append(py::make_tuple(static_cast<int64_t>(v[0]), v[1], v[2], began, ended));
+    seconds += ended - began;
+    if (trace) {
+      const double record[kWidth] = {head[0], head[4], head[2], -1.0, v[0], 0.0, head[3],
+                                     began - last, ended - began, double(first + i), nan, nan};
+      out = std::copy(record, record + kWidth, out);
+      last = ended;
+    }
     began = ended;
   }
-  r.values.erase(r.values.begin(), r.values.begin() + 4 * r.waited);
-  r.into.erase(r.into.begin(), r.into.begin() + r.waited);
+  r.values.erase(r.values.begin(), r.values.begin() + 4 * n);
+  r.into.erase(r.into.begin(), r.into.begin() + n);
   r.waited = 0;
-  return out;
+  return py::make_tuple(sizes, seconds, py::bytes(rows), last);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  // calling the records takes them (take)
   py::class_<Records, std::shared_ptr<Records>>(m, "Records")
-      .def_readwrite("dry", &Records::dry);
+      .def_readwrite("dry", &Records::dry)
+      .def("__call__", &take);
   m.def("install", &install, py::arg("reducer"), py::arg("group"), py::arg("world_size"),
         py::arg("compression"));
-  m.def("take", &take);
 }

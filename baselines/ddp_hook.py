@@ -36,8 +36,8 @@ NAME = "suite_ddp_hook_" + re.sub(r"\W", "_", torch.__version__)  # a build per 
 
 @functools.cache
 def compiled() -> Any | None:
-    """The built extension (``install``, ``take``), or None, with a warning, where it cannot
-    be built here."""
+    """The built extension (``install``; the records it returns, called, hand what the hook
+    saw to the transport), or None, with a warning, where it cannot be built here."""
     return build()
 
 

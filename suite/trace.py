@@ -190,41 +190,26 @@ class Recorder:
             self.enabled, self.truncated = False, True
         return self.count - 1
 
-    def note_waited(
-        self,
-        kind: int,
-        group: int,
-        peer: int,
-        tag: int,
-        ops: list[tuple[int, float, float, float, float]],
-    ) -> int:
-        """Append the records of async ops of one ``kind`` issued one after another and then
-        waited for in that order (DDP's buckets, baselines/ddp_hook.py): every issue, then every
-        wait, each as :meth:`note` would. ``ops`` are (payload, issued at, issue returned, wait
-        began, wait ended). One call for them all: it runs after every backward pass, where each
-        call costs a small model's step. The last issue's index (-1: off)."""
+    def append(self, rows: bytes, last_end: float, issues: int) -> int:
+        """Append records packed as this recorder packs them (``WIDTH`` doubles each, in
+        ``FIELDS`` order), the last of them ending at ``last_end``: async ops issued one after
+        another and then waited for, the first ``issues`` records their issues (DDP's buckets,
+        as baselines/ddp_hook.cpp's ``take`` packs them). Records past the limit are dropped
+        as :meth:`note` drops them. The last issue's index (-1: not recorded)."""
         if not self.enabled:
             return -1
-        if self.cpu_clock or self.count + 2 * len(ops) >= self.limit:  # note's own path
-            issued = [self.note(kind, group, peer, n, tag, t0, t1) for n, t0, t1, _, _ in ops]
-            for (n, _, _, began, ended), index in zip(ops, issued, strict=True):
-                if index >= 0:
-                    self.note(KIND["wait"], group, peer, n, tag, began, ended, index)
-            return issued[-1]
-        step, channel, last, first = self.step, self.channel, self.last_end, self.count
-        append, nan, wait = self.data.frombytes, math.nan, KIND["wait"]
-        for n, t0, t1, _, _ in ops:
-            append(
-                _PACK(step, kind, group, peer, n, tag, channel, t0 - last, t1 - t0, -1, nan, nan)
-            )
-            last = t1
-        for index, (n, _, _, began, ended) in enumerate(ops, first):
-            append(_PACK(step, wait, group, peer, n, tag, channel, began - last, ended - began,
-                         index, nan, nan))  # fmt: skip
-            last = ended
-        self.last_end = last
-        self.count += 2 * len(ops)
-        return first + len(ops) - 1
+        if self.cpu_clock:
+            raise ValueError("packed records carry no CPU seconds; note each op instead")
+        size = 8 * WIDTH
+        count, room = len(rows) // size, self.limit - self.count
+        if count >= room:
+            rows, count = rows[: room * size], room
+            self.enabled, self.truncated = False, True
+        first = self.count
+        self.data.frombytes(rows)
+        self.count += count
+        self.last_end = last_end
+        return first + issues - 1 if issues <= count else -1
 
     def records(self) -> np.ndarray:
         """The records as a structured array (see the module docstring)."""

@@ -77,6 +77,8 @@ HARNESS = "harness"
 _KIND = _trace.KIND
 _WAIT = _trace.KIND["wait"]
 _ALL_REDUCE = _trace.KIND["all_reduce"]
+# what Transport.record_async_all_reduces is handed: payloads, seconds, trace records, last end
+AsyncAllReduces = tuple[tuple[int, ...], float, bytes, float]
 _TRACE_KEY = "_trace"  # in state_dict, beside the channels
 
 _REDUCE_OPS = {
@@ -327,6 +329,8 @@ class Transport:
         self._ranks_key = tuple(self.ranks)
         self._gid = self._counters.group_id(self._ranks_key)
         self._last_record = -1  # trace index of this transport's latest op
+        # record_async_all_reduces' counts per layout of payloads: (payload, calls, wire)
+        self._plans: dict[tuple[int, ...], tuple[int, int, tuple[tuple[int, int, int], ...]]] = {}
 
     @property
     def process_group(self) -> Any:
@@ -498,34 +502,43 @@ class Transport:
         then = functools.partial(x.div_, self.world_size) if op == "mean" else None
         return Work(work, stats, "all_reduce", c, record, then)
 
-    def record_async_all_reduces(
-        self, records: list[tuple[int, float, float, float, float]]
-    ) -> None:
+    def record_async_all_reduces(self, take: Callable[..., AsyncAllReduces]) -> None:
         """Count and trace all-reduces that ran outside Python (DDP's compiled hook,
         baselines/ddp_hook.py) as :meth:`all_reduce_async` and :meth:`Work.wait` count and
-        trace their own: ``records`` are (bytes, issued at, issue returned, wait began, wait
-        ended), in issue order, on ``time.perf_counter``'s clock, all issued before the first
-        wait. Lean (one counter update and one trace call for them all): it runs after
-        every backward pass, where each line of Python costs a small model's step."""
-        if self.world_size == 1 or not records:
-            return
-        payload, seconds, wire = 0, 0.0, ()
-        for n, t0, t1, began, ended in records:
-            payload += n
-            seconds += t1 - t0 + ended - began
-            wire += self._wire("all_reduce", -1, n)
+        trace their own. ``take(step, kind, wait_kind, group, channel, first, last_end,
+        trace)`` hands them over (all issued before the first wait, each waited for in issue
+        order) and forgets them: their payload bytes in issue order, the seconds this rank spent
+        issuing and waiting for them, their trace records (empty unless ``trace``) packed as
+        :class:`suite.trace.Recorder` holds them (every issue, then every wait; record fields
+        ``step``, ``kind``/``wait_kind``, ``group``, ``channel`` as given, peer -1, tag 0, each
+        gap from the previous record's end, the first's from ``last_end``, wait ``i``'s ref
+        ``first + i``), and when the last of them ended, on ``time.perf_counter``'s clock.
+        Lean (one call out, one counter update, one append): it runs after every backward
+        pass, where each line of Python costs a small model's step."""
         c = self._counters
+        trace = c.trace
+        sizes, seconds, rows, last_end = take(
+            trace.step, _ALL_REDUCE, _WAIT, self._gid, trace.channel, len(trace),
+            trace.last_end, trace.enabled,
+        )  # fmt: skip
+        if not sizes:
+            return
+        plan = self._plans.get(sizes)
+        if plan is None:  # DDP's buckets are the same every step: one plan each layout
+            wire = tuple(link for n in sizes for link in self._wire("all_reduce", -1, n))
+            plan = self._plans[sizes] = (sum(sizes), len(sizes), wire)
+        payload, calls, wire = plan
         c.active.record(
             "all_reduce",
             sent=payload,
             recv=payload,
-            messages=len(records),
-            calls=len(records),
+            messages=calls,
+            calls=calls,
             seconds=seconds,
             wire=wire,
         )
         # the last issue: what a later wait would refer to
-        self._last_record = c.trace.note_waited(_ALL_REDUCE, self._gid, -1, 0, records)
+        self._last_record = trace.append(rows, last_end, issues=calls) if rows else -1
 
     def reduce(self, x: Tensor, dst: int, op: str = "sum") -> Tensor:
         """In-place reduction into ``x`` on ``dst`` (other ranks' ``x`` is undefined after)."""

@@ -234,6 +234,9 @@ def test_the_compiled_hook_trains_counts_and_traces_as_the_python_hook(
     }
     for r in range(2):
         compiled, python = runs["compiled"][r], runs["python"][r]
+        for run in (compiled, python):  # the trace's time in the all-reduces is the counters'
+            traced = run["trace"][run["trace"]["channel"] == 0]["seconds"].sum()
+            assert traced == pytest.approx(run["counts"]["ops"]["all_reduce"]["seconds"])
         assert compiled["compiled"] and not python["compiled"]
         assert _max_diff(compiled["state"], python["state"]) == 0.0, f"rank {r}"
         counts = {k: v for k, v in compiled["counts"].items() if k != "seconds"}

@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import io
 import json
+import math
 import re
 import threading
 import time
@@ -167,7 +168,7 @@ def test_a_rank_stops_recording_at_the_limit_and_the_trace_says_so(monkeypatch) 
 
 
 def _noted_one_by_one(recorder: trace.Recorder, ops: list) -> int:
-    """What ``note_waited`` stands for: each issue, then each wait, noted as the transport's
+    """What ``append`` stands for: each issue, then each wait, noted as the transport's
     ``all_reduce_async`` and ``Work.wait`` note them."""
     issued = [recorder.note(1, 2, -1, n, 0, t0, t1) for n, t0, t1, _, _ in ops]
     for (n, _, _, began, ended), index in zip(ops, issued, strict=True):
@@ -176,8 +177,23 @@ def _noted_one_by_one(recorder: trace.Recorder, ops: list) -> int:
     return issued[-1]
 
 
+def _packed(recorder: trace.Recorder, ops: list) -> tuple[bytes, float]:
+    """``ops`` packed as DDP's compiled hook packs them (baselines/ddp_hook.cpp: ``take``),
+    from where ``recorder`` stands, and when the last of them ends."""
+    nan, last, first, rows = math.nan, recorder.last_end, recorder.count, b""
+    head = (recorder.step, 1, 2, -1)
+    for n, t0, t1, _, _ in ops:
+        rows += trace._PACK(*head, n, 0, recorder.channel, t0 - last, t1 - t0, -1, nan, nan)
+        last = t1
+    for index, (n, _, _, began, ended) in enumerate(ops, first):
+        wait = (recorder.step, trace.KIND["wait"], 2, -1, n, 0, recorder.channel)
+        rows += trace._PACK(*wait, began - last, ended - began, index, nan, nan)
+        last = ended
+    return rows, last
+
+
 @pytest.mark.parametrize("limit", [100, 5, 4, 2])  # room for all; past it mid-way; at once
-def test_note_waited_appends_what_noting_each_op_would(limit: int) -> None:
+def test_appending_packed_waited_ops_is_noting_each_op(limit: int) -> None:
     ops = [(40, 1.0, 1.5, 2.125, 2.25), (8, 1.75, 2.0, 2.25, 2.5), (16, 2.0, 2.125, 2.5, 3.0)]
     batch, single = trace.Recorder(limit=limit), trace.Recorder(limit=limit)
     batch.last_end = single.last_end = 0.0
@@ -185,10 +201,12 @@ def test_note_waited_appends_what_noting_each_op_would(limit: int) -> None:
     single.note(0, 0, -1, 4, 0, 0.25, 0.5)
     batch.step = single.step = 7
     batch.channel = single.channel = 1
-    assert batch.note_waited(1, 2, -1, 0, ops) == _noted_one_by_one(single, ops)
+    rows, last_end = _packed(batch, ops)
+    assert batch.append(rows, last_end, issues=3) == _noted_one_by_one(single, ops)
     assert len(batch) == len(single) == min(limit, 7)
     assert batch.truncated == single.truncated == (limit <= 7)
-    assert batch.last_end == single.last_end
+    if limit == 100:
+        assert batch.last_end == single.last_end == 3.0
     for field in trace.FIELDS:  # field by field: NaN (the cpu fields) equals NaN there
         np.testing.assert_array_equal(batch.records()[field], single.records()[field])
     if limit == 100:
@@ -200,7 +218,9 @@ def test_note_waited_appends_what_noting_each_op_would(limit: int) -> None:
         assert (records["step"][1:] == 7).all() and (records["channel"][1:] == 1).all()
     off = trace.Recorder()
     off.end()
-    assert off.note_waited(1, 2, -1, 0, ops) == -1 and len(off) == 0
+    assert off.append(rows, last_end, issues=3) == -1 and len(off) == 0
+    with pytest.raises(ValueError, match="CPU seconds"):  # an emulated run's recorder
+        trace.Recorder(cpu=True).append(rows, last_end, issues=3)
 
 
 def test_a_record_has_its_gaps_cpu_seconds_apart_from_its_wall_seconds() -> None:
