@@ -36,11 +36,11 @@ rest of backward while the all-reduce runs on the modelled network: DDP's overla
 Cost. DDP calls a Python hook from backward for every bucket, and on a small model on a CPU
 that costs more than counting does: PyTorch's own ``allreduce_hook`` costs a digits-MLP step
 4-8% over DDP's built-in C++ all-reduce on 2 vCPUs (tests/benchmarks/test_bench_ddp.py). Hence
-the compiled hook: there, the hook and the transport's accounting cost 1-3% of that step, at
-the edge of what this machine's noise resolves (1.011-1.028 against torch's built-in in 12-04's
-runs, README: DDP). The Python hook is kept for one rank, for emulated runs (their trace
-records each op's CPU time as it runs, which deferred records cannot) and where no compiler is
-at hand.
+the compiled hook: there, the hook and the transport's accounting cost 1-2.5% of that step, at
+the edge of what this machine's noise resolves (1.009-1.024 against torch's built-in on the
+MLP, 1.002-1.007 on the small CNN in 12-04's runs, README: DDP). The Python hook is kept for
+one rank, for emulated runs (their trace records each op's CPU time as it runs, which deferred
+records cannot) and where no compiler is at hand.
 
 A non-finite loss is caught after backward, as with every method, but DDP has already
 all-reduced that step's gradients by then, so other ranks may receive them before the launcher
