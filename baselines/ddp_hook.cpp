@@ -123,8 +123,8 @@ std::shared_ptr<Records> install(
 // after every backward pass, where each line of Python costs a small model's step.
 py::tuple take(
     Records& r,
-    int64_t step,  // integers, as Python passes them: a double would cost pybind a second
-    int64_t kind,  // pass to convert each
+    int64_t step,  // integers, as Python holds them: a double parameter given an int
+    int64_t kind,  // takes pybind's second, converting pass over the arguments
     int64_t wait_kind,
     int64_t group,
     int64_t channel,

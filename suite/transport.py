@@ -518,7 +518,7 @@ class Transport:
         c = self._counters
         trace = c.trace
         sizes, seconds, rows, last_end = take(
-            trace.step, _ALL_REDUCE, _WAIT, self._gid, trace.channel, len(trace),
+            trace.step, _ALL_REDUCE, _WAIT, self._gid, trace.channel, trace.count,
             trace.last_end, trace.enabled,
         )  # fmt: skip
         if not sizes:

@@ -228,10 +228,11 @@ def test_the_compiled_hook_trains_counts_and_traces_as_the_python_hook(
         "algorithm=ddp", "nproc=2", "steps=6", "micro_batches=2", "optim.momentum=0.9",
         f"algorithm.compression={compression}", f"algorithm.bucket_cap_mb={bucket_cap_mb}",
     ]  # fmt: skip
-    runs = {
-        hook: launch(_train, 2, (_config(*common, f"algorithm.hook={hook}"),))
-        for hook in ("compiled", "python")
-    }
+    runs, took = {}, {}
+    for hook in ("compiled", "python"):
+        began = time.perf_counter()
+        runs[hook] = launch(_train, 2, (_config(*common, f"algorithm.hook={hook}"),))
+        took[hook] = time.perf_counter() - began
     for r in range(2):
         compiled, python = runs["compiled"][r], runs["python"][r]
         for run in (compiled, python):  # the trace's time in the all-reduces is the counters'
@@ -249,6 +250,9 @@ def test_the_compiled_hook_trains_counts_and_traces_as_the_python_hook(
         assert compiled["trace"][fields].tolist() == python["trace"][fields].tolist()
         for name in ("gap", "seconds"):
             assert (compiled["trace"][name] >= 0).all()
+        # the records tile part of the run's time: gaps are from the previous record's end
+        spans = compiled["trace"]["gap"].sum() + compiled["trace"]["seconds"].sum()
+        assert 0 < spans < took["compiled"]
         ref = compiled["trace"]["ref"]
         waits = compiled["trace"]["kind"] == KIND["wait"]
         assert (compiled["trace"]["kind"][ref[waits]] == KIND["all_reduce"]).all()
