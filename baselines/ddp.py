@@ -62,7 +62,7 @@ from torch.nn.parallel import DistributedDataParallel
 from baselines import ddp_hook
 from suite import trace
 from suite.algorithms.base import CONTEXT_ATTRIBUTES, NO_CONTEXT, Algorithm, Context
-from suite.launcher import communicating
+from suite.launcher import communicating_flag
 from suite.registry import ALGORITHMS
 from suite.transport import Work
 
@@ -194,7 +194,7 @@ class DDP(Algorithm):
         else:  # what it saw, handed to the transport after backward (reduce_gradients)
             group = self.transport.process_group
             self.records = self.compiled.install(
-                self.ddp.reducer, group, self.world_size, config.compression
+                self.ddp.reducer, group, self.world_size, config.compression, communicating_flag()
             )
         settle_buckets(self)  # after the hook: DDP's own all-reduce would exchange the zeros
 
@@ -243,12 +243,10 @@ class DDP(Algorithm):
         return self.ddp
 
     def accumulate(self, last: bool) -> contextlib.AbstractContextManager[Any]:
-        if not last:
-            return self.ddp.no_sync()
         # the compiled hook's all-reduces are waited for inside backward, out of Python's
-        # sight: marked as communicating, so a hang detected meanwhile blames the peer that
-        # stopped rather than this rank waiting for it (suite.launcher)
-        return NO_CONTEXT if self.compiled is None else communicating()
+        # sight: the hook marks this rank as communicating meanwhile, so a hang detected then
+        # blames the peer that stopped rather than this rank waiting for it (suite.launcher)
+        return NO_CONTEXT if last else self.ddp.no_sync()
 
 
 def compiled_hook(config: DDPConfig, ctx: Context) -> Any | None:

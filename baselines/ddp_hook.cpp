@@ -36,6 +36,9 @@ struct Records {
   std::vector<at::Tensor> into;  // a 16-bit all-reduce's bucket, to copy the result into
   size_t waited = 0;  // all-reduces whose wait has ended
   bool dry = false;  // pass buckets through untouched (baselines/ddp.py: settle_buckets)
+  // the launcher's mark that this rank waits on its peers (suite.launcher.communicating_flag),
+  // set from the first issue to the last wait's end, so a hang meanwhile blames the peer
+  volatile int8_t* communicating = nullptr;
 };
 
 class CountingHook : public c10d::CommHookInterface {
@@ -57,6 +60,9 @@ class CountingHook : public c10d::CommHookInterface {
           c10::ListType::create(c10::TensorType::get()));
       done->markCompleted(c10::IValue(std::vector<at::Tensor>{buffer}));
       return done;
+    }
+    if (records_->communicating) {
+      *records_->communicating = 1;
     }
     const double t0 = now();
     at::Tensor x = dtype_ ? buffer.to(*dtype_).div_(world_size_) : buffer.div_(world_size_);
@@ -81,6 +87,9 @@ class CountingHook : public c10d::CommHookInterface {
     at::Tensor into = r.into[r.waited];
     r.into[r.waited] = at::Tensor();
     ++r.waited;
+    if (r.communicating && r.waited == r.into.size()) {  // the step's last wait ended
+      *r.communicating = 0;
+    }
     return into.defined() ? into.copy_(x) : x;
   }
 
@@ -92,12 +101,14 @@ class CountingHook : public c10d::CommHookInterface {
 };
 
 // Register the hook on a DistributedDataParallel's reducer (ddp.reducer); `compression` is
-// "none", "fp16" or "bf16" (DDPConfig.compression).
+// "none", "fp16" or "bf16" (DDPConfig.compression); `communicating` the launcher's flag's
+// address (0: none).
 std::shared_ptr<Records> install(
     py::object reducer,
     py::object group,
     int64_t world_size,
-    const std::string& compression) {
+    const std::string& compression,
+    int64_t communicating) {
   std::optional<at::ScalarType> dtype;
   if (compression == "fp16") {
     dtype = at::kHalf;
@@ -107,6 +118,7 @@ std::shared_ptr<Records> install(
     TORCH_CHECK(compression == "none", "unknown compression ", compression);
   }
   auto records = std::make_shared<Records>();
+  records->communicating = reinterpret_cast<volatile int8_t*>(communicating);
   reducer.cast<c10d::Reducer&>().register_comm_hook(std::make_unique<CountingHook>(
       group.cast<c10::intrusive_ptr<c10d::ProcessGroup>>(), records, world_size, dtype));
   return records;
@@ -179,5 +191,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("dry", &Records::dry)
       .def("__call__", &take);
   m.def("install", &install, py::arg("reducer"), py::arg("group"), py::arg("world_size"),
-        py::arg("compression"));
+        py::arg("compression"), py::arg("communicating"));
 }

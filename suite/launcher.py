@@ -135,6 +135,13 @@ class _Communicating:
 _COMMUNICATING = _Communicating()
 
 
+def communicating_flag() -> int:
+    """The address of the byte :func:`communicating` sets (shared memory the launcher reads:
+    1 while this rank waits on its peers), for compiled code that waits out of Python's sight
+    and marks the wait itself (baselines/ddp_hook.cpp); 0 outside a launched worker."""
+    return 0 if _waiting is None else ctypes.addressof(_waiting) + _rank
+
+
 def communicating() -> contextlib.AbstractContextManager[None]:
     """Mark this rank as waiting on its peers (in a collective or a receive) while inside."""
     return _COMMUNICATING
