@@ -36,9 +36,9 @@ rest of backward while the all-reduce runs on the modelled network: DDP's overla
 Cost. DDP calls a Python hook from backward for every bucket, and on a small model on a CPU
 that costs more than counting does: PyTorch's own ``allreduce_hook`` costs a digits-MLP step
 4-8% over DDP's built-in C++ all-reduce on 2 vCPUs (tests/benchmarks/test_bench_ddp.py). Hence
-the compiled hook: there, the hook and the transport's accounting cost about 2% of that step
-(1.009-1.030 against torch's built-in on the MLP, 1.002-1.007 on the small CNN in 12-04's
-runs, README: DDP). The Python hook is kept for
+the compiled hook: there, the hook and the transport's accounting cost about 1% of that step,
+at the edge of what this machine's noise resolves (0.998-1.021 against torch's built-in on the
+MLP, 1.011 on the small CNN in 12-04's last runs, README: DDP). The Python hook is kept for
 one rank, for emulated runs (their trace records each op's CPU time as it runs, which deferred
 records cannot) and where no compiler is at hand.
 

@@ -7,7 +7,8 @@
 // wait for it ended. The algorithm hands those to the transport after backward
 // (Transport.record_async_all_reduces), so the bytes, messages and trace are the Python
 // hook's, without Python in DDP's backward pass (a Python hook costs a small model's step
-// 4-8% on 2 vCPUs: tests/benchmarks/test_bench_ddp.py).
+// 4-8% on 2 vCPUs: tests/benchmarks/test_bench_ddp.py). While the rank waits, it is marked
+// as communicating for the launcher's hang blame, as the transport marks its own waits.
 #include <torch/extension.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/comm.hpp>
