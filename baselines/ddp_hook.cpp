@@ -146,8 +146,8 @@ py::tuple take(
     bool trace) {
   constexpr size_t kWidth = 12;  // trace.WIDTH
   const double nan = std::numeric_limits<double>::quiet_NaN();
-  const double head[] = {double(step), double(kind), double(group), double(channel),
-                         double(wait_kind)};
+  // the fields every record shares, as the doubles a record holds
+  const double at_step = step, in_group = group, on_channel = channel;
   const size_t n = r.waited;
   py::tuple sizes(n);
   std::string rows(trace ? 2 * n * kWidth * sizeof(double) : 0, '\0');
@@ -159,8 +159,8 @@ py::tuple take(
     sizes[i] = py::int_(static_cast<int64_t>(v[0]));
     seconds += v[2] - v[1];
     if (trace) {
-      const double record[kWidth] = {head[0], head[1], head[2], -1.0, v[0], 0.0, head[3],
-                                     v[1] - last, v[2] - v[1], -1.0, nan, nan};
+      const double record[kWidth] = {at_step, double(kind), in_group, -1.0, v[0], 0.0,
+                                     on_channel, v[1] - last, v[2] - v[1], -1.0, nan, nan};
       out = std::copy(record, record + kWidth, out);
       last = v[2];
     }
@@ -171,8 +171,9 @@ py::tuple take(
     const double ended = std::max(v[3], began);
     seconds += ended - began;
     if (trace) {
-      const double record[kWidth] = {head[0], head[4], head[2], -1.0, v[0], 0.0, head[3],
-                                     began - last, ended - began, double(first + i), nan, nan};
+      const double record[kWidth] = {at_step, double(wait_kind), in_group, -1.0, v[0], 0.0,
+                                     on_channel, began - last, ended - began, double(first + i),
+                                     nan, nan};
       out = std::copy(record, record + kWidth, out);
       last = ended;
     }
