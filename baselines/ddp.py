@@ -9,8 +9,8 @@ all-reduce goes through a DDP communication hook that does what PyTorch's own do
 divide, all-reduce, cast back into the bucket), and every one is counted like every other
 method's (bytes, wire bytes, messages, trace records). Two hooks do this (``DDPConfig.hook``):
 the compiled one (baselines/ddp_hook.py: C++, the default) keeps each all-reduce's bytes and
-times and the algorithm hands them to the transport after backward
-(:meth:`suite.transport.Transport.record_async_all_reduces`); the Python one calls the
+times and the transport takes them when its counters or trace are read, no Python running for
+them step by step (:meth:`suite.transport.Transport.count_outside`); the Python one calls the
 transport (:meth:`suite.transport.Transport.all_reduce_async`) from the hook. They train, count
 and trace the same (tests/test_ddp.py). The loop runs forward and backward on the wrapper
 (``Algorithm.train_model``) and every micro-batch but the last under ``no_sync()``.
@@ -191,11 +191,12 @@ class DDP(Algorithm):
         self.compiled = compiled_hook(config, ctx)
         if self.compiled is None:
             self.ddp.register_comm_hook(self, _hook)
-        else:  # what it saw, handed to the transport after backward (reduce_gradients)
+        else:  # what it saw, taken by the transport when read
             group = self.transport.process_group
             self.records = self.compiled.install(
                 self.ddp.reducer, group, self.world_size, config.compression, communicating_flag()
             )
+            self.transport.count_outside(self.records)
         settle_buckets(self)  # after the hook: DDP's own all-reduce would exchange the zeros
 
     @property
@@ -214,10 +215,6 @@ class DDP(Algorithm):
         from suite.checkpoint import capture_attrs
 
         return capture_attrs(self, (*CONTEXT_ATTRIBUTES, "compiled", "records"))
-
-    def reduce_gradients(self, step: int) -> None:
-        if self.compiled is not None:  # this step's all-reduces, done in backward
-            self.transport.record_async_all_reduces(self.records)  # calling them takes them
 
     def _all_reduce(
         self, bucket: dist.GradBucket, x: Tensor, into: Tensor | None = None

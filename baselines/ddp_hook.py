@@ -4,9 +4,10 @@ Why compiled. DDP calls a Python hook from its backward pass for every bucket, a
 costs a small model's step 4-8% over DDP's built-in C++ all-reduce on 2 vCPUs (PyTorch's own
 ``allreduce_hook`` included: tests/benchmarks/test_bench_ddp.py), more than the suite's 2%
 target for ``ddp`` against torch's DDP. This hook does the Python hook's arithmetic in C++ on
-the same process group and keeps each all-reduce's bytes and times; the algorithm hands them
-to the transport after backward (:meth:`suite.transport.Transport.record_async_all_reduces`),
-so what is counted and traced is the same. No library offers a counting hook, hence our own.
+the same process group and keeps each all-reduce's bytes and times, and running totals of
+them that the loop's per-step row reads; the transport takes them when its counters or trace
+are read (:meth:`suite.transport.Transport.count_outside`), so what is counted and traced is
+the same and no Python runs for them step by step. No library offers a counting hook, hence our own.
 
 Built with PyTorch's JIT extension builder (``torch.utils.cpp_extension.load``: a C++
 compiler and ninja; about a minute once, then cached under ``TORCH_EXTENSIONS_DIR``, default
@@ -36,8 +37,9 @@ NAME = "suite_ddp_hook_" + re.sub(r"\W", "_", torch.__version__)  # a build per 
 
 @functools.cache
 def compiled() -> Any | None:
-    """The built extension (``install``; the records it returns, called, hand what the hook
-    saw to the transport), or None, with a warning, where it cannot be built here."""
+    """The built extension (``install``; the records it returns are what the transport
+    counts, :meth:`suite.transport.Transport.count_outside`), or None, with a warning, where
+    it cannot be built here."""
     return build()
 
 

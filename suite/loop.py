@@ -320,11 +320,11 @@ class Trainer:
     def train_step(self, step: int) -> bool:
         """One step of the loop, with all its bookkeeping (rows, logging, evaluation,
         checkpoints); True when the run stops here early (pruned)."""
-        cfg, stats, start = self.cfg, self.transport.stats, self.start
+        cfg, transport, start = self.cfg, self.transport, self.start
         self._maybe_inject_fault(step)
-        self.transport.set_step(step)
+        transport.set_step(step)
         t0 = time.perf_counter()
-        comm0 = stats.seconds
+        comm0 = transport.counted()[-1]
         self.optimizer.zero_grad(set_to_none=False)
         loss_sum, at_x = 0.0, None
         probe = self.algorithm.loss_model()  # x_t, where the gradient is taken elsewhere
@@ -350,8 +350,8 @@ class Trainer:
             self._schedule_weight_decay()
         self.algorithm.mix_parameters(step)
         step_s = time.perf_counter() - t0
-        comm_s = stats.seconds - comm0
-        self._record(step, loss_sum, lr, step_s, comm_s, at_x)
+        counted = transport.counted()
+        self._record(step, loss_sum, lr, step_s, counted, counted[-1] - comm0, at_x)
         if self.bar is not None:
             self.bar.update()
         last = step == self.steps - 1
@@ -434,12 +434,19 @@ class Trainer:
         return F.cross_entropy(out, y, label_smoothing=self.cfg.label_smoothing).item()
 
     def _record(
-        self, step: int, loss: float, lr: float, step_s: float, comm_s: float, at_x: float | None
+        self,
+        step: int,
+        loss: float,
+        lr: float,
+        step_s: float,
+        counted: tuple[float, ...],
+        comm_s: float,
+        at_x: float | None,
     ) -> None:
-        """One step's row; with ``at_x`` (the loss at x_t, see Algorithm.loss_model) that is the
-        logged train_loss, and ``loss`` (at the gradient point) is algo.train_loss_ahead."""
-        stats = self.transport.stats
-        total = stats.total
+        """One step's row, ``counted`` the transport's totals (:meth:`Transport.counted`); with
+        ``at_x`` (the loss at x_t, see Algorithm.loss_model) that is the logged train_loss, and
+        ``loss`` (at the gradient point) is algo.train_loss_ahead."""
+        sent, recv, messages, wire, _ = counted
         extra = self.algorithm.step_metrics()
         if at_x is not None:
             extra, loss = {**extra, "train_loss_ahead": loss}, at_x
@@ -449,8 +456,8 @@ class Trainer:
             # a row's bytes as the array holds them (4x faster than extending it by a tuple)
             self.pack_row = struct.Struct(f"{1 + len(self.metric_names)}d").pack
         self.rows.frombytes(
-            self.pack_row(step, loss, lr, total.bytes_sent, total.bytes_recv, total.messages,
-                          stats.wire_bytes, step_s, comm_s, step_s - comm_s, *extra.values())
+            self.pack_row(step, loss, lr, sent, recv, messages, wire, step_s, comm_s,
+                          step_s - comm_s, *extra.values())
         )  # fmt: skip
         self.compute_seconds += step_s - comm_s
 

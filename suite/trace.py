@@ -190,14 +190,13 @@ class Recorder:
             self.enabled, self.truncated = False, True
         return self.count - 1
 
-    def append(self, rows: bytes, last_end: float, issues: int) -> int:
+    def append(self, rows: bytes, last_end: float) -> None:
         """Append records packed as this recorder packs them (``WIDTH`` doubles each, in
-        ``FIELDS`` order), the last of them ending at ``last_end``: async ops issued one after
-        another and then waited for, the first ``issues`` records their issues (DDP's buckets,
-        as baselines/ddp_hook.cpp's ``take`` packs them). Records past the limit are dropped
-        as :meth:`note` drops them. The last issue's index (-1: not recorded)."""
+        ``FIELDS`` order), the last of them ending at ``last_end``: what an op counted outside
+        Python did (DDP's compiled hook, as baselines/ddp_hook.cpp's ``take`` packs it).
+        Records past the limit are dropped as :meth:`note` drops them."""
         if not self.enabled:
-            return -1
+            return
         if self.cpu_clock:
             raise ValueError("packed records carry no CPU seconds; note each op instead")
         size = 8 * WIDTH
@@ -205,11 +204,9 @@ class Recorder:
         if count >= room:
             rows, count = rows[: room * size], room
             self.enabled, self.truncated = False, True
-        first = self.count
         self.data.frombytes(rows)
         self.count += count
         self.last_end = last_end
-        return first + issues - 1 if issues <= count else -1
 
     def records(self) -> np.ndarray:
         """The records as a structured array (see the module docstring)."""

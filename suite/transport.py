@@ -55,13 +55,14 @@ on CUDA that is launch time unless the caller synchronises.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import pickle
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -77,8 +78,13 @@ HARNESS = "harness"
 _KIND = _trace.KIND
 _WAIT = _trace.KIND["wait"]
 _ALL_REDUCE = _trace.KIND["all_reduce"]
-# what Transport.record_async_all_reduces is handed: payloads, seconds, trace records, last end
-AsyncAllReduces = tuple[tuple[int, ...], float, bytes, float]
+# The memory a compiled hook shares with the transport (Transport.count_outside;
+# baselines/ddp_hook.cpp: Slot): the loop's step, written here, then the running totals of the
+# all-reduces it counted that the transport has not taken yet.
+OUTSIDE_SLOTS = ("step", "payload", "calls", "wire", "seconds")
+# all-reduces a compiled hook may hold before the loop's row has the transport take them: a
+# bound on their memory in a run that reads nothing else for long (log_every 10**9, say)
+OUTSIDE_HELD = 4096
 _TRACE_KEY = "_trace"  # in state_dict, beside the channels
 
 _REDUCE_OPS = {
@@ -232,6 +238,25 @@ class CommStats:
         }
 
 
+class OutsideOps(Protocol):
+    """All-reduces counted outside Python (DDP's compiled hook: baselines/ddp_hook.cpp's
+    records), as :meth:`Transport.count_outside` takes them. ``memoryview(ops)`` is the
+    memory they share with the transport: :data:`OUTSIDE_SLOTS`, as doubles."""
+
+    def __call__(
+        self,
+        kind: int,
+        wait_kind: int,
+        group: int,
+        channel: int,
+        first: int,
+        last_end: float,
+        trace: bool,
+    ) -> tuple[tuple[int, ...], float, bytes, float]: ...
+
+    def learn_wire(self, payload: int, wire: int) -> None: ...
+
+
 class _Counters:
     """State shared by a transport and its subgroup transports."""
 
@@ -245,6 +270,16 @@ class _Counters:
         self.channel_names: list[str] = [ALGORITHM, HARNESS]
         self.groups: list[tuple[int, ...]] = []
         self.group_ids: dict[tuple[int, ...], int] = {}
+        # all-reduces counted outside Python (Transport.count_outside): what takes them into
+        # the counters and trace, and the memory of their running totals (OUTSIDE_SLOTS)
+        self.outside: Callable[[], None] | None = None
+        self.outside_shared: memoryview | None = None
+
+    def settle(self) -> None:
+        """Take the all-reduces counted outside Python into the counters and the trace: before
+        anything reads them, and before an op is noted after them."""
+        if self.outside is not None:
+            self.outside()
 
     def group_id(self, ranks: tuple[int, ...]) -> int:
         gid = self.group_ids.get(ranks)
@@ -300,6 +335,7 @@ class Work:
             self._work = None
             index, gid, peer, n, tag = self._record
             if self._counters is not None and index >= 0:
+                self._counters.settle()
                 self._counters.trace.note(_WAIT, gid, peer, n, tag, t0, t1, index)
         if self._then is not None:
             self._then()
@@ -329,8 +365,6 @@ class Transport:
         self._ranks_key = tuple(self.ranks)
         self._gid = self._counters.group_id(self._ranks_key)
         self._last_record = -1  # trace index of this transport's latest op
-        # record_async_all_reduces' counts per layout of payloads: (payload, calls, wire)
-        self._plans: dict[tuple[int, ...], tuple[int, int, tuple[tuple[int, int, int], ...]]] = {}
 
     @property
     def process_group(self) -> Any:
@@ -345,16 +379,46 @@ class Transport:
     @property
     def stats(self) -> CommStats:
         """Algorithm-channel counters of this rank (shared with subgroup transports)."""
+        self._counters.settle()
         return self._counters.channels[ALGORITHM]
 
     @property
     def harness_stats(self) -> CommStats:
+        self._counters.settle()
         return self._counters.channels[HARNESS]
+
+    def counted(self) -> tuple[float, float, float, float, float]:
+        """The algorithm channel's totals as the loop's row reads them every step: bytes sent,
+        bytes received, messages, wire bytes, seconds. All-reduces counted outside Python
+        (:meth:`count_outside`) are in them without being taken: taking them is a call into the
+        hook, which after every backward pass cost the digits MLP's step ~1% (baselines/ddp.py)."""
+        c = self._counters
+        shared = c.outside_shared
+        if shared is not None:
+            _, payload, calls, wire, waited = shared
+            if wire != wire or calls >= OUTSIDE_HELD:  # NaN: a size whose wire bytes are not
+                c.settle()  # known yet (the first step's): taking them teaches them
+                _, payload, calls, wire, waited = shared
+        stats = c.channels[ALGORITHM]
+        total = stats.total
+        sent, recv, messages, wire_bytes = (
+            total.bytes_sent, total.bytes_recv, total.messages, stats.wire_bytes
+        )  # fmt: skip
+        if shared is None:
+            return sent, recv, messages, wire_bytes, total.seconds
+        return (
+            sent + payload,
+            recv + payload,
+            messages + calls,
+            wire_bytes + wire,
+            total.seconds + waited,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """The counters of every channel (shared with subgroup transports) and the trace so far,
         for a checkpoint."""
         c = self._counters
+        c.settle()
         state: dict[str, Any] = {name: stats.state_dict() for name, stats in c.channels.items()}
         state[_TRACE_KEY] = {
             "records": torch.from_numpy(c.trace.records().view(np.uint8).copy()),
@@ -388,7 +452,10 @@ class Transport:
 
     def set_step(self, step: int) -> None:
         """The loop's current step, stamped on the trace records that follow."""
-        self._counters.trace.step = step
+        c = self._counters
+        c.trace.step = step
+        if c.outside_shared is not None:  # and on the compiled hook's
+            c.outside_shared[0] = step
 
     @property
     def tracing(self) -> bool:
@@ -396,15 +463,18 @@ class Transport:
 
     @tracing.setter
     def tracing(self, on: bool) -> None:
+        self._counters.settle()
         rec = self._counters.trace
         rec.enabled = on and not rec.truncated
 
     def trace_begin(self) -> None:
         """Training starts now (the trace's gaps count from here: ``Recorder.begin``)."""
+        self._counters.settle()
         self._counters.trace.begin()
 
     def trace_end(self) -> None:
         """Training ended now (the trace keeps the time since its last record: ``tail``)."""
+        self._counters.settle()
         self._counters.trace.end()
 
     def trace_records(
@@ -413,6 +483,7 @@ class Transport:
         """This rank's trace so far: records, group table, channel table, whether it stopped
         at :data:`suite.trace.MAX_RECORDS`, and its tail (NaN before :meth:`trace_end`)."""
         c = self._counters
+        c.settle()
         t = c.trace
         return t.records(), list(c.groups), list(c.channel_names), t.truncated, t.tail
 
@@ -436,6 +507,7 @@ class Transport:
         """Run ``fn``; count it (payload ``counts``, and the wire bytes of this rank's
         out-links for one call of ``op`` with ``payload`` bytes per rank) and trace it."""
         c = self._counters
+        c.settle()  # all-reduces counted outside Python ended before this op: traced first
         t0 = time.perf_counter()
         with communicating():  # tells the launcher a stall here is a wait, not the cause
             out = fn()
@@ -502,43 +574,61 @@ class Transport:
         then = functools.partial(x.div_, self.world_size) if op == "mean" else None
         return Work(work, stats, "all_reduce", c, record, then)
 
-    def record_async_all_reduces(self, take: Callable[..., AsyncAllReduces]) -> None:
-        """Count and trace all-reduces that ran outside Python (DDP's compiled hook,
-        baselines/ddp_hook.py) as :meth:`all_reduce_async` and :meth:`Work.wait` count and
-        trace their own. ``take(step, kind, wait_kind, group, channel, first, last_end,
-        trace)`` hands them over (all issued before the first wait, each waited for in issue
-        order) and forgets them: their payload bytes in issue order, the seconds this rank spent
-        issuing and waiting for them, their trace records (empty unless ``trace``) packed as
-        :class:`suite.trace.Recorder` holds them (every issue, then every wait; record fields
-        ``step``, ``kind``/``wait_kind``, ``group``, ``channel`` as given, peer -1, tag 0, each
-        gap from the previous record's end, the first's from ``last_end``, wait ``i``'s ref
-        ``first + i``), and when the last of them ended, on ``time.perf_counter``'s clock.
-        Lean (one call out, one counter update, one append): it runs after every backward
-        pass, where each line of Python costs a small model's step."""
+    def count_outside(self, ops: OutsideOps) -> None:
+        """Count and trace all-reduces on this transport's group that run outside Python (DDP's
+        compiled hook, baselines/ddp_hook.py) as :meth:`all_reduce_async` and :meth:`Work.wait`
+        count and trace their own, in the algorithm channel. ``ops`` keeps them until the
+        transport takes them: whenever its counters or trace are read (:attr:`stats`,
+        :meth:`trace_records`, :meth:`state_dict`...) and before it notes an op of its own, so
+        the trace stays in time order. The loop's per-step row reads their running totals in
+        ``memoryview(ops)`` (:data:`OUTSIDE_SLOTS`) without taking them (:meth:`counted`), so no
+        Python runs for them step by step: after every backward pass, each call costs a small
+        model's step.
+
+        ``ops(kind, wait_kind, group, channel, first, last_end, trace)`` hands them over and
+        forgets them: their payload bytes in issue order, the seconds this rank spent issuing
+        and waiting for them, their trace records (empty unless ``trace``) packed as
+        :class:`suite.trace.Recorder` holds them (per backward pass, every issue, then every
+        wait; record fields ``step`` as :meth:`set_step` wrote it there,
+        ``kind``/``wait_kind``, ``group``, ``channel`` as given, peer -1, tag 0, each gap from
+        the previous record's end, the first's from ``last_end``; a wait's ref the index of its
+        issue, counting records from ``first``), and when the last of them ended, on
+        ``time.perf_counter``'s clock. ``ops.learn_wire(payload, wire)`` tells it this rank's
+        wire bytes in an all-reduce of ``payload`` bytes, for the running totals."""
+        c = self._counters
+        if c.outside is not None:
+            raise RuntimeError("the transport already counts a compiled hook's all-reduces")
+        c.outside = functools.partial(self._take_outside, ops)
+        c.outside_shared = memoryview(ops)  # type: ignore[arg-type]  # a buffer (OutsideOps)
+        c.outside_shared[0] = c.trace.step
+
+    def _take_outside(self, ops: OutsideOps) -> None:
+        """Take what ``ops`` counted (:meth:`count_outside`) into the counters and the trace."""
         c = self._counters
         trace = c.trace
-        sizes, seconds, rows, last_end = take(
-            trace.step, _ALL_REDUCE, _WAIT, self._gid, trace.channel, trace.count,
-            trace.last_end, trace.enabled,
-        )  # fmt: skip
+        channel = c.channel_names.index(ALGORITHM)
+        sizes, seconds, rows, last_end = ops(
+            _ALL_REDUCE, _WAIT, self._gid, channel, trace.count, trace.last_end, trace.enabled
+        )
         if not sizes:
             return
-        plan = self._plans.get(sizes)
-        if plan is None:  # DDP's buckets are the same every step: one plan each layout
-            wire = tuple(link for n in sizes for link in self._wire("all_reduce", -1, n))
-            plan = self._plans[sizes] = (sum(sizes), len(sizes), wire)
-        payload, calls, wire = plan
-        c.active.record(
+        wire = []
+        for payload, calls in collections.Counter(sizes).items():
+            links = self._wire("all_reduce", -1, payload)
+            ops.learn_wire(payload, sum(b for _, _, b in links))
+            wire.extend((src, dst, b * calls) for src, dst, b in links)
+        payload = sum(sizes)
+        c.channels[ALGORITHM].record(
             "all_reduce",
             sent=payload,
             recv=payload,
-            messages=calls,
-            calls=calls,
+            messages=len(sizes),
+            calls=len(sizes),
             seconds=seconds,
-            wire=wire,
+            wire=tuple(wire),
         )
-        # the last issue: what a later wait would refer to
-        self._last_record = trace.append(rows, last_end, issues=calls) if rows else -1
+        if rows:
+            trace.append(rows, last_end)
 
     def reduce(self, x: Tensor, dst: int, op: str = "sum") -> Tensor:
         """In-place reduction into ``x`` on ``dst`` (other ranks' ``x`` is undefined after)."""

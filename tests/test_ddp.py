@@ -16,6 +16,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_
 from torch.nn.parallel import DistributedDataParallel
 
 from baselines import ddp_hook
+from suite import transport
 from suite.config import RunConfig, apply_overrides
 from suite.launcher import RankFailure, heartbeat, launch
 from suite.loop import Job, Trainer, build_dataset, initial_model
@@ -39,8 +40,24 @@ def _config(*items: str) -> RunConfig:
     return apply_overrides(RunConfig(), [*SMALL, *items])
 
 
-def _train(cfg: RunConfig) -> dict:
+def _train(cfg: RunConfig, held: int | None = None) -> dict:
+    """Train; with the run's result, every read of the transport's totals by the loop's rows
+    (``rows``: bytes sent and received, messages, wire bytes) and, by each, how many
+    all-reduces a compiled hook held untaken (``held``). ``held`` bounds those
+    (transport.OUTSIDE_HELD)."""
+    if held is not None:
+        transport.OUTSIDE_HELD = held  # in this forked rank only
     trainer = Trainer(Job(cfg, target="test", paper="test", progress=False), Transport())
+    rows, holding, counted = [], [], trainer.transport.counted
+
+    def reading() -> tuple[float, ...]:
+        totals = counted()
+        rows.append(totals[:4])
+        shared = trainer.transport._counters.outside_shared
+        holding.append(0 if shared is None else shared[transport.OUTSIDE_SLOTS.index("calls")])
+        return totals
+
+    trainer.transport.counted = reading
     summary, _ = trainer.run()
     state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     records, *_ = trainer.transport.trace_records()
@@ -50,6 +67,8 @@ def _train(cfg: RunConfig) -> dict:
         "compiled": getattr(trainer.algorithm, "compiled", None) is not None,
         "counts": trainer.transport.stats.to_dict(),
         "trace": records,
+        "rows": rows,
+        "held": holding,
     }
 
 
@@ -219,19 +238,25 @@ def test_building_sends_only_ddps_bucket_assignment(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("compression", "bucket_cap_mb"), [("none", 25.0), ("none", 0.001), ("bf16", 0.001)]
+    ("compression", "bucket_cap_mb", "held"),
+    [("none", 25.0, None), ("none", 0.001, None), ("bf16", 0.001, None), ("none", 0.001, 1)],
 )
 def test_the_compiled_hook_trains_counts_and_traces_as_the_python_hook(
-    compression: str, bucket_cap_mb: float
+    compression: str, bucket_cap_mb: float, held: int | None
 ) -> None:
+    """The same model, counters, per-step rows and trace, the rows read while the compiled
+    hook still holds its all-reduces (the transport takes them only when read, or at the
+    bound ``held``), the trace in time order with the harness's gathers (every 3 steps)."""
     common = [
-        "algorithm=ddp", "nproc=2", "steps=6", "micro_batches=2", "optim.momentum=0.9",
+        "algorithm=ddp", "nproc=2", "steps=7", "micro_batches=2", "optim.momentum=0.9",
         f"algorithm.compression={compression}", f"algorithm.bucket_cap_mb={bucket_cap_mb}",
+        "log_every=3",
     ]  # fmt: skip
+    buckets = 1 if bucket_cap_mb > 1 else 2
     runs, took = {}, {}
     for hook in ("compiled", "python"):
         began = time.perf_counter()
-        runs[hook] = launch(_train, 2, (_config(*common, f"algorithm.hook={hook}"),))
+        runs[hook] = launch(_train, 2, (_config(*common, f"algorithm.hook={hook}"), held))
         took[hook] = time.perf_counter() - began
     for r in range(2):
         compiled, python = runs["compiled"][r], runs["python"][r]
@@ -244,17 +269,22 @@ def test_the_compiled_hook_trains_counts_and_traces_as_the_python_hook(
         expected = {k: v for k, v in python["counts"].items() if k != "seconds"}
         for op in (*counts["ops"].values(), *expected["ops"].values()):
             op.pop("seconds")
-        assert counts == expected and counts["messages"] == 6 * (1 if bucket_cap_mb > 1 else 2)
+        assert counts == expected and counts["messages"] == 7 * buckets
+        assert compiled["rows"] == python["rows"] and len(compiled["rows"]) == 2 * 7
+        # held across steps until a gather took them (at most 2 steps, then 3, at the bound 0)
+        assert max(compiled["held"]) == (3 * buckets if held is None else 0)
+        assert max(python["held"]) == 0
         # one issue and one wait record per all-reduce, in the same order, with their sizes
         fields = ["step", "kind", "group", "peer", "payload", "tag", "channel", "ref"]
         assert compiled["trace"][fields].tolist() == python["trace"][fields].tolist()
+        assert (compiled["trace"]["channel"] == 1).sum() >= 2  # the harness's gathers between
         for name in ("gap", "seconds"):
             assert (compiled["trace"][name] >= 0).all()
         # the records tile part of the run's time: gaps are from the previous record's end
         spans = compiled["trace"]["gap"].sum() + compiled["trace"]["seconds"].sum()
         assert 0 < spans < took["compiled"]
         ref = compiled["trace"]["ref"]
-        waits = compiled["trace"]["kind"] == KIND["wait"]
+        waits = (compiled["trace"]["kind"] == KIND["wait"]) & (compiled["trace"]["channel"] == 0)
         assert (compiled["trace"]["kind"][ref[waits]] == KIND["all_reduce"]).all()
     assert runs["compiled"][0]["summary"]["network_seconds"] > 0
 

@@ -27,8 +27,8 @@ More loops can stand beside them (``extra``, by name from ``EXTRA``; the ``ddp``
 torch's DDP with PyTorch's own Python ``allreduce_hook`` (``python_hook``: what any hook in
 Python pays over the built-in C++ reducer, the reason ``ddp``'s hook is compiled,
 baselines/ddp_hook.py); torch's plain loop over our ``ddp`` algorithm's wrapper (``our_hook``:
-our compiled hook, its all-reduces counted and traced by the transport after backward, without
-the rest of our loop); and our whole loop over the same DDP wrapper with torch's built-in
+our compiled hook, its all-reduces counted and traced by the transport, without the rest of
+our loop); and our whole loop over the same DDP wrapper with torch's built-in
 all-reduce in place of our hook (``uncounted``). Ours / uncounted is then what the hook and the
 transport cost with everything else equal, and uncounted / DDP what our loop's bookkeeping
 costs around torch's DDP. Every ratio their presence allows (``RATIOS``) is printed and
@@ -93,7 +93,7 @@ def _plain_step(
     model: torch.nn.Module,
     batches: Any,
     lr: float,
-    after_backward: Callable[[], None] = lambda: None,
+    after_backward: Callable[[], object] = lambda: None,
 ) -> Callable[[], None]:
     """One step of torch's plain training loop: no bookkeeping at all (but ``after_backward``)."""
     opt = torch.optim.SGD(model.parameters(), lr=lr)
@@ -119,15 +119,15 @@ def _torch_ddp(cfg: RunConfig, python_hook: bool = False) -> Callable[[], None]:
 
 def _our_hook(cfg: RunConfig) -> Callable[[], None]:
     """Torch's plain loop over our ``ddp`` algorithm's DDP wrapper, whose hook's all-reduces
-    are counted and traced by the transport (handed to it after backward, as our loop does,
-    where the hook is the compiled one): our communication without our loop."""
+    are counted and traced by the transport, its totals read after backward as our loop's row
+    reads them (:meth:`Transport.counted`, which takes the compiled hook's all-reduces at its
+    bound): our communication without our loop."""
     trainer = Trainer(Job(cfg, "bench", "bench", progress=False), Transport())
-    algorithm = trainer.algorithm
     return _plain_step(
-        algorithm.train_model(),
+        trainer.algorithm.train_model(),
         trainer.batches,
         cfg.optim.lr,
-        lambda: algorithm.reduce_gradients(0),
+        trainer.transport.counted,
     )
 
 

@@ -4,10 +4,11 @@ transport, side by side in one run.
 Issue 18's target: ``ddp`` at most 1.02x the step time of torch's DDP without the transport.
 What differs between the two is how the all-reduces run: ours through our compiled
 communication hook, counted and traced by the transport (bytes, wire bytes, messages, trace
-records, handed over after backward), theirs by DDP's built-in C++ all-reduce, uncounted. So
-the target's ratio holds everything else equal: one step of our training loop
-(``Trainer.train_step``) with algorithm ``ddp`` against the same loop over the same DDP wrapper
-with torch's built-in all-reduce in its place (``ours_over_uncounted``).
+records; the loop's row reads the hook's running totals in place, and the transport takes its
+records when read), theirs by DDP's built-in C++ all-reduce, uncounted. So the target's ratio
+holds everything else equal: one step of our training loop (``Trainer.train_step``) with
+algorithm ``ddp`` against the same loop over the same DDP wrapper with torch's built-in
+all-reduce in its place (``ours_over_uncounted``).
 
 The same run times torch's bare loop over its default DDP too (no bookkeeping at all: no loss
 read, no rows, no heartbeat, no divergence check). Our loop around torch's DDP against that
