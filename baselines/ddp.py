@@ -36,11 +36,12 @@ rest of backward while the all-reduce runs on the modelled network: DDP's overla
 Cost. DDP calls a Python hook from backward for every bucket, and on a small model on a CPU
 that costs more than counting does: PyTorch's own ``allreduce_hook`` costs a digits-MLP step
 4-8% over DDP's built-in C++ all-reduce on 2 vCPUs (tests/benchmarks/test_bench_ddp.py). Hence
-the compiled hook: there, the hook and the transport's accounting cost about 1% of that step,
-at the edge of what this machine's noise resolves (0.998-1.021 against torch's built-in on the
-MLP, 1.011 on the small CNN in 12-04's last runs, README: DDP). The Python hook is kept for
-one rank, for emulated runs (their trace records each op's CPU time as it runs, which deferred
-records cannot) and where no compiler is at hand.
+the compiled hook. No Python runs for its all-reduces step by step either: the loop's row reads
+the hook's running totals in its memory, and the transport takes its records when read
+(:meth:`suite.transport.Transport.count_outside`); handing them over after every backward pass
+cost that step ~13 us (~1.1%), which put it at the edge of the benchmark's 2% (README: DDP).
+The Python hook is kept for one rank, for emulated runs (their trace records each op's CPU
+time as it runs, which deferred records cannot) and where no compiler is at hand.
 
 A non-finite loss is caught after backward, as with every method, but DDP has already
 all-reduced that step's gradients by then, so other ranks may receive them before the launcher
