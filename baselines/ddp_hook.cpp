@@ -177,11 +177,10 @@ std::shared_ptr<Records> install(
 // (suite.transport.Transport.count_outside, which documents the arguments): their payload bytes
 // in issue order, the seconds this rank spent issuing them and waiting for them, their trace
 // records packed as suite.trace.Recorder holds them (trace.FIELDS, kWidth doubles each: per
-// backward pass, every issue, then every wait) or nothing where `trace` is off, when the last
-// of them ended, and the position of the last issue among the records. They are then
-// forgotten, and the running totals in `shared` go down by theirs. DDP waits for a backward
-// pass's all-reduces in issue order once all are issued, so each wait began when the previous
-// one ended or, for the first, when the last issue returned.
+// backward pass, every issue, then every wait) or nothing where `trace` is off, and when the
+// last of them ended. They are then forgotten, and the running totals in `shared` go down by
+// theirs. DDP waits for a backward pass's all-reduces in issue order once all are issued, so
+// each wait began when the previous one ended or, for the first, when the last issue returned.
 py::tuple take(
     Records& r,
     int64_t kind,  // integers, as Python holds them: a double parameter given an int
@@ -250,8 +249,8 @@ py::tuple take(
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  // calling the records takes them (take)
-  // memoryview(records) is `shared` (Slot): the transport's view of it, keeping them alive
+  // calling the records takes them (take); memoryview(records) is `shared` (Slot), the
+  // transport's view of it, which keeps them alive
   py::class_<Records, std::shared_ptr<Records>>(m, "Records", py::buffer_protocol())
       .def_buffer([](Records& r) {
         return py::buffer_info(r.shared, sizeof(double), py::format_descriptor<double>::format(),
