@@ -24,15 +24,16 @@ median ratio over the groups (``ratio_interval``): a miss whose interval lies ab
 is beyond this run's noise; one whose interval holds the target is not resolved.
 
 More loops can stand beside them (``extra``, by name from ``EXTRA``; the ``ddp`` benchmark):
-torch's DDP with PyTorch's own Python ``allreduce_hook`` (``python_hook``: what any hook in
-Python pays over the built-in C++ reducer, the reason ``ddp``'s hook is compiled,
-baselines/ddp_hook.py); torch's plain loop over our ``ddp`` algorithm's wrapper (``our_hook``:
-our compiled hook, its all-reduces counted and traced by the transport, without the rest of
-our loop); and our whole loop over the same DDP wrapper with torch's built-in
-all-reduce in place of our hook (``uncounted``). Ours / uncounted is then what the hook and the
-transport cost with everything else equal, and uncounted / DDP what our loop's bookkeeping
-costs around torch's DDP. Every ratio their presence allows (``RATIOS``) is printed and
-recorded with its interval, so a miss says which part it is.
+torch's DDP with PyTorch's own Python ``allreduce_hook`` (``python_hook``: what any hook in Python
+pays over the built-in C++ reducer, the reason ``ddp``'s hook is compiled, baselines/ddp_hook.py);
+torch's plain loop over our ``ddp`` algorithm's wrapper (``our_hook``: our compiled hook, its all-
+reduces counted and traced by the transport, without the rest of our loop); and our whole loop over
+the same DDP wrapper with torch's built-in all-reduce in place of our hook (``uncounted``), and
+that loop again (``uncounted_control``). Ours / uncounted is then what the hook and the transport
+cost with everything else equal, uncounted again / uncounted what that ratio reads between two
+identical loops (its own A/A), and uncounted / DDP what our loop's bookkeeping costs around torch's
+DDP. Every ratio their presence allows (``RATIOS``) is printed and recorded with its interval, so a
+miss says which part it is.
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ EXTRA: dict[str, Callable[[RunConfig], Callable[[], None]]] = {
     "python_hook": functools.partial(_torch_ddp, python_hook=True),
     "our_hook": _our_hook,
     "uncounted": _torch_ddp_in_our_loop,
+    "uncounted_control": _torch_ddp_in_our_loop,  # A/A of our loop: the same again
 }
 
 
@@ -224,6 +226,11 @@ RATIOS = {
         "uncounted",
         "the transport's cost, all else equal: "
         "our loop with our hook / our loop with torch's built-in all-reduce",
+    ),
+    "uncounted_control": (
+        "uncounted_control",
+        "uncounted",
+        "control of our loop (A/A): our loop with torch's built-in all-reduce again / the same",
     ),
     "uncounted_over_ddp": (
         "uncounted",
